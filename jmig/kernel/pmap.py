@@ -1,0 +1,558 @@
+"""Physical memory, per-env page tables, and the software MMU the core uses.
+
+Physical memory is one bytearray of `nframes` 4 KiB frames.  Frame 0 is
+reserved (a PTE of 0 means "not mapped", as in JOS).  Frames carry JOS
+reference counts (pp_ref) and sit on a LIFO free list whose head is the
+highest frame, as JOS's page_init leaves it.
+
+A page table is an `AddressSpace`: a dict from virtual page number to a
+32-bit PTE value `(pfn << 12) | flags`, plus one real frame for the page
+directory and one per page-table page (allocated by pgdir_walk, freed with
+the env), so that free-memory figures and uvpd/uvpt reads are what JOS's
+two-level tables would give.
+
+    virtual address:  | PDX (10) | PTX (10) | offset (12) |
+                      +----------+----------+-------------+
+    vpn = va >> 12 is the key; PDX = vpn >> 10 names the page-table page.
+
+The AddressSpace is also the MMU: the core reads and writes guest memory
+through rd8/rd16/rd32/wr8/wr16/wr32, which consult a TLB (`rt` readable
+pages, `wt` writable pages whose D bit is already set) and fall back to a
+page-table walk that checks P, U and W, sets A (and D on a write), and
+raises PageFault with JOS's FEC bits.  A page whose PTE has PTE_REMOTE is
+present for the process but lives on another node: touching it raises
+RemotePage, which blocks the env until the node installs the page.
+
+Decoded code is cached per physical frame (`PhysMem.code`).  A frame that
+holds decoded code is never in any write TLB, so every write to it takes
+the slow path, which drops the frame's decoded code when the write
+overlaps a decoded instruction.
+"""
+from __future__ import annotations
+
+from struct import pack_into, unpack_from
+
+from .memlayout import (
+    FEC_PR, FEC_U, FEC_WR, PDX, PGSIZE, PTE_A, PTE_D, PTE_P, PTE_REMOTE, PTE_U,
+    PTE_W, ULIM, UTOP, UVPT,
+)
+
+ZERO_PAGE = bytes(PGSIZE)
+PTE_PERM_MASK = 0xFFF          # flags part of a 32-bit PTE
+
+
+class KernelPanic(Exception):
+    """A broken kernel invariant: a bug in jmig, never a user error."""
+
+
+class CpuFault(Exception):
+    """An exception the core raises out of an instruction (precise: the
+    instruction has had no effect)."""
+    trapno = -1
+
+    def __init__(self, err: int = 0, va: int = 0):
+        self.err = err
+        self.va = va
+
+
+class PageFault(CpuFault):
+    trapno = 14
+
+
+class RemotePage(CpuFault):
+    """The access touched a page whose contents live on another node."""
+    trapno = -2
+
+
+class PhysMem:
+    """Physical frames with reference counts and a free list."""
+
+    def __init__(self, nframes: int):
+        if nframes < 2:
+            raise ValueError("physical memory needs at least 2 frames")
+        self.nframes = nframes
+        self.mem = bytearray(nframes * PGSIZE)
+        self.m32 = memoryview(self.mem).cast("I")
+        self.ref = [0] * nframes
+        self.ref[0] = 1                       # frame 0 is reserved
+        # LIFO: pop() takes the highest frame first, page_free pushes back.
+        self.free = list(range(1, nframes))
+        # Decoded code: pfn -> {page offset: compiled instruction or block}
+        self.code: dict[int, dict] = {}
+        # pfn -> bytearray(PGSIZE) with 1 where a decoded instruction lies
+        self.codebits: dict[int, bytearray] = {}
+        # pfn -> set of (AddressSpace, vpn) that hold it in a write TLB
+        self.writers: dict[int, set] = {}
+
+    # -- allocation ---------------------------------------------------------
+    @property
+    def nfree(self) -> int:
+        return len(self.free)
+
+    def page_alloc(self, zero: bool = True) -> int | None:
+        """A free frame with ref 0, zeroed if asked; None when memory is exhausted."""
+        if not self.free:
+            return None
+        pfn = self.free.pop()
+        if zero:
+            base = pfn << 12
+            self.mem[base:base + PGSIZE] = ZERO_PAGE
+        return pfn
+
+    def page_free(self, pfn: int) -> None:
+        if self.ref[pfn] != 0 or pfn == 0:
+            raise KernelPanic(f"page_free of frame {pfn} with ref {self.ref[pfn]}")
+        self.drop_code(pfn)
+        self.free.append(pfn)
+
+    def incref(self, pfn: int) -> None:
+        self.ref[pfn] += 1
+
+    def decref(self, pfn: int) -> None:
+        r = self.ref[pfn] - 1
+        if r < 0:
+            raise KernelPanic(f"decref of free frame {pfn}")
+        self.ref[pfn] = r
+        if r == 0:
+            self.page_free(pfn)
+
+    # -- contents -----------------------------------------------------------
+    def frame(self, pfn: int) -> memoryview:
+        """A view of one frame's 4 KiB (valid until the frame is freed)."""
+        base = pfn << 12
+        return memoryview(self.mem)[base:base + PGSIZE]
+
+    def write_frame(self, pfn: int, data) -> None:
+        base = pfn << 12
+        self.mem[base:base + PGSIZE] = data
+        self.drop_code(pfn)
+
+    # -- decoded code -------------------------------------------------------
+    def code_dict(self, pfn: int) -> dict:
+        """The frame's decoded-code dict, making the frame a code frame."""
+        d = self.code.get(pfn)
+        if d is None:
+            d = self.code[pfn] = {}
+            self.codebits[pfn] = bytearray(PGSIZE)
+            for asp, vpn in self.writers.pop(pfn, ()):
+                if asp.wt.get(vpn) == pfn << 12:
+                    del asp.wt[vpn]
+        return d
+
+    def drop_code(self, pfn: int) -> None:
+        """Forget the frame's decoded code (every env sharing it sees this)."""
+        d = self.code.pop(pfn, None)
+        if d is not None:
+            d.clear()
+            del self.codebits[pfn]
+
+
+class AddressSpace:
+    """One env's page tables and TLB: JOS's pgdir plus the software MMU.
+
+    `window` is a callable (va, n) -> bytes for the kernel's read-only
+    windows at UTOP..ULIM other than UVPT (UENVS, UPAGES); the kernel
+    supplies it.
+    """
+
+    def __init__(self, phys: PhysMem, window=None):
+        self.phys = phys
+        self.mem = phys.mem
+        self.m32 = phys.m32
+        self.pte: dict[int, int] = {}          # vpn -> PTE (may carry PTE_REMOTE)
+        self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
+        self.window = window
+        self.rt: dict[int, int] = {}           # vpn -> frame base, readable
+        self.wt: dict[int, int] = {}           # vpn -> frame base, writable and dirty
+        self.icache: dict[int, dict] = {}      # vpn -> the frame's decoded-code dict
+        pfn = phys.page_alloc()
+        if pfn is None:
+            raise MemoryError("no frame for a page directory")   # caller maps to -E_NO_MEM
+        phys.incref(pfn)
+        self.pgdir_pfn = pfn
+
+    # -- JOS page-table operations -------------------------------------------
+    def pgdir_walk(self, va: int, create: bool) -> bool:
+        """Make sure the page-table page for va exists (allocating it if
+        `create`).  Returns False if it does not exist and could not be made."""
+        pdx = va >> 22
+        if pdx in self.ptpages:
+            return True
+        if not create:
+            return False
+        pfn = self.phys.page_alloc()
+        if pfn is None:
+            return False
+        self.phys.incref(pfn)
+        self.ptpages[pdx] = pfn
+        return True
+
+    def page_lookup(self, va: int) -> int | None:
+        """The PTE mapping va (possibly remote), or None."""
+        pte = self.pte.get(va >> 12)
+        if pte is None or not pte & PTE_P:
+            return None
+        return pte
+
+    def page_insert(self, pfn: int, va: int, perm: int) -> bool:
+        """Map frame pfn at va with perm|PTE_P, replacing any mapping there.
+        Returns False (and changes nothing) if a page table could not be
+        allocated.  Re-inserting the same frame at the same va just changes
+        its permissions."""
+        if not self.pgdir_walk(va, True):
+            return False
+        vpn = va >> 12
+        self.phys.incref(pfn)
+        old = self.pte.get(vpn)
+        if old is not None:
+            self._drop(vpn, old)
+        self.pte[vpn] = (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P
+        self.invlpg(vpn)
+        return True
+
+    def page_remove(self, va: int) -> None:
+        """Unmap whatever is at va (silently nothing if unmapped)."""
+        vpn = va >> 12
+        old = self.pte.pop(vpn, None)
+        if old is not None:
+            self._drop(vpn, old)
+            self.invlpg(vpn)
+
+    def set_remote(self, va: int, perm: int) -> bool:
+        """Mark va present-but-remote with perm.  False if out of memory."""
+        if not self.pgdir_walk(va, True):
+            return False
+        self.page_remove(va)
+        self.pte[va >> 12] = PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
+        return True
+
+    def _drop(self, vpn: int, pte: int) -> None:
+        if not pte & PTE_REMOTE:
+            self.phys.decref(pte >> 12 & 0xFFFFF)
+
+    def set_perm(self, vpn: int, pte: int) -> None:
+        """Replace a PTE value in place (same frame), flushing the TLB entry."""
+        self.pte[vpn] = pte
+        self.invlpg(vpn)
+
+    def invlpg(self, vpn: int) -> None:
+        self.rt.pop(vpn, None)
+        self.wt.pop(vpn, None)
+        self.icache.pop(vpn, None)
+
+    def flush_tlb(self) -> None:
+        self.rt.clear()
+        self.wt.clear()
+        self.icache.clear()
+
+    def free_all(self) -> None:
+        """Unmap every page and free the page tables and directory (env_free)."""
+        for vpn, pte in self.pte.items():
+            self._drop(vpn, pte)
+        self.pte.clear()
+        for pfn in self.ptpages.values():
+            self.phys.decref(pfn)
+        self.ptpages.clear()
+        if self.pgdir_pfn:
+            self.phys.decref(self.pgdir_pfn)
+            self.pgdir_pfn = 0
+        self.flush_tlb()
+
+    def frames_used(self) -> int:
+        """Frames this address space holds for its own bookkeeping."""
+        return len(self.ptpages) + (1 if self.pgdir_pfn else 0)
+
+    # -- what user code sees through UVPT -----------------------------------
+    def pde_value(self, pdx: int) -> int:
+        """uvpd[pdx] as JOS's page directory would hold it."""
+        if pdx == PDX(UVPT):
+            return (self.pgdir_pfn << 12) | PTE_U | PTE_P
+        if pdx in self.ptpages:
+            return (self.ptpages[pdx] << 12) | PTE_U | PTE_W | PTE_P
+        if pdx >= PDX(UTOP):
+            # The kernel's regions: UENVS, UPAGES (user-readable), the rest not.
+            return (PTE_U | PTE_P) if pdx < PDX(ULIM) else (PTE_W | PTE_P)
+        return 0
+
+    def pte_value(self, vpn: int) -> int | None:
+        """uvpt[vpn], or None when its page table is absent (a read faults)."""
+        pdx = vpn >> 10
+        if pdx == PDX(UVPT):
+            return self.pde_value(vpn & 0x3FF)
+        if pdx in self.ptpages:
+            pte = self.pte.get(vpn, 0)
+            if pte & PTE_REMOTE:
+                return pte & PTE_PERM_MASK
+            return pte
+        if pdx >= PDX(UTOP):
+            return (PTE_U | PTE_P) if pdx < PDX(ULIM) else (PTE_W | PTE_P)
+        return None
+
+    def _uvpt_read(self, va: int, n: int) -> bytes:
+        out = bytearray()
+        word = va & ~3
+        end = va + n
+        while word < end:
+            v = self.pte_value((word - UVPT) >> 2)
+            if v is None:
+                raise PageFault(FEC_U, max(word, va))
+            out += v.to_bytes(4, "little")
+            word += 4
+        skip = va & 3
+        return bytes(out[skip:skip + n])
+
+    # -- the MMU: translation -------------------------------------------------
+    def translate(self, va: int, write: bool) -> int:
+        """Frame base (pfn << 12) for a user access to va's page, or raise.
+
+        Sets A, and D for a write; fills the TLB.  Never returns for the
+        read-only windows above UTOP (callers use `_read_window`)."""
+        vpn = va >> 12
+        pte = self.pte.get(vpn)
+        if pte is None or not pte & PTE_P:
+            if va >= UTOP:
+                # The kernel maps everything up there; user access is a
+                # protection fault (reads of the windows never get here).
+                raise PageFault(FEC_PR | FEC_U | (FEC_WR if write else 0), va)
+            raise PageFault(FEC_U | (FEC_WR if write else 0), va)
+        if pte & PTE_REMOTE:
+            raise RemotePage(0, va)
+        if not pte & PTE_U or (write and not pte & PTE_W):
+            raise PageFault(FEC_PR | FEC_U | (FEC_WR if write else 0), va)
+        base = pte & 0xFFFFF000
+        if write:
+            if pte & (PTE_A | PTE_D) != PTE_A | PTE_D:
+                self.pte[vpn] = pte | PTE_A | PTE_D
+            pfn = base >> 12
+            if pfn not in self.phys.code:
+                self.wt[vpn] = base
+                w = self.phys.writers.get(pfn)
+                if w is None:
+                    self.phys.writers[pfn] = {(self, vpn)}
+                else:
+                    w.add((self, vpn))
+        elif not pte & PTE_A:
+            self.pte[vpn] = pte | PTE_A
+        self.rt[vpn] = base
+        return base
+
+    def clear_dirty(self, vpn: int) -> bool:
+        """Clear D on vpn's PTE (pre-copy); True if it was set."""
+        pte = self.pte.get(vpn)
+        if pte is None or not pte & PTE_D:
+            return False
+        self.pte[vpn] = pte & ~PTE_D
+        self.wt.pop(vpn, None)
+        return True
+
+    # -- the MMU: reads ------------------------------------------------------
+    def _read_window(self, va: int, n: int) -> bytes:
+        if va >= ULIM or va + n > ULIM:
+            raise PageFault(FEC_PR | FEC_U, va if va >= ULIM else ULIM)
+        if va >= UVPT:
+            return self._uvpt_read(va, n)
+        if self.window is None:
+            raise PageFault(FEC_PR | FEC_U, va)
+        return self.window(va, n)
+
+    def read(self, va: int, n: int) -> bytes:
+        """n bytes at va as user code would read them (may span pages)."""
+        if va >= UTOP and va < ULIM and not self.pte.get(va >> 12, 0) & PTE_P:
+            return self._read_window(va, n)
+        out = bytearray()
+        while n > 0:
+            off = va & 0xFFF
+            take = min(n, PGSIZE - off)
+            if va >= UTOP:
+                out += self._read_window(va, take)
+            else:
+                base = self.rt.get(va >> 12)
+                if base is None:
+                    base = self.translate(va, False)
+                out += self.mem[base | off:(base | off) + take]
+            va = (va + take) & 0xFFFFFFFF
+            n -= take
+        return bytes(out)
+
+    def check_read(self, va: int, n: int) -> None:
+        """Raise the fault a read of [va, va+n) would raise (all pages first)."""
+        end = va + n
+        page = va & ~0xFFF
+        while page < end:
+            a = max(page, va)
+            if a >= UTOP:
+                self._read_window(a, 1)
+            elif self.rt.get(a >> 12) is None:
+                self.translate(a, False)
+            page += PGSIZE
+
+    def rd8(self, va: int) -> int:
+        base = self.rt.get(va >> 12)
+        if base is not None:
+            return self.mem[base | (va & 0xFFF)]
+        return self.read(va, 1)[0]
+
+    def rd16(self, va: int) -> int:
+        base = self.rt.get(va >> 12)
+        off = va & 0xFFF
+        if base is not None and off != 0xFFF:
+            return unpack_from("<H", self.mem, base | off)[0]
+        return int.from_bytes(self.read(va, 2), "little")
+
+    def rd32(self, va: int) -> int:
+        base = self.rt.get(va >> 12)
+        off = va & 0xFFF
+        if base is not None and off <= 0xFFC:
+            if off & 3:
+                return unpack_from("<I", self.mem, base | off)[0]
+            return self.m32[(base | off) >> 2]
+        return int.from_bytes(self.read(va, 4), "little")
+
+    # -- the MMU: writes -----------------------------------------------------
+    def _write_base(self, va: int) -> int:
+        if va >= UTOP:
+            raise PageFault(FEC_PR | FEC_WR | FEC_U, va)
+        base = self.wt.get(va >> 12)
+        if base is None:
+            base = self.translate(va, True)
+        return base
+
+    def check_write(self, va: int, n: int) -> None:
+        """Raise the fault a write of [va, va+n) would raise, before any byte
+        is written (used for straddling writes, pusha, enter, bulk copies)."""
+        end = va + n
+        page = va & ~0xFFF
+        while page < end:
+            self._write_base(max(page, va) & 0xFFFFFFFF)
+            page += PGSIZE
+
+    def write(self, va: int, data) -> None:
+        """Write bytes as user code would: all pages are checked first."""
+        n = len(data)
+        if n == 0:
+            return
+        self.check_write(va, n)
+        pos = 0
+        while pos < n:
+            off = va & 0xFFF
+            take = min(n - pos, PGSIZE - off)
+            base = self._write_base(va)
+            pfn = base >> 12
+            if pfn in self.phys.code:
+                self._code_write(pfn, off, take)
+            self.mem[base | off:(base | off) + take] = data[pos:pos + take]
+            va = (va + take) & 0xFFFFFFFF
+            pos += take
+
+    def _code_write(self, pfn: int, off: int, n: int) -> None:
+        bits = self.phys.codebits[pfn]
+        if bits.find(1, off, off + n) >= 0:
+            self.phys.drop_code(pfn)
+
+    def wr8(self, va: int, v: int) -> None:
+        base = self.wt.get(va >> 12)
+        if base is not None:
+            self.mem[base | (va & 0xFFF)] = v
+        else:
+            self.write(va, bytes((v,)))
+
+    def wr16(self, va: int, v: int) -> None:
+        base = self.wt.get(va >> 12)
+        off = va & 0xFFF
+        if base is not None and off != 0xFFF:
+            pack_into("<H", self.mem, base | off, v)
+        else:
+            self.write(va, v.to_bytes(2, "little"))
+
+    def wr32(self, va: int, v: int) -> None:
+        base = self.wt.get(va >> 12)
+        off = va & 0xFFF
+        if base is not None and off <= 0xFFC:
+            if off & 3:
+                pack_into("<I", self.mem, base | off, v)
+            else:
+                self.m32[(base | off) >> 2] = v
+        else:
+            self.write(va, v.to_bytes(4, "little"))
+
+    # -- the MMU: bulk string operations -------------------------------------------
+    def bulk_copy(self, dst: int, src: int, count: int, size: int) -> int:
+        """Copy up to `count` size-byte elements forward from src to dst, as
+        many as fit in both pages, as one slice copy.  Returns how many were
+        copied; 0 means "use the element loop" (an element straddles a page,
+        a read-only window, or overlap that a forward copy must replicate).
+        Faults are raised before anything is written."""
+        soff = src & 0xFFF
+        doff = dst & 0xFFF
+        n = min(count, (PGSIZE - soff) // size, (PGSIZE - doff) // size)
+        if n < 2 or src >= UTOP:
+            return 0
+        sbase = self.rt.get(src >> 12)
+        if sbase is None:
+            sbase = self.translate(src, False)
+        dbase = self._write_base(dst)
+        s = sbase | soff
+        d = dbase | doff
+        nb = n * size
+        if s < d < s + nb:
+            return 0
+        dpfn = dbase >> 12
+        if dpfn in self.phys.code:
+            self._code_write(dpfn, doff, nb)
+        self.mem[d:d + nb] = self.mem[s:s + nb]
+        return n
+
+    def bulk_fill(self, dst: int, value: int, count: int, size: int) -> int:
+        """Store `value` into up to `count` elements at dst within its page;
+        returns how many (0: use the element loop)."""
+        doff = dst & 0xFFF
+        n = min(count, (PGSIZE - doff) // size)
+        if n < 2:
+            return 0
+        dbase = self._write_base(dst)
+        d = dbase | doff
+        nb = n * size
+        dpfn = dbase >> 12
+        if dpfn in self.phys.code:
+            self._code_write(dpfn, doff, nb)
+        self.mem[d:d + nb] = value.to_bytes(size, "little") * n
+        return n
+
+    # -- the MMU: instruction fetch --------------------------------------------
+    def code_page(self, eip: int) -> dict:
+        """The decoded-code dict for eip's page (checks that it is executable)."""
+        if eip >= UTOP:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        vpn = eip >> 12
+        base = self.rt.get(vpn)
+        if base is None:
+            base = self.translate(eip, False)
+        d = self.phys.code_dict(base >> 12)
+        self.icache[vpn] = d
+        return d
+
+    def fetch(self, eip: int, n: int) -> bytes:
+        """Up to n code bytes at eip within its page (the page is checked)."""
+        base = self.rt.get(eip >> 12)
+        if base is None:
+            base = self.translate(eip, False)
+        off = eip & 0xFFF
+        return bytes(self.mem[base | off:base | min(off + n, PGSIZE)])
+
+    def read_code(self, eip: int, n: int) -> bytes:
+        """n code bytes at eip, possibly from two pages (each checked)."""
+        buf = self.fetch(eip, n)
+        if len(buf) < n:
+            buf += self.fetch((eip + len(buf)) & 0xFFFFFFFF, n - len(buf))
+        return buf
+
+    def mark_code(self, eip: int, n: int) -> None:
+        """Record that [eip, eip+n) within eip's frame holds decoded code."""
+        base = self.rt.get(eip >> 12)
+        if base is None:
+            base = self.translate(eip, False)
+        off = eip & 0xFFF
+        end = min(off + n, PGSIZE)
+        bits = self.phys.codebits.get(base >> 12)
+        if bits is not None:
+            bits[off:end] = b"\x01" * (end - off)
