@@ -1,0 +1,92 @@
+"""Environments (JOS processes): struct Env, envids, the free list.
+
+    envid:  | generation (20 bits, from bit 12) | ENVX: slot index (10 bits) |
+
+A new env in slot i gets `gen = (old_id + 0x1000) & ~0x3ff` (or 0x1000 when
+that is <= 0) and id `gen | i`; free slots are kept in index order with a
+freed slot pushed back on the head, so the first env is 0x1000 and a freed
+slot is reused first (jos-abi.md).
+"""
+from __future__ import annotations
+
+import struct
+
+from .memlayout import USER_CS, USER_DS
+from .x86.cpu import Cpu
+
+NENV = 1024
+LOG2NENV = 10
+ENVGENSHIFT = 12
+
+ENV_FREE = 0
+ENV_DYING = 1
+ENV_RUNNABLE = 2
+ENV_RUNNING = 3
+ENV_NOT_RUNNABLE = 4
+ENV_TYPE_USER = 0
+
+STATUS_NAMES = {ENV_FREE: "Free", ENV_DYING: "Dying", ENV_RUNNABLE: "Runnable",
+                ENV_RUNNING: "Running", ENV_NOT_RUNNABLE: "Sleeping"}
+
+ENV_SIZE = 0x7C
+TRAPFRAME_SIZE = 68
+ENVS_KVA = 0xF0300000          # where a JOS kernel would keep envs[] (printed addresses)
+
+
+def ENVX(envid: int) -> int:
+    return envid & (NENV - 1)
+
+
+class Env:
+    """One slot of envs[]: JOS's struct Env plus jmig's own bookkeeping."""
+
+    def __init__(self, index: int):
+        self.index = index
+        # JOS fields (struct Env), guarded by the kernel.
+        self.env_id = 0                  # 0 while never used
+        self.parent_id = 0
+        self.type = ENV_TYPE_USER
+        self.status = ENV_FREE
+        self.runs = 0
+        self.cpunum = 0
+        self.pgfault_upcall = 0
+        self.ipc_recving = 0
+        self.ipc_dstva = 0
+        self.ipc_value = 0
+        self.ipc_from = 0
+        self.ipc_perm = 0
+        self.cpu: Cpu = Cpu()            # trapframe registers, eip, eflags
+        self.trapno = 0                  # tf_trapno / tf_err of the last trap
+        self.err = 0
+        self.aspace = None               # AddressSpace (pgdir) while allocated
+        # jmig's own state.
+        self.name = ""                   # program name, for ps
+        self.paused = False              # stopped by the operator (status shows NOT_RUNNABLE)
+        self.saved_status = ENV_FREE     # status to restore on resume
+        self.wake_at: int | None = None  # sys_sleep_msec deadline (kernel ms clock)
+        self.blocked_on: tuple[int, int] | None = None   # (owner envid, va) remote page
+        self.frozen = ""                 # node-held reason not to run ("serving pages", ...)
+        self.created_ms = 0
+
+    @property
+    def visible_status(self) -> int:
+        return self.status
+
+    def pack(self, link: int = 0) -> bytes:
+        """The 124 bytes of struct Env as user code sees them at UENVS."""
+        c = self.cpu
+        r = c.r
+        tf = struct.pack(
+            "<8I HH HH II I HH I I HH",
+            r[7], r[6], r[5], 0, r[3], r[2], r[1], r[0],
+            USER_DS, 0, USER_DS, 0, self.trapno, self.err,
+            c.eip, USER_CS, 0, c.eflags, r[4], USER_DS, 0)
+        pgdir = (0xF0000000 + (self.aspace.pgdir_pfn << 12)) if self.aspace else 0
+        rest = struct.pack(
+            "<IIIIIIIIIB3xIIII",
+            link, self.env_id, self.parent_id, self.type, self.status, self.runs,
+            self.cpunum, pgdir, self.pgfault_upcall, self.ipc_recving, self.ipc_dstva,
+            self.ipc_value, self.ipc_from, self.ipc_perm)
+        out = tf + rest
+        assert len(out) == ENV_SIZE
+        return out

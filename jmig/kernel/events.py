@@ -1,0 +1,64 @@
+"""What the kernel tells its owner.  The kernel never prints or logs: it
+appends these to Kernel.events, and the node (or `jmigctl run`) drains them."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Console:
+    """Text for the node's console: a user program's sys_cputs (envid is the
+    writer) or a kernel message (envid 0)."""
+    text: str
+    envid: int = 0
+
+
+@attrs.frozen
+class EnvCreated:
+    envid: int
+    parent_id: int
+    name: str
+
+
+@attrs.frozen
+class EnvDestroyed:
+    envid: int
+    reason: str            # "exit", "killed", "destroyed by 00001000", "fault", ...
+
+
+@attrs.frozen
+class EnvFaulted:
+    """An unhandled trap that destroys the env (printed as JOS prints it)."""
+    envid: int
+    trapno: int
+    err: int
+    va: int
+    eip: int
+
+
+@attrs.frozen
+class EnvBlocked:
+    """`envid` touched a page of `owner` that lives on another node (or a
+    syscall needs it); the env waits until Kernel.install_page(owner, va)."""
+    envid: int
+    owner: int
+    va: int
+
+
+class KernelError(Exception):
+    """An operation the node asked for was refused.  `code` is stable and
+    machine-readable; `message` says what is wrong."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# KernelError codes.
+NO_SUCH_ENV = "no-such-env"
+BAD_STATE = "bad-state"
+NO_MEMORY = "no-memory"
+NO_FREE_ENV = "no-free-env"
+BAD_ELF = "bad-elf"
+BAD_SNAPSHOT = "bad-snapshot"

@@ -1,0 +1,812 @@
+"""The simulated JOS kernel: envs, scheduler, traps, and the node's operations.
+
+Pure and synchronous: no I/O, no trio, no logging.  The node drives it with
+`run(budget)` and the operations below; everything the kernel has to say
+comes back as events (events.py) in `self.events`, which the caller drains
+with `take_events()`.
+
+Scheduling follows JOS's sched_yield: each virtual CPU in turn picks the
+next RUNNABLE env after the one it ran last, round-robin over envs[], and
+runs it for a slice of instructions.  An env stays RUNNING between its
+slices until its CPU switches to another env, as on JOS with several CPUs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import attrs
+
+from . import events as ev
+from .elf import ElfError, parse_elf
+from .env import (
+    ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVS_KVA, ENV_SIZE, ENVX,
+    ENVGENSHIFT, NENV, STATUS_NAMES, Env,
+)
+from .memlayout import (
+    FEC_PR, FEC_U, FEC_WR, PGSIZE, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, PTE_W, T_PGFLT,
+    ULIM, UPAGES, USTACKTOP, UTOP, UVPT, UXSTACKTOP, ROUNDDOWN, ROUNDUP, FL_IF, FL_RESERVED1,
+)
+from .pmap import AddressSpace, PhysMem, RemotePage
+from .x86 import cpu as core
+from .x86.cpu import Cpu
+
+DEFAULT_MEMORY = 64 << 20
+DEFAULT_SLICE = 10_000
+UTF_SIZE = 52
+
+TRAP_NAMES = {
+    0: "Divide error", 1: "Debug", 2: "Non-Maskable Interrupt", 3: "Breakpoint",
+    4: "Overflow", 5: "BOUND Range Exceeded", 6: "Invalid Opcode",
+    7: "Device Not Available", 8: "Double Fault", 9: "Coprocessor Segment Overrun",
+    10: "Invalid TSS", 11: "Segment Not Present", 12: "Stack Fault",
+    13: "General Protection", 14: "Page Fault", 15: "(unknown trap)",
+    16: "x87 FPU Floating-Point Error", 17: "Alignment Check", 18: "Machine-Check",
+    19: "SIMD Floating-Point Exception", 48: "System call",
+}
+
+
+class _Blocked(Exception):
+    """A kernel access to user memory hit a remote page (owner env, va)."""
+
+    def __init__(self, owner: Env, va: int):
+        self.owner = owner
+        self.va = va
+
+
+@attrs.frozen
+class RunResult:
+    executed: int                  # instructions run
+    idle: bool                     # nothing was runnable
+    next_wake: float | None        # earliest sleep deadline (kernel ms), if any
+
+
+@attrs.frozen
+class EnvHeader:
+    """Everything about an env except its pages (the snapshot's header)."""
+    envid: int
+    parent_id: int
+    name: str
+    status: int                    # JOS status to restore (RUNNABLE / NOT_RUNNABLE)
+    runs: int
+    regs: tuple                    # eax ecx edx ebx esp ebp esi edi
+    eip: int
+    eflags: int
+    trapno: int
+    err: int
+    pgfault_upcall: int
+    ipc_recving: int
+    ipc_dstva: int
+    ipc_value: int
+    ipc_from: int
+    ipc_perm: int
+    sleep_ms: int | None           # remaining sys_sleep_msec time, if sleeping
+
+
+@attrs.frozen
+class PageInfo:
+    """One page of an env: va, user permissions (within PTE_SYSCALL), and
+    whether its contents are here (local) or on another node (remote)."""
+    va: int
+    perm: int
+    remote: bool
+    dirty: bool = False
+    accessed: bool = False
+
+
+class Kernel:
+    def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
+                 slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None):
+        if memory < 16 * PGSIZE:
+            raise ValueError(f"memory must be at least {16 * PGSIZE} bytes")
+        if not 1 <= ncpus <= 64:
+            raise ValueError("ncpus must be between 1 and 64")
+        if slice < 1:
+            raise ValueError("slice must be at least 1 instruction")
+        self.phys = PhysMem(memory // PGSIZE)
+        self.ncpus = ncpus
+        self.slice = slice
+        self.clock = clock or (lambda: time.monotonic() * 1000.0)
+        self.boot_ms = self.clock()
+        self.envs = [Env(i) for i in range(NENV)]
+        self.free_envs = list(range(NENV - 1, -1, -1))    # pop() gives the head
+        self.curenv: list[Env | None] = [None] * ncpus
+        self.events: list = []
+        self.waiters: dict[tuple[int, int], list[Env]] = {}   # (owner id, vpn) -> envs
+        self.instructions = 0
+        from . import syscall
+        self._syscall = syscall.dispatch
+
+    # -- events --------------------------------------------------------------------
+    def take_events(self) -> list:
+        out = self.events
+        self.events = []
+        return out
+
+    def cprintf(self, text: str) -> None:
+        self.events.append(ev.Console(text, 0))
+
+    def now(self) -> float:
+        return self.clock()
+
+    # -- envs -----------------------------------------------------------------------
+    def live_envs(self) -> list[Env]:
+        return [e for e in self.envs if e.status != ENV_FREE]
+
+    def envid2env(self, envid: int, cur: Env | None, checkperm: bool) -> Env | None:
+        """JOS's envid2env: 0 means cur; with checkperm the target must be
+        cur or its child.  None for a bad envid (the caller returns -E_BAD_ENV)."""
+        if envid == 0:
+            return cur
+        e = self.envs[ENVX(envid)]
+        if e.status == ENV_FREE or e.env_id != envid:
+            return None
+        if checkperm and cur is not None and e is not cur and e.parent_id != cur.env_id:
+            return None
+        return e
+
+    def env_alloc(self, parent_id: int, envid: int | None = None) -> Env:
+        """Allocate an env slot and its page directory (JOS's env_alloc).
+
+        With `envid`, take exactly that id if its slot is free (restores).
+        Raises KernelError NO_FREE_ENV / NO_MEMORY; prints "new env"."""
+        if envid is not None:
+            idx = ENVX(envid)
+            if envid <= 0 or envid >> ENVGENSHIFT == 0 or self.envs[idx].status != ENV_FREE:
+                raise ev.KernelError(ev.NO_FREE_ENV, f"env id {envid:08x} is not available")
+            self.free_envs.remove(idx)
+            e = self.envs[idx]
+        else:
+            if not self.free_envs:
+                raise ev.KernelError(ev.NO_FREE_ENV, f"all {NENV} env slots are in use")
+            e = self.envs[self.free_envs[-1]]
+            gen = (e.env_id + (1 << ENVGENSHIFT)) & ~(NENV - 1)
+            if gen <= 0 or gen > 0x7FFFFFFF:
+                gen = 1 << ENVGENSHIFT
+            envid = gen | e.index
+            self.free_envs.pop()
+        try:
+            aspace = AddressSpace(self.phys, self._window)
+        except MemoryError:
+            self.free_envs.append(e.index)
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page directory") from None
+        e.aspace = aspace
+        e.env_id = envid
+        e.parent_id = parent_id
+        e.status = ENV_RUNNABLE
+        e.runs = 0
+        e.cpunum = 0
+        e.pgfault_upcall = 0
+        e.ipc_recving = e.ipc_dstva = e.ipc_value = e.ipc_from = e.ipc_perm = 0
+        e.cpu = Cpu()
+        e.cpu.r[4] = USTACKTOP
+        e.trapno = e.err = 0
+        e.name = ""
+        e.paused = False
+        e.saved_status = ENV_RUNNABLE
+        e.wake_at = None
+        e.blocked_on = None
+        e.frozen = ""
+        e.created_ms = self.now()
+        self.cprintf(f"[{parent_id:08x}] new env {envid:08x}\n")
+        return e
+
+    def env_free(self, e: Env, by: int) -> None:
+        """Free an env's memory and slot (JOS's env_free), printing "free env"."""
+        self.cprintf(f"[{by:08x}] free env {e.env_id:08x}\n")
+        e.aspace.free_all()
+        e.aspace = None
+        e.status = ENV_FREE
+        e.paused = False
+        e.frozen = ""
+        e.wake_at = None
+        self._unblock_waiter(e)
+        for cpu, cur in enumerate(self.curenv):
+            if cur is e:
+                self.curenv[cpu] = None
+        # Envs waiting for this env's remote pages can never get them now.
+        for key in [k for k in self.waiters if k[0] == e.env_id]:
+            for w in self.waiters.pop(key):
+                if w is not e and w.status != ENV_FREE:
+                    w.blocked_on = None
+        self.free_envs.append(e.index)
+
+    def env_destroy(self, e: Env, by: int, reason: str) -> None:
+        self.env_free(e, by)
+        self.events.append(ev.EnvDestroyed(e.env_id, reason))
+
+    # -- status, respecting an operator's pause --------------------------------------
+    def set_status(self, e: Env, status: int) -> None:
+        if e.paused:
+            e.saved_status = status
+        else:
+            e.status = status
+
+    def jos_status(self, e: Env) -> int:
+        return e.saved_status if e.paused else e.status
+
+    # -- program loading ---------------------------------------------------------------
+    def env_create(self, elf: bytes, argv: list[str] | None = None, name: str = "",
+                   parent_id: int = 0, paused: bool = False) -> Env:
+        """Create an env running an ELF (JOS's env_create + load_icode).
+
+        argv None: esp = USTACKTOP and no arguments (as JOS's kernel-created
+        envs); otherwise argc/argv are laid out on the stack.  Raises
+        KernelError BAD_ELF (nothing created), NO_FREE_ENV or NO_MEMORY."""
+        try:
+            image = parse_elf(elf)
+        except ElfError as exc:
+            raise ev.KernelError(ev.BAD_ELF, str(exc)) from None
+        strings = argv or []
+        stack_bytes = sum(len(a.encode()) + 1 for a in strings) + 4 * (len(strings) + 3)
+        if stack_bytes > PGSIZE:
+            raise ev.KernelError(ev.BAD_STATE, f"arguments need {stack_bytes} bytes; "
+                                 f"the initial stack page holds {PGSIZE}")
+        need = image.pages() + 1 + 4
+        if need > self.phys.nfree:
+            raise ev.KernelError(ev.NO_MEMORY, f"program needs about {need} pages; "
+                                 f"{self.phys.nfree} are free")
+        e = self.env_alloc(parent_id)
+        try:
+            self._load_icode(e, elf, image)
+            self._init_stack(e, argv)
+        except ev.KernelError:
+            self.env_free(e, 0)
+            raise
+        e.cpu.eip = image.entry
+        e.name = name
+        if paused:
+            self.pause(e.env_id)
+        self.events.append(ev.EnvCreated(e.env_id, parent_id, name))
+        return e
+
+    def _region_alloc(self, e: Env, va: int, length: int) -> None:
+        start = ROUNDDOWN(va, PGSIZE)
+        end = ROUNDUP(va + length, PGSIZE)
+        for a in range(start, end, PGSIZE):
+            if e.aspace.page_lookup(a) is not None:
+                continue
+            pfn = self.phys.page_alloc()
+            if pfn is None or not e.aspace.page_insert(pfn, a, PTE_U | PTE_W):
+                if pfn is not None:
+                    self.phys.page_free(pfn)
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory loading the program")
+
+    def _load_icode(self, e: Env, elf: bytes, image) -> None:
+        for seg in image.segments:
+            self._region_alloc(e, seg.vaddr, seg.memsz)
+            if seg.filesz:
+                self._kwrite(e, seg.vaddr, elf[seg.offset:seg.offset + seg.filesz])
+        self._region_alloc(e, USTACKTOP - PGSIZE, PGSIZE)
+
+    def _init_stack(self, e: Env, argv: list[str] | None) -> None:
+        """[esp] = argc, [esp+4] = argv, argv[] and the strings above them."""
+        if argv is None:
+            e.cpu.r[4] = USTACKTOP
+            return
+        top = USTACKTOP
+        ptrs = []
+        for a in argv:
+            b = a.encode() + b"\0"
+            top -= len(b)
+            self._kwrite(e, top, b)
+            ptrs.append(top)
+        top &= ~3
+        arr = top - 4 * (len(ptrs) + 1)
+        self._kwrite(e, arr, b"".join(p.to_bytes(4, "little") for p in ptrs) + bytes(4))
+        sp = arr - 8
+        self._kwrite(e, sp, len(argv).to_bytes(4, "little") + arr.to_bytes(4, "little"))
+        e.cpu.r[4] = sp
+
+    def _kwrite(self, e: Env, va: int, data: bytes) -> None:
+        """The kernel writing into an env's memory with its own privilege
+        (pages already mapped by the kernel; no user permission check)."""
+        pos = 0
+        while pos < len(data):
+            pte = e.aspace.page_lookup(va)
+            off = va & 0xFFF
+            take = min(len(data) - pos, PGSIZE - off)
+            base = pte & 0xFFFFF000
+            self.phys.mem[base | off:(base | off) + take] = data[pos:pos + take]
+            self.phys.drop_code(base >> 12)
+            va += take
+            pos += take
+
+    # -- the read-only windows (UENVS, UPAGES) -------------------------------------------
+    def _window(self, va: int, n: int) -> bytes:
+        if va < UPAGES:
+            first = (va - UTOP) // ENV_SIZE
+            last = (va + n - 1 - UTOP) // ENV_SIZE
+            if last >= NENV:
+                from .pmap import PageFault
+                raise PageFault(FEC_PR | FEC_U, UTOP + NENV * ENV_SIZE)
+            blob = b"".join(self.envs[i].pack(self._env_link(i)) for i in range(first, last + 1))
+            off = va - UTOP - first * ENV_SIZE
+            return blob[off:off + n]
+        if va < UVPT:
+            first = (va - UPAGES) // 8
+            last = (va + n - 1 - UPAGES) // 8
+            ref = self.phys.ref
+            blob = b"".join(
+                (0).to_bytes(4, "little") + (ref[i] & 0xFFFF).to_bytes(2, "little") + bytes(2)
+                if i < len(ref) else bytes(8)
+                for i in range(first, last + 1))
+            off = va - UPAGES - first * 8
+            return blob[off:off + n]
+        raise AssertionError("UVPT reads are the address space's")
+
+    def _env_link(self, i: int) -> int:
+        e = self.envs[i]
+        if e.status != ENV_FREE:
+            return 0
+        # A free env links to the next one on the free list (kernel addresses).
+        try:
+            pos = self.free_envs.index(i)
+        except ValueError:
+            return 0
+        return ENVS_KVA + self.free_envs[pos - 1] * ENV_SIZE if pos > 0 else 0
+
+    # -- user memory checks (JOS's user_mem_check) -----------------------------------------
+    def user_mem_check(self, e: Env, va: int, length: int, perm: int) -> int | None:
+        """None if e may access [va, va+len) with perm|PTE_P, else the first
+        bad address.  Remote pages count as present."""
+        perm |= PTE_P
+        start = ROUNDDOWN(va, PGSIZE)
+        end = ROUNDUP(va + length, PGSIZE)
+        a = start
+        while a < end:
+            if a >= ULIM:
+                return max(a, va)
+            pte = e.aspace.pte.get(a >> 12)
+            if pte is None or pte & perm != perm:
+                return max(a, va)
+            a += PGSIZE
+        return None
+
+    def user_mem_assert(self, e: Env, va: int, length: int, perm: int) -> bool:
+        bad = self.user_mem_check(e, va, length, perm | PTE_U)
+        if bad is None:
+            return True
+        self.cprintf(f"[{e.env_id:08x}] user_mem_check assertion failure for va {bad:08x}\n")
+        self.env_destroy(e, e.env_id, "bad pointer")
+        return False
+
+    def need_local(self, owner: Env, va: int, length: int) -> None:
+        """Raise _Blocked if any page of [va, va+len) in owner is remote."""
+        if length <= 0:
+            return
+        a = ROUNDDOWN(va, PGSIZE)
+        while a < va + length:
+            pte = owner.aspace.pte.get(a >> 12)
+            if pte is not None and pte & PTE_REMOTE:
+                raise _Blocked(owner, a)
+            a += PGSIZE
+
+    # -- the scheduler ---------------------------------------------------------------------
+    def _runnable(self, e: Env, now: float) -> bool:
+        if e.status != ENV_RUNNABLE or e.blocked_on is not None or e.frozen:
+            return False
+        if e.wake_at is not None:
+            if e.wake_at > now:
+                return False
+            e.wake_at = None
+        return True
+
+    def _pick(self, cpu: int, now: float) -> Env | None:
+        cur = self.curenv[cpu]
+        start = cur.index + 1 if cur is not None else 0
+        envs = self.envs
+        for j in range(NENV):
+            e = envs[(start + j) % NENV]
+            if e.status == ENV_RUNNABLE and self._runnable(e, now):
+                return e
+        if cur is not None and cur.status == ENV_RUNNING and not cur.frozen \
+                and cur.blocked_on is None and cur.wake_at is None:
+            return cur
+        return None
+
+    def run(self, budget: int) -> RunResult:
+        """Run envs for up to `budget` instructions in slices.  Returns how
+        many ran, whether nothing was runnable, and the next sleep deadline."""
+        executed = 0
+        while executed < budget:
+            now = self.now()
+            ran = False
+            for cpu in range(self.ncpus):
+                e = self._pick(cpu, now)
+                if e is None:
+                    continue
+                ran = True
+                executed += self._run_env(e, cpu, min(self.slice, budget - executed))
+                if executed >= budget:
+                    break
+            if not ran:
+                return RunResult(executed, True, self.next_wake())
+        self.instructions += executed
+        return RunResult(executed, False, self.next_wake())
+
+    def next_wake(self) -> float | None:
+        wakes = [e.wake_at for e in self.envs
+                 if e.wake_at is not None and e.status == ENV_RUNNABLE and not e.frozen
+                 and e.blocked_on is None]
+        return min(wakes) if wakes else None
+
+    def has_runnable(self) -> bool:
+        now = self.now()
+        return any(self._runnable(e, now) or (e.status == ENV_RUNNING and not e.frozen
+                                              and e.blocked_on is None)
+                   for e in self.envs if e.status in (ENV_RUNNABLE, ENV_RUNNING))
+
+    def _run_env(self, e: Env, cpu: int, budget: int) -> int:
+        prev = self.curenv[cpu]
+        if prev is not None and prev is not e and prev.status == ENV_RUNNING:
+            prev.status = ENV_RUNNABLE
+        self.curenv[cpu] = e
+        e.status = ENV_RUNNING
+        e.runs += 1
+        e.cpunum = cpu
+        done = 0
+        while done < budget:
+            stop = core.run(e.cpu, e.aspace, budget - done)
+            done += stop.count
+            reason = stop.reason
+            if reason == core.BUDGET:
+                break
+            if reason == core.SYSCALL:
+                e.trapno, e.err = 48, 0
+                if not self._syscall(self, e):
+                    break
+                continue
+            if reason == core.REMOTE:
+                self._block(e, e, stop.va)
+                break
+            if reason == core.TRAP:
+                if not self._trap(e, stop):
+                    break
+                continue
+            # INTERNAL: a bug in jmig's core; never let it take the node down.
+            self.cprintf(f"[{e.env_id:08x}] jmig internal error at eip {e.cpu.eip:08x}: "
+                         f"{stop.detail}\n")
+            self.env_destroy(e, e.env_id, "internal error")
+            break
+        if e.status == ENV_RUNNING and (e.wake_at is not None or e.blocked_on is not None):
+            e.status = ENV_RUNNABLE
+        return done
+
+    # -- remote pages ---------------------------------------------------------------------
+    def _block(self, e: Env, owner: Env, va: int) -> None:
+        vpn = va >> 12
+        e.blocked_on = (owner.env_id, vpn << 12)
+        self.waiters.setdefault((owner.env_id, vpn), []).append(e)
+        if e.status == ENV_RUNNING:
+            e.status = ENV_RUNNABLE
+        self.events.append(ev.EnvBlocked(e.env_id, owner.env_id, vpn << 12))
+
+    def _unblock_waiter(self, e: Env) -> None:
+        if e.blocked_on is not None:
+            owner, va = e.blocked_on
+            lst = self.waiters.get((owner, va >> 12))
+            if lst and e in lst:
+                lst.remove(e)
+                if not lst:
+                    del self.waiters[(owner, va >> 12)]
+            e.blocked_on = None
+
+    def install_page(self, envid: int, va: int, data) -> bool:
+        """Put the contents of a remote page in place and wake its waiters.
+
+        Returns False (and changes nothing) if the env is gone or the page
+        is no longer remote (installed already, or unmapped meanwhile).
+        Raises KernelError NO_MEMORY if no frame is free."""
+        e = self._env(envid)
+        vpn = va >> 12
+        pte = e.aspace.pte.get(vpn)
+        if pte is None or not pte & PTE_REMOTE:
+            self._wake(envid, vpn)
+            return False
+        pfn = self.phys.page_alloc(zero=False)
+        if pfn is None:
+            raise ev.KernelError(ev.NO_MEMORY, "no free frame for an incoming page")
+        self.phys.mem[pfn << 12:(pfn + 1) << 12] = data
+        perm = pte & 0xFFF & ~PTE_P
+        e.aspace.page_remove(va)           # drops the remote marker
+        e.aspace.page_insert(pfn, va, perm)  # page table exists already: cannot fail
+        self._wake(envid, vpn)
+        return True
+
+    def _wake(self, owner: int, vpn: int) -> None:
+        for w in self.waiters.pop((owner, vpn), []):
+            w.blocked_on = None
+
+    def remote_pages(self, envid: int) -> list[int]:
+        e = self._env(envid)
+        return sorted((vpn << 12) for vpn, pte in e.aspace.pte.items() if pte & PTE_REMOTE)
+
+    def waiting_for(self, envid: int) -> int | None:
+        e = self._env(envid)
+        return e.blocked_on[1] if e.blocked_on else None
+
+    # -- traps ------------------------------------------------------------------------------
+    def _trap(self, e: Env, stop) -> bool:
+        """Handle a fault or trap; True if e may keep running now."""
+        e.trapno, e.err = stop.trapno, stop.err
+        if stop.trapno == T_PGFLT:
+            return self._page_fault(e, stop.err, stop.va)
+        self._print_trapframe(e, stop.trapno, stop.err, None)
+        self.events.append(ev.EnvFaulted(e.env_id, stop.trapno, stop.err, 0, e.cpu.eip))
+        self.env_destroy(e, e.env_id, f"trap {stop.trapno} ({TRAP_NAMES.get(stop.trapno, '?')})")
+        return False
+
+    def _page_fault(self, e: Env, err: int, va: int) -> bool:
+        if not e.pgfault_upcall:
+            self.cprintf(f"[{e.env_id:08x}] user fault va {va:08x} ip {e.cpu.eip:08x}\n")
+            self._print_trapframe(e, T_PGFLT, err, va)
+            self.events.append(ev.EnvFaulted(e.env_id, T_PGFLT, err, va, e.cpu.eip))
+            self.env_destroy(e, e.env_id, f"page fault at {va:08x}")
+            return False
+        c = e.cpu
+        esp = c.r[4]
+        if UXSTACKTOP - PGSIZE <= esp <= UXSTACKTOP - 1:
+            utf = esp - UTF_SIZE - 4
+        else:
+            utf = UXSTACKTOP - UTF_SIZE
+        if not self.user_mem_assert(e, utf, UTF_SIZE, PTE_W):
+            return False
+        try:
+            self.need_local(e, utf, UTF_SIZE)
+        except _Blocked as b:
+            self._block(e, b.owner, b.va)     # the instruction faults again later
+            return False
+        r = c.r
+        words = (va, err, r[7], r[6], r[5], r[4], r[3], r[2], r[1], r[0],
+                 c.eip, c.eflags, esp)
+        e.aspace.write(utf, b"".join(w.to_bytes(4, "little") for w in words))
+        c.eip = e.pgfault_upcall
+        r[4] = utf
+        return True
+
+    def _print_trapframe(self, e: Env, trapno: int, err: int, cr2: int | None) -> None:
+        c = e.cpu
+        r = c.r
+        name = TRAP_NAMES.get(trapno, "(unknown trap)")
+        lines = [f"TRAP frame at 0x{ENVS_KVA + e.index * ENV_SIZE:x} from CPU {e.cpunum}",
+                 f"  edi  0x{r[7]:08x}", f"  esi  0x{r[6]:08x}", f"  ebp  0x{r[5]:08x}",
+                 "  oesp 0xefffffdc", f"  ebx  0x{r[3]:08x}", f"  edx  0x{r[2]:08x}",
+                 f"  ecx  0x{r[1]:08x}", f"  eax  0x{r[0]:08x}",
+                 "  es   0x----0023", "  ds   0x----0023",
+                 f"  trap 0x{trapno:08x} {name}"]
+        if cr2 is not None:
+            lines.append(f"  cr2  0x{cr2:08x}")
+        errline = f"  err  0x{err:08x}"
+        if trapno == T_PGFLT:
+            errline += " [{}, {}, {}]".format(
+                "user" if err & FEC_U else "kernel",
+                "write" if err & FEC_WR else "read",
+                "protection" if err & FEC_PR else "not-present")
+        lines += [errline, f"  eip  0x{c.eip:08x}", "  cs   0x----001b",
+                  f"  flag 0x{c.eflags:08x}", f"  esp  0x{r[4]:08x}", "  ss   0x----0023"]
+        self.cprintf("\n".join(lines) + "\n")
+
+    # -- operations for the node -----------------------------------------------------------
+    def _env(self, envid: int) -> Env:
+        if not isinstance(envid, int) or envid <= 0:
+            raise ev.KernelError(ev.NO_SUCH_ENV, f"no env {envid}")
+        e = self.envs[ENVX(envid)]
+        if e.status == ENV_FREE or e.env_id != envid:
+            raise ev.KernelError(ev.NO_SUCH_ENV, f"no env {envid} ({envid:08x})")
+        return e
+
+    def get_env(self, envid: int) -> Env:
+        return self._env(envid)
+
+    def pause(self, envid: int) -> Env:
+        """Stop an env (status NOT_RUNNABLE, shown as Sleeping) until resume."""
+        e = self._env(envid)
+        if e.paused:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is already paused")
+        e.saved_status = ENV_RUNNABLE if e.status == ENV_RUNNING else e.status
+        e.status = ENV_NOT_RUNNABLE
+        e.paused = True
+        return e
+
+    def resume(self, envid: int) -> Env:
+        e = self._env(envid)
+        if not e.paused:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is not paused")
+        if e.frozen:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen}; it cannot run here")
+        e.paused = False
+        e.status = e.saved_status
+        return e
+
+    def kill(self, envid: int) -> None:
+        e = self._env(envid)
+        self.cprintf(f"[00000000] destroying {e.env_id:08x}\n")
+        self.env_destroy(e, 0, "killed")
+
+    def env_pages(self, envid: int) -> list[PageInfo]:
+        """The env's mapped pages below UTOP, in address order."""
+        e = self._env(envid)
+        out = []
+        for vpn in sorted(e.aspace.pte):
+            pte = e.aspace.pte[vpn]
+            if not pte & PTE_P or vpn << 12 >= UTOP:
+                continue
+            out.append(PageInfo(vpn << 12, pte & PTE_SYSCALL, bool(pte & PTE_REMOTE),
+                                bool(pte & 0x40), bool(pte & 0x20)))
+        return out
+
+    def page_data(self, envid: int, va: int) -> memoryview:
+        """A view of a local page's 4 KiB (valid until the page changes)."""
+        e = self._env(envid)
+        pte = e.aspace.pte.get(va >> 12)
+        if pte is None or not pte & PTE_P or pte & PTE_REMOTE:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} has no local page at {va:08x}")
+        return self.phys.frame(pte >> 12 & 0xFFFFF)
+
+    def header(self, envid: int) -> EnvHeader:
+        e = self._env(envid)
+        c = e.cpu
+        sleep = None
+        if e.wake_at is not None:
+            sleep = max(0, int(e.wake_at - self.now()))
+        return EnvHeader(
+            envid=e.env_id, parent_id=e.parent_id, name=e.name, status=self.jos_status(e)
+            if self.jos_status(e) != ENV_RUNNING else ENV_RUNNABLE,
+            runs=e.runs, regs=tuple(c.r), eip=c.eip, eflags=c.eflags, trapno=e.trapno,
+            err=e.err, pgfault_upcall=e.pgfault_upcall, ipc_recving=e.ipc_recving,
+            ipc_dstva=e.ipc_dstva, ipc_value=e.ipc_value, ipc_from=e.ipc_from,
+            ipc_perm=e.ipc_perm, sleep_ms=sleep)
+
+    def create_from(self, h: EnvHeader, keep_id: bool = True, parent_id: int | None = None) -> Env:
+        """Start restoring an env from a header: a new env, paused and held
+        ("incoming") until commit_incoming, with no pages yet.  Keeps the
+        original envid when its slot is free here and keep_id is set."""
+        if h.status not in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad status {h.status} in snapshot")
+        want = None
+        if keep_id and h.envid > 0 and self.envs[ENVX(h.envid)].status == ENV_FREE \
+                and h.envid >> ENVGENSHIFT:
+            want = h.envid
+        e = self.env_alloc(h.parent_id if parent_id is None else parent_id, want)
+        c = e.cpu
+        c.r = [v & 0xFFFFFFFF for v in h.regs]
+        c.eip = h.eip & 0xFFFFFFFF
+        c.eflags = (h.eflags & 0x244CD5) | FL_IF | FL_RESERVED1
+        e.trapno, e.err = h.trapno, h.err
+        e.name = h.name
+        e.pgfault_upcall = h.pgfault_upcall
+        e.ipc_recving = 1 if h.ipc_recving else 0
+        e.ipc_dstva, e.ipc_value = h.ipc_dstva, h.ipc_value
+        e.ipc_from, e.ipc_perm = h.ipc_from, h.ipc_perm
+        e.runs = h.runs
+        if h.sleep_ms is not None:
+            e.wake_at = self.now() + h.sleep_ms
+        e.saved_status = h.status
+        e.status = ENV_NOT_RUNNABLE
+        e.paused = True
+        e.frozen = "incoming"
+        return e
+
+    def restore_page(self, e: Env, va: int, perm: int, data=None) -> None:
+        """Map one page into an incoming env: with data (4 KiB), or remote
+        when data is None.  Raises KernelError NO_MEMORY / BAD_SNAPSHOT."""
+        if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
+        if e.aspace.page_lookup(va) is not None:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+        if data is None:
+            if not e.aspace.set_remote(va, perm):
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+            return
+        pfn = self.phys.page_alloc(zero=False)
+        if pfn is None:
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
+        if not e.aspace.page_insert(pfn, va, perm):
+            self.phys.page_free(pfn)
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+        self.phys.write_frame(pfn, data)
+
+    def commit_incoming(self, e: Env, resume: bool = False) -> Env:
+        e.frozen = ""
+        self.events.append(ev.EnvCreated(e.env_id, e.parent_id, e.name))
+        if resume:
+            self.resume(e.env_id)
+        return e
+
+    def abort_incoming(self, e: Env) -> None:
+        """Throw away a partly restored env: no trace, no leaked frames."""
+        if e.status != ENV_FREE and e.frozen == "incoming":
+            self.env_free(e, 0)
+
+    def copy(self, envid: int) -> Env:
+        """A new env with its own copy of every page and the same registers,
+        created paused; its parent is the original."""
+        src = self._env(envid)
+        pages = self.env_pages(envid)
+        if any(p.remote for p in pages):
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
+        need = len(pages) + len(src.aspace.ptpages) + 1
+        if need > self.phys.nfree:
+            raise ev.KernelError(ev.NO_MEMORY, f"copy needs {need} pages; {self.phys.nfree} are free")
+        h = self.header(envid)
+        e = self.create_from(h, keep_id=False, parent_id=src.env_id)
+        try:
+            for p in pages:
+                self.restore_page(e, p.va, p.perm, self.page_data(envid, p.va))
+        except ev.KernelError:
+            self.abort_incoming(e)
+            raise
+        return self.commit_incoming(e)
+
+    def memory_stats(self) -> dict:
+        total = self.phys.nframes
+        free = self.phys.nfree
+        return {"total_pages": total, "free_pages": free, "used_pages": total - free,
+                "page_size": PGSIZE}
+
+    def env_info(self, e: Env) -> dict:
+        """One env as the node's ps shows it."""
+        state = []
+        if e.paused:
+            state.append("paused")
+        if e.frozen:
+            state.append(e.frozen)
+        if e.blocked_on is not None:
+            state.append("waiting for pages")
+        if e.wake_at is not None:
+            left = e.wake_at - self.now()
+            if left > 0:
+                state.append(f"sleeping {int(left)}ms")
+        if e.ipc_recving and self.jos_status(e) == ENV_NOT_RUNNABLE:
+            state.append("ipc_recv")
+        npages = sum(1 for vpn, pte in e.aspace.pte.items() if pte & PTE_P)
+        remote = sum(1 for pte in e.aspace.pte.values() if pte & PTE_REMOTE)
+        return {"envid": e.env_id, "parent": e.parent_id, "status": STATUS_NAMES[e.status],
+                "name": e.name, "state": ", ".join(state), "runs": e.runs, "cpu": e.cpunum,
+                "pages": npages, "remote_pages": remote, "eip": e.cpu.eip}
+
+    def ps(self) -> list[dict]:
+        return [self.env_info(e) for e in self.envs if e.status != ENV_FREE]
+
+    def vmmap(self, envid: int) -> list[dict]:
+        """Mapped ranges: consecutive pages with equal perm and state merged."""
+        out: list[dict] = []
+        for p in self.env_pages(envid):
+            state = "remote" if p.remote else ("dirty" if p.dirty else "present")
+            last = out[-1] if out else None
+            if last and last["end"] == p.va and last["perm"] == p.perm and last["state"] == state:
+                last["end"] = p.va + PGSIZE
+                last["pages"] += 1
+            else:
+                out.append({"start": p.va, "end": p.va + PGSIZE, "perm": p.perm,
+                            "state": state, "pages": 1})
+        return out
+
+    def check_invariants(self) -> None:
+        """Panic if frame refcounts disagree with the mappings (for tests)."""
+        from .pmap import KernelPanic
+        counts = [0] * self.phys.nframes
+        counts[0] = 1
+        for e in self.envs:
+            if e.status == ENV_FREE:
+                continue
+            a = e.aspace
+            counts[a.pgdir_pfn] += 1
+            for pfn in a.ptpages.values():
+                counts[pfn] += 1
+            for pte in a.pte.values():
+                if not pte & PTE_REMOTE:
+                    counts[pte >> 12 & 0xFFFFF] += 1
+        if counts != self.phys.ref:
+            bad = [i for i in range(len(counts)) if counts[i] != self.phys.ref[i]]
+            raise KernelPanic(f"refcounts disagree with mappings at frames {bad[:10]}")
+        free = set(self.phys.free)
+        if len(free) != len(self.phys.free):
+            raise KernelPanic("a frame is on the free list twice")
+        for i in range(1, self.phys.nframes):
+            if (i in free) != (counts[i] == 0):
+                raise KernelPanic(f"frame {i}: ref {counts[i]} but free={i in free}")
+
+    def iter_envs(self) -> Iterator[Env]:
+        return (e for e in self.envs if e.status != ENV_FREE)
