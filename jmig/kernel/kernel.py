@@ -227,11 +227,12 @@ class Kernel:
 
     # -- program loading ---------------------------------------------------------------
     def env_create(self, elf: bytes, argv: list[str] | None = None, name: str = "",
-                   parent_id: int = 0, paused: bool = False) -> Env:
+                   parent_id: int = 0, paused: bool = False, envid: int | None = None) -> Env:
         """Create an env running an ELF (JOS's env_create + load_icode).
 
         argv None: esp = USTACKTOP and no arguments (as JOS's kernel-created
-        envs); otherwise argc/argv are laid out on the stack.  Raises
+        envs); otherwise argc/argv are laid out on the stack.  With envid,
+        the env gets exactly that id (its slot must be free).  Raises
         KernelError BAD_ELF (nothing created), NO_FREE_ENV or NO_MEMORY."""
         try:
             image = parse_elf(elf)
@@ -246,7 +247,7 @@ class Kernel:
         if need > self.phys.nfree:
             raise ev.KernelError(ev.NO_MEMORY, f"program needs about {need} pages; "
                                  f"{self.phys.nfree} are free")
-        e = self.env_alloc(parent_id)
+        e = self.env_alloc(parent_id, envid)
         try:
             self._load_icode(e, elf, image)
             self._init_stack(e, argv)
@@ -421,6 +422,7 @@ class Kernel:
                 if executed >= budget:
                     break
             if not ran:
+                self.instructions += executed
                 return RunResult(executed, True, self.next_wake())
         self.instructions += executed
         return RunResult(executed, False, self.next_wake())

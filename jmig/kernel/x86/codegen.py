@@ -15,6 +15,8 @@ A fault in 1 or 2 leaves every register, flag and memory byte unchanged.
 """
 from __future__ import annotations
 
+import re
+
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SUB
 from .insn import IMM, MEM, REG, REL, SREG, EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI, Insn, Operand
 
@@ -224,9 +226,14 @@ class Gen:
         self.ends = True
 
 
+_SIMPLE = re.compile(r"_t\d+|0x[0-9a-fA-F]+|\d+")
+
+
 def _is_simple(expr: str) -> bool:
-    """A temp or a literal: safe to use after registers are committed."""
-    return expr.startswith("_t") or expr.startswith("0x") or expr.isdigit()
+    """A temp or a literal: safe to use after registers are committed and
+    to splice into a larger expression.  (A prefix test is not enough:
+    `0xffff if ... else 0` or `_t1 if _t2 else _t3` are not simple.)"""
+    return _SIMPLE.fullmatch(expr) is not None
 
 
 # ---------------------------------------------------------------------------------
@@ -595,19 +602,29 @@ def _enter(g: Gen, i: Insn):
     sp = g.tmp(g.r32(ESP))
     bp = g.tmp(g.r32(EBP))
     old_bp = g.tmp(g.getreg(EBP, s))
-    # Loads first (the display of outer frame pointers), then check every
-    # store below the old esp, then store: a fault changes nothing.
-    loads = [g.load(f"({bp} - {k * s}) & 0xFFFFFFFF", s) for k in range(1, level)]
-    total = s * (1 + len(loads) + (1 if level else 0))
-    g.check_write(f"({sp} - {total}) & 0xFFFFFFFF", total)
+    # First every access is checked in the SDM's order -- push ebp, then per
+    # level a load of an outer frame pointer and its push, then the push of
+    # the frame -- so the first one that faults is the one a CPU reports and
+    # nothing has changed; then the same accesses are done in the same
+    # order (a load may read what an earlier push of this enter stored).
     frame = g.tmp(f"({sp} - {s}) & 0xFFFFFFFF")
-    g.store(frame, s, old_bp)
+    g.check_write(frame, s)
+    slots = []
     cur = frame
-    for v in loads:
+    for k in range(1, level):
+        src = g.tmp(f"({bp} - {k * s}) & 0xFFFFFFFF")
+        g.emit(f"m.check_read({src}, {s})")
         cur = g.tmp(f"({cur} - {s}) & 0xFFFFFFFF")
-        g.store(cur, s, v)
+        g.check_write(cur, s)
+        slots.append((src, cur))
     if level:
-        cur = g.tmp(f"({cur} - {s}) & 0xFFFFFFFF")
+        last = g.tmp(f"({cur} - {s}) & 0xFFFFFFFF")
+        g.check_write(last, s)
+        cur = last
+    g.store(frame, s, old_bp)
+    for src, dst in slots:
+        g.store(dst, s, g.load(src, s))
+    if level:
         g.store(cur, s, frame if s == 4 else f"{frame} & 0xFFFF")
     g.setreg(EBP, s, frame if s == 4 else f"{frame} & 0xFFFF")
     g.setreg(ESP, 4, f"({cur} - {alloc}) & 0xFFFFFFFF")
@@ -770,7 +787,12 @@ def _shift(g: Gen, i: Insn):
     if cnt_op.kind == IMM:
         cnt = cnt_op.imm & 31
         if cnt == 0:
-            return                               # no effect at all
+            # Flags and value unchanged, but a memory operand is still
+            # read and written back, as with a count of 0 in cl (and as
+            # Bochs and QEMU do): it needs write access.
+            if dst.kind == MEM:
+                g.write(dst, v)
+            return
         c = str(cnt)
     else:
         c = g.tmp(f"{g.getreg(ECX, 1)} & 31")

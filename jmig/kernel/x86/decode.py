@@ -299,8 +299,8 @@ def _decode(rd: _Reader, addr: int) -> Insn:
     if rel_size:
         rel = int.from_bytes(raw[length - rel_size:], "little", signed=True)
         target = (addr + length + rel) & 0xFFFFFFFF
-        if opsize == 2 and name in ("jmp", "call", "jcc"):
-            target &= 0xFFFF
+        if opsize == 2 and name in ("jmp", "call", "jcc", "loop", "loope", "loopne", "jecxz"):
+            target &= 0xFFFF        # SDM: a 16-bit operand size truncates EIP
         ops[ops.index(None)] = Operand(REL, 4, imm=target)
 
     if name == "movsr":

@@ -1,0 +1,1 @@
+"""jmigctl: the client that drives jmig nodes."""

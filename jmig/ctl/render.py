@@ -1,0 +1,74 @@
+"""How jmigctl shows things to people: tables (rich), sizes, progress."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+PERM_BITS = ((0x1, "p"), (0x2, "w"), (0x4, "u"), (0x800, "cow"), (0x400, "share"))
+
+
+def table(console: Console, columns: list[str], rows: list[list], title: str | None = None) -> None:
+    t = Table(*columns, box=None, show_edge=False, pad_edge=False, header_style="bold",
+              title=title)
+    for r in rows:
+        t.add_row(*[str(c) for c in r])
+    console.print(t)
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def perm(p: int) -> str:
+    return ("r" + ("w" if p & 0x2 else "-") + ("u" if p & 0x4 else "-")
+            + (" cow" if p & 0x800 else "") + (" share" if p & 0x400 else ""))
+
+
+def duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    return f"{s / 60:.1f} min"
+
+
+class ProgressBar:
+    """A rich progress bar of pages done, with MiB/s; silent when not a TTY."""
+
+    def __init__(self, console: Console, label: str):
+        self.enabled = console.is_terminal
+        self.t0 = time.perf_counter()
+        self.task = None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total} pages"),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                 console=console, transient=True) if self.enabled else None
+        self.label = label
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def update(self, kind, data) -> None:
+        if kind != "progress" or not self.progress or not isinstance(data, dict):
+            return
+        dt = max(time.perf_counter() - self.t0, 1e-6)
+        rate = f"{data.get('bytes', 0) / (1 << 20) / dt:.1f} MiB/s"
+        if self.task is None:
+            self.task = self.progress.add_task(self.label, total=data.get("total", 0), rate=rate)
+        self.progress.update(self.task, completed=data.get("done", 0),
+                             total=data.get("total", 0), rate=rate)

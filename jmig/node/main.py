@@ -1,0 +1,164 @@
+"""jmig-node: run one simulated JOS machine as a daemon.
+
+Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 unexpected error,
+2 bad command line, 3 a port cannot be bound, 4 secret file problem,
+5 data directory unusable.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+import jmig
+from .. import logs
+from ..kernel.kernel import DEFAULT_SLICE
+from .node import BootSpec, Node, NodeConfig
+from .secret import SecretError, load_or_create
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BIND, EXIT_SECRET, EXIT_DATADIR = 0, 1, 2, 3, 4, 5
+
+
+def parse_size(text: str) -> int:
+    """'64M', '1G', '65536' -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    if t[-1:] in "KMG":
+        t = t[:-1]
+    try:
+        v = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 64M or 1G") from None
+    if v < 64 * 1024 or v > 4 << 30:
+        raise argparse.ArgumentTypeError(f"memory {text} is out of range (64K .. 4G)")
+    return v
+
+
+def parse_boot(text: str) -> BootSpec:
+    """'loop@4100 200' -> program loop as env 4100 with argument 200."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --boot {text!r}: {exc}") from None
+    if not words:
+        raise argparse.ArgumentTypeError("--boot needs a program name")
+    prog, _, envid = words[0].partition("@")
+    eid = None
+    if envid:
+        try:
+            eid = int(envid, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad env id {envid!r} in --boot") from None
+    return BootSpec(prog, tuple(words[1:]), eid)
+
+
+def default_data_dir(host: str, port: int) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.environ.get("HOME", "/tmp"),
+                                                          ".local", "share")
+    return Path(base) / "jmig" / "nodes" / f"{host}_{port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jmig-node", description="Run a simulated JOS machine "
+                                "that jmigctl can drive and migrate processes to and from.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50001,
+                   help="base port P; the node listens on P..P+3 (default 50001)")
+    p.add_argument("--name", default="", help="node name (default HOST:PORT)")
+    p.add_argument("--data-dir", type=Path, help="programs and images "
+                   "(default $XDG_DATA_HOME/jmig/nodes/HOST_PORT)")
+    p.add_argument("--memory", type=parse_size, default=64 << 20,
+                   help="physical memory (default 64M)")
+    p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    p.add_argument("--slice", type=int, default=DEFAULT_SLICE,
+                   help=f"instructions per scheduling slice (default {DEFAULT_SLICE})")
+    p.add_argument("--secret-file", help="cluster secret (default $JMIG_SECRET_FILE or "
+                   "~/.config/jmig/secret, created if absent)")
+    p.add_argument("--boot", action="append", type=parse_boot, default=[],
+                   metavar="'PROGRAM[@ENVID] [ARGS]'",
+                   help="start a program at boot (repeatable), e.g. --boot loop@4100")
+    p.add_argument("--log-format", choices=("console", "json"),
+                   help="log format (default: console on a terminal, else json)")
+    p.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    p.add_argument("--no-console", action="store_true",
+                   help="do not copy user programs' output to stdout")
+    p.add_argument("--version", action="version", version=f"jmig-node {jmig.__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    if not 0 < args.port < 65533:
+        print(f"jmig-node: port {args.port} out of range (1..65532)", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.cpus <= 64 or args.slice < 1:
+        print("jmig-node: --cpus must be 1..64 and --slice at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        secret = load_or_create(args.secret_file)
+    except SecretError as exc:
+        print(f"jmig-node: {exc}", file=sys.stderr)
+        return EXIT_SECRET
+    data_dir = args.data_dir or default_data_dir(args.host, args.port)
+    cfg = NodeConfig(data_dir=data_dir, host=args.host, port=args.port, name=args.name,
+                     memory=args.memory, cpus=args.cpus, slice=args.slice,
+                     boot=tuple(args.boot), echo=not args.no_console)
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        Node(cfg, secret).disk.prepare()
+    except OSError as exc:
+        print(f"jmig-node: data directory {data_dir} is unusable: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_DATADIR
+    try:
+        return trio.run(_run, cfg, secret)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, OSError) and leaf.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
+                                                        errno.EACCES):
+            print(f"jmig-node: cannot listen on {args.host}:{args.port}..{args.port + 3}: "
+                  f"{leaf.strerror}", file=sys.stderr)
+            return EXIT_BIND
+        if isinstance(leaf, KeyboardInterrupt):
+            return EXIT_OK
+        raise
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _run(cfg: NodeConfig, secret: bytes) -> int:
+    from ..kernel.events import KernelError
+    node = Node(cfg, secret)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(node.serve)
+            except KernelError as exc:
+                print(f"jmig-node: cannot boot: {exc.message}", file=sys.stderr)
+                nursery.cancel_scope.cancel()
+                return EXIT_ERROR
+            print(f"jmig-node {node.name}: listening on {cfg.host} ports "
+                  f"{cfg.port}..{cfg.port + 3}", file=sys.stderr, flush=True)
+            async for sig in signals:
+                node.log.info("shutting down", signal=signal.Signals(sig).name)
+                nursery.cancel_scope.cancel()
+                break
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
