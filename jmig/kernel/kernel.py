@@ -24,7 +24,7 @@ from .env import (
     ENVGENSHIFT, NENV, STATUS_NAMES, Env,
 )
 from .memlayout import (
-    FEC_PR, FEC_U, FEC_WR, PGSIZE, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, PTE_W, T_PGFLT,
+    FEC_PR, FEC_U, FEC_WR, PGSIZE, PTE_D, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, PTE_W, T_PGFLT,
     ULIM, UPAGES, USTACKTOP, UTOP, UVPT, UXSTACKTOP, ROUNDDOWN, ROUNDUP, FL_IF, FL_RESERVED1,
 )
 from .pmap import AddressSpace, PhysMem, RemotePage
@@ -454,22 +454,26 @@ class Kernel:
             reason = stop.reason
             if reason == core.BUDGET:
                 break
-            if reason == core.SYSCALL:
-                e.trapno, e.err = 48, 0
-                if not self._syscall(self, e):
+            try:
+                if reason == core.SYSCALL:
+                    e.trapno, e.err = 48, 0
+                    if not self._syscall(self, e):
+                        break
+                    continue
+                if reason == core.REMOTE:
+                    self._block(e, e, stop.va)
                     break
-                continue
-            if reason == core.REMOTE:
-                self._block(e, e, stop.va)
-                break
-            if reason == core.TRAP:
-                if not self._trap(e, stop):
-                    break
-                continue
-            # INTERNAL: a bug in jmig's core; never let it take the node down.
+                if reason == core.TRAP:
+                    if not self._trap(e, stop):
+                        break
+                    continue
+                detail = stop.detail
+            except Exception as exc:          # a kernel bug: never take the node down
+                detail = f"{type(exc).__name__}: {exc}"
             self.cprintf(f"[{e.env_id:08x}] jmig internal error at eip {e.cpu.eip:08x}: "
-                         f"{stop.detail}\n")
-            self.env_destroy(e, e.env_id, "internal error")
+                         f"{detail}\n")
+            if e.status != ENV_FREE:
+                self.env_destroy(e, e.env_id, "internal error")
             break
         if e.status == ENV_RUNNING and (e.wake_at is not None or e.blocked_on is not None):
             e.status = ENV_RUNNABLE
@@ -660,17 +664,36 @@ class Kernel:
             ipc_dstva=e.ipc_dstva, ipc_value=e.ipc_value, ipc_from=e.ipc_from,
             ipc_perm=e.ipc_perm, sleep_ms=sleep)
 
-    def create_from(self, h: EnvHeader, keep_id: bool = True, parent_id: int | None = None) -> Env:
-        """Start restoring an env from a header: a new env, paused and held
-        ("incoming") until commit_incoming, with no pages yet.  Keeps the
-        original envid when its slot is free here and keep_id is set."""
-        if h.status not in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
-            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad status {h.status} in snapshot")
-        want = None
-        if keep_id and h.envid > 0 and self.envs[ENVX(h.envid)].status == ENV_FREE \
-                and h.envid >> ENVGENSHIFT:
-            want = h.envid
-        e = self.env_alloc(h.parent_id if parent_id is None else parent_id, want)
+    def page_snapshot(self, envid: int) -> dict[int, tuple[int, int]]:
+        """{vpn: (pfn, perm)} of the env's local pages below UTOP (pre-copy
+        compares these between rounds: a replaced frame is a changed page
+        even when its D bit is clear)."""
+        e = self._env(envid)
+        out = {}
+        for vpn, pte in e.aspace.pte.items():
+            if pte & PTE_P and not pte & PTE_REMOTE and vpn < (UTOP >> 12):
+                out[vpn] = (pte >> 12 & 0xFFFFF, pte & PTE_SYSCALL)
+        return out
+
+    def page_info(self, envid: int, vpn: int) -> tuple[int, int] | None:
+        """(pfn, perm) of one local page, or None."""
+        pte = self._env(envid).aspace.pte.get(vpn)
+        if pte is None or not pte & PTE_P or pte & PTE_REMOTE:
+            return None
+        return (pte >> 12 & 0xFFFFF, pte & PTE_SYSCALL)
+
+    def collect_dirty(self, envid: int) -> set[int]:
+        """The vpns whose D bit is set, clearing D (and the write TLB entry,
+        so the core sets D again on the next write)."""
+        e = self._env(envid)
+        a = e.aspace
+        dirty = {vpn for vpn, pte in a.pte.items() if pte & PTE_D and vpn < (UTOP >> 12)}
+        for vpn in dirty:
+            a.clear_dirty(vpn)
+        return dirty
+
+    def set_registers(self, e: Env, h: EnvHeader) -> None:
+        """Overwrite an incoming env's registers and metadata from a header."""
         c = e.cpu
         c.r = [v & 0xFFFFFFFF for v in h.regs]
         c.eip = h.eip & 0xFFFFFFFF
@@ -682,21 +705,47 @@ class Kernel:
         e.ipc_dstva, e.ipc_value = h.ipc_dstva, h.ipc_value
         e.ipc_from, e.ipc_perm = h.ipc_from, h.ipc_perm
         e.runs = h.runs
-        if h.sleep_ms is not None:
-            e.wake_at = self.now() + h.sleep_ms
+        e.wake_at = self.now() + h.sleep_ms if h.sleep_ms is not None else None
         e.saved_status = h.status
+
+    def drop_page(self, e: Env, va: int) -> None:
+        """Unmap a page of an incoming env (pre-copy: unmapped at the source)."""
+        e.aspace.page_remove(va)
+
+    def create_from(self, h: EnvHeader, keep_id: bool = True, parent_id: int | None = None) -> Env:
+        """Start restoring an env from a header: a new env, paused and held
+        ("incoming") until commit_incoming, with no pages yet.  Keeps the
+        original envid when its slot is free here and keep_id is set."""
+        if h.status not in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad status {h.status} in snapshot")
+        want = None
+        if keep_id and h.envid > 0 and self.envs[ENVX(h.envid)].status == ENV_FREE \
+                and h.envid >> ENVGENSHIFT:
+            want = h.envid
+        e = self.env_alloc(h.parent_id if parent_id is None else parent_id, want)
+        self.set_registers(e, h)
         e.status = ENV_NOT_RUNNABLE
         e.paused = True
         e.frozen = "incoming"
         return e
 
-    def restore_page(self, e: Env, va: int, perm: int, data=None) -> None:
+    def restore_page(self, e: Env, va: int, perm: int, data=None, replace: bool = False) -> None:
         """Map one page into an incoming env: with data (4 KiB), or remote
-        when data is None.  Raises KernelError NO_MEMORY / BAD_SNAPSHOT."""
+        when data is None.  With replace, a page already there is replaced
+        (pre-copy's later rounds); otherwise that is an error.  Raises
+        KernelError NO_MEMORY / BAD_SNAPSHOT."""
         if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
-        if e.aspace.page_lookup(va) is not None:
-            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+        old = e.aspace.page_lookup(va)
+        if old is not None:
+            if not replace:
+                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+            if data is not None and not old & PTE_REMOTE and self.phys.ref[old >> 12 & 0xFFFFF] == 1:
+                # Overwrite our private frame in place.
+                e.aspace.set_perm(va >> 12, (old & 0xFFFFF000) | perm | PTE_P)
+                self.phys.write_frame(old >> 12 & 0xFFFFF, data)
+                return
+            e.aspace.page_remove(va)
         if data is None:
             if not e.aspace.set_remote(va, perm):
                 raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")

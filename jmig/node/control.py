@@ -19,6 +19,7 @@ from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
 from .disk import DiskError, check_name
 from .migrate import MigrationError
+from .tasks import nursery as open_nursery
 
 MAX_ARGS = 64
 MAX_ARG_LEN = 1024
@@ -107,7 +108,12 @@ class ControlSession:
 
     # -- processes ---------------------------------------------------------------
     async def op_ps(self, rid, args):
-        return {"envs": self.node.kernel.ps()}
+        envs = self.node.kernel.ps()
+        for e in envs:
+            extra = self.node.pager.annotate(e["envid"]) or self.node.busy.get(e["envid"], "")
+            if extra:
+                e["state"] = f"{e['state']}, {extra}" if e["state"] else extra
+        return {"envs": envs}
 
     async def op_spawn(self, rid, args):
         name = _str(args, "program", 64)
@@ -142,8 +148,9 @@ class ControlSession:
     async def op_kill(self, rid, args):
         envid = _envid(args)
         e = self.node.kernel.get_env(envid)
-        if e.frozen:
-            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen}; it cannot be "
+        if e.frozen or envid in self.node.busy:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is "
+                                 f"{e.frozen or self.node.busy[envid]}; it cannot be "
                                  "killed until that finishes")
         self.node.kernel.kill(envid)
         self.node.dispatch_events()
@@ -182,7 +189,7 @@ class ControlSession:
             await self.push(rid, "console", {"text": recent})
         chan = hub.follow()
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_nursery() as nursery:
                 async def watch_peer():
                     # The client ends a follow by closing the connection.
                     try:
@@ -238,6 +245,10 @@ class ControlSession:
             from .precopy import send_precopy
             return await send_precopy(node, envid, target, args, progress=progress)
         raise BadRequest(f"unknown method {method!r}: use normal, pgfault or precopy")
+
+    async def op_wait_arrival(self, rid, args):
+        """Block until the next migration arrives here (any method)."""
+        return await self.node.wait_arrival()
 
     async def op_recover(self, rid, args):
         envid = _envid(args)

@@ -34,8 +34,8 @@ async def save(node, envid: int, name: str, *, force: bool = False, pause: bool 
     if path.exists() and not force:
         raise DiskError("exists", f"image {name} already exists on {node.name}; "
                         "use --force to replace it")
-    if e.frozen:
-        raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen}")
+    if e.frozen or envid in node.busy:
+        raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen or node.busy[envid]}")
     paused_here = False
     if not e.paused:
         if not pause:

@@ -1,21 +1,25 @@
-"""Normal migration: the whole process at once, over the destination's port P.
+"""Sending a process stream to another node with a two-phase commit.
 
-    source -> dest   {t: begin, mid, method: "normal", src, pages, resume}
+Normal migration uses it with every page's contents (destination port P);
+demand-paging migration (pager.py) with page table entries only (P+1).
+
+    source -> dest   {t: begin, mid, method, src, pages, resume, ...}
     source -> dest   {t: data, b: <process-stream bytes>} ...
     source -> dest   {t: end}
     dest -> source   {t: prepared, envid}        the stream verified, env held
     source -> dest   {t: commit}
     dest -> source   {t: committed, envid, resumed}
     (any time)       {t: error, code, message}
+    new connection:  {t: status, mid} -> {t: status, committed, envid}
 
 The destination builds the env as "incoming" (never runnable) while the
 stream arrives and throws it away, frames and all, if anything goes wrong
 before the commit.  The source keeps its env paused and frozen until it
-hears "committed", and only then destroys its copy (--keep: leaves it
-paused).  If the link breaks after the commit was sent, the source asks
-the destination (a new connection: {t: status, mid}) whether the commit
-happened; while it cannot tell, the env stays frozen "in doubt" so that it
-can never run twice (`jmigctl recover` settles it).
+hears "committed", and only then gives it up (normal: destroys its copy,
+or with --keep leaves it paused; pgfault: keeps it frozen to serve pages).
+If the link breaks after the commit was sent, the source asks the
+destination whether the commit happened; while it cannot tell, the env
+stays frozen "in doubt" so that it can never run twice (`jmigctl recover`).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from .procstream import StreamRestorer, StreamWriter
 
 REPLY_TIMEOUT = 30.0
 IN_DOUBT = "in doubt (migration outcome unknown)"
+PORT_OFFSET = {"normal": 0, "pgfault": 1}
 
 
 class MigrationError(Exception):
@@ -54,17 +59,36 @@ class Migrator:
     def __init__(self, node):
         self.node = node
         self.committed: dict[str, int] = {}     # migration id -> envid (destination side)
-        self.in_doubt: dict[int, dict] = {}     # envid -> {mid, host, port} (source side)
+        self.in_doubt: dict[int, dict] = {}     # envid -> {mid, host, port, kind} (source side)
 
     # -- source ------------------------------------------------------------------
     async def send_normal(self, envid: int, target: str, *, keep: bool = False,
                           resume: bool = False, progress=None) -> dict:
+        stats = await self.send(envid, target, "normal", resume=resume, progress=progress)
+        k = self.node.kernel
+        if keep:
+            self.node.log.info("migration kept source copy", envid=envid)
+        else:
+            k.env_destroy(k.get_env(envid), 0, f"migrated to {target}")
+            self.node.dispatch_events()
+        stats["kept"] = keep
+        return stats
+
+    async def send(self, envid: int, target: str, method: str, *, resume: bool = False,
+                   progress=None, extra: dict | None = None, on_prepared=None,
+                   on_failed=None) -> dict:
+        """Stream env `envid` to `target` and commit it there.  Returns the
+        statistics; afterwards the local env is still paused and frozen
+        "migrated" (the caller decides its fate).  On failure before the
+        commit the env is left paused and unfrozen, and MigrationError says
+        why.  on_prepared(mid, fs) runs between prepare and commit."""
         node = self.node
         k = node.kernel
         host, port = parse_target(target)
         e = k.get_env(envid)
-        if e.frozen:
-            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen}")
+        if e.frozen or envid in node.busy:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen or node.busy[envid]}")
+        remote = method == "pgfault"
         t0 = time.perf_counter()
         was_paused = e.paused
         if not e.paused:
@@ -72,47 +96,57 @@ class Migrator:
         t_pause = time.perf_counter()
         e.frozen = "migrating"
         mid = os.urandom(8).hex()
-        committed = False
         commit_sent = False
+        committed = False
         fs = None
         try:
             if k.remote_pages(envid):
                 await node.pager.pull_all(envid)
-            writer = StreamWriter(k, envid, node.name, "normal")
+            writer = StreamWriter(k, envid, node.name, method, remote=remote)
             try:
-                fs = await connect(host, port, node.secret, "normal", node.name)
+                fs = await connect(host, port + PORT_OFFSET[method], node.secret, method, node.name)
             except (OSError, trio.TooSlowError) as exc:
                 raise MigrationError("unreachable", f"cannot reach {target}: {exc}") from None
-            await fs.send({"t": "begin", "mid": mid, "method": "normal", "src": node.name,
-                           "pages": len(writer.pages), "resume": resume})
-            failpoint("normal.src.after_begin")
+            begin = {"t": "begin", "mid": mid, "method": method, "src": node.name,
+                     "pages": len(writer.pages), "resume": resume}
+            if extra:
+                begin.update(extra(fs) if callable(extra) else extra)
+            await fs.send(begin)
+            failpoint(f"{method}.src.after_begin")
             for batch in writer.batches():
                 await fs.send({"t": "data", "b": b"".join(batch)})
                 if progress is not None:
                     await progress(writer.progress.done, writer.progress.total,
                                    writer.progress.nbytes)
-            failpoint("normal.src.after_data")
+            failpoint(f"{method}.src.after_data")
             await fs.send({"t": "end"})
             with trio.fail_after(REPLY_TIMEOUT):
                 reply = await fs.receive()
             self._check_reply(reply, "prepared")
-            failpoint("normal.src.after_prepared")
+            failpoint(f"{method}.src.after_prepared")
+            if on_prepared is not None:
+                on_prepared(mid, fs)
             commit_sent = True
             await fs.send({"t": "commit"})
-            failpoint("normal.src.after_commit")
+            failpoint(f"{method}.src.after_commit")
             with trio.fail_after(REPLY_TIMEOUT):
                 reply = await fs.receive()
             self._check_reply(reply, "committed")
             committed = True
             new_envid = reply["envid"]
-        except (ConnectionClosed, ProtocolError, trio.TooSlowError, AuthError) as exc:
+        except (ConnectionClosed, ProtocolError, trio.TooSlowError, AuthError,
+                MigrationError) as exc:
             if commit_sent:
-                committed, new_envid = await self._resolve(envid, mid, host, port)
+                committed, new_envid = await self._resolve(envid, mid, host, port, method)
                 if committed is None:
                     raise MigrationError("in-doubt", f"lost contact with {target} after the "
                                          f"commit; env {envid} is held until `jmigctl recover "
                                          f"{envid}` can settle where it runs") from None
             if not committed:
+                if on_failed is not None:
+                    on_failed(mid)
+                if isinstance(exc, MigrationError):
+                    raise
                 if isinstance(exc, AuthError):
                     raise MigrationError("refused", f"{target} refused the connection: "
                                          f"{exc.message}") from None
@@ -122,24 +156,22 @@ class Migrator:
         finally:
             if fs is not None:
                 await fs.aclose()
-            if envid not in self.in_doubt and k.envs[envid & 0x3FF].env_id == envid:
+            if not committed and envid not in self.in_doubt and k.envs[envid & 0x3FF].env_id == envid:
                 e.frozen = ""
+        if committed:
+            e.frozen = "migrated"
         t_done = time.perf_counter()
         nbytes = writer.progress.nbytes
-        if keep:
-            node.log.info("migration kept source copy", envid=envid)
-        else:
-            k.env_destroy(e, 0, f"migrated to {target}")
-            node.dispatch_events()
-        stats = {"envid": envid, "new_envid": new_envid, "method": "normal", "to": target,
-                 "pages": len(writer.pages), "bytes": nbytes,
+        stats = {"envid": envid, "new_envid": new_envid, "method": method, "to": target,
+                 "mid": mid, "pages": len(writer.pages), "bytes": nbytes,
                  "wire_bytes": fs.bytes_sent + fs.bytes_received,
-                 "total_s": t_done - t0, "downtime_s": t_done - t_pause if resume else None,
-                 "paused_s": t_done - t_pause, "was_paused": was_paused,
+                 "total_s": t_done - t0, "setup_s": t_pause - t0,
+                 "downtime_s": t_done - t_pause, "was_paused": was_paused,
                  "mib_per_s": nbytes / (1 << 20) / (t_done - t_pause) if t_done > t_pause else 0,
-                 "resumed": resume, "kept": keep}
-        node.log.info("migration finished", **{k2: v for k2, v in stats.items()
-                                               if k2 not in ("was_paused",)})
+                 "resumed": resume}
+        node.log.info("migration committed at destination", envid=envid, new_envid=new_envid,
+                      method=method, to=target, pages=stats["pages"], bytes=nbytes,
+                      seconds=round(t_done - t0, 4))
         return stats
 
     @staticmethod
@@ -151,49 +183,60 @@ class Migrator:
         if t != want:
             raise ProtocolError(f"expected {want!r} from the destination, got {t!r}")
 
-    async def _resolve(self, envid: int, mid: str, host: str, port: int):
-        """After losing the link post-commit: ask the destination.  Returns
-        (True, envid) if it committed, (False, None) if it did not, and
-        (None, None) if it cannot be reached (the env is held in doubt)."""
+    async def ask_status(self, host: str, port: int, method: str, mid: str):
+        """Ask a destination whether migration `mid` committed there:
+        True / False, or None if it cannot be reached."""
+        try:
+            fs = await connect(host, port + PORT_OFFSET[method], self.node.secret, method,
+                               self.node.name, timeout=5)
+        except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
+            return None, None
+        try:
+            await fs.send({"t": "status", "mid": mid})
+            with trio.fail_after(5):
+                reply = await fs.receive()
+        except (ConnectionClosed, ProtocolError, trio.TooSlowError):
+            return None, None
+        finally:
+            await fs.aclose()
+        if reply.get("t") != "status":
+            return None, None
+        return bool(reply.get("committed")), reply.get("envid")
+
+    async def _resolve(self, envid: int, mid: str, host: str, port: int, method: str):
+        """After losing the link post-commit: (True, envid) if the
+        destination committed, (False, None) if not, (None, None) if it
+        cannot be reached (the env is then held in doubt)."""
         for delay in (0.1, 0.3, 1.0):
-            try:
-                fs = await connect(host, port, self.node.secret, "normal", self.node.name,
-                                   timeout=5)
-            except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
-                await trio.sleep(delay)
-                continue
-            try:
-                await fs.send({"t": "status", "mid": mid})
-                with trio.fail_after(5):
-                    reply = await fs.receive()
-            except (ConnectionClosed, ProtocolError, trio.TooSlowError):
-                await trio.sleep(delay)
-                continue
-            finally:
-                await fs.aclose()
-            if reply.get("t") == "status":
-                if reply.get("committed"):
-                    return True, reply.get("envid")
-                return False, None
+            committed, new_envid = await self.ask_status(host, port, method, mid)
+            if committed is not None:
+                return committed, new_envid
+            await trio.sleep(delay)
         e = self.node.kernel.get_env(envid)
         e.frozen = IN_DOUBT
-        self.in_doubt[envid] = {"mid": mid, "host": host, "port": port}
+        self.in_doubt[envid] = {"mid": mid, "host": host, "port": port, "method": method}
         return None, None
 
-    async def recover(self, envid: int, force: bool = False) -> dict:
+    async def recover(self, envid: int, force: bool = False) -> dict | None:
         """Settle an env held in doubt: ask the destination again; with
-        force (the operator confirms the destination is gone) release it."""
+        force (the operator confirms the destination is gone) release it.
+        None if this env is not in doubt."""
         info = self.in_doubt.get(envid)
         if info is None:
             return None
-        committed, new_envid = await self._resolve_once(info)
+        committed, new_envid = await self.ask_status(info["host"], info["port"], info["method"],
+                                                     info["mid"])
         k = self.node.kernel
         e = k.get_env(envid)
         if committed:
             del self.in_doubt[envid]
+            if info["method"] == "pgfault":
+                e.frozen = "migrated"
+                return {"envid": envid, "outcome": "the destination has it; serving its pages",
+                        "new_envid": new_envid}
             k.env_destroy(e, 0, "migration had committed")
             self.node.dispatch_events()
-            return {"envid": envid, "outcome": "destination has it", "new_envid": new_envid}
+            return {"envid": envid, "outcome": "the destination has it", "new_envid": new_envid}
         if committed is False or force:
             del self.in_doubt[envid]
             e.frozen = ""
@@ -201,41 +244,40 @@ class Migrator:
         raise MigrationError("in-doubt", f"the destination {info['host']}:{info['port']} cannot "
                              "be reached; if it is gone for good, use --force")
 
-    async def _resolve_once(self, info: dict):
-        try:
-            fs = await connect(info["host"], info["port"], self.node.secret, "normal",
-                               self.node.name, timeout=5)
-        except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
-            return None, None
-        try:
-            await fs.send({"t": "status", "mid": info["mid"]})
-            with trio.fail_after(5):
-                reply = await fs.receive()
-        except (ConnectionClosed, ProtocolError, trio.TooSlowError):
-            return None, None
-        finally:
-            await fs.aclose()
-        if reply.get("committed"):
-            return True, reply.get("envid")
-        return False, None
-
     # -- destination -------------------------------------------------------------
-    async def receive_normal(self, fs: FramedStream) -> None:
-        node = self.node
+    async def receive_port(self, fs: FramedStream) -> None:
+        """Port P: normal migrations, pre-copy migrations and status queries."""
         first = await fs.receive()
+        if first.get("t") == "begin" and first.get("method") == "precopy":
+            from .precopy import receive_precopy
+            await receive_precopy(self.node, fs, first)
+        else:
+            await self.receive(fs, "normal", first=first)
+
+    async def receive(self, fs: FramedStream, method: str, on_commit=None,
+                      first: dict | None = None) -> None:
+        """Serve one connection on the migration port of `method`.
+        on_commit(begin, env) runs right after the commit."""
+        node = self.node
+        if first is None:
+            first = await fs.receive()
         if first.get("t") == "status":
             mid = first.get("mid")
             envid = self.committed.get(mid) if isinstance(mid, str) else None
-            await fs.send({"t": "status", "committed": envid is not None, "envid": envid})
+            alive = envid is not None and node.kernel.envs[envid & 0x3FF].env_id == envid \
+                and node.kernel.envs[envid & 0x3FF].status != 0
+            await fs.send({"t": "status", "committed": envid is not None, "envid": envid,
+                           "alive": alive})
             return
-        if first.get("t") != "begin" or first.get("method") != "normal" \
+        if first.get("t") != "begin" or first.get("method") != method \
                 or not isinstance(first.get("mid"), str):
-            await fs.send({"t": "error", "code": "protocol", "message": "expected begin"})
+            await fs.send({"t": "error", "code": "protocol",
+                           "message": f"expected a {method} migration begin"})
             return
         mid = first["mid"]
         resume = bool(first.get("resume"))
-        node.log.info("migration incoming", method="normal", src=first.get("src"), mid=mid)
-        restorer = StreamRestorer(node.kernel, keep_id=True)
+        node.log.info("migration incoming", method=method, src=first.get("src"), mid=mid)
+        restorer = StreamRestorer(node.kernel, keep_id=True, allow_remote=method == "pgfault")
         try:
             while True:
                 msg = await fs.receive()
@@ -247,19 +289,26 @@ class Migrator:
                     break
                 else:
                     raise ProtocolError(f"unexpected {t!r} in a migration stream")
-            failpoint("normal.dst.before_prepared")
+            failpoint(f"{method}.dst.before_prepared")
             await fs.send({"t": "prepared", "envid": restorer.env.env_id})
-            failpoint("normal.dst.after_prepared")
+            failpoint(f"{method}.dst.after_prepared")
             msg = await fs.receive()
             if msg.get("t") != "commit":
                 raise ProtocolError(f"expected commit, got {msg.get('t')!r}")
-            env = restorer.commit(resume=resume)
+            env = restorer.commit(resume=False)
             self.committed[mid] = env.env_id
-            node.dispatch_events()
+            if on_commit is not None:
+                on_commit(first, env)
             if resume:
-                node.poke()
-            node.log.info("migration committed", envid=env.env_id, mid=mid, resumed=resume)
-            failpoint("normal.dst.after_commit")
+                node.kernel.resume(env.env_id)
+            node.dispatch_events()
+            node.poke()
+            node.log.info("migration committed", envid=env.env_id, mid=mid, method=method,
+                          resumed=resume)
+            node.announce_arrival({"method": method, "envid": env.env_id,
+                                   "src": first.get("src"), "pages": restorer.pages,
+                                   "resumed": resume})
+            failpoint(f"{method}.dst.after_commit")
             await fs.send({"t": "committed", "envid": env.env_id, "resumed": resume})
         except (StreamError, ev.KernelError) as exc:
             restorer.abort()
@@ -274,3 +323,4 @@ class Migrator:
             restorer.abort()
             node.dispatch_events()
             raise
+

@@ -80,6 +80,8 @@ class Node:
         self.migrator = None
         self.pager = None
         self.free_pages_at_start = self.kernel.phys.nfree
+        self.arrival_waiters: set[trio.MemorySendChannel] = set()
+        self.busy: dict[int, str] = {}   # envid -> operation that runs while the env does
 
     # -- time ---------------------------------------------------------------------
     @staticmethod
@@ -245,11 +247,36 @@ class Node:
             from .control import ControlSession
             await ControlSession(self, fs).run()
         elif kind == "normal":
-            await self.migrator.receive_normal(fs)
+            await self.migrator.receive_port(fs)
         elif kind == "pgfault":
             await self.pager.receive_pgfault(fs)
         elif kind == "pager":
             await self.pager.serve_pages(fs)
+
+    def advertised_host(self, fs: FramedStream) -> str:
+        """Where other nodes reach this one: the bound address, or, when
+        bound to every address, the one this connection leaves from."""
+        h = self.cfg.host
+        if h in ("", "0.0.0.0", "::"):
+            h = fs.stream.socket.getsockname()[0]
+        return h
+
+    # -- arrivals (jmigctl shell's migrate_recv_*) ------------------------------------
+    def announce_arrival(self, info: dict) -> None:
+        """A migration committed here: tell whoever waits for one."""
+        for ch in list(self.arrival_waiters):
+            try:
+                ch.send_nowait(info)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.arrival_waiters.discard(ch)
+
+    async def wait_arrival(self) -> dict:
+        send, recv = trio.open_memory_channel(1)
+        self.arrival_waiters.add(send)
+        try:
+            return await recv.receive()
+        finally:
+            self.arrival_waiters.discard(send)
 
     # -- facts ----------------------------------------------------------------------
     def info(self) -> dict:

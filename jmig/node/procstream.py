@@ -30,9 +30,12 @@ class StreamWriter:
     """Serialize env `envid` (which must stay paused while this runs)."""
 
     def __init__(self, kernel: Kernel, envid: int, node: str, method: str,
-                 extra: dict | None = None):
+                 extra: dict | None = None, remote: bool = False):
+        """remote: send every page as a REMOTE record (page table entries
+        only, for demand paging) instead of its contents."""
         self.kernel = kernel
         self.envid = envid
+        self.remote = remote
         self.pages = kernel.env_pages(envid)
         if any(p.remote for p in self.pages):
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
@@ -49,7 +52,10 @@ class StreamWriter:
         out = [self.enc.start(self.header)]
         size = len(out[0])
         for p in self.pages:
-            rec = self.enc.page(p.va, p.perm, k.page_data(self.envid, p.va))
+            if self.remote:
+                rec = self.enc.remote(p.va, p.perm)
+            else:
+                rec = self.enc.page(p.va, p.perm, k.page_data(self.envid, p.va))
             out.append(rec)
             size += len(rec)
             self.progress.done += 1

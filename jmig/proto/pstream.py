@@ -337,3 +337,54 @@ def env_header(fields: dict):
         eflags=_u32(fields, "eflags"), trapno=_u32(fields, "trapno"), err=_u32(fields, "err"),
         pgfault_upcall=_u32(fields, "upcall"), ipc_recving=ipc[0], ipc_dstva=ipc[1],
         ipc_value=ipc[2], ipc_from=ipc[3], ipc_perm=ipc[4], sleep_ms=sleep)
+
+
+# -- page batches (the page server's frames) ----------------------------------------------
+# The page server sends pages as bare PAGE/ZERO records (no magic, header
+# or trailer), several to a frame.
+
+def encode_pages(pages) -> bytes:
+    """PAGE records for [(va, perm, data)], ZERO for all-zero pages."""
+    out = []
+    for va, perm, data in pages:
+        check_page(va, perm)
+        if data == ZERO_PAGE:
+            out.append(_REC.pack(TAG_ZERO, SMALL_BODY) + _VAPERM.pack(va, perm))
+        else:
+            out.append(b"".join((
+                _REC.pack(TAG_PAGE, PAGE_BODY), _VAPERM.pack(va, perm),
+                b"\x01", data[0:1024], b"\x02", data[1024:2048],
+                b"\x03", data[2048:3072], b"\x04", data[3072:4096])))
+    return b"".join(out)
+
+
+def decode_pages(buf: bytes) -> list[Page]:
+    """Decode a batch of bare PAGE/ZERO records; StreamError if malformed."""
+    out = []
+    pos = 0
+    n = len(buf)
+    view = memoryview(buf)
+    while pos < n:
+        if n - pos < 5:
+            raise StreamError("truncated page record")
+        tag, length = _REC.unpack_from(buf, pos)
+        if tag == TAG_PAGE and length == PAGE_BODY:
+            body = view[pos + 5:pos + 5 + PAGE_BODY]
+            if len(body) != PAGE_BODY:
+                raise StreamError("truncated page record")
+            va, perm = _VAPERM.unpack_from(body)
+            check_page(va, perm)
+            if body[6] != 1 or body[1031] != 2 or body[2056] != 3 or body[3081] != 4:
+                raise StreamError(f"page {va:#010x}: chunk sequence numbers are not 1, 2, 3, 4")
+            out.append(Page(va, perm, b"".join((body[7:1031], body[1032:2056],
+                                                body[2057:3081], body[3082:4106]))))
+        elif tag == TAG_ZERO and length == SMALL_BODY:
+            if n - pos < 5 + SMALL_BODY:
+                raise StreamError("truncated page record")
+            va, perm = _VAPERM.unpack_from(buf, pos + 5)
+            check_page(va, perm)
+            out.append(Page(va, perm, ZERO_PAGE, zero=True))
+        else:
+            raise StreamError(f"bad record {tag!r} (length {length}) in a page batch")
+        pos += 5 + length
+    return out
