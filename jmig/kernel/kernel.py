@@ -12,6 +12,7 @@ slices until its CPU switches to another env, as on JOS with several CPUs.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Iterator
 
@@ -32,6 +33,7 @@ from .x86 import cpu as core
 from .x86.cpu import Cpu
 
 DEFAULT_MEMORY = 64 << 20
+ENGINES = {"blocks": core.run_blocks, "interp": core.run}
 DEFAULT_SLICE = 10_000
 UTF_SIZE = 52
 
@@ -96,13 +98,21 @@ class PageInfo:
 
 class Kernel:
     def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
-                 slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None):
+                 slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None,
+                 engine: str | None = None):
+        """engine: "blocks" (the block translator, default) or "interp" (the
+        reference interpreter); $JMIG_ENGINE sets the default."""
         if memory < 16 * PGSIZE:
             raise ValueError(f"memory must be at least {16 * PGSIZE} bytes")
         if not 1 <= ncpus <= 64:
             raise ValueError("ncpus must be between 1 and 64")
         if slice < 1:
             raise ValueError("slice must be at least 1 instruction")
+        engine = engine or os.environ.get("JMIG_ENGINE", "blocks")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+        self.engine = engine
+        self._core_run = ENGINES[engine]
         self.phys = PhysMem(memory // PGSIZE)
         self.ncpus = ncpus
         self.slice = slice
@@ -449,7 +459,7 @@ class Kernel:
         e.cpunum = cpu
         done = 0
         while done < budget:
-            stop = core.run(e.cpu, e.aspace, budget - done)
+            stop = self._core_run(e.cpu, e.aspace, budget - done)
             done += stop.count
             reason = stop.reason
             if reason == core.BUDGET:

@@ -406,6 +406,12 @@ class AddressSpace:
             if off & 3:
                 return unpack_from("<I", self.mem, base | off)[0]
             return self.m32[(base | off) >> 2]
+        if UVPT <= va < ULIM and not va & 3:
+            # uvpt[] / uvpd[] reads, as fork does for every page: no bytes built.
+            v = self.pte_value((va - UVPT) >> 2)
+            if v is None:
+                raise PageFault(FEC_U, va)
+            return v & 0xFFFFFFFF
         return int.from_bytes(self.read(va, 4), "little")
 
     # -- the MMU: writes -----------------------------------------------------
@@ -537,7 +543,8 @@ class AddressSpace:
         if base is None:
             base = self.translate(eip, False)
         off = eip & 0xFFF
-        return bytes(self.mem[base | off:base | min(off + n, PGSIZE)])
+        # `base + ...`, not `base | ...`: the end may be PGSIZE itself.
+        return bytes(self.mem[base | off:base + min(off + n, PGSIZE)])
 
     def read_code(self, eip: int, n: int) -> bytes:
         """n code bytes at eip, possibly from two pages (each checked)."""

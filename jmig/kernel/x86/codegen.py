@@ -174,7 +174,12 @@ class Gen:
     def set_arith(self, bits: str, mask: int = ARITH) -> None:
         """Deferred: replace the arithmetic flags in `mask` with `bits`."""
         bits = bits if _is_simple(bits) else self.tmp(bits)
-        self.pending_flags += [f"cpu.ef = (ef_of(cpu) & {~mask & 0xFFFFFFFF:#x}) | {bits}"]
+        if mask == ARITH:
+            # Every arithmetic flag is replaced: the old ones need not be computed.
+            self.pending_flags += [f"cpu.ef = (cpu.ef & {~mask & 0xFFFFFFFF:#x}) | {bits}",
+                                   "cpu.fk = 0"]
+        else:
+            self.pending_flags += [f"cpu.ef = (ef_of(cpu) & {~mask & 0xFFFFFFFF:#x}) | {bits}"]
 
     def set_ef(self, expr: str) -> None:
         """Deferred: replace the whole EFLAGS word."""

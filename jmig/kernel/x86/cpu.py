@@ -186,3 +186,91 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
         return Stop(INTERNAL, n, detail=f"{type(e).__name__}: {e}")
     cpu.eip = eip
     return Stop(BUDGET, n)
+
+
+# -- the block translator's engine ---------------------------------------------------
+
+_BLOCKS: dict[tuple[int, bytes], object] = {}
+
+
+def _interp_adapter(fn, addr: int):
+    """Run one interpreter instruction where a block cannot start."""
+    def one(cpu, r, m, budget):
+        try:
+            return fn(cpu, r, m), 1
+        except SoftInt as e:
+            e.count = 1
+            raise
+        except CpuFault as e:
+            e.eip = addr
+            e.count = 0
+            raise
+    return one
+
+
+def block_slow(m, eip: int):
+    """Decode, translate and cache the block starting at eip."""
+    from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
+    d = m.code_page(eip)
+    insns = []
+    a = eip
+    page = eip & ~0xFFF
+    while len(insns) < MAX_BLOCK:
+        if (a & ~0xFFF) != page:
+            break
+        insn = fetch_decode(m, a)
+        if insn.op in NOT_IN_BLOCKS or (a & 0xFFF) + insn.length > PGSIZE:
+            break
+        insns.append(insn)
+        if ends_block(insn, eip):
+            break
+        a = insn.next
+    if not insns:
+        fn = _interp_adapter(lookup_slow(m, eip), eip)
+    else:
+        key = (eip, b"".join(i.raw for i in insns))
+        fn = _BLOCKS.get(key)
+        if fn is None:
+            fn = translate(insns)
+            if len(_BLOCKS) >= _COMPILED_MAX:
+                _BLOCKS.clear()
+            _BLOCKS[key] = fn
+        for i in insns:
+            m.mark_code(i.addr, i.length)
+    d[(eip & 0xFFF) | BLOCK_KEY] = fn
+    return fn
+
+
+def run_blocks(cpu: Cpu, m, budget: int) -> Stop:
+    """Like run(), with the block translator: same contract, faster."""
+    r = cpu.r
+    eip = cpu.eip
+    n = 0
+    icache = m.icache
+    try:
+        while n < budget:
+            d = icache.get(eip >> 12)
+            fn = d.get((eip & 0xFFF) | 0x1000) if d is not None else None
+            if fn is None:
+                fn = block_slow(m, eip)
+            eip, k = fn(cpu, r, m, budget - n)
+            n += k
+    except SoftInt as e:
+        cpu.eip = e.next
+        n += getattr(e, "count", 1)
+        if e.trapno == 0x30:
+            return Stop(SYSCALL, n)
+        return Stop(TRAP, n, e.trapno)
+    except CpuFault as e:
+        cpu.eip = getattr(e, "eip", eip)
+        n += getattr(e, "count", 0)
+        if isinstance(e, RemotePage):
+            return Stop(REMOTE, n, va=e.va)
+        if isinstance(e, PageFault):
+            return Stop(TRAP, n, 14, e.err, e.va)
+        return Stop(TRAP, n, e.trapno, e.err)
+    except Exception as e:          # a core bug: report it, never crash the node
+        cpu.eip = eip
+        return Stop(INTERNAL, n, detail=f"{type(e).__name__}: {e}")
+    cpu.eip = eip
+    return Stop(BUDGET, n)
