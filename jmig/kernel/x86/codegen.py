@@ -26,7 +26,9 @@ BITS = {1: 8, 2: 16, 4: 32}
 RD = {1: "rd8", 2: "rd16", 4: "rd32"}
 WR = {1: "wr8", 2: "wr16", 4: "wr32"}
 
-SEG_VALUES = {0: 0x23, 1: 0x1B, 2: 0x23, 3: 0x23, 4: 0, 5: 0}
+# Segment registers in a JOS env: cs is GD_UT|3; ds, es, ss from the
+# trapframe and fs, gs from env_init_percpu are all GD_UD|3 (flat).
+SEG_VALUES = {0: 0x23, 1: 0x1B, 2: 0x23, 3: 0x23, 4: 0x23, 5: 0x23}
 
 ARITH = 0x8D5
 FL_CF, FL_PF, FL_AF, FL_ZF, FL_SF, FL_DF, FL_OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800
@@ -100,9 +102,6 @@ class Gen:
         name = self.eas.get(key)
         if name is not None:
             return name
-        if op.seg in (4, 5):
-            # fs and gs hold the null selector in a JOS env.
-            self.emit("raise CpuTrap(13, 0)")
         parts = []
         if op.base >= 0:
             parts.append(self.r32(op.base))
@@ -351,11 +350,11 @@ def _movsx(g: Gen, i: Insn):
 def _movsr(g: Gen, i: Insn):
     dst, src = i.ops
     if dst.kind == SREG:
+        # Only the user data selector can be loaded: jmig keeps every data
+        # segment flat and does not track selector values, so even the null
+        # selector (legal in ds/es/fs/gs until used) is refused with #GP.
         v = g.read_tmp(src)
-        if dst.reg in (4, 5):
-            g.emit(f"if {v}: raise CpuTrap(13, {v} & 0xFFFC)")
-        else:
-            g.emit(f"if {v} != 0x23: raise CpuTrap(13, {v} & 0xFFFC)")
+        g.emit(f"if {v} != 0x23: raise CpuTrap(13, {v} & 0xFFFC)")
     else:
         g.write(dst, hex(SEG_VALUES[src.reg]))
 
@@ -694,9 +693,6 @@ def _cmovcc(g: Gen, i: Insn):
 @sem("xlat")
 def _xlat(g: Gen, i: Insn):
     addr = g.tmp(f"({g.r32(EBX)} + {g.getreg(EAX, 1)}) & 0xFFFFFFFF")
-    if i.seg in (4, 5):
-        g.fault(13, 0)
-        return
     g.setreg(EAX, 1, g.load(addr, 1))
 
 
@@ -882,12 +878,22 @@ def _shxd(g: Gen, i: Insn):
     else:
         c = g.tmp(f"{g.getreg(ECX, 1)} & 31")
     f = g.eflags()
+    # A 16-bit operand shifts the 48-bit dst:src:dst (so counts 17..31 are
+    # defined as Bochs and P6-family CPUs behave); 32-bit is dst:src.
     if i.op == "shld":
-        comb = g.tmp(f"({d} << {bits}) | {v}")
-        res = g.tmp(f"(({comb} << {c}) >> {bits}) & {M:#x}")
-        cf = g.tmp(f"({comb} >> ({2 * bits} - {c})) & 1")
+        if s == 2:
+            comb = g.tmp(f"({d} << 32) | ({v} << 16) | {d}")
+            res = g.tmp(f"(({comb} << {c}) >> 32) & 0xFFFF")
+            cf = g.tmp(f"({comb} >> (48 - {c})) & 1")
+        else:
+            comb = g.tmp(f"({d} << {bits}) | {v}")
+            res = g.tmp(f"(({comb} << {c}) >> {bits}) & {M:#x}")
+            cf = g.tmp(f"({comb} >> ({2 * bits} - {c})) & 1")
     else:
-        comb = g.tmp(f"({v} << {bits}) | {d}")
+        if s == 2:
+            comb = g.tmp(f"({d} << 32) | ({v} << 16) | {d}")
+        else:
+            comb = g.tmp(f"({v} << {bits}) | {d}")
         res = g.tmp(f"({comb} >> {c}) & {M:#x}")
         cf = g.tmp(f"({comb} >> ({c} - 1)) & 1 if {c} else 0")
     of = g.tmp(f"(({res} ^ {d}) >> {bits - 1}) & 1")
@@ -950,9 +956,6 @@ def _bsf(g: Gen, i: Insn):
 
 @sem("movs", "stos", "lods", "cmps", "scas")
 def _string(g: Gen, i: Insn):
-    if i.seg in (4, 5) and i.op != "stos":
-        g.fault(13, 0)
-        return
     g.string_op(i.op)
 
 

@@ -18,13 +18,13 @@ Operand specifications:
     AL eAX CL     fixed registers; `1` is the constant one (shift by one)
 
 Prefixes: 66 (operand size), f2/f3 (repne/rep), f0 (lock), segment
-overrides 26 2e 36 3e (flat, accepted) and 64 65 (fs/gs: null selectors in a
-JOS env, so a memory access through them raises #GP).  The 67 address-size
+overrides 26 2e 36 3e 64 65 (all flat: in a JOS env ds, es, ss, fs and gs
+hold the user data selector, base 0).  The 67 address-size
 prefix (16-bit addressing) is not supported: #UD.
 
 Not implemented, decoded as `(bad)` with trap 6 (#UD): x87/MMX/SSE, BCD
 adjust (daa das aaa aas aam aad), bound, arpl, far call/jmp/ret, les/lds,
-into, cpuid, rdtsc, sysenter, push/pop fs/gs, icebp.  Privileged or I/O
+into, cpuid, rdtsc, sysenter, icebp.  Privileged or I/O
 instructions are decoded as `(bad)` with trap 13 (#GP, error 0): in, out,
 ins, outs, cli, sti, hlt, iret, lgdt/lidt/lmsw/invlpg, lldt/ltr, clts,
 invd/wbinvd, mov to/from control and debug registers, rdmsr/wrmsr/rdpmc.
@@ -127,7 +127,8 @@ TWO_BYTE: dict[int, tuple] = {
     0x06: GP, 0x08: GP, 0x09: GP, 0x0B: UD, 0x0D: ("nop", "Ev"),
     0x20: GP, 0x21: GP, 0x22: GP, 0x23: GP,
     0x30: GP, 0x31: UD, 0x32: GP, 0x33: GP, 0x34: UD, 0x35: UD,
-    0xA0: UD, 0xA1: UD, 0xA2: UD, 0xA8: UD, 0xA9: UD,
+    0xA0: ("push", "FS"), 0xA1: ("pop", "FS"), 0xA2: UD,
+    0xA8: ("push", "GS"), 0xA9: ("pop", "GS"),
     0xA3: ("bt", "Ev Gv"), 0xA4: ("shld", "Ev Gv Ib"), 0xA5: ("shld", "Ev Gv CL"),
     0xAB: ("bts", "Ev Gv"), 0xAC: ("shrd", "Ev Gv Ib"), 0xAD: ("shrd", "Ev Gv CL"),
     0xAF: ("imul2", "Gv Ev"),
@@ -144,7 +145,7 @@ for cc in range(16):
     TWO_BYTE[0x80 + cc] = ("jcc", "Jz", cc)
     TWO_BYTE[0x90 + cc] = ("setcc", "Eb", cc)
 for r in range(8):
-    TWO_BYTE[0xC8 + r] = ("bswap", "Zd")
+    TWO_BYTE[0xC8 + r] = ("bswap", "Zv")
 
 TWO_BYTE_GROUPS: dict[int, tuple[str, tuple]] = {
     0x00: ("Ew", (UD, UD, GP, GP, UD, UD, UD, UD)),          # sldt str lldt ltr verr verw
@@ -159,7 +160,7 @@ STRING_OPS = frozenset({"movs", "cmps", "stos", "lods", "scas"})
 
 _PREFIX_SEG = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
 _FIXED_REGS = {"AL": (0, 1), "CL": (1, 1), "eAX": (0, 0)}   # (reg, size or 0 = v)
-_SREG_NAMES = {"ES": 0, "CS": 1, "SS": 2, "DS": 3}
+_SREG_NAMES = {"ES": 0, "CS": 1, "SS": 2, "DS": 3, "FS": 4, "GS": 5}
 
 
 def _bad(addr: int, raw: bytes, trap: int, err: int = 0) -> Insn:
@@ -278,7 +279,7 @@ def _decode(rd: _Reader, addr: int) -> Insn:
         size = 1
 
     specs = spec.split() if spec else []
-    needs_modrm = any(s[0] in "EGMS" and s not in ("ES", "SS", "CS") for s in specs)
+    needs_modrm = any(s[0] in "EGMS" and s not in _SREG_NAMES for s in specs)
     if needs_modrm and modrm is None:
         modrm = rd.take(1)
     mem = None

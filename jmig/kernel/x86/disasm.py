@@ -24,13 +24,22 @@ does, a rep prefix reads `rep` on movs/stos/lods, f2 on a branch reads
 `bnd`, 3e on an indirect branch reads `notrack`, and cs/ds on a conditional
 branch become the hints `,pn`/`,pt`.
 
-Differences from objdump (see tests/x86/test_disasm.py):
+Like objdump, f3 0f bc/bd print as tzcnt/lzcnt (the core runs them as
+bsf/bsr, as a CPU without BMI1/ABM does), and members of the nop-hint space
+(0f 0d, 0f 18-0f 1f: all nops to the core) take objdump's names where it
+has them: prefetch*, cldemote, bndldx/bndstx, rdsspd, endbr32/endbr64.
+
+Differences from objdump (tests/x86/test_disasm.py lists them too):
   - Encodings the core does not implement decode as "(bad)" (x87, in/out,
     hlt, iret, BCD adjust ..., a lock prefix where it is #UD, the 67
     prefix); objdump names them, and its length for them may differ.
-  - The nop-hint space 0f 19-0f 1f and 0f 0d (all "nop" to the core) is
-    named after objdump for the prefetch and cldemote forms, and printed as
-    nop otherwise (objdump shows MPX bndldx/bndstx etc. for some of them).
+  - `data16` on a rel8 branch: the target shown is the 16-bit one the CPU
+    jumps to; objdump shows the untruncated address.
+  - 0f 0d with a register operand, f2 0f bc/bd, and the MPX forms of
+    0f 1a/0f 1b with a 66/f2/f3 prefix: objdump shows (bad) or MPX
+    mnemonics; we show the nop or bsf/bsr the core executes.
+  - An instruction cut off by the end of the buffer shows as `.byte`, even
+    when it is only prefixes (objdump names those, e.g. `data16`).
 """
 from __future__ import annotations
 
@@ -38,8 +47,7 @@ from bisect import bisect_right
 
 from .decode import Truncated, decode
 from .insn import (
-    CONDS, EBX, EDI, ESI, ESP, IMM, MEM, REG, REG8, REG16, REG32, REL, REPNE, SREG,
-    SREGS, Insn, Operand,
+    CONDS, ESP, IMM, MEM, REG, REG8, REG16, REG32, REL, SREG, SREGS, Insn, Operand,
 )
 
 # Operation names (decode.py) whose AT&T mnemonic differs.
@@ -167,6 +175,8 @@ def _regname(n: int, size: int) -> str:
 
 
 class _Formatter:
+    """Spells one Insn: prefixes(), mnemonic() and operands(), joined by text()."""
+
     def __init__(self, insn: Insn, symbols):
         self.insn = insn
         self.lay = _Layout(insn.raw)
@@ -419,14 +429,11 @@ def _addr_text(a: int, width: int) -> str:
     return stripped.rjust(width)
 
 
-def _line(a: int, width: int, raw: bytes, text: str | None) -> list[str]:
-    lines = []
-    first = raw[:BYTES_PER_LINE]
-    hexs = "".join(f"{b:02x} " for b in first)
-    if text is None:
-        lines.append(f"{_addr_text(a, width)}:\t{hexs}")
-    else:
-        lines.append(f"{_addr_text(a, width)}:\t{hexs.ljust(3 * BYTES_PER_LINE)}\t{text}")
+def _line(a: int, width: int, raw: bytes, text: str) -> list[str]:
+    """objdump's lines for one instruction: address, up to 7 bytes padded to
+    a fixed column, the text; then any further bytes 7 to a line."""
+    hexs = "".join(f"{b:02x} " for b in raw[:BYTES_PER_LINE])
+    lines = [f"{_addr_text(a, width)}:\t{hexs.ljust(3 * BYTES_PER_LINE)}\t{text}"]
     for k in range(BYTES_PER_LINE, len(raw), BYTES_PER_LINE):
         chunk = raw[k:k + BYTES_PER_LINE]
         lines.append(f"{_addr_text(a + k, width)}:\t" + "".join(f"{b:02x} " for b in chunk))
