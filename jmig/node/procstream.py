@@ -49,23 +49,29 @@ class StreamWriter:
         """Yield lists of byte strings of about batch_bytes each, the last
         ending with the trailer."""
         k = self.kernel
+        mem = memoryview(k.phys.mem)
         out = [self.enc.start(self.header)]
-        size = len(out[0])
-        for p in self.pages:
+        per_batch = max(1, batch_bytes // 4111)
+        pages = self.pages
+        e = k.get_env(self.envid)
+        pte = e.aspace.pte
+        for i in range(0, len(pages), per_batch):
+            chunk = pages[i:i + per_batch]
             if self.remote:
-                rec = self.enc.remote(p.va, p.perm)
+                rec = b"".join(self.enc.remote(p.va, p.perm) for p in chunk)
             else:
-                rec = self.enc.page(p.va, p.perm, k.page_data(self.envid, p.va))
+                items = []
+                for p in chunk:
+                    base = pte[p.va >> 12] & 0xFFFFF000
+                    items.append((p.va, p.perm, mem[base:base + 4096]))
+                rec = self.enc.page_batch(items)
             out.append(rec)
-            size += len(rec)
-            self.progress.done += 1
-            if size >= batch_bytes:
-                self.progress.nbytes += size
-                yield out
-                out, size = [], 0
+            self.progress.done += len(chunk)
+            self.progress.nbytes += sum(len(x) for x in out)
+            yield out
+            out = []
         out.append(self.enc.trailer())
-        size += len(out[-1])
-        self.progress.nbytes += size
+        self.progress.nbytes += len(out[-1])
         yield out
 
 
@@ -95,7 +101,13 @@ class StreamRestorer:
     def feed(self, data) -> None:
         self.dec.receive_data(data)
         k = self.kernel
-        for e in self.dec.events():
+        dec = self.dec
+        while True:
+            if dec.feed_pages(self._sink):
+                continue
+            e = dec.next_event()
+            if e is pstream.NEED_DATA:
+                return
             if isinstance(e, pstream.Header):
                 h = pstream.env_header(e.fields)
                 self.header = e.fields
@@ -107,18 +119,32 @@ class StreamRestorer:
                                              f"{k.phys.nfree} are free here")
                     self.env = k.create_from(h, keep_id=self.keep_id)
             elif isinstance(e, pstream.Page):
-                self.pages += 1
-                if self.env is not None:
-                    k.restore_page(self.env, e.va, e.perm, e.data)
+                self._sink(pstream.TAG_ZERO if e.zero else pstream.TAG_PAGE, e.va, e.perm,
+                           None, e.data)
             elif isinstance(e, pstream.Remote):
-                if not self.allow_remote:
-                    raise StreamError(f"page {e.va:#010x} is marked remote in a full-copy stream")
-                self.pages += 1
-                if self.env is not None:
-                    k.restore_page(self.env, e.va, e.perm, None)
+                self._sink(pstream.TAG_REMOTE, e.va, e.perm, None)
             elif isinstance(e, pstream.Trailer):
                 if self.total != e.pages:
                     raise StreamError(f"header announces {self.total} pages, trailer {e.pages}")
+
+    def _sink(self, tag, va: int, perm: int, body, data=None) -> None:
+        """One page record: install it in the incoming env (if creating)."""
+        if tag == pstream.TAG_REMOTE and not self.allow_remote:
+            raise StreamError(f"page {va:#010x} is marked remote in a full-copy stream")
+        self.pages += 1
+        if self.env is None:
+            return
+        k = self.kernel
+        if tag == pstream.TAG_PAGE:
+            if body is not None:
+                k.restore_page(self.env, va, perm, chunks=(body[7:1031], body[1032:2056],
+                                                           body[2057:3081], body[3082:4106]))
+            else:
+                k.restore_page(self.env, va, perm, data)
+        elif tag == pstream.TAG_ZERO:
+            k.restore_page(self.env, va, perm, pstream.ZERO_PAGE)
+        else:
+            k.restore_page(self.env, va, perm, None)
 
     def finish(self) -> None:
         """Check that the stream ended properly."""

@@ -43,6 +43,8 @@ NEED_DATA = object()
 
 _REC = struct.Struct(">cI")
 _VAPERM = struct.Struct(">IH")
+_PAGE_HEAD = struct.Struct(">cIIHB")          # tag, length, va, perm, seq 1
+_SMALL_REC = struct.Struct(">cIIH")           # tag, length, va, perm
 _TRAILER = struct.Struct(">IQI")
 ZERO_PAGE = bytes(PGSIZE)
 
@@ -131,6 +133,35 @@ class StreamEncoder:
             b"\x01", data[0:1024], b"\x02", data[1024:2048],
             b"\x03", data[2048:3072], b"\x04", data[3072:4096])))
 
+    def page_batch(self, items, zero_ok: bool = True) -> bytes:
+        """PAGE (or ZERO) records for many (va, perm, data) at once: the same
+        bytes as page() for each, with one join and one checksum update."""
+        if not self.started or self.finished:
+            raise StreamError("page outside the stream")
+        out = []
+        app = out.append
+        seen = self._seen
+        n = 0
+        for va, perm, data in items:
+            if va in seen:
+                raise StreamError(f"page {va:#010x} written twice")
+            check_page(va, perm)
+            seen.add(va)
+            n += 1
+            if zero_ok and data == ZERO_PAGE:
+                app(_SMALL_REC.pack(TAG_ZERO, SMALL_BODY, va, perm))
+            else:
+                app(_PAGE_HEAD.pack(TAG_PAGE, PAGE_BODY, va, perm, 1))
+                app(data[0:1024])
+                app(b"\x02")
+                app(data[1024:2048])
+                app(b"\x03")
+                app(data[2048:3072])
+                app(b"\x04")
+                app(data[3072:4096])
+        self.pages += n
+        return self._out(b"".join(out))
+
     def remote(self, va: int, perm: int) -> bytes:
         self._page_check(va, perm)
         return self._out(_REC.pack(TAG_REMOTE, SMALL_BODY) + _VAPERM.pack(va, perm))
@@ -197,6 +228,55 @@ class StreamDecoder:
     @property
     def pending(self) -> int:
         return len(self._buf) - self._pos
+
+    def feed_pages(self, sink) -> int:
+        """Fast path for the body: consume every complete PAGE, ZERO and
+        REMOTE record at the front of the buffer, calling
+        sink(tag, va, perm, body) for each (body is a view of the record's
+        body, valid only during the call), with the same checks as
+        next_event().  Returns how many; stops at any other record."""
+        if self.state != "body":
+            return 0
+        buf = self._buf
+        pos = start = self._pos
+        end = len(buf)
+        seen = self._seen
+        view = memoryview(buf)
+        n = 0
+        unpack = _SMALL_REC.unpack_from
+        try:
+            while end - pos >= 11:
+                tag, length, va, perm = unpack(buf, pos)
+                if tag == TAG_PAGE:
+                    if length != PAGE_BODY:
+                        break                          # next_event reports it
+                    if end - pos < 5 + PAGE_BODY:
+                        break
+                    b = pos + 5
+                    if buf[b + 6] != 1 or buf[b + 1031] != 2 or buf[b + 2056] != 3 \
+                            or buf[b + 3081] != 4:
+                        raise StreamError(f"page {va:#010x}: chunk sequence numbers are not "
+                                          "1, 2, 3, 4")
+                elif tag == TAG_ZERO or tag == TAG_REMOTE:
+                    if length != SMALL_BODY:
+                        break
+                else:
+                    break
+                if va in seen:
+                    raise StreamError(f"page {va:#010x} appears twice")
+                check_page(va, perm)
+                seen.add(va)
+                sink(tag, va, perm, view[pos + 5:pos + 5 + length])
+                pos += 5 + length
+                n += 1
+        finally:
+            view.release()
+        if n:
+            self.crc = zlib.crc32(memoryview(buf)[start:pos], self.crc)
+            self.nbytes += pos - start
+            self.pages += n
+            self._pos = pos
+        return n
 
     def next_event(self):
         avail = len(self._buf) - self._pos

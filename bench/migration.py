@@ -1,0 +1,275 @@
+"""Migration speed: save, load and the three migration methods on memtest
+processes, next to the raw figures of this machine from the same run.
+
+    python bench/migration.py [--sizes 16,64] [--json FILE] [--quick]
+
+For each size S MiB: a memtest of S MiB is started on node A of an
+in-process cluster (real TCP on loopback) and paused; then
+  - save / load: MiB/s, next to writing (with fsync) and reading the same
+    number of bytes as one file;
+  - normal migration A -> B: MiB/s and downtime, next to sending the same
+    bytes over a trio TCP stream in 64 KiB writes;
+  - pgfault migration: time from pause to runnable on the destination, the
+    remote fault latency p50/p99, and the time until the origin is
+    released, with background push on and off;
+  - precopy (and the precopy-then-pgfault hybrid) on the running process:
+    total time, downtime, rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jmig.ctl.client import ControlClient                 # noqa: E402
+from jmig.node.node import Node, NodeConfig                 # noqa: E402
+
+MIB = 1 << 20
+
+
+class Bench:
+    def __init__(self, nursery, tmp: Path):
+        self.nursery = nursery
+        self.tmp = tmp
+        self.secret = secrets.token_hex(32).encode()
+        self.n = 0
+
+    async def node(self, name: str, memory: int) -> Node:
+        self.n += 1
+        host = f"127.0.99.{self.n + 1}"
+        cfg = NodeConfig(data_dir=self.tmp / name, host=host, port=50001, name=name,
+                         memory=memory, echo=False)
+        node = Node(cfg, self.secret)
+        await self.nursery.start(node.serve)
+        return node
+
+    async def call(self, node: Node, op: str, args=None):
+        async with await ControlClient.open(f"{node.cfg.host}:{node.cfg.port}", self.secret) as c:
+            return await c.request(op, args)
+
+    @staticmethod
+    def addr(node: Node) -> str:
+        return f"{node.cfg.host}:{node.cfg.port}"
+
+    async def memtest(self, node: Node, pages: int, dirty: int, sleep_ms: int) -> int:
+        """Start memtest and wait until it has filled and verified its pages once."""
+        res = await self.call(node, "spawn", {"program": "memtest",
+                                              "args": [str(pages), str(dirty), str(sleep_ms)]})
+        envid = res["envid"]
+        with trio.fail_after(600):
+            while "memtest: pass 1 ok" not in node.console.recent(1000):
+                await trio.sleep(0.05)
+        return envid
+
+    async def until_released(self, origin: Node, envid: int, timeout=600) -> None:
+        k = origin.kernel
+        with trio.fail_after(timeout):
+            while k.envs[envid & 0x3FF].env_id == envid and k.envs[envid & 0x3FF].status:
+                await trio.sleep(0.01)
+
+
+def raw_file(tmp: Path, nbytes: int) -> tuple[float, float]:
+    """Seconds to write (with fsync) and read back nbytes as one file."""
+    data = os.urandom(MIB) * max(1, nbytes // MIB)
+    p = tmp / "raw.bin"
+    t = time.perf_counter()
+    with open(p, "wb") as f:
+        for i in range(0, len(data), MIB):
+            f.write(data[i:i + MIB])
+        f.flush()
+        os.fsync(f.fileno())
+    tw = time.perf_counter() - t
+    t = time.perf_counter()
+    with open(p, "rb") as f:
+        while f.read(MIB):
+            pass
+    tr = time.perf_counter() - t
+    p.unlink()
+    return tw, tr
+
+
+async def raw_stream(nbytes: int) -> float:
+    """Seconds to send nbytes over a trio TCP stream on loopback in 64 KiB writes."""
+    chunk = os.urandom(64 * 1024)
+    done = trio.Event()
+    got = [0]
+
+    async def server(stream):
+        while got[0] < nbytes:
+            data = await stream.receive_some(256 * 1024)
+            if not data:
+                break
+            got[0] += len(data)
+        done.set()
+
+    async with trio.open_nursery() as n:
+        listeners = await n.start(partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        t = time.perf_counter()
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        sent = 0
+        while sent < nbytes:
+            await s.send_all(chunk)
+            sent += len(chunk)
+        await done.wait()
+        dt = time.perf_counter() - t
+        await s.aclose()
+        n.cancel_scope.cancel()
+    return dt
+
+
+async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
+    pages = size_mib * 256
+    memory = max(64 * MIB, (size_mib * 2 + 16) * MIB)
+    a = await b.node(f"a{size_mib}", memory)
+    c = await b.node(f"c{size_mib}", memory)
+    out: dict = {"size_mib": size_mib, "pages": pages}
+
+    envid = await b.memtest(a, pages, 0, 0)
+    await b.call(a, "pause", {"envid": envid})
+    # -- save / load ---------------------------------------------------------------
+    res = await b.call(a, "save", {"envid": envid, "name": "img"})
+    nbytes = res["bytes"]
+    out["image_bytes"] = nbytes
+    out["save_mib_s"] = nbytes / MIB / res["seconds"]
+    tw, tr = raw_file(b.tmp, nbytes)
+    out["raw_write_mib_s"] = nbytes / MIB / tw
+    out["raw_read_mib_s"] = nbytes / MIB / tr
+    res = await b.call(a, "load", {"name": "img"})
+    out["load_mib_s"] = nbytes / MIB / res["seconds"]
+    await b.call(a, "kill", {"envid": res["envid"]})
+    # -- normal migration ----------------------------------------------------------------
+    res = await b.call(a, "migrate", {"envid": envid, "to": b.addr(c), "method": "normal"})
+    out["normal_mib_s"] = res["bytes"] / MIB / res["downtime_s"]
+    out["normal_downtime_s"] = res["downtime_s"]
+    out["raw_stream_mib_s"] = res["bytes"] / MIB / await raw_stream(res["bytes"])
+    envid = res["new_envid"]
+    # -- pgfault: back to a, push off, then on ------------------------------------------
+    for push in (False, True):
+        src, dst = (c, a) if not push else (a, c)
+        before = dict(dst.pager.totals)
+        t0 = time.perf_counter()
+        res = await b.call(src, "migrate", {"envid": envid, "to": b.addr(dst), "method": "pgfault",
+                                            "push": push, "resume": True})
+        envid = res["new_envid"]
+        key = "push" if push else "nopush"
+        out[f"pgfault_{key}_to_runnable_s"] = res["downtime_s"]
+        dst.pager.latencies.clear()
+        if push:
+            await b.until_released(src, res["envid"])
+            out[f"pgfault_{key}_until_release_s"] = time.perf_counter() - t0
+        else:
+            # Without push, pages never touched stay at the origin: measure
+            # faults over one full memtest pass (which touches every data page).
+            seen = dst.console.recent(100000).count("memtest: pass")
+            with trio.fail_after(600):
+                while dst.console.recent(100000).count("memtest: pass") < seen + 2:
+                    await trio.sleep(0.05)
+            out[f"pgfault_{key}_one_pass_s"] = time.perf_counter() - t0
+        st = dst.pager.stats()
+        out[f"pgfault_{key}_fault_p50_ms"] = st["fault_latency_p50_ms"]
+        out[f"pgfault_{key}_fault_p99_ms"] = st["fault_latency_p99_ms"]
+        out[f"pgfault_{key}_fetched"] = st["pages_fetched"] - before["pages_fetched"]
+        out[f"pgfault_{key}_pushed"] = st["pages_pushed"] - before["pages_pushed"]
+        await b.call(dst, "pause", {"envid": envid})
+    # Now on c, paused.  Normal migration's pause-to-runnable for comparison:
+    res = await b.call(c, "migrate", {"envid": envid, "to": b.addr(a), "method": "normal",
+                                      "resume": True})
+    envid = res["new_envid"]
+    out["normal_to_runnable_s"] = res["downtime_s"]
+    # -- precopy and hybrid while memtest runs (it keeps rewriting DIRTY pages) --------
+    for method, then in (("precopy", None), ("precopy", "pgfault")):
+        src, dst = (a, c) if then is None else (c, a)
+        res = await b.call(src, "migrate", {"envid": envid, "to": b.addr(dst), "method": method,
+                                            "then": then, "resume": True, "max_rounds": 8,
+                                            "downtime_limit_ms": 50})
+        envid = res["new_envid"]
+        key = "precopy" if then is None else "hybrid"
+        out[f"{key}_total_s"] = res["total_s"]
+        out[f"{key}_downtime_s"] = res["downtime_s"]
+        out[f"{key}_rounds"] = res["rounds"]
+        out[f"{key}_postcopy_pages"] = res["postcopy_pages"]
+        if then:
+            await b.until_released(src, res["envid"])
+    bad = [n.name for n in (a, c) if "MISMATCH" in n.console.recent(100000)]
+    out["memtest_ok"] = not bad
+    return out
+
+
+def show(results: list[dict]) -> None:
+    print(f"{'size':>6} {'save':>8} {'raw write':>9} {'ratio':>6} {'load':>8} {'raw read':>9} "
+          f"{'ratio':>6} {'normal':>8} {'raw tcp':>8} {'ratio':>6}   (MiB/s)")
+    for r in results:
+        print(f"{r['size_mib']:>4}Mi {r['save_mib_s']:>8.1f} {r['raw_write_mib_s']:>9.1f} "
+              f"{r['save_mib_s'] / r['raw_write_mib_s']:>6.0%} {r['load_mib_s']:>8.1f} "
+              f"{r['raw_read_mib_s']:>9.1f} {r['load_mib_s'] / r['raw_read_mib_s']:>6.0%} "
+              f"{r['normal_mib_s']:>8.1f} {r['raw_stream_mib_s']:>8.1f} "
+              f"{r['normal_mib_s'] / r['raw_stream_mib_s']:>6.0%}")
+    print()
+    print(f"{'size':>6} {'pause->runnable normal':>22} {'pgfault':>9} {'fault p50':>10} "
+          f"{'p99':>8} {'until release (push)':>21}")
+    for r in results:
+        print(f"{r['size_mib']:>4}Mi {r['normal_to_runnable_s'] * 1000:>19.1f} ms "
+              f"{r['pgfault_push_to_runnable_s'] * 1000:>6.1f} ms "
+              f"{_ms(r['pgfault_nopush_fault_p50_ms']):>10} {_ms(r['pgfault_nopush_fault_p99_ms']):>8} "
+              f"{r['pgfault_push_until_release_s']:>19.2f} s")
+    print("  (without push the origin is released only once every page was touched or "
+          "pulled; fault latency is measured without push)")
+    print()
+    print(f"{'size':>6} {'method':>10} {'downtime':>10} {'total':>9} {'rounds':>6}")
+    for r in results:
+        for m, dk, tk in (("normal", "normal_downtime_s", "normal_downtime_s"),
+                          ("pgfault", "pgfault_push_to_runnable_s", "pgfault_push_until_release_s"),
+                          ("precopy", "precopy_downtime_s", "precopy_total_s"),
+                          ("hybrid", "hybrid_downtime_s", "hybrid_total_s")):
+            rounds = r.get(f"{m}_rounds", "-")
+            print(f"{r['size_mib']:>4}Mi {m:>10} {r[dk] * 1000:>7.1f} ms {r[tk]:>7.2f} s {rounds!s:>6}")
+    print()
+    print("memtest verified after every step:", all(r["memtest_ok"] for r in results))
+
+
+def _ms(v):
+    return "-" if v is None else f"{v:.2f}ms"
+
+
+async def amain(sizes, quick):
+    results = []
+    with tempfile.TemporaryDirectory(prefix="jmig-bench-") as d:
+        async with trio.open_nursery() as nursery:
+            b = Bench(nursery, Path(d))
+            for s in sizes:
+                results.append(await bench_size(b, s, quick))
+            nursery.cancel_scope.cancel()
+    return results
+
+
+def main(argv=None) -> dict:
+    import structlog
+    import logging
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="16,64", help="process sizes in MiB (default 16,64)")
+    ap.add_argument("--json", help="write results to this file")
+    ap.add_argument("--quick", action="store_true", help="only 4 MiB")
+    a = ap.parse_args(argv)
+    sizes = [4] if a.quick else [int(s) for s in a.sizes.split(",")]
+    results = trio.run(amain, sizes, a.quick)
+    show(results)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"migration": results}, indent=2))
+    return {"migration": results}
+
+
+if __name__ == "__main__":
+    main()
