@@ -3,8 +3,8 @@ processes, next to the raw figures of this machine from the same run.
 
     python bench/migration.py [--sizes 16,64] [--json FILE] [--quick]
 
-For each size S MiB: a memtest of S MiB is started on node A of an
-in-process cluster (real TCP on loopback) and paused; then
+For each size S MiB: a memtest of S MiB is started on node A of a cluster
+of two jmig-node processes on loopback and paused; then
   - save / load: MiB/s, next to writing (with fsync) and reading the same
     number of bytes as one file;
   - normal migration A -> B: MiB/s and downtime, next to sending the same
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,49 +33,69 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
-from jmig.node.node import Node, NodeConfig                 # noqa: E402
 
 MIB = 1 << 20
 
 
 class Bench:
-    def __init__(self, nursery, tmp: Path):
-        self.nursery = nursery
+    """Real jmig-node processes on loopback, driven over their control ports."""
+
+    def __init__(self, tmp: Path):
         self.tmp = tmp
         self.secret = secrets.token_hex(32).encode()
+        (tmp / "secret").write_bytes(self.secret)
         self.n = 0
+        self.procs: list[subprocess.Popen] = []
 
-    async def node(self, name: str, memory: int) -> Node:
+    def node(self, name: str, memory: int) -> str:
         self.n += 1
         host = f"127.0.99.{self.n + 1}"
-        cfg = NodeConfig(data_dir=self.tmp / name, host=host, port=50001, name=name,
-                         memory=memory, echo=False)
-        node = Node(cfg, self.secret)
-        await self.nursery.start(node.serve)
-        return node
+        p = subprocess.Popen(
+            [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
+             "--name", name, "--data-dir", str(self.tmp / name), "--secret-file",
+             str(self.tmp / "secret"), "--memory", str(memory), "--log-level", "warning",
+             "--log-format", "json", "--no-console"],
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"))
+        self.procs.append(p)
+        return f"{host}:50001"
 
-    async def call(self, node: Node, op: str, args=None):
-        async with await ControlClient.open(f"{node.cfg.host}:{node.cfg.port}", self.secret) as c:
+    async def wait_up(self, node: str) -> None:
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await self.call(node, "info")
+                    return
+                except OSError:
+                    await trio.sleep(0.05)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+
+    async def call(self, node: str, op: str, args=None):
+        async with await ControlClient.open(node, self.secret) as c:
             return await c.request(op, args)
 
-    @staticmethod
-    def addr(node: Node) -> str:
-        return f"{node.cfg.host}:{node.cfg.port}"
+    async def console(self, node: str) -> str:
+        return (await self.call(node, "console", {"lines": 100000}))["text"]
 
-    async def memtest(self, node: Node, pages: int, dirty: int, sleep_ms: int) -> int:
+    async def memtest(self, node: str, pages: int, dirty: int, sleep_ms: int) -> int:
         """Start memtest and wait until it has filled and verified its pages once."""
         res = await self.call(node, "spawn", {"program": "memtest",
                                               "args": [str(pages), str(dirty), str(sleep_ms)]})
-        envid = res["envid"]
-        with trio.fail_after(600):
-            while "memtest: pass 1 ok" not in node.console.recent(1000):
-                await trio.sleep(0.05)
-        return envid
+        with trio.fail_after(900):
+            while "memtest: pass 1 ok" not in await self.console(node):
+                await trio.sleep(0.2)
+        return res["envid"]
 
-    async def until_released(self, origin: Node, envid: int, timeout=600) -> None:
-        k = origin.kernel
+    async def passes(self, node: str) -> int:
+        return (await self.console(node)).count("memtest: pass")
+
+    async def until_released(self, origin: str, envid: int, timeout=900) -> None:
         with trio.fail_after(timeout):
-            while k.envs[envid & 0x3FF].env_id == envid and k.envs[envid & 0x3FF].status:
+            while any(e["envid"] == envid for e in (await self.call(origin, "ps"))["envs"]):
                 await trio.sleep(0.01)
 
 
@@ -131,8 +152,10 @@ async def raw_stream(nbytes: int) -> float:
 async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
     pages = size_mib * 256
     memory = max(64 * MIB, (size_mib * 2 + 16) * MIB)
-    a = await b.node(f"a{size_mib}", memory)
-    c = await b.node(f"c{size_mib}", memory)
+    a = b.node(f"a{size_mib}", memory)
+    c = b.node(f"c{size_mib}", memory)
+    await b.wait_up(a)
+    await b.wait_up(c)
     out: dict = {"size_mib": size_mib, "pages": pages}
 
     envid = await b.memtest(a, pages, 0, 0)
@@ -149,48 +172,47 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
     out["load_mib_s"] = nbytes / MIB / res["seconds"]
     await b.call(a, "kill", {"envid": res["envid"]})
     # -- normal migration ----------------------------------------------------------------
-    res = await b.call(a, "migrate", {"envid": envid, "to": b.addr(c), "method": "normal"})
+    res = await b.call(a, "migrate", {"envid": envid, "to": c, "method": "normal"})
     out["normal_mib_s"] = res["bytes"] / MIB / res["downtime_s"]
     out["normal_downtime_s"] = res["downtime_s"]
     out["raw_stream_mib_s"] = res["bytes"] / MIB / await raw_stream(res["bytes"])
     envid = res["new_envid"]
-    # -- pgfault: back to a, push off, then on ------------------------------------------
+    # -- pgfault: back to a without push, then to c with push -----------------------------
     for push in (False, True):
         src, dst = (c, a) if not push else (a, c)
-        before = dict(dst.pager.totals)
+        before = (await b.call(dst, "stats"))["pager"]
+        seen = await b.passes(dst)
         t0 = time.perf_counter()
-        res = await b.call(src, "migrate", {"envid": envid, "to": b.addr(dst), "method": "pgfault",
+        res = await b.call(src, "migrate", {"envid": envid, "to": dst, "method": "pgfault",
                                             "push": push, "resume": True})
         envid = res["new_envid"]
         key = "push" if push else "nopush"
         out[f"pgfault_{key}_to_runnable_s"] = res["downtime_s"]
-        dst.pager.latencies.clear()
         if push:
             await b.until_released(src, res["envid"])
             out[f"pgfault_{key}_until_release_s"] = time.perf_counter() - t0
         else:
-            # Without push, pages never touched stay at the origin: measure
-            # faults over one full memtest pass (which touches every data page).
-            seen = dst.console.recent(100000).count("memtest: pass")
-            with trio.fail_after(600):
-                while dst.console.recent(100000).count("memtest: pass") < seen + 2:
-                    await trio.sleep(0.05)
-            out[f"pgfault_{key}_one_pass_s"] = time.perf_counter() - t0
-        st = dst.pager.stats()
+            # Without push, pages never touched stay at the origin: measure the
+            # faults of two full memtest passes (which touch every data page).
+            with trio.fail_after(900):
+                while await b.passes(dst) < seen + 2:
+                    await trio.sleep(0.1)
+            out[f"pgfault_{key}_two_passes_s"] = time.perf_counter() - t0
+        st = (await b.call(dst, "stats"))["pager"]
         out[f"pgfault_{key}_fault_p50_ms"] = st["fault_latency_p50_ms"]
         out[f"pgfault_{key}_fault_p99_ms"] = st["fault_latency_p99_ms"]
         out[f"pgfault_{key}_fetched"] = st["pages_fetched"] - before["pages_fetched"]
         out[f"pgfault_{key}_pushed"] = st["pages_pushed"] - before["pages_pushed"]
         await b.call(dst, "pause", {"envid": envid})
     # Now on c, paused.  Normal migration's pause-to-runnable for comparison:
-    res = await b.call(c, "migrate", {"envid": envid, "to": b.addr(a), "method": "normal",
+    res = await b.call(c, "migrate", {"envid": envid, "to": a, "method": "normal",
                                       "resume": True})
     envid = res["new_envid"]
     out["normal_to_runnable_s"] = res["downtime_s"]
-    # -- precopy and hybrid while memtest runs (it keeps rewriting DIRTY pages) --------
-    for method, then in (("precopy", None), ("precopy", "pgfault")):
+    # -- precopy and hybrid while memtest runs (it keeps verifying its pages) ------------
+    for then in (None, "pgfault"):
         src, dst = (a, c) if then is None else (c, a)
-        res = await b.call(src, "migrate", {"envid": envid, "to": b.addr(dst), "method": method,
+        res = await b.call(src, "migrate", {"envid": envid, "to": dst, "method": "precopy",
                                             "then": then, "resume": True, "max_rounds": 8,
                                             "downtime_limit_ms": 50})
         envid = res["new_envid"]
@@ -201,7 +223,11 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
         out[f"{key}_postcopy_pages"] = res["postcopy_pages"]
         if then:
             await b.until_released(src, res["envid"])
-    bad = [n.name for n in (a, c) if "MISMATCH" in n.console.recent(100000)]
+    seen = await b.passes(a)
+    with trio.fail_after(900):
+        while await b.passes(a) < seen + 1:
+            await trio.sleep(0.1)
+    bad = [n for n in (a, c) if "MISMATCH" in await b.console(n)]
     out["memtest_ok"] = not bad
     return out
 
@@ -245,18 +271,16 @@ def _ms(v):
 async def amain(sizes, quick):
     results = []
     with tempfile.TemporaryDirectory(prefix="jmig-bench-") as d:
-        async with trio.open_nursery() as nursery:
-            b = Bench(nursery, Path(d))
+        b = Bench(Path(d))
+        try:
             for s in sizes:
                 results.append(await bench_size(b, s, quick))
-            nursery.cancel_scope.cancel()
+        finally:
+            b.close()
     return results
 
 
 def main(argv=None) -> dict:
-    import structlog
-    import logging
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="16,64", help="process sizes in MiB (default 16,64)")

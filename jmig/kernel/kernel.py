@@ -652,6 +652,30 @@ class Kernel:
                                 bool(pte & 0x40), bool(pte & 0x20)))
         return out
 
+    def page_list(self, envid: int) -> list[tuple[int, int, bool]]:
+        """(va, perm, remote) of the env's mapped pages below UTOP, in address
+        order: env_pages without the objects, for streaming many pages."""
+        e = self._env(envid)
+        pte = e.aspace.pte
+        top = UTOP >> 12
+        return [(vpn << 12, v & PTE_SYSCALL, bool(v & PTE_REMOTE))
+                for vpn in sorted(pte) if (v := pte[vpn]) & PTE_P and vpn < top]
+
+    def restore_remote_run(self, e: Env, va: int, count: int, perm: int) -> None:
+        """Mark count consecutive pages of an incoming env remote at once."""
+        if va % PGSIZE or count < 1 or va + count * PGSIZE > UTOP or perm & ~PTE_SYSCALL \
+                or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page run {va:#x}+{count} perm {perm:#x}")
+        a = e.aspace
+        first = va >> 12
+        vpns = range(first, first + count)
+        if any(v in a.pte for v in vpns):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
+        for pdx in range(first >> 10, ((first + count - 1) >> 10) + 1):
+            if not a.pgdir_walk(pdx << 22, True):
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+        a.pte.update(dict.fromkeys(vpns, PTE_REMOTE | perm | PTE_P))
+
     def page_data(self, envid: int, va: int) -> memoryview:
         """A view of a local page's 4 KiB (valid until the page changes)."""
         e = self._env(envid)

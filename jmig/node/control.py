@@ -227,6 +227,10 @@ class ControlSession:
                           progress=self.progress_pusher(rid))
 
     async def op_migrate(self, rid, args):
+        with self.node.io():
+            return await self._migrate(rid, args)
+
+    async def _migrate(self, rid, args):
         envid = _envid(args)
         target = _str(args, "to", 300)
         method = args.get("method", "normal")

@@ -15,6 +15,7 @@ misbehaves is closed; the node keeps serving.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -32,7 +33,8 @@ from .console import ConsoleHub
 from .disk import DataDir
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
-QUANTUM_SECONDS = 0.005
+QUANTUM_SECONDS = 0.005          # kernel time between checkpoints
+IO_QUANTUM_SECONDS = 0.0005      # ... while a migration moves data through this node
 MAX_CONNECTIONS = 256
 
 
@@ -82,6 +84,7 @@ class Node:
         self.free_pages_at_start = self.kernel.phys.nfree
         self.arrival_waiters: set[trio.MemorySendChannel] = set()
         self.busy: dict[int, str] = {}   # envid -> operation that runs while the env does
+        self.io_active = 0               # transfers under way: keep kernel quanta short
 
     # -- time ---------------------------------------------------------------------
     @staticmethod
@@ -108,7 +111,8 @@ class Node:
             dt = time.perf_counter() - t0
             self.dispatch_events()
             if res.executed and dt > 0:
-                quantum = int(min(2_000_000, max(1_000, quantum * QUANTUM_SECONDS / dt)))
+                target = IO_QUANTUM_SECONDS if self.io_active else QUANTUM_SECONDS
+                quantum = int(min(2_000_000, max(200, quantum * target / dt)))
             if res.idle:
                 if self._wakeup.is_set():
                     self._wakeup = trio.Event()
@@ -246,12 +250,14 @@ class Node:
         if kind == "control":
             from .control import ControlSession
             await ControlSession(self, fs).run()
-        elif kind == "normal":
-            await self.migrator.receive_port(fs)
-        elif kind == "pgfault":
-            await self.pager.receive_pgfault(fs)
-        elif kind == "pager":
-            await self.pager.serve_pages(fs)
+            return
+        with self.io():
+            if kind == "normal":
+                await self.migrator.receive_port(fs)
+            elif kind == "pgfault":
+                await self.pager.receive_pgfault(fs)
+            elif kind == "pager":
+                await self.pager.serve_pages(fs)
 
     def advertised_host(self, fs: FramedStream) -> str:
         """Where other nodes reach this one: the bound address, or, when
@@ -260,6 +266,16 @@ class Node:
         if h in ("", "0.0.0.0", "::"):
             h = fs.stream.socket.getsockname()[0]
         return h
+
+    @contextmanager
+    def io(self):
+        """Mark a data transfer under way: the kernel task then runs in
+        shorter quanta so that the transfer's tasks get the CPU often."""
+        self.io_active += 1
+        try:
+            yield
+        finally:
+            self.io_active -= 1
 
     # -- arrivals (jmigctl shell's migrate_recv_*) ------------------------------------
     def announce_arrival(self, info: dict) -> None:

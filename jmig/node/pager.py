@@ -173,11 +173,12 @@ class Pager:
                     "token": token, "push": push, "prefetch": prefetch}
 
         def on_prepared(mid, fs):
-            pages = k.env_pages(envid)
+            pages = k.page_list(envid)
             out = Outgoing(mid=mid, envid=envid, dest=fs.peer, dest_addr=(host, port),
                            token=token, push=push, prefetch=prefetch,
-                           vpns=[p.va >> 12 for p in pages],
-                           perms={p.va >> 12: p.perm for p in pages}, started=time.perf_counter())
+                           vpns=[va >> 12 for va, _, _ in pages],
+                           perms={va >> 12: perm for va, perm, _ in pages},
+                           started=time.perf_counter())
             out.index = {v: i for i, v in enumerate(out.vpns)}
             pending[mid] = out
             self.outgoing[mid] = out
@@ -365,7 +366,8 @@ class Pager:
         """Keep a connection to the origin's page server until every page is
         here.  Never raises: a bug here must not take the node down."""
         try:
-            await self._link_loop(inc)
+            with self.node.io():
+                await self._link_loop(inc)
         except Exception:
             self.node.log.exception("pager link failed", envid=inc.envid, origin=inc.origin)
             inc.state = "waiting"

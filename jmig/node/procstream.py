@@ -36,8 +36,8 @@ class StreamWriter:
         self.kernel = kernel
         self.envid = envid
         self.remote = remote
-        self.pages = kernel.env_pages(envid)
-        if any(p.remote for p in self.pages):
+        self.pages = kernel.page_list(envid)          # [(va, perm, remote)]
+        if any(p[2] for p in self.pages):
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
         self.enc = StreamEncoder()
         self.header = pstream.header_fields(
@@ -55,17 +55,21 @@ class StreamWriter:
         pages = self.pages
         e = k.get_env(self.envid)
         pte = e.aspace.pte
-        for i in range(0, len(pages), per_batch):
+        if self.remote:
+            # Page table entries only: runs of consecutive pages with one perm.
+            for va, count, perm in _runs(pages):
+                out.append(self.enc.remote_run(va, count, perm))
+            self.progress.done = len(pages)
+            self.progress.nbytes += sum(len(x) for x in out)
+            yield out
+            out = []
+        for i in range(0, 0 if self.remote else len(pages), per_batch):
             chunk = pages[i:i + per_batch]
-            if self.remote:
-                rec = b"".join(self.enc.remote(p.va, p.perm) for p in chunk)
-            else:
-                items = []
-                for p in chunk:
-                    base = pte[p.va >> 12] & 0xFFFFF000
-                    items.append((p.va, p.perm, mem[base:base + 4096]))
-                rec = self.enc.page_batch(items)
-            out.append(rec)
+            items = []
+            for va, perm, _ in chunk:
+                base = pte[va >> 12] & 0xFFFFF000
+                items.append((va, perm, mem[base:base + 4096]))
+            out.append(self.enc.page_batch(items))
             self.progress.done += len(chunk)
             self.progress.nbytes += sum(len(x) for x in out)
             yield out
@@ -73,6 +77,17 @@ class StreamWriter:
         out.append(self.enc.trailer())
         self.progress.nbytes += len(out[-1])
         yield out
+
+
+def _runs(pages):
+    """[(va, count, perm)] runs of consecutive pages with equal perm."""
+    runs = []
+    for va, perm, _ in pages:
+        if runs and runs[-1][2] == perm and runs[-1][0] + runs[-1][1] * 4096 == va:
+            runs[-1][1] += 1
+        else:
+            runs.append([va, 1, perm])
+    return [tuple(r) for r in runs]
 
 
 class StreamRestorer:
@@ -123,6 +138,13 @@ class StreamRestorer:
                            None, e.data)
             elif isinstance(e, pstream.Remote):
                 self._sink(pstream.TAG_REMOTE, e.va, e.perm, None)
+            elif isinstance(e, pstream.RemoteRun):
+                if not self.allow_remote:
+                    raise StreamError(f"pages at {e.va:#010x} are marked remote in a "
+                                      "full-copy stream")
+                self.pages += e.count
+                if self.env is not None:
+                    k.restore_remote_run(self.env, e.va, e.count, e.perm)
             elif isinstance(e, pstream.Trailer):
                 if self.total != e.pages:
                     raise StreamError(f"header announces {self.total} pages, trailer {e.pages}")

@@ -11,11 +11,12 @@ Grammar (docs/process-stream.md has the full description):
     CHUNK    ::= SEQ(u8, 1..4 in order) DATA[1024]
     ZERO     ::= 'Z' 6 VA(u32) PERM(u16)                      an all-zero page
     REMOTE   ::= 'R' 6 VA(u32) PERM(u16)                      present, contents elsewhere
+    RUN      ::= 'M' 10 VA(u32) COUNT(u32) PERM(u16)          COUNT consecutive REMOTE pages
     TRAILER  ::= 'T' 16 PAGES(u32) BYTES(u64) CRC32(u32)
 
 Integers in record bodies are big-endian.  VA is page-aligned and below
 UTOP; PERM lies within PTE_SYSCALL and includes PTE_U|PTE_P; no VA appears
-twice.  PAGES counts PAGE, ZERO and REMOTE records; BYTES and CRC32
+twice.  PAGES counts the pages of PAGE, ZERO, REMOTE and RUN records; BYTES and CRC32
 (zlib's) cover every byte before the trailer record, magic included.
 
 Sans-I/O: StreamEncoder returns bytes; StreamDecoder takes bytes
@@ -39,16 +40,20 @@ MAX_HEADER = 64 * 1024
 PAGE_BODY = 6 + 4 * (1 + CHUNK)          # 4106
 SMALL_BODY = 6
 TRAILER_BODY = 16
+RUN_BODY = 10
+MAX_RUN = (UTOP >> 12)
 NEED_DATA = object()
 
 _REC = struct.Struct(">cI")
 _VAPERM = struct.Struct(">IH")
 _PAGE_HEAD = struct.Struct(">cIIHB")          # tag, length, va, perm, seq 1
 _SMALL_REC = struct.Struct(">cIIH")           # tag, length, va, perm
+_RUN = struct.Struct(">IIH")                  # va, count, perm
 _TRAILER = struct.Struct(">IQI")
 ZERO_PAGE = bytes(PGSIZE)
 
 TAG_HEADER, TAG_PAGE, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"P", b"Z", b"R", b"T"
+TAG_RUN = b"M"
 
 
 class StreamError(Exception):
@@ -75,6 +80,13 @@ class Remote:
 
 
 @attrs.frozen
+class RemoteRun:
+    va: int
+    count: int
+    perm: int
+
+
+@attrs.frozen
 class Trailer:
     pages: int
     nbytes: int
@@ -87,6 +99,12 @@ def check_page(va: int, perm: int) -> None:
     if perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
         raise StreamError(f"page {va:#010x}: permissions {perm:#x} are not within PTE_SYSCALL "
                           "with PTE_U|PTE_P")
+
+
+def _check_run(va: int, count: int, perm: int) -> None:
+    check_page(va, perm)
+    if not 1 <= count <= MAX_RUN or va + count * PGSIZE > UTOP:
+        raise StreamError(f"run of {count} pages at {va:#010x} does not fit below UTOP")
 
 
 class StreamEncoder:
@@ -166,6 +184,18 @@ class StreamEncoder:
         self._page_check(va, perm)
         return self._out(_REC.pack(TAG_REMOTE, SMALL_BODY) + _VAPERM.pack(va, perm))
 
+    def remote_run(self, va: int, count: int, perm: int) -> bytes:
+        """A RUN record: count consecutive remote pages from va."""
+        if not self.started or self.finished:
+            raise StreamError("page outside the stream")
+        _check_run(va, count, perm)
+        new = range(va >> 12, (va >> 12) + count)
+        if not self._seen.isdisjoint(v << 12 for v in new):
+            raise StreamError(f"run at {va:#010x} overlaps pages already written")
+        self._seen.update(v << 12 for v in new)
+        self.pages += count
+        return self._out(_REC.pack(TAG_RUN, RUN_BODY) + _RUN.pack(va, count, perm))
+
     def trailer(self) -> bytes:
         if not self.started or self.finished:
             raise StreamError("trailer outside the stream")
@@ -188,6 +218,8 @@ class StreamEncoder:
                 b"\x04", d[3072:4096])))
         if isinstance(event, Remote):
             return self.remote(event.va, event.perm)
+        if isinstance(event, RemoteRun):
+            return self.remote_run(event.va, event.count, event.perm)
         if isinstance(event, Trailer):
             return self.trailer()
         raise TypeError(event)
@@ -302,7 +334,7 @@ class StreamDecoder:
         if self.state == "header" and tag != TAG_HEADER:
             raise StreamError(f"expected the header record, found tag {tag!r}")
         limit = {TAG_HEADER: MAX_HEADER, TAG_PAGE: PAGE_BODY, TAG_ZERO: SMALL_BODY,
-                 TAG_REMOTE: SMALL_BODY, TAG_TRAILER: TRAILER_BODY}.get(tag)
+                 TAG_REMOTE: SMALL_BODY, TAG_TRAILER: TRAILER_BODY, TAG_RUN: RUN_BODY}.get(tag)
         if limit is None:
             raise StreamError(f"unknown record tag {tag!r} at byte {self.nbytes}")
         if (tag == TAG_HEADER and length > limit) or (tag != TAG_HEADER and length != limit):
@@ -339,6 +371,15 @@ class StreamDecoder:
             self.header = fields
             self.state = "body"
             return Header(fields)
+        if tag == TAG_RUN:
+            va, count, perm = _RUN.unpack_from(body)
+            _check_run(va, count, perm)
+            new = [v << 12 for v in range(va >> 12, (va >> 12) + count)]
+            if not self._seen.isdisjoint(new):
+                raise StreamError(f"run at {va:#010x} overlaps pages seen before")
+            self._seen.update(new)
+            self.pages += count
+            return RemoteRun(va, count, perm)
         va, perm = _VAPERM.unpack_from(body)
         check_page(va, perm)
         if va in self._seen:

@@ -6,7 +6,7 @@ import trio
 from .frames import MAX_DATA_FRAME, NEED_DATA, FrameDecoder, RemoteProtocolError, encode_frame
 from .handshake import AuthError, ClientHandshake, ServerHandshake
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 1 << 20
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -74,7 +74,15 @@ async def client_handshake(fs: FramedStream, secret: bytes, kind: str, node: str
     with trio.fail_after(timeout):
         await fs.send(hs.hello())
         while True:
-            reply = hs.receive(await fs.receive())
+            try:
+                reply = hs.receive(await fs.receive())
+            except AuthError:
+                if hs.refusal is not None:     # tell the server why we leave
+                    try:
+                        await fs.send(hs.refusal)
+                    except ConnectionClosed:
+                        pass
+                raise
             if reply is None:
                 fs.peer = hs.server
                 return hs
@@ -88,9 +96,13 @@ async def server_handshake(fs: FramedStream, secret: bytes, kind: str, node: str
     with trio.fail_after(timeout):
         while hs.state != "done":
             reply = hs.receive(await fs.receive())
-            await fs.send(reply)
             if hs.error is not None:
+                try:
+                    await fs.send(reply)
+                except ConnectionClosed:       # the client may be gone already
+                    pass
                 raise hs.error
+            await fs.send(reply)
     fs.peer = hs.peer
     return hs
 
