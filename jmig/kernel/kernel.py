@@ -368,6 +368,12 @@ class Kernel:
         while a < end:
             if a >= ULIM:
                 return max(a, va)
+            if a >= UTOP:
+                # UENVS, UPAGES and UVPT: mapped user-readable, never writable.
+                if perm & PTE_W:
+                    return max(a, va)
+                a += PGSIZE
+                continue
             pte = e.aspace.pte.get(a >> 12)
             if pte is None or pte & perm != perm:
                 return max(a, va)
@@ -515,6 +521,8 @@ class Kernel:
         is no longer remote (installed already, or unmapped meanwhile).
         Raises KernelError NO_MEMORY if no frame is free."""
         e = self._env(envid)
+        if len(data) != PGSIZE:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x}: {len(data)} bytes, not a page")
         vpn = va >> 12
         pte = e.aspace.pte.get(vpn)
         if pte is None or not pte & PTE_REMOTE:
@@ -771,6 +779,9 @@ class Kernel:
         that is an error.  Raises KernelError NO_MEMORY / BAD_SNAPSHOT."""
         if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
+        if data is not None and len(data) != PGSIZE or chunks is not None and (
+                len(chunks) != 4 or any(len(c) != 1024 for c in chunks)):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x}: contents are not one page")
         a = e.aspace
         old = a.pte.get(va >> 12)
         if old is not None and old & PTE_P:

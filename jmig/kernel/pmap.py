@@ -30,6 +30,7 @@ overlaps a decoded instruction.
 """
 from __future__ import annotations
 
+import mmap
 from struct import pack_into, unpack_from
 
 from .memlayout import (
@@ -71,7 +72,9 @@ class PhysMem:
         if nframes < 2:
             raise ValueError("physical memory needs at least 2 frames")
         self.nframes = nframes
-        self.mem = bytearray(nframes * PGSIZE)
+        # Anonymous memory: zero-filled and committed only when touched, so a
+        # 64 MiB machine costs nothing until its frames are used.
+        self.mem = mmap.mmap(-1, nframes * PGSIZE)
         self.m32 = memoryview(self.mem).cast("I")
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
