@@ -13,6 +13,7 @@ secret); 5 protocol error (incompatible or garbled peer).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -32,6 +33,14 @@ from .client import DEFAULT_NODE, ControlClient, RemoteError, parse_node
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_PROTOCOL = 0, 1, 2, 3, 4, 5
 MAX_UPLOAD = 8 << 20
+
+
+# What to do about a refusal, where the node's message does not say.
+REFUSAL_HINTS = {
+    "no-such-env": "`jmigctl ps` lists the node's envs",
+    "no-such-image": "`jmigctl ls` lists the node's images",
+    "bad-elf": "spawn takes a 32-bit JOS ELF executable (see examples/user)",
+}
 
 
 class UsageError(Exception):
@@ -393,7 +402,10 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None) 
     err = stderr or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # argparse prints usage errors, --help and --version to sys.stderr /
+        # sys.stdout: send them to the streams this call was given.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     if not getattr(args, "fn", None):
@@ -416,7 +428,8 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None) 
     except SecretError as exc:
         return fail(EXIT_AUTH, str(exc))
     except RemoteError as exc:
-        return fail(EXIT_FAILED, f"{exc.message} [{exc.code}]")
+        hint = REFUSAL_HINTS.get(exc.code)
+        return fail(EXIT_FAILED, f"{exc.message} [{exc.code}]" + (f"; {hint}" if hint else ""))
     except AuthError as exc:
         if exc.code == "auth":
             return fail(EXIT_AUTH, f"{ctx.node}: {exc.message}")

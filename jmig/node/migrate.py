@@ -67,6 +67,9 @@ class Migrator:
         stats = await self.send(envid, target, "normal", resume=resume, progress=progress)
         k = self.node.kernel
         if keep:
+            # The kept copy is an ordinary paused env again (send() left it
+            # frozen "migrated", which nothing would ever clear).
+            k.get_env(envid).frozen = ""
             self.node.log.info("migration kept source copy", envid=envid)
         else:
             k.env_destroy(k.get_env(envid), 0, f"migrated to {target}")

@@ -74,6 +74,12 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
         raise MigrationError("bad-request", "then must be stop or pgfault")
     push = args.get("push", True)
     resume = bool(args.get("resume", False))
+    keep = args.get("keep", False)
+    if not isinstance(keep, bool):
+        raise MigrationError("bad-request", "keep must be true or false")
+    if keep and then == "pgfault":
+        raise MigrationError("bad-request", "--keep makes no sense with --then pgfault: the "
+                             "origin keeps the pages until they have all moved")
     k = node.kernel
     host, port = parse_target(target)
     e = k.get_env(envid)
@@ -198,6 +204,9 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
     t_done = time.perf_counter()
     if remote:
         e.frozen = "serving pages"
+    elif keep:
+        e.frozen = ""                      # the source copy stays, paused (as for normal)
+        node.log.info("migration kept source copy", envid=envid)
     else:
         k.env_destroy(e, 0, f"migrated to {target}")
         node.dispatch_events()
@@ -209,7 +218,7 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
              "final_pages": len(final), "postcopy_pages": len(remote),
              "dirty_rate_pps": rounds[-1]["dirty_rate_pps"] if rounds else 0.0,
              "mib_per_s": total_sent * PAGE_RECORD / (1 << 20) / (t_done - t0), "resumed": resume,
-             "kept": False}
+             "kept": keep}
     node.log.info("pre-copy migration finished", envid=envid, new_envid=new_envid,
                   rounds=len(rounds), downtime_ms=round(stats["downtime_s"] * 1000, 2),
                   total_ms=round(stats["total_s"] * 1000, 2))

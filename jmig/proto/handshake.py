@@ -8,6 +8,10 @@
     server -> client  {t: "welcome", node: server name, version: jmig version}
                   or  {t: "error", code: "auth" | "version" | "port" | "protocol", message}
 
+A client that rejects the server's challenge (a bad proof, another
+version) answers it with {t: "error", code, message} instead of its auth,
+so that the server knows, and logs, why the client left.
+
 Each side proves it knows the cluster secret by a MAC over both fresh
 nonces; the secret never crosses the wire, and a replayed exchange fails
 because the other side's nonce is new.  The client checks the server's
@@ -85,6 +89,10 @@ class ServerHandshake:
             return {"t": "challenge", "v": VERSION, "nonce": self._snonce,
                     "mac": _mac(self.secret, b"jmig-server", self.kind, self._cnonce, self._snonce)}
         if self.state == SENT_CHALLENGE:
+            if t == "error":
+                code = msg.get("code")
+                raise AuthError(code if code in ("auth", "version", "port") else "protocol",
+                                f"the client refused this node: {str(msg.get('message', ''))[:200]}")
             if t != "auth" or not isinstance(msg.get("mac"), bytes):
                 raise AuthError("protocol", "expected auth")
             want = _mac(self.secret, b"jmig-client", self.kind, self._snonce, self._cnonce)
@@ -106,6 +114,7 @@ class ClientHandshake:
         self.state = START
         self.server = ""
         self.server_version = ""
+        self.refusal: dict | None = None   # what to tell the server after rejecting it
         self._cnonce = os.urandom(NONCE_LEN)
         self._snonce = b""
 
@@ -116,7 +125,21 @@ class ClientHandshake:
 
     def receive(self, msg: dict) -> dict | None:
         """Feed the server's next message; returns the reply to send (None
-        when done).  Raises AuthError on a refusal or a bad server proof."""
+        when done).  Raises AuthError on a refusal or a bad server proof;
+        when the fault is the server's, `.refusal` is then the error message
+        to send it (it carries no MAC)."""
+        state = self.state
+        try:
+            return self._receive(msg)
+        except AuthError as exc:
+            if state == SENT_HELLO and msg.get("t") != "error":
+                self.refusal = {"t": "error", "code": exc.code, "message": (
+                    "the client and this node do not share the cluster secret"
+                    if exc.code == "auth" else exc.message)}
+            self.state = FAILED
+            raise
+
+    def _receive(self, msg: dict) -> dict | None:
         t = msg.get("t")
         if t == "error":
             self.state = FAILED

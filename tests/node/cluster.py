@@ -58,3 +58,12 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
 
 def console_of(node: Node) -> str:
     return node.console.recent(100000)
+
+
+# Several pytest processes on one machine (a developer's run beside CI, or
+# parallel sessions) would otherwise all hand out the same addresses and
+# collide on the original ports: give each process its own stretch of
+# 127.0.0.0/8 (next_host reads _addrs when called).
+import os as _os  # noqa: E402
+
+_addrs = itertools.count(10 + (_os.getpid() % 97) * 600)

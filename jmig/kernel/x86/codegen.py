@@ -112,7 +112,8 @@ class Gen:
         if disp or not parts:
             parts.append(hex(disp))
         expr = " + ".join(parts)
-        if len(parts) > 1:
+        if len(parts) > 1 or (op.index >= 0 and op.scale > 1):
+            # A sum, or a lone scaled index (`(,%ecx,8)`), wraps at 4 GiB.
             expr = f"({expr}) & 0xFFFFFFFF"
         name = self.tmp(expr)
         self.eas[key] = name

@@ -191,6 +191,7 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 # -- the block translator's engine ---------------------------------------------------
 
 _BLOCKS: dict[tuple[int, bytes], object] = {}
+_BLOCK_AT: dict[int, tuple[bytes, object]] = {}    # eip -> (bytes, block) last translated
 
 
 def _interp_adapter(fn, addr: int):
@@ -212,6 +213,15 @@ def block_slow(m, eip: int):
     """Decode, translate and cache the block starting at eip."""
     from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
     d = m.code_page(eip)
+    # The same program loaded again (another env, another frame): reuse the
+    # block if the bytes at eip are the ones it was translated from.
+    known = _BLOCK_AT.get(eip)
+    if known is not None:
+        raw, fn = known
+        if (eip & 0xFFF) + len(raw) <= PGSIZE and m.fetch(eip, len(raw)) == raw:
+            m.mark_code(eip, len(raw))
+            d[(eip & 0xFFF) | 0x1000] = fn
+            return fn
     insns = []
     a = eip
     page = eip & ~0xFFF
@@ -228,15 +238,17 @@ def block_slow(m, eip: int):
     if not insns:
         fn = _interp_adapter(lookup_slow(m, eip), eip)
     else:
-        key = (eip, b"".join(i.raw for i in insns))
+        raw = b"".join(i.raw for i in insns)
+        key = (eip, raw)
         fn = _BLOCKS.get(key)
         if fn is None:
             fn = translate(insns)
             if len(_BLOCKS) >= _COMPILED_MAX:
                 _BLOCKS.clear()
+                _BLOCK_AT.clear()
             _BLOCKS[key] = fn
-        for i in insns:
-            m.mark_code(i.addr, i.length)
+        _BLOCK_AT[eip] = (raw, fn)
+        m.mark_code(eip, len(raw))
     d[(eip & 0xFFF) | BLOCK_KEY] = fn
     return fn
 
