@@ -176,7 +176,7 @@ class Kernel:
             envid = gen | e.index
             self.free_envs.pop()
         try:
-            aspace = AddressSpace(self.phys, self._window)
+            aspace = AddressSpace(self.phys, self._window, self._window_word)
         except MemoryError:
             self.free_envs.append(e.index)
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page directory") from None
@@ -345,6 +345,19 @@ class Kernel:
             off = va - UPAGES - first * 8
             return blob[off:off + n]
         raise AssertionError("UVPT reads are the address space's")
+
+    _ENV_WORDS = {72: "env_id", 76: "parent_id", 80: "type", 84: "status", 88: "runs",
+                  92: "cpunum", 100: "pgfault_upcall", 108: "ipc_dstva", 112: "ipc_value",
+                  116: "ipc_from", 120: "ipc_perm"}
+
+    def _window_word(self, va: int) -> int | None:
+        """One aligned 32-bit field of envs[] at UENVS, without packing the
+        struct (None: not a plain field; the caller reads the bytes)."""
+        i, off = divmod(va - UTOP, ENV_SIZE)
+        name = self._ENV_WORDS.get(off)
+        if name is None or i >= NENV:
+            return None
+        return getattr(self.envs[i], name) & 0xFFFFFFFF
 
     def _env_link(self, i: int) -> int:
         e = self.envs[i]

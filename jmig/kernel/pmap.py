@@ -35,7 +35,7 @@ from struct import pack_into, unpack_from
 
 from .memlayout import (
     FEC_PR, FEC_U, FEC_WR, PDX, PGSIZE, PTE_A, PTE_D, PTE_P, PTE_REMOTE, PTE_U,
-    PTE_W, ULIM, UTOP, UVPT,
+    PTE_W, ULIM, UPAGES, UTOP, UVPT,
 )
 
 ZERO_PAGE = bytes(PGSIZE)
@@ -158,8 +158,9 @@ class AddressSpace:
     supplies it.
     """
 
-    def __init__(self, phys: PhysMem, window=None):
+    def __init__(self, phys: PhysMem, window=None, window_word=None):
         self.phys = phys
+        self.window_word = window_word         # (va) -> int | None: fast UENVS words
         self.mem = phys.mem
         self.m32 = phys.m32
         self.pte: dict[int, int] = {}          # vpn -> PTE (may carry PTE_REMOTE)
@@ -415,6 +416,11 @@ class AddressSpace:
             if v is None:
                 raise PageFault(FEC_U, va)
             return v & 0xFFFFFFFF
+        if UTOP <= va < UPAGES and not va & 3 and self.window_word is not None:
+            # envs[i].field reads, as programs poll a child's status.
+            v = self.window_word(va)
+            if v is not None:
+                return v
         return int.from_bytes(self.read(va, 4), "little")
 
     # -- the MMU: writes -----------------------------------------------------
