@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ps", cmd_ps, "list envs")
     sp.add_argument("-q", "--quiet", action="store_true", help="print env ids only")
-    sp = add("spawn", cmd_spawn, "start a program (bundled, on the node's disk, or a local ELF)")
+    sp = add("spawn", cmd_spawn, "start a program (bundled, on the node's disk, or a local "
+             "ELF); options go before PROGRAM, everything after it is the program's")
     sp.add_argument("program")
     sp.add_argument("args", nargs=argparse.REMAINDER)
     sp.add_argument("--paused", action="store_true", help="create it paused")

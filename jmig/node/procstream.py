@@ -103,7 +103,8 @@ class StreamRestorer:
         self.keep_id = keep_id
         self.allow_remote = allow_remote
         self.create = create               # False: verify only, create nothing
-        self.dec = StreamDecoder()
+        self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
+                                 else pstream.MAX_RUN)
         self.env = None
         self.header: dict | None = None
         self.pages = 0

@@ -226,9 +226,15 @@ class StreamEncoder:
 
 
 class StreamDecoder:
-    """Incremental decoder; states: magic -> header -> body -> done."""
+    """Incremental decoder; states: magic -> header -> body -> done.
 
-    def __init__(self):
+    The header must announce how many pages follow (`pages`), at most
+    max_pages (a node passes its number of frames), and the records may
+    not exceed it: memory spent decoding is bounded by the announcement."""
+
+    def __init__(self, max_pages: int = MAX_RUN):
+        self.max_pages = max_pages
+        self.announced = 0
         self._buf = bytearray()
         self._pos = 0
         self.state = "magic"
@@ -297,6 +303,9 @@ class StreamDecoder:
                 if va in seen:
                     raise StreamError(f"page {va:#010x} appears twice")
                 check_page(va, perm)
+                if self.pages + n >= self.announced:
+                    raise StreamError(f"more pages than the {self.announced} the header "
+                                      "announced")
                 seen.add(va)
                 sink(tag, va, perm, view[pos + 5:pos + 5 + length])
                 pos += 5 + length
@@ -368,12 +377,19 @@ class StreamDecoder:
                 raise StreamError(f"header is not valid msgpack ({type(exc).__name__})") from None
             if not isinstance(fields, dict):
                 raise StreamError("header is not a map")
+            n = fields.get("pages")
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= self.max_pages:
+                raise StreamError(f"header announces {n!r} pages; at most {self.max_pages} "
+                                  "fit here")
+            self.announced = n
             self.header = fields
             self.state = "body"
             return Header(fields)
         if tag == TAG_RUN:
             va, count, perm = _RUN.unpack_from(body)
             _check_run(va, count, perm)
+            if self.pages + count > self.announced:
+                raise StreamError(f"more pages than the {self.announced} the header announced")
             new = [v << 12 for v in range(va >> 12, (va >> 12) + count)]
             if not self._seen.isdisjoint(new):
                 raise StreamError(f"run at {va:#010x} overlaps pages seen before")
@@ -384,6 +400,8 @@ class StreamDecoder:
         check_page(va, perm)
         if va in self._seen:
             raise StreamError(f"page {va:#010x} appears twice")
+        if self.pages >= self.announced:
+            raise StreamError(f"more pages than the {self.announced} the header announced")
         self._seen.add(va)
         self.pages += 1
         if tag == TAG_PAGE:

@@ -1,0 +1,283 @@
+"""The process stream: decoding then encoding any image reproduces it byte
+for byte (images of real programs, zero pages included, and streams that
+hypothesis makes up), whatever pieces the bytes arrive in."""
+import random
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jmig import programs
+from jmig.kernel.kernel import Kernel
+from jmig.kernel.memlayout import PGSIZE, PTE_AVAIL, PTE_P, PTE_U, PTE_W, UTOP
+from jmig.node.procstream import StreamWriter
+from jmig.proto import pstream
+from jmig.proto.pstream import (MAGIC, StreamDecoder, StreamEncoder, StreamError, decode_pages,
+                                encode_pages)
+
+
+def _pieces(data: bytes, sizes):
+    pos = 0
+    for n in sizes:
+        if pos >= len(data):
+            return
+        yield data[pos:pos + n]
+        pos += n
+    if pos < len(data):
+        yield data[pos:]
+
+
+def reencode(data: bytes, sizes=(1 << 30,)) -> tuple[bytes, list]:
+    """Decode `data` fed in pieces of the given sizes, re-encoding every event."""
+    dec, enc = StreamDecoder(), StreamEncoder()
+    out, events = [], []
+    for piece in _pieces(data, sizes):
+        dec.receive_data(piece)
+        for e in dec.events():
+            events.append(e)
+            out.append(enc.encode_event(e))
+    assert dec.state == "done"
+    return b"".join(out), events
+
+
+def program_image(argv, until=None, instructions=0, remote=False, method="image") -> bytes:
+    """Run a bundled program until its console shows `until` (or for a number
+    of instructions), pause it, and serialize it as `jmigctl save` does."""
+    k = Kernel(memory=16 << 20, clock=lambda: time.monotonic() * 1000.0)
+    e = k.env_create(programs.load(argv[0]), argv, name=argv[0])
+    out, ran = "", 0
+    while (until is not None and until not in out) or ran < instructions:
+        ran += k.run(20_000).executed or 20_000
+        for x in k.take_events():
+            out += getattr(x, "text", "")
+        assert ran < 200_000_000, f"{argv} never printed {until!r}"
+    if not e.paused:
+        k.pause(e.env_id)
+    w = StreamWriter(k, e.env_id, "test-node", method, remote=remote)
+    return b"".join(b"".join(batch) for batch in w.batches())
+
+
+IMAGES = {
+    "hello-paused-early": (["hello"], None, 0, False),
+    "sleeper-sleeping": (["sleeper"], None, 20_000, False),
+    "loop-counting": (["loop", "1"], "Counter: 3", 0, False),
+    "memtest-8-pages": (["memtest", "8", "3"], "pass 2 ok", 0, False),
+    "forktree-forking": (["forktree"], None, 100_000, False),
+    "primes-sieving": (["primes"], None, 100_000, False),
+    "cowstress-copy-on-write": (["cowstress"], None, 100_000, False),
+    "pingpong": (["pingpong"], None, 20_000, False),
+    "faultalloc-paused-early": (["faultalloc"], None, 0, False),
+    "memtest-pgfault-ptes": (["memtest", "8"], "pass 1 ok", 0, True),
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return {name: program_image(argv, until, n, remote, "pgfault" if remote else "image")
+            for name, (argv, until, n, remote) in IMAGES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_decode_encode_reproduces_program_image_byte_for_byte(images, name):
+    data = images[name]
+    again, events = reencode(data)
+    assert again == data
+    assert isinstance(events[0], pstream.Header) and isinstance(events[-1], pstream.Trailer)
+    # Whatever pieces the bytes come in (one byte at a time, odd sizes).
+    sizes = [1] * 300 + [7, 4111, 3, 5000, 1, 2] * 50
+    assert reencode(data, sizes)[0] == data
+
+
+def test_program_images_include_zero_page_records(images):
+    """memtest's .bss generation table is mostly zeros: ZERO records."""
+    kinds = {}
+    for name, data in images.items():
+        _, events = reencode(data)
+        kinds[name] = {("zero" if e.zero else "page") if isinstance(e, pstream.Page) else
+                       type(e).__name__ for e in events[1:-1]}
+    assert "zero" in kinds["memtest-8-pages"]
+    assert "page" in kinds["memtest-8-pages"]
+    assert kinds["memtest-pgfault-ptes"] <= {"Remote", "RemoteRun"}     # entries only
+
+
+def test_reencoded_image_changed_by_one_byte_is_refused(images):
+    """The round trip is exact, so a changed byte cannot survive it."""
+    data = bytearray(images["hello-paused-early"])
+    data[len(data) // 2] ^= 0x40
+    with pytest.raises(StreamError):
+        reencode(bytes(data))
+
+
+# -- made-up streams ---------------------------------------------------------------------
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1),
+                     st.floats(allow_nan=False), _text, st.binary(max_size=40))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)), max_leaves=12)
+_headers = st.dictionaries(st.one_of(_text, st.integers(-1000, 1000)), _values, max_size=12)
+_perms = st.builds(lambda w, avail: PTE_U | PTE_P | (PTE_W if w else 0) | (avail & PTE_AVAIL),
+                   st.booleans(), st.integers(0, 0xFFF))
+
+
+def _contents(kind: str, seed: int) -> bytes:
+    rnd = random.Random(seed)
+    if kind == "zeros":
+        return bytes(PGSIZE)
+    if kind == "sparse":
+        b = bytearray(PGSIZE)
+        for _ in range(rnd.randint(1, 5)):
+            b[rnd.randrange(PGSIZE)] = rnd.randint(1, 255)
+        return bytes(b)
+    return rnd.randbytes(PGSIZE)
+
+
+# Records: (vpn, perm, record kind, contents kind, seed, count).  Record
+# kinds: PAGE (all zeros written as ZERO), PAGE even when all zeros
+# ("page-no-zero"), REMOTE, RUN (count consecutive remote pages).  Address
+# ranges never overlap; their order in the stream is shuffled.
+_items = st.lists(
+    st.tuples(st.integers(0, 5000), _perms,
+              st.sampled_from(["page", "page-no-zero", "remote", "run"]),
+              st.sampled_from(["zeros", "sparse", "random"]), st.integers(0, 1 << 30),
+              st.integers(1, 3000)),
+    max_size=12)
+
+
+@st.composite
+def _records(draw):
+    out, vpn = [], draw(st.integers(0, 1 << 16))
+    for gap, perm, kind, contents, seed, count in draw(_items):
+        vpn += gap
+        count = count if kind == "run" else 1
+        if vpn + count > UTOP >> 12:
+            break
+        out.append((vpn, perm, kind, contents, seed, count))
+        vpn += count
+    return draw(st.permutations(out))
+
+
+def _with_pages(header: dict, records) -> dict:
+    """The header a decoder accepts: it must announce how many pages follow."""
+    h = {k: v for k, v in header.items() if k != "pages"}
+    h["pages"] = sum(r[5] for r in records)
+    return h
+
+
+def _encode(header: dict, records) -> bytes:
+    enc = StreamEncoder()
+    out = [enc.start(header)]
+    for vpn, perm, kind, contents, seed, count in records:
+        if kind == "remote":
+            out.append(enc.remote(vpn << 12, perm))
+        elif kind == "run":
+            out.append(enc.remote_run(vpn << 12, count, perm))
+        else:
+            out.append(enc.page(vpn << 12, perm, _contents(contents, seed),
+                                zero_ok=kind == "page"))
+    out.append(enc.trailer())
+    return b"".join(out)
+
+
+def reencode_fast(data: bytes, sizes) -> bytes:
+    """As reencode(), through the decoder's fast path for page records
+    (feed_pages, what a node's restorer uses), next_event() for the rest."""
+    dec, enc = StreamDecoder(), StreamEncoder()
+    out = []
+
+    def sink(tag, va, perm, body):
+        if tag == pstream.TAG_PAGE:
+            data = b"".join((body[7:1031], body[1032:2056], body[2057:3081], body[3082:4106]))
+            out.append(enc.encode_event(pstream.Page(va, perm, data)))
+        elif tag == pstream.TAG_ZERO:
+            out.append(enc.encode_event(pstream.Page(va, perm, pstream.ZERO_PAGE, zero=True)))
+        else:
+            out.append(enc.encode_event(pstream.Remote(va, perm)))
+    for piece in _pieces(data, sizes):
+        dec.receive_data(piece)
+        while True:
+            if dec.feed_pages(sink):
+                continue
+            e = dec.next_event()
+            if e is pstream.NEED_DATA:
+                break
+            out.append(enc.encode_event(e))
+    assert dec.state == "done"
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(header=_headers, records=_records(),
+       sizes=st.lists(st.integers(1, 9000), min_size=1, max_size=20))
+def test_decode_encode_reproduces_generated_streams_byte_for_byte(header, records, sizes):
+    header = _with_pages(header, records)
+    data = _encode(header, records)
+    again, events = reencode(data, sizes)
+    assert again == data
+    assert reencode_fast(data, sizes) == data
+    assert events[0].fields == header and list(events[0].fields) == list(header)
+    body = events[1:-1]
+    assert len(body) == len(records)
+    for e, (vpn, perm, kind, contents, seed, count) in zip(body, records):
+        assert (e.va, e.perm) == (vpn << 12, perm)
+        if kind == "remote":
+            assert isinstance(e, pstream.Remote)
+        elif kind == "run":
+            assert isinstance(e, pstream.RemoteRun) and e.count == count
+        else:
+            assert e.data == _contents(contents, seed)
+            assert e.zero == (kind == "page" and contents == "zeros")
+    assert events[-1].pages == sum(r[5] for r in records)
+    assert events[-1].nbytes == len(data) - 21
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_node_decode_path_reencodes_program_image_byte_for_byte(images, name):
+    data = images[name]
+    assert reencode_fast(data, [1 << 30]) == data
+    assert reencode_fast(data, [3, 4111, 1, 9000] * 20) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(header=_headers, records=_records(), data=st.data())
+def test_any_truncation_of_a_generated_stream_is_incomplete_or_refused(header, records, data):
+    full = _encode(_with_pages(header, records), records)
+    cut = data.draw(st.integers(0, len(full) - 1))
+    dec = StreamDecoder()
+    try:
+        dec.receive_data(full[:cut])
+        list(dec.events())
+    except StreamError:
+        return
+    assert dec.state != "done"
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=_records())
+def test_page_batches_decode_to_what_was_encoded(records):
+    pages = [(vpn << 12, perm, _contents(c, seed)) for vpn, perm, _, c, seed, _ in records]
+    got = decode_pages(encode_pages(pages))
+    assert [(p.va, p.perm, p.data) for p in got] == pages
+
+
+def test_magic_carries_the_format_version():
+    assert MAGIC == b"JMIGPS\x00\x01"
+
+
+def test_a_header_announcing_more_pages_than_fit_is_refused_before_any_page():
+    enc = StreamEncoder()
+    data = enc.start({"pages": 1000}) + enc.remote_run(0x800000, 1000, PTE_U | PTE_P)
+    dec = StreamDecoder(max_pages=100)
+    dec.receive_data(data)
+    with pytest.raises(StreamError, match="announces 1000 pages; at most 100"):
+        list(dec.events())
+
+
+def test_records_beyond_the_announced_page_count_are_refused():
+    enc = StreamEncoder()
+    data = enc.start({"pages": 5}) + enc.remote_run(0x800000, 6, PTE_U | PTE_P)
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    with pytest.raises(StreamError, match="more pages than the 5"):
+        list(dec.events())
