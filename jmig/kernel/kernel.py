@@ -28,7 +28,7 @@ from .memlayout import (
     FEC_PR, FEC_U, FEC_WR, PGSIZE, PTE_D, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, PTE_W, T_PGFLT,
     ULIM, UPAGES, USTACKTOP, UTOP, UVPT, UXSTACKTOP, ROUNDDOWN, ROUNDUP, FL_IF, FL_RESERVED1,
 )
-from .pmap import AddressSpace, PhysMem, RemotePage
+from .pmap import ZERO_PAGE, AddressSpace, PhysMem, RemotePage
 from .x86 import cpu as core
 from .x86.cpu import Cpu
 
@@ -793,7 +793,8 @@ class Kernel:
         if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
         if data is not None and len(data) != PGSIZE or chunks is not None and (
-                len(chunks) != 4 or any(len(c) != 1024 for c in chunks)):
+                len(chunks) != 4 or len(chunks[0]) + len(chunks[1]) + len(chunks[2])
+                + len(chunks[3]) != PGSIZE):
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x}: contents are not one page")
         a = e.aspace
         old = a.pte.get(va >> 12)
@@ -820,6 +821,39 @@ class Kernel:
             self.phys.page_free(pfn)
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
         self._fill_frame(pfn, data, chunks)
+
+    def restore_records(self, e: Env, records, view) -> None:
+        """Restore many process-stream page records into an incoming env:
+        records are (tag, va, perm, body offset in view) already checked by
+        the decoder (aligned, below UTOP, perm within PTE_SYSCALL, unique);
+        PAGE bodies hold four sequence-numbered 1 KiB chunks."""
+        a = e.aspace
+        pte = a.pte
+        phys = self.phys
+        mem = phys.mem
+        free = phys.free
+        for tag, va, perm, off in records:
+            vpn = va >> 12
+            if vpn in pte:
+                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+            if tag == b"R":
+                if not a.set_remote(va, perm):
+                    raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+                continue
+            if not free:
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
+            pfn = free.pop()
+            if not a.insert_fresh(pfn, vpn, perm):
+                free.append(pfn)
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+            base = pfn << 12
+            if tag == b"P":
+                mem[base:base + 1024] = view[off + 7:off + 1031]
+                mem[base + 1024:base + 2048] = view[off + 1032:off + 2056]
+                mem[base + 2048:base + 3072] = view[off + 2057:off + 3081]
+                mem[base + 3072:base + 4096] = view[off + 3082:off + 4106]
+            else:
+                mem[base:base + PGSIZE] = ZERO_PAGE
 
     def _fill_frame(self, pfn: int, data, chunks) -> None:
         base = pfn << 12

@@ -214,6 +214,15 @@ class AddressSpace:
         self.invlpg(vpn)
         return True
 
+    def insert_fresh(self, pfn: int, vpn: int, perm: int) -> bool:
+        """page_insert for a vpn known to be unmapped in an env that has not
+        run (no TLB entries): the restore fast path.  False: no page table."""
+        if vpn >> 10 not in self.ptpages and not self.pgdir_walk(vpn << 12, True):
+            return False
+        self.phys.ref[pfn] += 1
+        self.pte[vpn] = (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P
+        return True
+
     def page_remove(self, va: int) -> None:
         """Unmap whatever is at va (silently nothing if unmapped)."""
         vpn = va >> 12

@@ -119,7 +119,7 @@ class StreamRestorer:
         k = self.kernel
         dec = self.dec
         while True:
-            if dec.feed_pages(self._sink):
+            if dec.feed_pages(self._sink_batch):
                 continue
             e = dec.next_event()
             if e is pstream.NEED_DATA:
@@ -149,6 +149,15 @@ class StreamRestorer:
             elif isinstance(e, pstream.Trailer):
                 if self.total != e.pages:
                     raise StreamError(f"header announces {self.total} pages, trailer {e.pages}")
+
+    def _sink_batch(self, records, view) -> None:
+        """Many page records at once (the decoder's fast path)."""
+        if not self.allow_remote and any(r[0] == pstream.TAG_REMOTE for r in records):
+            va = next(r[1] for r in records if r[0] == pstream.TAG_REMOTE)
+            raise StreamError(f"page {va:#010x} is marked remote in a full-copy stream")
+        self.pages += len(records)
+        if self.env is not None:
+            self.kernel.restore_records(self.env, records, view)
 
     def _sink(self, tag, va: int, perm: int, body, data=None) -> None:
         """One page record: install it in the incoming env (if creating)."""

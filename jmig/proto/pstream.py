@@ -269,55 +269,58 @@ class StreamDecoder:
 
     def feed_pages(self, sink) -> int:
         """Fast path for the body: consume every complete PAGE, ZERO and
-        REMOTE record at the front of the buffer, calling
-        sink(tag, va, perm, body) for each (body is a view of the record's
-        body, valid only during the call), with the same checks as
-        next_event().  Returns how many; stops at any other record."""
+        REMOTE record at the front of the buffer, with the same checks as
+        next_event(), then call sink(records, view) once: records is a list
+        of (tag, va, perm, offset of the record's body in view), and view
+        is valid only during the call.  Returns how many; stops at any
+        other record."""
         if self.state != "body":
             return 0
         buf = self._buf
         pos = start = self._pos
         end = len(buf)
         seen = self._seen
-        view = memoryview(buf)
-        n = 0
+        records = []
+        app = records.append
+        left = self.announced - self.pages
         unpack = _SMALL_REC.unpack_from
-        try:
-            while end - pos >= 11:
-                tag, length, va, perm = unpack(buf, pos)
-                if tag == TAG_PAGE:
-                    if length != PAGE_BODY:
-                        break                          # next_event reports it
-                    if end - pos < 5 + PAGE_BODY:
-                        break
-                    b = pos + 5
-                    if buf[b + 6] != 1 or buf[b + 1031] != 2 or buf[b + 2056] != 3 \
-                            or buf[b + 3081] != 4:
-                        raise StreamError(f"page {va:#010x}: chunk sequence numbers are not "
-                                          "1, 2, 3, 4")
-                elif tag == TAG_ZERO or tag == TAG_REMOTE:
-                    if length != SMALL_BODY:
-                        break
-                else:
+        while end - pos >= 11:
+            tag, length, va, perm = unpack(buf, pos)
+            if tag == TAG_PAGE:
+                if length != PAGE_BODY or end - pos < 5 + PAGE_BODY:
+                    break                              # next_event reports it / need data
+                b = pos + 5
+                if buf[b + 6] != 1 or buf[b + 1031] != 2 or buf[b + 2056] != 3 \
+                        or buf[b + 3081] != 4:
+                    raise StreamError(f"page {va:#010x}: chunk sequence numbers are not "
+                                      "1, 2, 3, 4")
+            elif tag == TAG_ZERO or tag == TAG_REMOTE:
+                if length != SMALL_BODY:
                     break
-                if va in seen:
-                    raise StreamError(f"page {va:#010x} appears twice")
-                check_page(va, perm)
-                if self.pages + n >= self.announced:
-                    raise StreamError(f"more pages than the {self.announced} the header "
-                                      "announced")
-                seen.add(va)
-                sink(tag, va, perm, view[pos + 5:pos + 5 + length])
-                pos += 5 + length
-                n += 1
+            else:
+                break
+            if va in seen:
+                raise StreamError(f"page {va:#010x} appears twice")
+            if va & 0xFFF or va >= UTOP or perm & ~PTE_SYSCALL or perm & 5 != 5:
+                check_page(va, perm)                   # raises with the message
+            if len(records) >= left:
+                raise StreamError(f"more pages than the {self.announced} the header "
+                                  "announced")
+            seen.add(va)
+            app((tag, va, perm, pos + 5))
+            pos += 5 + length
+        if not records:
+            return 0
+        view = memoryview(buf)
+        try:
+            sink(records, view)
+            self.crc = zlib.crc32(view[start:pos], self.crc)
         finally:
             view.release()
-        if n:
-            self.crc = zlib.crc32(memoryview(buf)[start:pos], self.crc)
-            self.nbytes += pos - start
-            self.pages += n
-            self._pos = pos
-        return n
+        self.nbytes += pos - start
+        self.pages += len(records)
+        self._pos = pos
+        return len(records)
 
     def next_event(self):
         avail = len(self._buf) - self._pos

@@ -186,14 +186,18 @@ def reencode_fast(data: bytes, sizes) -> bytes:
     dec, enc = StreamDecoder(), StreamEncoder()
     out = []
 
-    def sink(tag, va, perm, body):
-        if tag == pstream.TAG_PAGE:
-            data = b"".join((body[7:1031], body[1032:2056], body[2057:3081], body[3082:4106]))
-            out.append(enc.encode_event(pstream.Page(va, perm, data)))
-        elif tag == pstream.TAG_ZERO:
-            out.append(enc.encode_event(pstream.Page(va, perm, pstream.ZERO_PAGE, zero=True)))
-        else:
-            out.append(enc.encode_event(pstream.Remote(va, perm)))
+    def sink(records, view):
+        for tag, va, perm, off in records:
+            body = view[off:]
+            if tag == pstream.TAG_PAGE:
+                data = b"".join((body[7:1031], body[1032:2056], body[2057:3081],
+                                 body[3082:4106]))
+                out.append(enc.encode_event(pstream.Page(va, perm, data)))
+            elif tag == pstream.TAG_ZERO:
+                out.append(enc.encode_event(pstream.Page(va, perm, pstream.ZERO_PAGE,
+                                                         zero=True)))
+            else:
+                out.append(enc.encode_event(pstream.Remote(va, perm)))
     for piece in _pieces(data, sizes):
         dec.receive_data(piece)
         while True:
