@@ -676,11 +676,30 @@ class Kernel:
     def page_list(self, envid: int) -> list[tuple[int, int, bool]]:
         """(va, perm, remote) of the env's mapped pages below UTOP, in address
         order: env_pages without the objects, for streaming many pages."""
-        e = self._env(envid)
-        pte = e.aspace.pte
+        pte = self._env(envid).aspace.pte
         top = UTOP >> 12
-        return [(vpn << 12, v & PTE_SYSCALL, bool(v & PTE_REMOTE))
-                for vpn in sorted(pte) if (v := pte[vpn]) & PTE_P and vpn < top]
+        get = pte.__getitem__
+        return [(vpn << 12, get(vpn) & 0xE07, get(vpn) > 0xFFFFFFFF)  # PTE_SYSCALL, PTE_REMOTE
+                for vpn in sorted(pte) if vpn < top and get(vpn) & 1]
+
+    def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
+        """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
+        consecutive pages with equal permissions, in address order."""
+        pte = self._env(envid).aspace.pte
+        top = UTOP >> 12
+        runs: list[list[int]] = []
+        last = None
+        for vpn in sorted(pte):
+            v = pte[vpn]
+            if vpn >= top or not v & 1:
+                continue
+            perm = v & 0xE07
+            if last is not None and last[2] == perm and last[0] + last[1] == vpn:
+                last[1] += 1
+            else:
+                last = [vpn, 1, perm]
+                runs.append(last)
+        return [tuple(r) for r in runs]
 
     def restore_remote_run(self, e: Env, va: int, count: int, perm: int) -> None:
         """Mark count consecutive pages of an incoming env remote at once."""

@@ -62,9 +62,9 @@ async def save(node, envid: int, name: str, *, force: bool = False, pause: bool 
             k.resume(envid)
             node.poke()
     dt = time.perf_counter() - t0
-    node.log.info("image saved", envid=envid, image=name, pages=len(w.pages), bytes=nbytes,
+    node.log.info("image saved", envid=envid, image=name, pages=w.npages, bytes=nbytes,
                   seconds=round(dt, 4))
-    return {"envid": envid, "image": name, "pages": len(w.pages), "bytes": nbytes,
+    return {"envid": envid, "image": name, "pages": w.npages, "bytes": nbytes,
             "seconds": dt, "mib_per_s": nbytes / (1 << 20) / dt if dt else 0.0}
 
 

@@ -84,7 +84,8 @@ class Migrator:
         statistics; afterwards the local env is still paused and frozen
         "migrated" (the caller decides its fate).  On failure before the
         commit the env is left paused and unfrozen, and MigrationError says
-        why.  on_prepared(mid, fs) runs between prepare and commit."""
+        why.  on_prepared(mid, fs, writer) runs between prepare and commit
+        (writer: the StreamWriter that described the env)."""
         node = self.node
         k = node.kernel
         host, port = parse_target(target)
@@ -111,7 +112,7 @@ class Migrator:
             except (OSError, trio.TooSlowError) as exc:
                 raise MigrationError("unreachable", f"cannot reach {target}: {exc}") from None
             begin = {"t": "begin", "mid": mid, "method": method, "src": node.name,
-                     "pages": len(writer.pages), "resume": resume}
+                     "pages": writer.npages, "resume": resume}
             if extra:
                 begin.update(extra(fs) if callable(extra) else extra)
             await fs.send(begin)
@@ -128,7 +129,7 @@ class Migrator:
             self._check_reply(reply, "prepared")
             failpoint(f"{method}.src.after_prepared")
             if on_prepared is not None:
-                on_prepared(mid, fs)
+                on_prepared(mid, fs, writer)
             commit_sent = True
             await fs.send({"t": "commit"})
             failpoint(f"{method}.src.after_commit")
@@ -166,7 +167,7 @@ class Migrator:
         t_done = time.perf_counter()
         nbytes = writer.progress.nbytes
         stats = {"envid": envid, "new_envid": new_envid, "method": method, "to": target,
-                 "mid": mid, "pages": len(writer.pages), "bytes": nbytes,
+                 "mid": mid, "pages": writer.npages, "bytes": nbytes,
                  "wire_bytes": fs.bytes_sent + fs.bytes_received,
                  "total_s": t_done - t0, "setup_s": t_pause - t0,
                  "downtime_s": t_done - t_pause, "was_paused": was_paused,

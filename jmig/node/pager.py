@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import hmac
 import math
+from bisect import bisect_right
+from itertools import chain
 import os
 import struct
 import time
@@ -76,13 +78,51 @@ class Outgoing:
     prefetch: int
     committed: bool = False
     sent: set = attrs.Factory(set)   # vpns sent
-    vpns: list = attrs.Factory(list)  # every vpn of the env, in address order
-    index: dict = attrs.Factory(dict)  # vpn -> position in vpns
-    perms: dict = attrs.Factory(dict)
+    runs: list = attrs.Factory(list)  # [(first vpn, count, perm)] in address order
+    starts: list = attrs.Factory(list)  # the first vpns, for bisect
     started: float = 0.0
     pushed: int = 0
     served: int = 0
     attached: bool = False
+
+    def __attrs_post_init__(self):
+        self.starts = [r[0] for r in self.runs]
+
+    def vpns(self):
+        """Every vpn this migration serves, in address order."""
+        return chain.from_iterable(range(f, f + c) for f, c, _ in self.runs)
+
+    def perm_of(self, vpn: int) -> int | None:
+        i = bisect_right(self.starts, vpn) - 1
+        if i >= 0:
+            first, count, perm = self.runs[i]
+            if vpn < first + count:
+                return perm
+        return None
+
+    def following(self, vpn: int, n: int) -> list[int]:
+        """Up to n vpns after vpn, in address order (the prefetch window)."""
+        out = []
+        i = bisect_right(self.starts, vpn) - 1
+        while n > 0 and 0 <= i < len(self.runs):
+            first, count, _ = self.runs[i]
+            start = max(first, vpn + 1)
+            take = list(range(start, min(first + count, start + n)))
+            out += take
+            n -= len(take)
+            i += 1
+        return out
+
+
+def runs_of(vpn_perms) -> list[tuple[int, int, int]]:
+    """[(first vpn, count, perm)] from (vpn, perm) pairs in address order."""
+    runs: list[list[int]] = []
+    for vpn, perm in vpn_perms:
+        if runs and runs[-1][2] == perm and runs[-1][0] + runs[-1][1] == vpn:
+            runs[-1][1] += 1
+        else:
+            runs.append([vpn, 1, perm])
+    return [tuple(r) for r in runs]
 
 
 @attrs.define(eq=False)
@@ -172,14 +212,10 @@ class Pager:
             return {"pager": [ph, node.ports["pager"]], "origin_port": node.cfg.port,
                     "token": token, "push": push, "prefetch": prefetch}
 
-        def on_prepared(mid, fs):
-            pages = k.page_list(envid)
+        def on_prepared(mid, fs, writer):
             out = Outgoing(mid=mid, envid=envid, dest=fs.peer, dest_addr=(host, port),
-                           token=token, push=push, prefetch=prefetch,
-                           vpns=[va >> 12 for va, _, _ in pages],
-                           perms={va >> 12: perm for va, perm, _ in pages},
+                           token=token, push=push, prefetch=prefetch, runs=writer.runs,
                            started=time.perf_counter())
-            out.index = {v: i for i, v in enumerate(out.vpns)}
             pending[mid] = out
             self.outgoing[mid] = out
             self.out_by_env[envid] = out
@@ -225,7 +261,7 @@ class Pager:
             return
         need = set(_unpack_vpns(msg.get("need", b"")))
         # Pages the destination still lacks count as unsent (lost in flight).
-        out.sent = {v for v in out.vpns if v not in need}
+        out.sent = set(out.vpns()) - need
         out.attached = True
         try:
             await fs.send({"t": "attached", "remaining": len(need)})
@@ -257,9 +293,9 @@ class Pager:
 
         def page(vpn):
             va = vpn << 12
-            return (va, out.perms[vpn], k.page_data(out.envid, va))
+            return (va, out.perm_of(vpn), k.page_data(out.envid, va))
 
-        push_iter = iter(out.vpns)
+        push_iter = out.vpns()
         async with open_nursery() as nursery:
             nursery.start_soon(reader)
             while not released.is_set():
@@ -267,9 +303,8 @@ class Pager:
                 is_push = False
                 if faults:
                     vpn, n = faults.popleft()
-                    if vpn in out.perms:
-                        idx = out.index[vpn]
-                        cand = [vpn] + (out.vpns[idx + 1:idx + 1 + n] if n else [])
+                    if out.perm_of(vpn) is not None:
+                        cand = [vpn] + (out.following(vpn, n) if n else [])
                         batch = [v for v in cand if v not in out.sent]
                 elif out.push:
                     for vpn in push_iter:

@@ -256,11 +256,10 @@ def _changed(k, envid: int, snap: dict) -> set[int]:
 
 
 def _register_outgoing(node, mid, envid, dest, dest_addr, token, push, prefetch, remote, snap):
-    from .pager import Outgoing
+    from .pager import Outgoing, runs_of
     out = Outgoing(mid=mid, envid=envid, dest=dest, dest_addr=dest_addr, token=token, push=push,
-                   prefetch=prefetch, vpns=list(remote), perms={v: snap[v][1] for v in remote},
+                   prefetch=prefetch, runs=runs_of((v, snap[v][1]) for v in sorted(remote)),
                    started=time.perf_counter(), committed=True)
-    out.index = {v: i for i, v in enumerate(out.vpns)}
     node.pager.outgoing[mid] = out
     node.pager.out_by_env[envid] = out
 

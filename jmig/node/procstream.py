@@ -36,14 +36,19 @@ class StreamWriter:
         self.kernel = kernel
         self.envid = envid
         self.remote = remote
-        self.pages = kernel.page_list(envid)          # [(va, perm, remote)]
-        if any(p[2] for p in self.pages):
+        if kernel.remote_pages(envid):
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
+        if remote:
+            self.runs = kernel.page_runs(envid)       # [(first vpn, count, perm)]
+            self.npages = sum(c for _, c, _ in self.runs)
+        else:
+            self.pages = kernel.page_list(envid)      # [(va, perm, remote)]
+            self.npages = len(self.pages)
         self.enc = StreamEncoder()
         self.header = pstream.header_fields(
             kernel.header(envid), node=node, jmig_version=jmig.__version__,
-            pages=len(self.pages), method=method, extra=extra)
-        self.progress = Progress(total=len(self.pages))
+            pages=self.npages, method=method, extra=extra)
+        self.progress = Progress(total=self.npages)
 
     def batches(self, batch_bytes: int = BATCH_BYTES):
         """Yield lists of byte strings of about batch_bytes each, the last
@@ -52,18 +57,20 @@ class StreamWriter:
         mem = memoryview(k.phys.mem)
         out = [self.enc.start(self.header)]
         per_batch = max(1, batch_bytes // 4111)
-        pages = self.pages
         e = k.get_env(self.envid)
         pte = e.aspace.pte
         if self.remote:
             # Page table entries only: runs of consecutive pages with one perm.
-            for va, count, perm in _runs(pages):
-                out.append(self.enc.remote_run(va, count, perm))
-            self.progress.done = len(pages)
+            for vpn, count, perm in self.runs:
+                out.append(self.enc.remote_run(vpn << 12, count, perm))
+            self.progress.done = self.npages
             self.progress.nbytes += sum(len(x) for x in out)
+            out.append(self.enc.trailer())
+            self.progress.nbytes += len(out[-1])
             yield out
-            out = []
-        for i in range(0, 0 if self.remote else len(pages), per_batch):
+            return
+        pages = self.pages
+        for i in range(0, len(pages), per_batch):
             chunk = pages[i:i + per_batch]
             items = []
             for va, perm, _ in chunk:
@@ -77,17 +84,6 @@ class StreamWriter:
         out.append(self.enc.trailer())
         self.progress.nbytes += len(out[-1])
         yield out
-
-
-def _runs(pages):
-    """[(va, count, perm)] runs of consecutive pages with equal perm."""
-    runs = []
-    for va, perm, _ in pages:
-        if runs and runs[-1][2] == perm and runs[-1][0] + runs[-1][1] * 4096 == va:
-            runs[-1][1] += 1
-        else:
-            runs.append([va, 1, perm])
-    return [tuple(r) for r in runs]
 
 
 class StreamRestorer:

@@ -189,10 +189,10 @@ class StreamEncoder:
         if not self.started or self.finished:
             raise StreamError("page outside the stream")
         _check_run(va, count, perm)
-        new = range(va >> 12, (va >> 12) + count)
-        if not self._seen.isdisjoint(v << 12 for v in new):
+        new = range(va, va + count * PGSIZE, PGSIZE)
+        if not self._seen.isdisjoint(new):
             raise StreamError(f"run at {va:#010x} overlaps pages already written")
-        self._seen.update(v << 12 for v in new)
+        self._seen.update(new)
         self.pages += count
         return self._out(_REC.pack(TAG_RUN, RUN_BODY) + _RUN.pack(va, count, perm))
 
@@ -393,7 +393,7 @@ class StreamDecoder:
             _check_run(va, count, perm)
             if self.pages + count > self.announced:
                 raise StreamError(f"more pages than the {self.announced} the header announced")
-            new = [v << 12 for v in range(va >> 12, (va >> 12) + count)]
+            new = range(va, va + count * PGSIZE, PGSIZE)
             if not self._seen.isdisjoint(new):
                 raise StreamError(f"run at {va:#010x} overlaps pages seen before")
             self._seen.update(new)
