@@ -6,7 +6,7 @@ import itertools
 import trio
 
 from ..proto.frames import MAX_CONTROL_FRAME
-from ..proto.wire import FramedStream, connect
+from ..proto.wire import FramedStream, connect, parse_node
 
 DEFAULT_NODE = "127.0.0.1:50001"
 CONTROL_OFFSET = 3
@@ -19,14 +19,6 @@ class RemoteError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def parse_node(addr: str) -> tuple[str, int]:
-    """'HOST:P' -> (host, P).  Raises ValueError."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65533:
-        raise ValueError(f"bad node address {addr!r}: use HOST:PORT, e.g. 127.0.0.1:50001")
-    return host.strip("[]"), int(port)
 
 
 class ControlClient:

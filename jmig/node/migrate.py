@@ -32,7 +32,7 @@ from ..kernel import events as ev
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
 from ..proto.pstream import StreamError
-from ..proto.wire import ConnectionClosed, FramedStream, connect
+from ..proto.wire import ConnectionClosed, FramedStream, connect, parse_node, send_error
 from .failpoints import failpoint
 from .procstream import StreamRestorer, StreamWriter
 
@@ -49,10 +49,10 @@ class MigrationError(Exception):
 
 
 def parse_target(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65533:
-        raise MigrationError("bad-request", f"bad node address {target!r}: use HOST:PORT")
-    return host, int(port)
+    try:
+        return parse_node(target)
+    except ValueError as exc:
+        raise MigrationError("bad-request", str(exc)) from None
 
 
 class Migrator:
@@ -319,10 +319,7 @@ class Migrator:
             node.dispatch_events()
             code = exc.code if isinstance(exc, ev.KernelError) else "bad-stream"
             node.log.warning("migration refused", mid=mid, reason=str(exc))
-            try:
-                await fs.send({"t": "error", "code": code, "message": str(exc)})
-            except ConnectionClosed:
-                pass
+            await send_error(fs, code, str(exc))
         except BaseException:
             restorer.abort()
             node.dispatch_events()

@@ -38,7 +38,7 @@ from ..proto import pstream
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
 from ..proto.pstream import StreamError, decode_pages, encode_pages
-from ..proto.wire import ConnectionClosed, FramedStream, connect
+from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error
 from .failpoints import failpoint
 from .migrate import REPLY_TIMEOUT, MigrationError, parse_target
 
@@ -337,10 +337,7 @@ async def receive_precopy(node, fs: FramedStream, begin: dict) -> None:
     except (StreamError, ev.KernelError) as exc:
         code = exc.code if isinstance(exc, ev.KernelError) else "bad-stream"
         node.log.warning("pre-copy refused", mid=mid, reason=str(exc))
-        try:
-            await fs.send({"t": "error", "code": code, "message": str(exc)})
-        except ConnectionClosed:
-            pass
+        await send_error(fs, code, str(exc))
     finally:
         if env is not None:
             k.abort_incoming(env)

@@ -10,6 +10,22 @@ RECV_SIZE = 1 << 20
 HANDSHAKE_TIMEOUT = 10.0
 
 
+def parse_node(addr: str) -> tuple[str, int]:
+    """'HOST:P' -> (host, P), the name of a node.  Raises ValueError."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65533:
+        raise ValueError(f"bad node address {addr!r}: use HOST:PORT, e.g. 127.0.0.1:50001")
+    return host.strip("[]"), int(port)
+
+
+async def send_error(fs: "FramedStream", code: str, message: str) -> None:
+    """Tell the peer why we stop (if it is still there to hear it)."""
+    try:
+        await fs.send({"t": "error", "code": code, "message": message})
+    except ConnectionClosed:
+        pass
+
+
 class ConnectionClosed(Exception):
     """The peer closed the connection (or it broke) before a frame arrived."""
 
@@ -123,4 +139,4 @@ async def connect(host: str, port: int, secret: bytes, kind: str, node: str = ""
 
 
 __all__ = ["FramedStream", "ConnectionClosed", "connect", "client_handshake",
-           "server_handshake", "AuthError"]
+           "server_handshake", "AuthError", "parse_node", "send_error"]

@@ -116,6 +116,29 @@ def fetch_decode(m, eip: int) -> Insn:
         return Insn(addr=eip, length=len(buf), raw=buf, op="(bad)", trap=6)
 
 
+def _stopped(e: Exception, cpu: Cpu, eip: int, n: int) -> Stop:
+    """Turn what an instruction or block raised into a Stop.  Blocks set
+    .eip (where to resume) and .count (instructions completed) on it; a
+    single instruction leaves them unset (eip = the instruction, 0 done)."""
+    if isinstance(e, SoftInt):
+        cpu.eip = e.next
+        n += getattr(e, "count", 1)
+        if e.trapno == 0x30:
+            return Stop(SYSCALL, n)
+        return Stop(TRAP, n, e.trapno)
+    if isinstance(e, CpuFault):
+        cpu.eip = getattr(e, "eip", eip)
+        n += getattr(e, "count", 0)
+        if isinstance(e, RemotePage):
+            return Stop(REMOTE, n, va=e.va)
+        if isinstance(e, PageFault):
+            return Stop(TRAP, n, 14, e.err, e.va)
+        return Stop(TRAP, n, e.trapno, e.err)
+    # Anything else is a bug in the core: report it, never crash the node.
+    cpu.eip = eip
+    return Stop(INTERNAL, n, detail=f"{type(e).__name__}: {e}")
+
+
 class _Straddler:
     """An instruction that crosses a page boundary: cached in its first
     frame, it re-checks its bytes (and the second page's mapping) each time."""
@@ -166,24 +189,8 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
                 fn = lookup_slow(m, eip)
             eip = fn(cpu, r, m)
             n += 1
-    except SoftInt as e:
-        cpu.eip = e.next
-        n += 1
-        if e.trapno == 0x30:
-            return Stop(SYSCALL, n)
-        return Stop(TRAP, n, e.trapno)
-    except RemotePage as e:
-        cpu.eip = eip
-        return Stop(REMOTE, n, va=e.va)
-    except PageFault as e:
-        cpu.eip = eip
-        return Stop(TRAP, n, 14, e.err, e.va)
-    except CpuTrap as e:
-        cpu.eip = eip
-        return Stop(TRAP, n, e.trapno, e.err)
-    except Exception as e:          # a core bug: report it, never crash the node
-        cpu.eip = eip
-        return Stop(INTERNAL, n, detail=f"{type(e).__name__}: {e}")
+    except Exception as e:
+        return _stopped(e, cpu, eip, n)
     cpu.eip = eip
     return Stop(BUDGET, n)
 
@@ -267,22 +274,7 @@ def run_blocks(cpu: Cpu, m, budget: int) -> Stop:
                 fn = block_slow(m, eip)
             eip, k = fn(cpu, r, m, budget - n)
             n += k
-    except SoftInt as e:
-        cpu.eip = e.next
-        n += getattr(e, "count", 1)
-        if e.trapno == 0x30:
-            return Stop(SYSCALL, n)
-        return Stop(TRAP, n, e.trapno)
-    except CpuFault as e:
-        cpu.eip = getattr(e, "eip", eip)
-        n += getattr(e, "count", 0)
-        if isinstance(e, RemotePage):
-            return Stop(REMOTE, n, va=e.va)
-        if isinstance(e, PageFault):
-            return Stop(TRAP, n, 14, e.err, e.va)
-        return Stop(TRAP, n, e.trapno, e.err)
-    except Exception as e:          # a core bug: report it, never crash the node
-        cpu.eip = eip
-        return Stop(INTERNAL, n, detail=f"{type(e).__name__}: {e}")
+    except Exception as e:
+        return _stopped(e, cpu, eip, n)
     cpu.eip = eip
     return Stop(BUDGET, n)
