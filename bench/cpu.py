@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig import programs                                     # noqa: E402
-from jmig.kernel.memlayout import PTE_U, PTE_W, USTACKTOP, PGSIZE  # noqa: E402
+from jmig.kernel.memlayout import PTE_U, PTE_W, PGSIZE  # noqa: E402
 from jmig.kernel.pmap import AddressSpace, PhysMem            # noqa: E402
 from jmig.kernel.runner import run_program                    # noqa: E402
 from jmig.kernel.x86 import cpu as core                       # noqa: E402

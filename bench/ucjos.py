@@ -9,7 +9,7 @@ benchmarks: no fork, IPC or page faults.
 from __future__ import annotations
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
-from unicorn.x86_const import (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX,
+from unicorn.x86_const import (UC_X86_REG_EAX, UC_X86_REG_ECX,
                                UC_X86_REG_EDX, UC_X86_REG_EFLAGS, UC_X86_REG_EIP,
                                UC_X86_REG_ESP)
 

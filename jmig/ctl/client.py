@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import itertools
 
-import trio
-
 from ..proto.frames import MAX_CONTROL_FRAME
 from ..proto.wire import FramedStream, connect, parse_node
 

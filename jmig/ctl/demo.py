@@ -12,7 +12,6 @@ back to node 1.  Both consoles are shown as they print, and each claim
 """
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import socket

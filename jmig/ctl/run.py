@@ -2,7 +2,6 @@
 program and print its console, as `make run-NAME` does for JOS."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from .. import programs

@@ -37,6 +37,15 @@ def ENVX(envid: int) -> int:
     return envid & (NENV - 1)
 
 
+class Blocked(Exception):
+    """A kernel access to user memory hit a remote page (owner env, va):
+    the env waits for the page and the operation is retried."""
+
+    def __init__(self, owner: "Env", va: int):
+        self.owner = owner
+        self.va = va
+
+
 class Env:
     """One slot of envs[]: JOS's struct Env plus jmig's own bookkeeping."""
 

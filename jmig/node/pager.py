@@ -276,7 +276,6 @@ class Pager:
         k = self.node.kernel
 
         async def reader():
-            nonlocal wake
             while True:
                 m = await fs.receive()
                 t = m.get("t")

@@ -1,7 +1,6 @@
 """`jmigctl run`: an in-process kernel printing a program's console, as
 JOS's `make run-NAME` does."""
 import io
-import shutil
 
 from jmig import programs
 from jmig.ctl.main import main

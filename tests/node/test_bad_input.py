@@ -19,7 +19,7 @@ from jmig.ctl.client import ControlClient
 from jmig.proto.frames import (MAX_CONTROL_FRAME, MAX_DATA_FRAME, NEED_DATA, FrameDecoder,
                                encode_frame)
 from jmig.proto.handshake import PORT_KINDS, AuthError, ClientHandshake
-from jmig.proto.wire import FramedStream, connect
+from jmig.proto.wire import connect
 
 from .cluster import Cluster, console_of, wait_for
 

@@ -22,7 +22,7 @@ from . import codegen, runtime
 from .decode import MAX_LEN, Truncated, decode
 from .flags import eflags_of
 from .insn import Insn
-from .runtime import CpuTrap, SoftInt
+from .runtime import SoftInt
 
 # Why run() stopped.
 BUDGET = "budget"          # executed `budget` instructions

@@ -32,7 +32,7 @@ invd/wbinvd, mov to/from control and debug registers, rdmsr/wrmsr/rdpmc.
 from __future__ import annotations
 
 from .insn import (
-    IMM, MEM, REG, REL, REP, REPNE, SREG, ESP, EBP, Insn, Operand,
+    IMM, MEM, REG, REL, REP, SREG, ESP, EBP, Insn, Operand,
 )
 
 MAX_LEN = 15

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from . import codegen, runtime
 from .codegen import Gen, _is_simple
-from .decode import MAX_LEN
-from .flags import ADD, ADC, DEC, INC, LOGIC, MUL, SBB, SUB, SIGN, cf_of, eflags_of
+from .flags import ADD, DEC, INC, LOGIC, SUB, SIGN, cf_of
 from .insn import Insn
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")

@@ -1,0 +1,306 @@
+"""Snapshot and restore of one env: the page lists, registers and
+metadata that images and migrations serialize, and the "incoming" env a
+restore builds (never runnable until committed, freed without a trace on
+abort).  A mixin of Kernel (kernel.py)."""
+from __future__ import annotations
+
+import attrs
+
+from . import events as ev
+from .env import ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVGENSHIFT, ENVX, Env
+from .memlayout import (
+    FL_IF, FL_RESERVED1, PGSIZE, PTE_D, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, UTOP,
+)
+from .pmap import ZERO_PAGE
+
+
+@attrs.frozen
+class EnvHeader:
+    """Everything about an env except its pages (the snapshot's header)."""
+    envid: int
+    parent_id: int
+    name: str
+    status: int                    # JOS status to restore (RUNNABLE / NOT_RUNNABLE)
+    runs: int
+    regs: tuple                    # eax ecx edx ebx esp ebp esi edi
+    eip: int
+    eflags: int
+    trapno: int
+    err: int
+    pgfault_upcall: int
+    ipc_recving: int
+    ipc_dstva: int
+    ipc_value: int
+    ipc_from: int
+    ipc_perm: int
+    sleep_ms: int | None           # remaining sys_sleep_msec time, if sleeping
+
+
+@attrs.frozen
+class PageInfo:
+    """One page of an env: va, user permissions (within PTE_SYSCALL), and
+    whether its contents are here (local) or on another node (remote)."""
+    va: int
+    perm: int
+    remote: bool
+    dirty: bool = False
+    accessed: bool = False
+
+
+class SnapshotMixin:
+    def env_pages(self, envid: int) -> list[PageInfo]:
+        """The env's mapped pages below UTOP, in address order."""
+        e = self._env(envid)
+        out = []
+        for vpn in sorted(e.aspace.pte):
+            pte = e.aspace.pte[vpn]
+            if not pte & PTE_P or vpn << 12 >= UTOP:
+                continue
+            out.append(PageInfo(vpn << 12, pte & PTE_SYSCALL, bool(pte & PTE_REMOTE),
+                                bool(pte & 0x40), bool(pte & 0x20)))
+        return out
+
+    def page_list(self, envid: int) -> list[tuple[int, int, bool]]:
+        """(va, perm, remote) of the env's mapped pages below UTOP, in address
+        order: env_pages without the objects, for streaming many pages."""
+        pte = self._env(envid).aspace.pte
+        top = UTOP >> 12
+        get = pte.__getitem__
+        return [(vpn << 12, get(vpn) & 0xE07, get(vpn) > 0xFFFFFFFF)  # PTE_SYSCALL, PTE_REMOTE
+                for vpn in sorted(pte) if vpn < top and get(vpn) & 1]
+
+    def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
+        """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
+        consecutive pages with equal permissions, in address order."""
+        pte = self._env(envid).aspace.pte
+        top = UTOP >> 12
+        runs: list[list[int]] = []
+        last = None
+        for vpn in sorted(pte):
+            v = pte[vpn]
+            if vpn >= top or not v & 1:
+                continue
+            perm = v & 0xE07
+            if last is not None and last[2] == perm and last[0] + last[1] == vpn:
+                last[1] += 1
+            else:
+                last = [vpn, 1, perm]
+                runs.append(last)
+        return [tuple(r) for r in runs]
+
+    def restore_remote_run(self, e: Env, va: int, count: int, perm: int) -> None:
+        """Mark count consecutive pages of an incoming env remote at once."""
+        if va % PGSIZE or count < 1 or va + count * PGSIZE > UTOP or perm & ~PTE_SYSCALL \
+                or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page run {va:#x}+{count} perm {perm:#x}")
+        a = e.aspace
+        first = va >> 12
+        vpns = range(first, first + count)
+        if any(v in a.pte for v in vpns):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
+        for pdx in range(first >> 10, ((first + count - 1) >> 10) + 1):
+            if not a.pgdir_walk(pdx << 22, True):
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+        a.pte.update(dict.fromkeys(vpns, PTE_REMOTE | perm | PTE_P))
+
+    def page_data(self, envid: int, va: int) -> memoryview:
+        """A view of a local page's 4 KiB (valid until the page changes)."""
+        e = self._env(envid)
+        pte = e.aspace.pte.get(va >> 12)
+        if pte is None or not pte & PTE_P or pte & PTE_REMOTE:
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} has no local page at {va:08x}")
+        return self.phys.frame(pte >> 12 & 0xFFFFF)
+
+    def header(self, envid: int) -> EnvHeader:
+        e = self._env(envid)
+        c = e.cpu
+        sleep = None
+        if e.wake_at is not None:
+            sleep = max(0, int(e.wake_at - self.now()))
+        return EnvHeader(
+            envid=e.env_id, parent_id=e.parent_id, name=e.name, status=self.jos_status(e)
+            if self.jos_status(e) != ENV_RUNNING else ENV_RUNNABLE,
+            runs=e.runs, regs=tuple(c.r), eip=c.eip, eflags=c.eflags, trapno=e.trapno,
+            err=e.err, pgfault_upcall=e.pgfault_upcall, ipc_recving=e.ipc_recving,
+            ipc_dstva=e.ipc_dstva, ipc_value=e.ipc_value, ipc_from=e.ipc_from,
+            ipc_perm=e.ipc_perm, sleep_ms=sleep)
+
+    def page_snapshot(self, envid: int) -> dict[int, tuple[int, int]]:
+        """{vpn: (pfn, perm)} of the env's local pages below UTOP (pre-copy
+        compares these between rounds: a replaced frame is a changed page
+        even when its D bit is clear)."""
+        e = self._env(envid)
+        out = {}
+        for vpn, pte in e.aspace.pte.items():
+            if pte & PTE_P and not pte & PTE_REMOTE and vpn < (UTOP >> 12):
+                out[vpn] = (pte >> 12 & 0xFFFFF, pte & PTE_SYSCALL)
+        return out
+
+    def page_info(self, envid: int, vpn: int) -> tuple[int, int] | None:
+        """(pfn, perm) of one local page, or None."""
+        pte = self._env(envid).aspace.pte.get(vpn)
+        if pte is None or not pte & PTE_P or pte & PTE_REMOTE:
+            return None
+        return (pte >> 12 & 0xFFFFF, pte & PTE_SYSCALL)
+
+    def collect_dirty(self, envid: int) -> set[int]:
+        """The vpns whose D bit is set, clearing D (and the write TLB entry,
+        so the core sets D again on the next write)."""
+        e = self._env(envid)
+        a = e.aspace
+        dirty = {vpn for vpn, pte in a.pte.items() if pte & PTE_D and vpn < (UTOP >> 12)}
+        for vpn in dirty:
+            a.clear_dirty(vpn)
+        return dirty
+
+    def set_registers(self, e: Env, h: EnvHeader) -> None:
+        """Overwrite an incoming env's registers and metadata from a header."""
+        c = e.cpu
+        c.r = [v & 0xFFFFFFFF for v in h.regs]
+        c.eip = h.eip & 0xFFFFFFFF
+        c.eflags = (h.eflags & 0x244CD5) | FL_IF | FL_RESERVED1
+        e.trapno, e.err = h.trapno, h.err
+        e.name = h.name
+        e.pgfault_upcall = h.pgfault_upcall
+        e.ipc_recving = 1 if h.ipc_recving else 0
+        e.ipc_dstva, e.ipc_value = h.ipc_dstva, h.ipc_value
+        e.ipc_from, e.ipc_perm = h.ipc_from, h.ipc_perm
+        e.runs = h.runs
+        e.wake_at = self.now() + h.sleep_ms if h.sleep_ms is not None else None
+        e.saved_status = h.status
+
+    def drop_page(self, e: Env, va: int) -> None:
+        """Unmap a page of an incoming env (pre-copy: unmapped at the source)."""
+        e.aspace.page_remove(va)
+
+    def create_from(self, h: EnvHeader, keep_id: bool = True, parent_id: int | None = None) -> Env:
+        """Start restoring an env from a header: a new env, paused and held
+        ("incoming") until commit_incoming, with no pages yet.  Keeps the
+        original envid when its slot is free here and keep_id is set."""
+        if h.status not in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad status {h.status} in snapshot")
+        want = None
+        if keep_id and h.envid > 0 and self.envs[ENVX(h.envid)].status == ENV_FREE \
+                and h.envid >> ENVGENSHIFT:
+            want = h.envid
+        e = self.env_alloc(h.parent_id if parent_id is None else parent_id, want)
+        self.set_registers(e, h)
+        e.status = ENV_NOT_RUNNABLE
+        e.paused = True
+        e.frozen = "incoming"
+        return e
+
+    def restore_page(self, e: Env, va: int, perm: int, data=None, replace: bool = False,
+                     chunks=None) -> None:
+        """Map one page into an incoming env: with data (4 KiB) or chunks
+        (four 1 KiB pieces), or remote when both are None.  With replace, a
+        page already there is replaced (pre-copy's later rounds); otherwise
+        that is an error.  Raises KernelError NO_MEMORY / BAD_SNAPSHOT."""
+        if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
+        if data is not None and len(data) != PGSIZE or chunks is not None and (
+                len(chunks) != 4 or len(chunks[0]) + len(chunks[1]) + len(chunks[2])
+                + len(chunks[3]) != PGSIZE):
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x}: contents are not one page")
+        a = e.aspace
+        old = a.pte.get(va >> 12)
+        if old is not None and old & PTE_P:
+            if not replace:
+                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+            pfn = old >> 12 & 0xFFFFF
+            if (data is not None or chunks is not None) and not old & PTE_REMOTE \
+                    and self.phys.ref[pfn] == 1:
+                # Overwrite our private frame in place.
+                a.set_perm(va >> 12, (old & 0xFFFFF000) | perm | PTE_P)
+                self._fill_frame(pfn, data, chunks)
+                self.phys.drop_code(pfn)
+                return
+            a.page_remove(va)
+        if data is None and chunks is None:
+            if not a.set_remote(va, perm):
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+            return
+        pfn = self.phys.page_alloc(zero=False)
+        if pfn is None:
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
+        if not a.page_insert(pfn, va, perm):
+            self.phys.page_free(pfn)
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+        self._fill_frame(pfn, data, chunks)
+
+    def restore_records(self, e: Env, records, view) -> None:
+        """Restore many process-stream page records into an incoming env:
+        records are (tag, va, perm, body offset in view) already checked by
+        the decoder (aligned, below UTOP, perm within PTE_SYSCALL, unique);
+        PAGE bodies hold four sequence-numbered 1 KiB chunks."""
+        a = e.aspace
+        pte = a.pte
+        phys = self.phys
+        mem = phys.mem
+        free = phys.free
+        for tag, va, perm, off in records:
+            vpn = va >> 12
+            if vpn in pte:
+                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
+            if tag == b"R":
+                if not a.set_remote(va, perm):
+                    raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+                continue
+            if not free:
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
+            pfn = free.pop()
+            if not a.insert_fresh(pfn, vpn, perm):
+                free.append(pfn)
+                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+            base = pfn << 12
+            if tag == b"P":
+                mem[base:base + 1024] = view[off + 7:off + 1031]
+                mem[base + 1024:base + 2048] = view[off + 1032:off + 2056]
+                mem[base + 2048:base + 3072] = view[off + 2057:off + 3081]
+                mem[base + 3072:base + 4096] = view[off + 3082:off + 4106]
+            else:
+                mem[base:base + PGSIZE] = ZERO_PAGE
+
+    def _fill_frame(self, pfn: int, data, chunks) -> None:
+        base = pfn << 12
+        mem = self.phys.mem
+        if chunks is not None:
+            mem[base:base + 1024] = chunks[0]
+            mem[base + 1024:base + 2048] = chunks[1]
+            mem[base + 2048:base + 3072] = chunks[2]
+            mem[base + 3072:base + 4096] = chunks[3]
+        else:
+            mem[base:base + PGSIZE] = data
+
+    def commit_incoming(self, e: Env, resume: bool = False) -> Env:
+        e.frozen = ""
+        self.events.append(ev.EnvCreated(e.env_id, e.parent_id, e.name))
+        if resume:
+            self.resume(e.env_id)
+        return e
+
+    def abort_incoming(self, e: Env) -> None:
+        """Throw away a partly restored env: no trace, no leaked frames."""
+        if e.status != ENV_FREE and e.frozen == "incoming":
+            self.env_free(e, 0)
+
+    def copy(self, envid: int) -> Env:
+        """A new env with its own copy of every page and the same registers,
+        created paused; its parent is the original."""
+        src = self._env(envid)
+        pages = self.env_pages(envid)
+        if any(p.remote for p in pages):
+            raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
+        need = len(pages) + len(src.aspace.ptpages) + 1
+        if need > self.phys.nfree:
+            raise ev.KernelError(ev.NO_MEMORY, f"copy needs {need} pages; {self.phys.nfree} are free")
+        h = self.header(envid)
+        e = self.create_from(h, keep_id=False, parent_id=src.env_id)
+        try:
+            for p in pages:
+                self.restore_page(e, p.va, p.perm, self.page_data(envid, p.va))
+        except ev.KernelError:
+            self.abort_incoming(e)
+            raise
+        return self.commit_incoming(e)
+
