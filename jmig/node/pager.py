@@ -114,6 +114,23 @@ class Outgoing:
         return out
 
 
+def _batches(out: "Outgoing", size: int):
+    """The pages not sent yet, in address order, size at a time (checked
+    against `sent` as they are taken, since faults send pages meanwhile)."""
+    batch = []
+    for vpn in out.vpns():
+        if vpn not in out.sent:
+            batch.append(vpn)
+            if len(batch) >= size:
+                batch = [v for v in batch if v not in out.sent]
+                if batch:
+                    yield batch
+                batch = []
+    batch = [v for v in batch if v not in out.sent]
+    if batch:
+        yield batch
+
+
 def runs_of(vpn_perms) -> list[tuple[int, int, int]]:
     """[(first vpn, count, perm)] from (vpn, perm) pairs in address order."""
     runs: list[list[int]] = []
@@ -270,64 +287,57 @@ class Pager:
             out.attached = False
 
     async def _serve(self, fs: FramedStream, out: Outgoing) -> None:
-        faults: deque[tuple[int, int]] = deque()
-        wake = trio.Event()
+        """Answer faults at once (from the reader) and push the rest in the
+        background; the stream's send lock (FIFO) makes a fault wait for at
+        most one push batch."""
         released = trio.Event()
         k = self.node.kernel
+
+        def page(vpn):
+            va = vpn << 12
+            return (va, out.perm_of(vpn), k.page_data(out.envid, va))
+
+        async def send(batch, is_push):
+            out.sent.update(batch)
+            await fs.send({"t": "pages", "b": encode_pages([page(v) for v in batch]),
+                           "push": is_push})
+            if is_push:
+                out.pushed += len(batch)
+                self.totals["pages_push_sent"] += len(batch)
+            else:
+                out.served += len(batch)
+                self.totals["pages_served"] += len(batch)
+            failpoint("pager.origin.after_pages")
 
         async def reader():
             while True:
                 m = await fs.receive()
                 t = m.get("t")
                 if t == "get" and isinstance(m.get("vpn"), int):
+                    vpn = m["vpn"]
                     n = m.get("n", 0)
-                    faults.append((m["vpn"], min(n, MAX_PREFETCH) if isinstance(n, int) else 0))
-                    wake.set()
+                    n = min(n, MAX_PREFETCH) if isinstance(n, int) else 0
+                    if out.perm_of(vpn) is not None:
+                        cand = [vpn] + (out.following(vpn, n) if n else [])
+                        batch = [v for v in cand if v not in out.sent]
+                        if batch:
+                            await send(batch, False)
                 elif t == "release":
                     released.set()
-                    wake.set()
                     return
                 else:
                     raise ProtocolError(f"unexpected {t!r} on the page server")
 
-        def page(vpn):
-            va = vpn << 12
-            return (va, out.perm_of(vpn), k.page_data(out.envid, va))
+        async def pusher():
+            for vpn_batch in _batches(out, PUSH_BATCH):
+                await send(vpn_batch, True)
+                await trio.sleep(0)
 
-        push_iter = out.vpns()
         async with open_nursery() as nursery:
             nursery.start_soon(reader)
-            while not released.is_set():
-                batch = []
-                is_push = False
-                if faults:
-                    vpn, n = faults.popleft()
-                    if out.perm_of(vpn) is not None:
-                        cand = [vpn] + (out.following(vpn, n) if n else [])
-                        batch = [v for v in cand if v not in out.sent]
-                elif out.push:
-                    for vpn in push_iter:
-                        if vpn not in out.sent:
-                            batch.append(vpn)
-                            if len(batch) >= PUSH_BATCH:
-                                break
-                    is_push = True
-                if batch:
-                    out.sent.update(batch)
-                    await fs.send({"t": "pages", "b": encode_pages([page(v) for v in batch]),
-                                   "push": is_push})
-                    if is_push:
-                        out.pushed += len(batch)
-                        self.totals["pages_push_sent"] += len(batch)
-                    else:
-                        out.served += len(batch)
-                        self.totals["pages_served"] += len(batch)
-                    failpoint("pager.origin.after_pages")
-                    await trio.sleep(0)
-                    continue
-                if not faults:
-                    wake = trio.Event()
-                    await wake.wait()
+            if out.push:
+                nursery.start_soon(pusher)
+            await released.wait()
             nursery.cancel_scope.cancel()
         # Released: every page is on the destination.
         self._release_outgoing(out, "released by destination")
