@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_right, insort
 from typing import Callable, Iterator
 
 import attrs
@@ -71,6 +72,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.boot_ms = self.clock()
         self.envs = [Env(i) for i in range(NENV)]
         self.free_envs = list(range(NENV - 1, -1, -1))    # pop() gives the head
+        self.live: list[int] = []                          # allocated slots, sorted
         self.curenv: list[Env | None] = [None] * ncpus
         self.events: list = []
         self.waiters: dict[tuple[int, int], list[Env]] = {}   # (owner id, vpn) -> envs
@@ -92,7 +94,8 @@ class Kernel(TrapMixin, SnapshotMixin):
 
     # -- envs -----------------------------------------------------------------------
     def live_envs(self) -> list[Env]:
-        return [e for e in self.envs if e.status != ENV_FREE]
+        """The allocated envs, in slot order."""
+        return [self.envs[i] for i in self.live]
 
     def envid2env(self, envid: int, cur: Env | None, checkperm: bool) -> Env | None:
         """JOS's envid2env: 0 means cur; with checkperm the target must be
@@ -132,6 +135,7 @@ class Kernel(TrapMixin, SnapshotMixin):
             self.free_envs.append(e.index)
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page directory") from None
         e.aspace = aspace
+        insort(self.live, e.index)
         e.env_id = envid
         e.parent_id = parent_id
         e.status = ENV_RUNNABLE
@@ -171,6 +175,7 @@ class Kernel(TrapMixin, SnapshotMixin):
                 if w is not e and w.status != ENV_FREE:
                     w.blocked_on = None
         self.free_envs.append(e.index)
+        self.live.remove(e.index)
 
     def env_destroy(self, e: Env, by: int, reason: str) -> None:
         self.env_free(e, by)
@@ -374,11 +379,15 @@ class Kernel(TrapMixin, SnapshotMixin):
         return True
 
     def _pick(self, cpu: int, now: float) -> Env | None:
+        """JOS's sched_yield for one CPU: the first RUNNABLE env after the one
+        it ran last, circularly (over the live slots only), else that one
+        again if it is still running."""
         cur = self.curenv[cpu]
-        start = cur.index + 1 if cur is not None else 0
+        live = self.live
+        k = bisect_right(live, cur.index) if cur is not None else 0
         envs = self.envs
-        for j in range(NENV):
-            e = envs[(start + j) % NENV]
+        for idx in live[k:] + live[:k]:
+            e = envs[idx]
             if e.status == ENV_RUNNABLE and self._runnable(e, now):
                 return e
         if cur is not None and cur.status == ENV_RUNNING and not cur.frozen \
@@ -408,16 +417,17 @@ class Kernel(TrapMixin, SnapshotMixin):
         return RunResult(executed, False, self.next_wake())
 
     def next_wake(self) -> float | None:
-        wakes = [e.wake_at for e in self.envs
-                 if e.wake_at is not None and e.status == ENV_RUNNABLE and not e.frozen
-                 and e.blocked_on is None]
+        envs = self.envs
+        wakes = [e.wake_at for i in self.live
+                 if (e := envs[i]).wake_at is not None and e.status == ENV_RUNNABLE
+                 and not e.frozen and e.blocked_on is None]
         return min(wakes) if wakes else None
 
     def has_runnable(self) -> bool:
         now = self.now()
         return any(self._runnable(e, now) or (e.status == ENV_RUNNING and not e.frozen
                                               and e.blocked_on is None)
-                   for e in self.envs if e.status in (ENV_RUNNABLE, ENV_RUNNING))
+                   for e in self.live_envs() if e.status in (ENV_RUNNABLE, ENV_RUNNING))
 
     def _run_env(self, e: Env, cpu: int, budget: int) -> int:
         prev = self.curenv[cpu]
