@@ -65,7 +65,9 @@ is wrong, or the behaviour is undefined or differs by design:
     there is a *protection* fault (FEC_PR), and the UENVS/UPAGES/UVPT
     windows are readable; Unicorn has nothing mapped there.  A fault at
     va >= UTOP must be a protection fault in ours; a run ends where
-    Unicorn cannot read a window (UTOP <= va < ULIM).
+    Unicorn cannot read a window (UTOP <= va < ULIM) -- unless
+    `Comparer.jos_windows` says the Ref maps the windows itself, as the
+    kernel-level lockstep (tests/kernel/lockstep.py) does.
   - On a fault, Unicorn's memory: QEMU commits the bytes/stores of a
     multi-byte or multi-store access one at a time and may leave part of a
     faulting write behind; the x86 restarts the instruction, and jmig's
@@ -293,6 +295,7 @@ class Ours:
         while True:
             st = run(cpu, self.mmu, 1)
             calls += 1
+            self.last = st            # the last Stop (a lockstep engine returns it)
             if st.reason == INTERNAL:
                 raise CoreBug(f"run() returned INTERNAL at eip {cpu.eip:#x}: {st.detail}")
             if st.reason == BUDGET:
@@ -692,6 +695,10 @@ class Comparer:
         # Optional filter insn -> bool: an instruction it rejects ends the
         # run as "unsupported" (used for garbage bytes, see test_bad_input).
         self.comparable = None
+        # True when `ref` maps JOS's read-only windows above UTOP itself (the
+        # kernel-level lockstep in tests/kernel/lockstep.py): reads there are
+        # then compared like any other access instead of ending the run.
+        self.jos_windows = False
 
     # -- failure reporting
     def fail(self, step: int, start: int, raw: bytes, what: str, pre=None) -> None:
@@ -709,6 +716,13 @@ class Comparer:
             lines.append("last instructions: " + " | ".join(self.trace[-8:]))
         lines.append(self.m.describe())
         raise AssertionError("\n".join(lines))
+
+    def decode(self, start: int):
+        """The instruction at start as ours fetches it (None: the fetch faults)."""
+        try:
+            return fetch_decode(self.ours.mmu, start)
+        except CpuFault:
+            return None
 
     def _generated(self, start: int, insn) -> bool:
         """Is insn one of the generated instructions, unmodified (stores may
@@ -788,10 +802,7 @@ class Comparer:
         uc_start = ref.state()[0]
         if uc_start != start:
             self.fail(step, start, b"", f"eip: ours={start:#010x} unicorn={uc_start:#010x}")
-        try:
-            insn = fetch_decode(ours.mmu, start)
-        except CpuFault:
-            insn = None
+        insn = self.decode(start)
         if insn is not None and self.comparable is not None and not self.comparable(insn):
             return Outcome("unsupported", detail=f"not comparable: {insn.raw.hex()}")
         if insn is not None and self.m.code_starts and not self._generated(start, insn):
@@ -823,7 +834,8 @@ class Comparer:
         self.trace.append(f"{start:#x}: {raw.hex()} -> {out}")
         mask = COMPARED & ~undef_flags & ~unicorn_wrong_flags(insn)
 
-        if (uout.kind == "fault" and uout.trapno == 14 and UTOP <= uout.va < ULIM
+        if (not self.jos_windows
+                and uout.kind == "fault" and uout.trapno == 14 and UTOP <= uout.va < ULIM
                 and not uout.write and (out.kind != "fault" or out.trapno == 14)):
             # JOS's read-only windows (UENVS, UPAGES, UVPT) are readable by
             # user code; Unicorn has nothing mapped there, so it cannot
