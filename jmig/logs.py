@@ -10,9 +10,13 @@ import sys
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
+DEBUG = False          # set by configure(): per-chunk events cost a call each, so
+                       # the hot paths emit them only when someone will see them
 
 
 def configure(fmt: str | None = None, level: str = "info", stream=None) -> None:
+    global DEBUG
+    DEBUG = level == "debug"
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"

@@ -208,8 +208,18 @@ async def cmd_stats(ctx: Ctx):
     info = res["info"]
     ctx.say(f"{info['name']}: {info['envs']} envs, {info['instructions']} instructions, "
             f"{info['connections']} connections, {info['refused']} refused")
-    for k, v in sorted(res.get("pager", {}).items()):
+    pager = dict(res.get("pager", {}))
+    migrations = pager.pop("migrations_in", [])
+    for k, v in sorted(pager.items()):
+        if isinstance(v, float):
+            v = f"{v:.3f}"
         ctx.say(f"  {k:24} {v}")
+    if migrations:
+        render.table(ctx.console, ["ENV", "FROM", "STATE", "FAULTS", "FETCHED", "PUSHED",
+                                   "RELEASED AFTER"],
+                     [[m["envid"], m["origin"], m["state"], m["faults"], m["fetched"],
+                       m["pushed"], render.duration(m["release_s"])] for m in migrations],
+                     title="demand-paging migrations received")
 
 
 async def cmd_save(ctx: Ctx):

@@ -196,6 +196,14 @@ class Pager:
         out["incoming_active"] = sum(1 for i in self.incoming.values()
                                      if i.state not in ("released", "lost"))
         out["outgoing_active"] = len(self.outgoing)
+        released = [i.released_after for i in self.incoming.values()
+                    if i.released_after is not None]
+        out["last_release_s"] = released[-1] if released else None
+        out["migrations_in"] = [
+            {"envid": i.envid, "origin": i.origin, "state": i.state, "faults": i.faults,
+             "fetched": i.fetched, "pushed": i.pushed, "duplicates": i.duplicates,
+             "reconnects": i.reconnects, "release_s": i.released_after}
+            for i in list(self.incoming.values())[-16:]]
         return out
 
     def annotate(self, envid: int) -> str:

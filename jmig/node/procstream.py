@@ -9,8 +9,10 @@ both built from these two.
 from __future__ import annotations
 
 import attrs
+import structlog
 
 import jmig
+from .. import logs
 from ..kernel import events as ev
 from ..kernel.kernel import Kernel
 from ..proto import pstream
@@ -45,6 +47,7 @@ class StreamWriter:
             self.pages = kernel.page_list(envid)      # [(va, perm, remote)]
             self.npages = len(self.pages)
         self.enc = StreamEncoder()
+        self.log = structlog.get_logger("jmig.stream")
         self.header = pstream.header_fields(
             kernel.header(envid), node=node, jmig_version=jmig.__version__,
             pages=self.npages, method=method, extra=extra)
@@ -77,6 +80,8 @@ class StreamWriter:
                 base = pte[va >> 12] & 0xFFFFF000
                 items.append((va, perm, mem[base:base + 4096]))
             out.append(self.enc.page_batch(items))
+            if logs.DEBUG:
+                log_chunks(self.log, "send page", chunk)
             self.progress.done += len(chunk)
             self.progress.nbytes += sum(len(x) for x in out)
             yield out
@@ -84,6 +89,14 @@ class StreamWriter:
         out.append(self.enc.trailer())
         self.progress.nbytes += len(out[-1])
         yield out
+
+
+def log_chunks(log, event: str, pages) -> None:
+    """The original project's per-chunk lines ("Send Page: 0x00800000,
+    Sequence: 1") as debug-level events."""
+    for va, *_ in pages:
+        for seq in (1, 2, 3, 4):
+            log.debug(event, va=f"{va:#010x}", sequence=seq)
 
 
 class StreamRestorer:
@@ -102,6 +115,7 @@ class StreamRestorer:
         self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
                                  else pstream.MAX_RUN)
         self.env = None
+        self.log = structlog.get_logger("jmig.stream")
         self.header: dict | None = None
         self.pages = 0
         self.total = 0
@@ -152,6 +166,8 @@ class StreamRestorer:
             va = next(r[1] for r in records if r[0] == pstream.TAG_REMOTE)
             raise StreamError(f"page {va:#010x} is marked remote in a full-copy stream")
         self.pages += len(records)
+        if logs.DEBUG:
+            log_chunks(self.log, "receive page", [r[1:] for r in records if r[0] != b"R"])
         if self.env is not None:
             self.kernel.restore_records(self.env, records, view)
 
