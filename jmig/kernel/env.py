@@ -77,10 +77,6 @@ class Env:
         self.frozen = ""                 # node-held reason not to run ("serving pages", ...)
         self.created_ms = 0
 
-    @property
-    def visible_status(self) -> int:
-        return self.status
-
     def pack(self, link: int = 0) -> bytes:
         """The 124 bytes of struct Env as user code sees them at UENVS."""
         c = self.cpu

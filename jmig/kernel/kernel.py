@@ -32,7 +32,7 @@ from .memlayout import (
 )
 from .pmap import AddressSpace, PhysMem
 from .snapshot import EnvHeader, PageInfo, SnapshotMixin  # noqa: F401 (re-exported)
-from .trap import TRAP_NAMES, TrapMixin  # noqa: F401 (re-exported)
+from .trap import TrapMixin
 from .x86 import cpu as core
 from .x86.cpu import Cpu
 
@@ -423,12 +423,6 @@ class Kernel(TrapMixin, SnapshotMixin):
                  and not e.frozen and e.blocked_on is None]
         return min(wakes) if wakes else None
 
-    def has_runnable(self) -> bool:
-        now = self.now()
-        return any(self._runnable(e, now) or (e.status == ENV_RUNNING and not e.frozen
-                                              and e.blocked_on is None)
-                   for e in self.live_envs() if e.status in (ENV_RUNNABLE, ENV_RUNNING))
-
     def _run_env(self, e: Env, cpu: int, budget: int) -> int:
         prev = self.curenv[cpu]
         if prev is not None and prev is not e and prev.status == ENV_RUNNING:
@@ -519,10 +513,6 @@ class Kernel(TrapMixin, SnapshotMixin):
     def remote_pages(self, envid: int) -> list[int]:
         e = self._env(envid)
         return sorted((vpn << 12) for vpn, pte in e.aspace.pte.items() if pte & PTE_REMOTE)
-
-    def waiting_for(self, envid: int) -> int | None:
-        e = self._env(envid)
-        return e.blocked_on[1] if e.blocked_on else None
 
     # -- operations for the node -----------------------------------------------------------
     def _env(self, envid: int) -> Env:

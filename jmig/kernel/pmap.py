@@ -271,10 +271,6 @@ class AddressSpace:
             self.pgdir_pfn = 0
         self.flush_tlb()
 
-    def frames_used(self) -> int:
-        """Frames this address space holds for its own bookkeeping."""
-        return len(self.ptpages) + (1 if self.pgdir_pfn else 0)
-
     # -- what user code sees through UVPT -----------------------------------
     def pde_value(self, pdx: int) -> int:
         """uvpd[pdx] as JOS's page directory would hold it."""

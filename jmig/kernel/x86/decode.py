@@ -32,7 +32,7 @@ invd/wbinvd, mov to/from control and debug registers, rdmsr/wrmsr/rdpmc.
 from __future__ import annotations
 
 from .insn import (
-    IMM, MEM, REG, REL, REP, SREG, ESP, EBP, Insn, Operand,
+    IMM, MEM, REG, REL, REP, SREG, Insn, Operand,
 )
 
 MAX_LEN = 15
@@ -413,9 +413,3 @@ def _operand(s: str, rd: _Reader, opcode: int, modrm, mem, opsize: int, seg: int
         return Operand(MEM, size, disp=rd.take(4), seg=seg)
     raise AssertionError(f"unknown operand spec {s}")
 
-
-def default_segment(op: Operand) -> int:
-    """The segment a memory operand uses: its override, else ss for esp/ebp bases."""
-    if op.seg >= 0:
-        return op.seg
-    return 2 if op.base in (ESP, EBP) else 3

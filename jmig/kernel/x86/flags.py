@@ -47,18 +47,12 @@ from ..memlayout import FL_AF, FL_CF, FL_OF, FL_PF, FL_SF, FL_ZF
 ARITH = FL_CF | FL_PF | FL_AF | FL_ZF | FL_SF | FL_OF      # 0x8d5
 
 ADD, ADC, SUB, SBB, LOGIC, INC, DEC, MUL = range(1, 9)
-KIND_NAMES = {ADD: "ADD", ADC: "ADC", SUB: "SUB", SBB: "SBB", LOGIC: "LOGIC",
-              INC: "INC", DEC: "DEC", MUL: "MUL"}
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000}
 
 # PF_TABLE[b] = FL_PF if the byte b has an even number of set bits.
 PF_TABLE = bytes(FL_PF if bin(b).count("1") % 2 == 0 else 0 for b in range(256))
-
-
-def fkind(kind: int, size: int) -> int:
-    return kind << 3 | size
 
 
 def compute(fk: int, fa: int, fb: int, fr: int) -> int:

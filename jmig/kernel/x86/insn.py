@@ -15,7 +15,6 @@ IMM = 2     # immediate: `imm` already extended to the operand size, unsigned
 REL = 3     # branch target: `imm` is the absolute 32-bit target address
 SREG = 4    # segment register: `reg` 0 es, 1 cs, 2 ss, 3 ds, 4 fs, 5 gs
 
-KIND_NAMES = {REG: "reg", MEM: "mem", IMM: "imm", REL: "rel", SREG: "sreg"}
 
 # Register numbers as the ModR/M byte encodes them.
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)

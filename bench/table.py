@@ -1,0 +1,53 @@
+"""Render bench/results/latest.json as the Markdown tables the README shows.
+
+    python bench/table.py [FILE]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def ms(v):
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
+def render(r: dict) -> str:
+    out = ["| core (M guest instructions/s) | interpreter | block translator | Unicorn | "
+           "translator / Unicorn |", "|---|---|---|---|---|"]
+    for c in r["cpu"]:
+        uc = c["unicorn_mips"]
+        out.append(f"| {c['program']} | {c['interp_mips']:.2f} | {c['blocks_mips']:.2f} | "
+                   f"{'-' if uc is None else f'{uc:.0f}'} | "
+                   f"{'-' if uc is None else '1/%.0f' % (uc / c['blocks_mips'])} |")
+    out += ["", "| process | save | raw write | load | raw read | normal migration | raw TCP |",
+            "|---|---|---|---|---|---|---|"]
+    for m in r["migration"]:
+        out.append(
+            f"| {m['size_mib']} MiB | {m['save_mib_s']:.0f} MiB/s "
+            f"({m['save_mib_s'] / m['raw_write_mib_s']:.0%}) | {m['raw_write_mib_s']:.0f} | "
+            f"{m['load_mib_s']:.0f} ({m['load_mib_s'] / m['raw_read_mib_s']:.0%}) | "
+            f"{m['raw_read_mib_s']:.0f} | {m['normal_mib_s']:.0f} "
+            f"({m['normal_mib_s'] / m['raw_stream_mib_s']:.0%}) | {m['raw_stream_mib_s']:.0f} |")
+    out += ["", "| process | method | downtime (pause to runnable) | total | notes |",
+            "|---|---|---|---|---|"]
+    for m in r["migration"]:
+        s = f"{m['size_mib']} MiB"
+        out.append(f"| {s} | normal | {ms(m['normal_downtime_s'])} | {ms(m['normal_downtime_s'])} | |")
+        out.append(f"| {s} | pgfault | {ms(m['pgfault_push_to_runnable_s'])} | "
+                   f"{m['pgfault_push_until_release_s']:.2f} s until release (push) | fault "
+                   f"latency p50 {m['pgfault_nopush_fault_p50_ms']:.2f} ms, p99 "
+                   f"{m['pgfault_nopush_fault_p99_ms']:.2f} ms |")
+        out.append(f"| {s} | precopy | {ms(m['precopy_downtime_s'])} | {ms(m['precopy_total_s'])} "
+                   f"| {m['precopy_rounds']} round(s) |")
+        out.append(f"| {s} | precopy, then pgfault | {ms(m['hybrid_downtime_s'])} | "
+                   f"{ms(m['hybrid_total_s'])} | {m['hybrid_postcopy_pages']} pages left to "
+                   "demand paging |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else
+                Path(__file__).parent / "results" / "latest.json")
+    print(render(json.loads(path.read_text())))
