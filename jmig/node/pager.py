@@ -154,8 +154,9 @@ class Incoming:
     push: bool
     prefetch: int
     started: float
-    requests: object = None          # trio send channel of vpns
+    requests: object = None          # trio send channel: vpns, None (check), or bytes
     requests_recv: object = None
+    link: object = None              # the FramedStream to the origin, while connected
     pending: dict = attrs.Factory(dict)   # vpn -> time the env blocked on it
     state: str = "connecting"        # connecting / active / waiting / released / lost
     done: trio.Event = attrs.Factory(trio.Event)
@@ -401,6 +402,13 @@ class Pager:
             inc.pending[vpn] = time.perf_counter()
             inc.faults += 1
             self.totals["remote_faults"] += 1
+            fs = inc.link
+            # Ask at once from here (the kernel task) when the link is idle:
+            # one task switch less on every fault.
+            if fs is not None and fs.send_now({"t": "get", "vpn": vpn, "n": inc.prefetch}):
+                if fs.unsent:
+                    inc.requests.send_nowait(b"")         # the asker flushes the rest
+                return
             inc.requests.send_nowait(vpn)
 
     def env_gone(self, envid: int) -> None:
@@ -502,46 +510,52 @@ class Pager:
                     if inc.pull:
                         await self._request_all(fs, inc)
                     await maybe_release()
+                elif isinstance(vpn, bytes):
+                    await fs.send_raw(vpn)          # flushes the rest of a send_now frame
                 elif vpn in inc.pending:
                     await fs.send({"t": "get", "vpn": vpn, "n": inc.prefetch})
 
-        async with open_nursery() as nursery:
-            nursery.start_soon(asker)
-            await maybe_release()
-            while True:
-                m = await fs.receive()
-                t = m.get("t")
-                if t == "released" and releasing:
-                    self._released(inc)
-                    nursery.cancel_scope.cancel()
-                    return
-                if t != "pages" or not isinstance(m.get("b"), bytes):
-                    raise ProtocolError(f"unexpected {t!r} from the page server")
-                now = time.perf_counter()
-                for p in decode_pages(m["b"]):
-                    vpn = p.va >> 12
-                    try:
-                        installed = k.install_page(inc.envid, p.va, p.data)
-                    except ev.KernelError as exc:
-                        if exc.code != ev.NO_SUCH_ENV:
-                            raise
-                        installed = False
-                    t0 = inc.pending.pop(vpn, None)
-                    if t0 is not None:
-                        self.latencies.append(now - t0)
-                    if not installed:
-                        inc.duplicates += 1
-                        self.totals["duplicates"] += 1
-                    elif m.get("push"):
-                        inc.pushed += 1
-                        self.totals["pages_pushed"] += 1
-                    else:
-                        inc.fetched += 1
-                        self.totals["pages_fetched"] += 1
-                self.node.poke()
-                if not self._remote_vpns(inc):
-                    inc.all_in.set()
-                    await maybe_release()
+        inc.link = fs
+        try:
+            async with open_nursery() as nursery:
+                nursery.start_soon(asker)
+                await maybe_release()
+                while True:
+                    m = await fs.receive()
+                    t = m.get("t")
+                    if t == "released" and releasing:
+                        self._released(inc)
+                        nursery.cancel_scope.cancel()
+                        return
+                    if t != "pages" or not isinstance(m.get("b"), bytes):
+                        raise ProtocolError(f"unexpected {t!r} from the page server")
+                    now = time.perf_counter()
+                    for p in decode_pages(m["b"]):
+                        vpn = p.va >> 12
+                        try:
+                            installed = k.install_page(inc.envid, p.va, p.data)
+                        except ev.KernelError as exc:
+                            if exc.code != ev.NO_SUCH_ENV:
+                                raise
+                            installed = False
+                        t0 = inc.pending.pop(vpn, None)
+                        if t0 is not None:
+                            self.latencies.append(now - t0)
+                        if not installed:
+                            inc.duplicates += 1
+                            self.totals["duplicates"] += 1
+                        elif m.get("push"):
+                            inc.pushed += 1
+                            self.totals["pages_pushed"] += 1
+                        else:
+                            inc.fetched += 1
+                            self.totals["pages_fetched"] += 1
+                    self.node.poke()
+                    if not self._remote_vpns(inc):
+                        inc.all_in.set()
+                        await maybe_release()
+        finally:
+            inc.link = None
 
     async def _request_all(self, fs: FramedStream, inc: Incoming) -> None:
         for vpn in self._remote_vpns(inc):

@@ -1,6 +1,8 @@
 """Thin trio adapters over the sans-I/O frame codec and handshake."""
 from __future__ import annotations
 
+import os
+
 import trio
 
 from .frames import MAX_DATA_FRAME, NEED_DATA, FrameDecoder, RemoteProtocolError, encode_frame
@@ -41,6 +43,7 @@ class FramedStream:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._send_lock = trio.Lock()
+        self._unsent = b""                  # the tail of a frame send_now began
 
     async def send(self, obj: dict) -> None:
         await self.send_raw(encode_frame(obj, self.max_frame))
@@ -51,11 +54,35 @@ class FramedStream:
 
     async def send_raw(self, data: bytes) -> None:
         async with self._send_lock:
+            if self._unsent:
+                data = self._unsent + data
+                self._unsent = b""
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed("connection lost while sending") from exc
         self.bytes_sent += len(data)
+
+    def send_now(self, obj: dict) -> bool:
+        """Send a frame without waiting, from synchronous code, when no task
+        is sending; False if that is not possible now (send it normally).
+        Whatever the socket did not take goes out first with the next send
+        (check `unsent` and make sure one follows: send_raw(b"") will do).
+        Used for latency-critical requests (a page fault)."""
+        if self._unsent or self._send_lock.locked():
+            return False
+        data = encode_frame(obj, self.max_frame)
+        try:
+            n = os.write(self.stream.socket.fileno(), data)
+        except OSError:             # would block, or broken: the normal path reports it
+            return False
+        self.bytes_sent += n
+        self._unsent = data[n:]
+        return True
+
+    @property
+    def unsent(self) -> bool:
+        return bool(self._unsent)
 
     async def receive(self) -> dict:
         """The next frame.  Raises ConnectionClosed at EOF and
