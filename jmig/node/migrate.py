@@ -281,6 +281,7 @@ class Migrator:
         mid = first["mid"]
         resume = bool(first.get("resume"))
         node.log.info("migration incoming", method=method, src=first.get("src"), mid=mid)
+        t0 = time.perf_counter()
         restorer = StreamRestorer(node.kernel, keep_id=True, allow_remote=method == "pgfault")
         try:
             while True:
@@ -307,8 +308,11 @@ class Migrator:
                 node.kernel.resume(env.env_id)
             node.dispatch_events()
             node.poke()
+            dt = time.perf_counter() - t0
             node.log.info("migration committed", envid=env.env_id, mid=mid, method=method,
-                          resumed=resume)
+                          resumed=resume, pages=restorer.pages, wire_bytes=fs.bytes_received,
+                          seconds=round(dt, 4),
+                          mib_per_s=round(fs.bytes_received / (1 << 20) / dt, 1) if dt else None)
             node.announce_arrival({"method": method, "envid": env.env_id,
                                    "src": first.get("src"), "pages": restorer.pages,
                                    "resumed": resume})
