@@ -187,23 +187,29 @@ class Migrator:
         if t != want:
             raise ProtocolError(f"expected {want!r} from the destination, got {t!r}")
 
-    async def ask_status(self, host: str, port: int, method: str, mid: str):
-        """Ask a destination whether migration `mid` committed there:
-        True / False, or None if it cannot be reached."""
+    async def query_status(self, host: str, port: int, method: str, mid: str) -> dict | None:
+        """The destination's status reply for migration `mid` ({committed,
+        envid, alive}), or None if it cannot be reached."""
         try:
             fs = await connect(host, port + PORT_OFFSET[method], self.node.secret, method,
                                self.node.name, timeout=5)
         except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
-            return None, None
+            return None
         try:
             await fs.send({"t": "status", "mid": mid})
             with trio.fail_after(5):
                 reply = await fs.receive()
         except (ConnectionClosed, ProtocolError, trio.TooSlowError):
-            return None, None
+            return None
         finally:
             await fs.aclose()
-        if reply.get("t") != "status":
+        return reply if reply.get("t") == "status" else None
+
+    async def ask_status(self, host: str, port: int, method: str, mid: str):
+        """Whether migration `mid` committed at the destination: (True /
+        False, its envid), or (None, None) if it cannot be reached."""
+        reply = await self.query_status(host, port, method, mid)
+        if reply is None:
             return None, None
         return bool(reply.get("committed")), reply.get("envid")
 

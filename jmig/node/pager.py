@@ -617,12 +617,9 @@ class Pager:
         if out is None:
             raise MigrationError("bad-state", f"env {envid} is not held by a migration here")
         host, port = out.dest_addr
-        committed, _ = await self.node.migrator.ask_status(host, port, "pgfault", out.mid)
-        alive = None
-        if committed:
-            # Ask whether the env still lives there.
-            alive = await self._dest_alive(host, port, out.mid)
-        if committed and alive is not False:
+        reply = await self.node.migrator.query_status(host, port, "pgfault", out.mid)
+        committed = None if reply is None else bool(reply.get("committed"))
+        if committed and reply.get("alive") is not False:
             raise MigrationError("refused", f"the destination {host}:{port} still has env "
                                  f"{envid}'s migration; it may be running it, so it cannot be "
                                  "recovered here")
@@ -636,24 +633,6 @@ class Pager:
         e.frozen = ""
         self.node.log.info("recovered env from a failed pgfault migration", envid=envid)
         return {"envid": envid, "outcome": "recovered here, paused"}
-
-    async def _dest_alive(self, host: str, port: int, mid: str):
-        from .migrate import PORT_OFFSET
-        try:
-            fs = await connect(host, port + PORT_OFFSET["pgfault"], self.node.secret, "pgfault",
-                               self.node.name, timeout=5)
-        except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
-            return None
-        try:
-            await fs.send({"t": "status", "mid": mid})
-            with trio.fail_after(5):
-                reply = await fs.receive()
-        except (ConnectionClosed, ProtocolError, trio.TooSlowError):
-            return None
-        finally:
-            await fs.aclose()
-        return bool(reply.get("alive"))
-
 
 def _pct(sorted_vals: list[float], p: float) -> float:
     if not sorted_vals:
