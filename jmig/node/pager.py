@@ -214,6 +214,16 @@ class Pager:
             return f"origin {inc.origin} unreachable, retrying"
         return ""
 
+    # -- origin: the migrations whose pages this node serves ---------------------------
+    def track(self, out: Outgoing) -> None:
+        self.outgoing[out.mid] = out
+        self.out_by_env[out.envid] = out
+
+    def forget(self, mid: str) -> None:
+        out = self.outgoing.pop(mid, None)
+        if out is not None and self.out_by_env.get(out.envid) is out:
+            del self.out_by_env[out.envid]
+
     # -- origin: sending ------------------------------------------------------------
     async def send_pgfault(self, envid: int, target: str, *, keep: bool = False,
                            resume: bool = False, push=True, prefetch=0, progress=None,
@@ -229,7 +239,6 @@ class Pager:
         token = os.urandom(16)
         from .migrate import parse_target
         host, port = parse_target(target)
-        pending: dict[str, Outgoing] = {}
 
         def extra(fs):
             # Where the destination reaches our page server: the address this
@@ -242,19 +251,11 @@ class Pager:
             out = Outgoing(mid=mid, envid=envid, dest=fs.peer, dest_addr=(host, port),
                            token=token, push=push, prefetch=prefetch, runs=writer.runs,
                            started=time.perf_counter())
-            pending[mid] = out
-            self.outgoing[mid] = out
-            self.out_by_env[envid] = out
-
-        def on_failed(mid):
-            out = pending.pop(mid, None)
-            if out is not None:
-                self.outgoing.pop(mid, None)
-                self.out_by_env.pop(envid, None)
+            self.track(out)
 
         stats = await node.migrator.send(envid, target, "pgfault", resume=resume,
                                          progress=progress, extra=extra,
-                                         on_prepared=on_prepared, on_failed=on_failed)
+                                         on_prepared=on_prepared, on_failed=self.forget)
         out = self.outgoing.get(stats["mid"])
         if out is not None:
             out.committed = True
@@ -356,8 +357,7 @@ class Pager:
             pass
 
     def _release_outgoing(self, out: Outgoing, why: str) -> None:
-        self.outgoing.pop(out.mid, None)
-        self.out_by_env.pop(out.envid, None)
+        self.forget(out.mid)
         k = self.node.kernel
         try:
             e = k.get_env(out.envid)
@@ -627,8 +627,7 @@ class Pager:
             raise MigrationError("in-doubt", f"the destination {host}:{port} cannot be "
                                  "reached and may still be running the process; if it is "
                                  "gone for good, use --force")
-        self.outgoing.pop(out.mid, None)
-        self.out_by_env.pop(envid, None)
+        self.forget(out.mid)
         e = self.node.kernel.get_env(envid)
         e.frozen = ""
         self.node.log.info("recovered env from a failed pgfault migration", envid=envid)

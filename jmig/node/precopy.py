@@ -162,8 +162,8 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
         node.migrator._check_reply(reply, "prepared")
         failpoint("precopy.src.after_prepared")
         if remote:
-            _register_outgoing(node, mid, envid, fs.peer, (host, port), token, bool(push),
-                               prefetch, remote, snap)
+            _serve_remote(node, mid, envid, fs.peer, (host, port), token, bool(push),
+                          prefetch, remote, snap)
         commit_sent = True
         await fs.send({"t": "commit"})
         with trio.fail_after(REPLY_TIMEOUT):
@@ -181,7 +181,7 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
                                      f"env {envid} is held until `jmigctl recover {envid}`") \
                     from None
         if not committed:
-            _unregister_outgoing(node, mid)
+            node.pager.forget(mid)
             if isinstance(exc, trio.Cancelled):
                 raise
             if isinstance(exc, MigrationError):
@@ -255,19 +255,13 @@ def _changed(k, envid: int, snap: dict) -> set[int]:
     return {vpn for vpn, info in now.items() if vpn in dirty or snap.get(vpn) != info}
 
 
-def _register_outgoing(node, mid, envid, dest, dest_addr, token, push, prefetch, remote, snap):
+def _serve_remote(node, mid, envid, dest, dest_addr, token, push, prefetch, remote, snap):
+    """Make this node's page server serve the pages left remote (the hybrid)."""
     from .pager import Outgoing, runs_of
-    out = Outgoing(mid=mid, envid=envid, dest=dest, dest_addr=dest_addr, token=token, push=push,
-                   prefetch=prefetch, runs=runs_of((v, snap[v][1]) for v in sorted(remote)),
-                   started=time.perf_counter(), committed=True)
-    node.pager.outgoing[mid] = out
-    node.pager.out_by_env[envid] = out
-
-
-def _unregister_outgoing(node, mid):
-    out = node.pager.outgoing.pop(mid, None)
-    if out is not None:
-        node.pager.out_by_env.pop(out.envid, None)
+    node.pager.track(Outgoing(
+        mid=mid, envid=envid, dest=dest, dest_addr=dest_addr, token=token, push=push,
+        prefetch=prefetch, runs=runs_of((v, snap[v][1]) for v in sorted(remote)),
+        started=time.perf_counter(), committed=True))
 
 
 async def receive_precopy(node, fs: FramedStream, begin: dict) -> None:
