@@ -32,8 +32,14 @@ def _decode(path: str):
                         pages.append((e.va, e.perm, "zero" if e.zero else "data"))
                     elif isinstance(e, pstream.Remote):
                         pages.append((e.va, e.perm, "remote"))
+                    elif isinstance(e, pstream.RemoteRun):
+                        pages += [(e.va + k * 4096, e.perm, "remote") for k in range(e.count)]
         if dec.state != "done":
             raise StreamError("truncated: the image ends before its trailer")
+        if any(kind == "remote" for _, _, kind in pages):
+            # As load refuses it (images.verify_file): an image holds every page.
+            raise StreamError("the stream holds remote pages: it is a demand-paging "
+                              "migration stream, not an image")
     except StreamError as exc:
         error = str(exc)
     return dec.header, pages, dec.trailer, error

@@ -299,3 +299,21 @@ def test_image_inspect_and_verify_work_offline_and_report_corruption(tmp_path):
         assert code == 1 and f"{path}: invalid image: " in err and words in err, err
     code, out, err = _ctl(nowhere, secret, "image", "verify", str(tmp_path / "missing.img"))
     assert code == 1 and "cannot read" in err
+
+
+def test_image_verify_refuses_a_stream_with_remote_pages_as_load_does(tmp_path):
+    import io
+    from jmig.ctl.main import main
+    from jmig.kernel.memlayout import PTE_P, PTE_U
+    from jmig.proto.pstream import StreamEncoder
+    enc = StreamEncoder()
+    header = {"format": 1, "jmig": "0", "method": "pgfault", "node": "n", "envid": 4096,
+              "parent": 0, "name": "x", "status": 2, "runs": 0, "regs": [0] * 8,
+              "eip": 0x800020, "eflags": 0x202, "trapno": 0, "err": 0, "upcall": 0,
+              "ipc": [0] * 5, "sleep_ms": None, "pages": 2}
+    data = enc.start(header) + enc.remote_run(0x800000, 2, PTE_U | PTE_P) + enc.trailer()
+    f = tmp_path / "remote.img"
+    f.write_bytes(data)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["image", "verify", str(f)], environ={}, stdout=out, stderr=err) == 1
+    assert "remote pages" in err.getvalue()
