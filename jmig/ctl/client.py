@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 
-from ..proto.frames import MAX_CONTROL_FRAME
 from ..proto.wire import FramedStream, connect, parse_node
 
 DEFAULT_NODE = "127.0.0.1:50001"
@@ -28,7 +27,7 @@ class ControlClient:
     async def open(cls, node: str, secret: bytes, timeout: float = 10.0) -> "ControlClient":
         host, port = parse_node(node)
         fs = await connect(host, port + CONTROL_OFFSET, secret, "control", "jmigctl",
-                           max_frame=MAX_CONTROL_FRAME * 16, timeout=timeout)
+                           timeout=timeout)
         return cls(fs)
 
     @property

@@ -8,7 +8,9 @@ node creates), so a local cluster needs no set-up.
 
 Exit codes: 0 ok; 1 the node refused or the operation failed; 2 bad
 command line; 3 the node cannot be reached; 4 authentication failed (wrong
-secret); 5 protocol error (incompatible or garbled peer).
+secret, or a secret file others can read); 5 protocol error (incompatible
+or garbled peer); 6 the node is busy (too many unauthenticated
+connections: try again).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from ..proto.wire import ConnectionClosed
 from . import render
 from .client import DEFAULT_NODE, ControlClient, RemoteError, parse_node
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_PROTOCOL = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_PROTOCOL, EXIT_BUSY = range(7)
 MAX_UPLOAD = 8 << 20
 
 
@@ -79,6 +81,8 @@ class Ctx:
         try:
             return read_secret(path)
         except SecretError as exc:
+            if path.exists():
+                raise
             raise SecretError(f"{exc} (start a node first, or pass --secret-file)") from None
 
     def say(self, text: str) -> None:
@@ -319,7 +323,8 @@ def cmd_demo(ctx: Ctx):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jmigctl", description="Drive jmig nodes: processes, "
                                 "images and migration.", epilog="Exit codes: 0 ok, 1 refused "
-                                "or failed, 2 usage, 3 unreachable, 4 authentication, 5 protocol.")
+                                "or failed, 2 usage, 3 unreachable, 4 authentication, 5 protocol, "
+                                "6 node busy.")
     p.add_argument("--node", help=f"node HOST:P (default $JMIG_NODE or {DEFAULT_NODE})")
     p.add_argument("--secret-file", help="cluster secret (default $JMIG_SECRET_FILE or "
                    "~/.config/jmig/secret)")
@@ -442,6 +447,8 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None) 
         hint = REFUSAL_HINTS.get(exc.code)
         return fail(EXIT_FAILED, f"{exc.message} [{exc.code}]" + (f"; {hint}" if hint else ""))
     except AuthError as exc:
+        if exc.code == "busy":
+            return fail(EXIT_BUSY, f"{ctx.node}: {exc.message}")
         if exc.code == "auth":
             return fail(EXIT_AUTH, f"{ctx.node}: {exc.message}")
         return fail(EXIT_PROTOCOL, f"{ctx.node}: {exc.message}")

@@ -2,39 +2,54 @@
 
     client -> server  {t: "hello", proto: "jmig", v: VERSION, port: KIND,
                        nonce: 32 random bytes, node: client name}
-    server -> client  {t: "challenge", v: VERSION, nonce: 32 random bytes,
-                       mac: HMAC-SHA256(secret, "jmig-server" | KIND | cnonce | snonce)}
+    server -> client  {t: "challenge", v: VERSION, nonce: 32 random bytes}
     client -> server  {t: "auth", mac: HMAC-SHA256(secret, "jmig-client" | KIND | snonce | cnonce)}
-    server -> client  {t: "welcome", node: server name, version: jmig version}
-                  or  {t: "error", code: "auth" | "version" | "port" | "protocol", message}
+    server -> client  {t: "welcome", node: server name, version: jmig version,
+                       mac: HMAC-SHA256(secret, "jmig-server" | KIND | cnonce | snonce)}
+                  or  {t: "error", code: "auth" | "version" | "port" | "protocol" | "busy",
+                       message}
 
-A client that rejects the server's challenge (a bad proof, another
-version) answers it with {t: "error", code, message} instead of its auth,
-so that the server knows, and logs, why the client left.
+The side that connects proves first.  The server answers with its own
+proof only after it has verified the client's, so a peer without the
+secret learns nothing it could test guesses of the secret against
+offline: a challenge holds only a nonce.  Each proof is a MAC over both
+fresh nonces; the secret never crosses the wire, and a recorded exchange
+replayed later fails because the other side's nonce is new.  The client
+checks the server's proof before it sends anything else, so it never
+talks to a node that does not know the secret.
 
-Each side proves it knows the cluster secret by a MAC over both fresh
-nonces; the secret never crosses the wire, and a replayed exchange fails
-because the other side's nonce is new.  The client checks the server's
-proof before giving its own.  Illegal messages leave a state machine in
-FAILED with the reason in `.error`; nothing else is accepted afterwards.
+Illegal messages leave a state machine in FAILED with the reason in
+`.error`; nothing else is accepted afterwards.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import os
 
 PROTO = "jmig"
-VERSION = 1
+VERSION = 2
 PORT_KINDS = ("normal", "pgfault", "pager", "control")
 NONCE_LEN = 32
+MAX_NAME = 64                      # node names in hello and welcome
+ERROR_CODES = ("auth", "version", "port", "protocol", "busy")
 
-START, SENT_HELLO, SENT_CHALLENGE, SENT_AUTH, DONE, FAILED = (
-    "start", "sent-hello", "sent-challenge", "sent-auth", "done", "failed")
+
+class State(enum.Enum):
+    START = "start"
+    SENT_HELLO = "sent-hello"
+    SENT_CHALLENGE = "sent-challenge"
+    SENT_AUTH = "sent-auth"
+    DONE = "done"
+    FAILED = "failed"
+
+
+START, SENT_HELLO, SENT_CHALLENGE, SENT_AUTH, DONE, FAILED = State
 
 
 class AuthError(Exception):
-    """The handshake failed: `code` is auth, version, port or protocol."""
+    """The handshake failed: `code` is one of ERROR_CODES."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -44,6 +59,16 @@ class AuthError(Exception):
 
 def _mac(secret: bytes, label: bytes, kind: str, a: bytes, b: bytes) -> bytes:
     return hmac.new(secret, label + kind.encode() + a + b, hashlib.sha256).digest()
+
+
+def _name(v) -> str:
+    return v[:MAX_NAME] if isinstance(v, str) else ""
+
+
+def _remote_error(msg: dict, who: str) -> AuthError:
+    code = msg.get("code")
+    return AuthError(code if code in ERROR_CODES else "protocol",
+                     f"{who}: {str(msg.get('message', 'refused'))[:200]}")
 
 
 class ServerHandshake:
@@ -81,18 +106,14 @@ class ServerHandshake:
             nonce = msg.get("nonce")
             if not isinstance(nonce, bytes) or len(nonce) != NONCE_LEN:
                 raise AuthError("protocol", "bad nonce in hello")
-            node = msg.get("node", "")
-            self.peer = node if isinstance(node, str) else ""
+            self.peer = _name(msg.get("node"))
             self._cnonce = nonce
             self._snonce = os.urandom(NONCE_LEN)
             self.state = SENT_CHALLENGE
-            return {"t": "challenge", "v": VERSION, "nonce": self._snonce,
-                    "mac": _mac(self.secret, b"jmig-server", self.kind, self._cnonce, self._snonce)}
+            return {"t": "challenge", "v": VERSION, "nonce": self._snonce}
         if self.state == SENT_CHALLENGE:
             if t == "error":
-                code = msg.get("code")
-                raise AuthError(code if code in ("auth", "version", "port") else "protocol",
-                                f"the client refused this node: {str(msg.get('message', ''))[:200]}")
+                raise _remote_error(msg, "the client gave up")
             if t != "auth" or not isinstance(msg.get("mac"), bytes):
                 raise AuthError("protocol", "expected auth")
             want = _mac(self.secret, b"jmig-client", self.kind, self._snonce, self._cnonce)
@@ -100,8 +121,10 @@ class ServerHandshake:
                 raise AuthError("auth", "authentication failed: the client does not know "
                                 "the cluster secret")
             self.state = DONE
-            return {"t": "welcome", "node": self.node, "version": self.software}
-        raise AuthError("protocol", f"unexpected message in state {self.state}")
+            return {"t": "welcome", "node": self.node, "version": self.software,
+                    "mac": _mac(self.secret, b"jmig-server", self.kind, self._cnonce,
+                                self._snonce)}
+        raise AuthError("protocol", f"unexpected message in state {self.state.value}")
 
 
 class ClientHandshake:
@@ -114,7 +137,6 @@ class ClientHandshake:
         self.state = START
         self.server = ""
         self.server_version = ""
-        self.refusal: dict | None = None   # what to tell the server after rejecting it
         self._cnonce = os.urandom(NONCE_LEN)
         self._snonce = b""
 
@@ -125,46 +147,41 @@ class ClientHandshake:
 
     def receive(self, msg: dict) -> dict | None:
         """Feed the server's next message; returns the reply to send (None
-        when done).  Raises AuthError on a refusal or a bad server proof;
-        when the fault is the server's, `.refusal` is then the error message
-        to send it (it carries no MAC)."""
-        state = self.state
+        when done).  Raises AuthError on a refusal or a bad server proof."""
         try:
             return self._receive(msg)
-        except AuthError as exc:
-            if state == SENT_HELLO and msg.get("t") != "error":
-                self.refusal = {"t": "error", "code": exc.code, "message": (
-                    "the client and this node do not share the cluster secret"
-                    if exc.code == "auth" else exc.message)}
+        except AuthError:
             self.state = FAILED
             raise
 
     def _receive(self, msg: dict) -> dict | None:
         t = msg.get("t")
         if t == "error":
-            self.state = FAILED
-            raise AuthError(str(msg.get("code", "protocol")), str(msg.get("message", "refused")))
+            if msg.get("code") == "auth":
+                raise AuthError("auth", "authentication failed: the node and this client do "
+                                "not share the cluster secret (check --secret-file / "
+                                "JMIG_SECRET_FILE)")
+            if msg.get("code") == "busy":       # the node's words say why, and what to do
+                raise AuthError("busy", str(msg.get("message", "node busy"))[:200])
+            raise _remote_error(msg, "the node refused")
         if self.state == SENT_HELLO and t == "challenge":
             nonce = msg.get("nonce")
             if msg.get("v") != VERSION:
-                self.state = FAILED
-                raise AuthError("version", f"server speaks protocol version {msg.get('v')!r}")
+                raise AuthError("version", f"the node speaks protocol version {msg.get('v')!r}; "
+                                f"this jmig speaks {VERSION}")
             if not isinstance(nonce, bytes) or len(nonce) != NONCE_LEN:
-                self.state = FAILED
                 raise AuthError("protocol", "bad nonce in challenge")
-            want = _mac(self.secret, b"jmig-server", self.kind, self._cnonce, nonce)
-            if not isinstance(msg.get("mac"), bytes) or not hmac.compare_digest(want, msg["mac"]):
-                self.state = FAILED
-                raise AuthError("auth", "authentication failed: the node does not know "
-                                "our cluster secret (check --secret-file / JMIG_SECRET_FILE)")
             self._snonce = nonce
             self.state = SENT_AUTH
             return {"t": "auth",
                     "mac": _mac(self.secret, b"jmig-client", self.kind, self._snonce, self._cnonce)}
         if self.state == SENT_AUTH and t == "welcome":
+            want = _mac(self.secret, b"jmig-server", self.kind, self._cnonce, self._snonce)
+            if not isinstance(msg.get("mac"), bytes) or not hmac.compare_digest(want, msg["mac"]):
+                raise AuthError("auth", "authentication failed: the node does not know "
+                                "our cluster secret (check --secret-file / JMIG_SECRET_FILE)")
             self.state = DONE
-            self.server = str(msg.get("node", ""))
-            self.server_version = str(msg.get("version", ""))
+            self.server = _name(msg.get("node"))
+            self.server_version = str(msg.get("version", ""))[:MAX_NAME]
             return None
-        state, self.state = self.state, FAILED
-        raise AuthError("protocol", f"unexpected {t!r} from the server in state {state}")
+        raise AuthError("protocol", f"unexpected {t!r} from the node in state {self.state.value}")

@@ -2,14 +2,26 @@
 from __future__ import annotations
 
 import os
+import random
 
 import trio
 
-from .frames import MAX_DATA_FRAME, NEED_DATA, FrameDecoder, RemoteProtocolError, encode_frame
-from .handshake import AuthError, ClientHandshake, ServerHandshake
+from . import frames
+from .frames import NEED_DATA, FrameDecoder, Limits, RemoteProtocolError, encode_frame
+from .handshake import DONE, AuthError, ClientHandshake, ServerHandshake
 
 RECV_SIZE = 1 << 20
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0           # a client's whole connect + handshake
+SERVER_HANDSHAKE_TIMEOUT = 3.0     # what a node gives an unauthenticated peer
+BUSY_BACKOFF = (0.02, 0.5)         # a node refused us as busy: wait (doubling), try again
+
+# After the handshake: (what the server accepts, what the client accepts).
+PORT_LIMITS = {
+    "control": (frames.CONTROL_REQUEST, frames.CONTROL_REPLY),
+    "normal": (frames.DATA, frames.DATA),
+    "pgfault": (frames.DATA, frames.DATA),
+    "pager": (frames.DATA, frames.DATA),
+}
 
 
 def parse_node(addr: str) -> tuple[str, int]:
@@ -33,12 +45,17 @@ class ConnectionClosed(Exception):
 
 
 class FramedStream:
-    """Frames over a trio stream.  One task sends and one receives at a time."""
+    """Frames over a trio stream.  One task sends and one receives at a time.
 
-    def __init__(self, stream: trio.abc.Stream, max_frame: int = MAX_DATA_FRAME):
+    `recv` limits what the peer may send us, `send_max` the frames we send
+    (the peer's receive limit); a new connection starts with PREAUTH for
+    both, and the handshake widens them to its port's limits."""
+
+    def __init__(self, stream: trio.abc.Stream, recv: Limits = frames.PREAUTH,
+                 send_max: int | None = None):
         self.stream = stream
-        self.max_frame = max_frame
-        self.decoder = FrameDecoder(max_frame)
+        self.decoder = FrameDecoder(recv)
+        self.max_frame = recv.frame if send_max is None else send_max
         self.peer = ""                 # the peer's node name after the handshake
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -48,9 +65,9 @@ class FramedStream:
     async def send(self, obj: dict) -> None:
         await self.send_raw(encode_frame(obj, self.max_frame))
 
-    async def send_many(self, objs) -> None:
-        """Several frames in one write."""
-        await self.send_raw(b"".join(encode_frame(o, self.max_frame) for o in objs))
+    def set_limits(self, recv: Limits, send_max: int) -> None:
+        self.decoder.set_limits(recv)
+        self.max_frame = send_max
 
     async def send_raw(self, data: bytes) -> None:
         async with self._send_lock:
@@ -92,7 +109,9 @@ class FramedStream:
             if frame is not NEED_DATA:
                 return frame
             try:
-                data = await self.stream.receive_some(RECV_SIZE)
+                # Never read far past what one frame may be (before the
+                # handshake: a few KiB), so a flood costs no memory here.
+                data = await self.stream.receive_some(min(RECV_SIZE, self.decoder.max_frame + 4))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed("connection lost") from exc
             if not data:
@@ -113,57 +132,71 @@ class FramedStream:
 
 async def client_handshake(fs: FramedStream, secret: bytes, kind: str, node: str = "",
                            timeout: float = HANDSHAKE_TIMEOUT) -> ClientHandshake:
+    """Authenticate to a node's port; raises AuthError (code "busy" when the
+    node turned us away for now)."""
     hs = ClientHandshake(secret, kind, node)
     with trio.fail_after(timeout):
         await fs.send(hs.hello())
         while True:
-            try:
-                reply = hs.receive(await fs.receive())
-            except AuthError:
-                if hs.refusal is not None:     # tell the server why we leave
-                    try:
-                        await fs.send(hs.refusal)
-                    except ConnectionClosed:
-                        pass
-                raise
+            reply = hs.receive(await fs.receive())
             if reply is None:
                 fs.peer = hs.server
+                fs.set_limits(PORT_LIMITS[kind][1], PORT_LIMITS[kind][0].frame)
                 return hs
             await fs.send(reply)
 
 
 async def server_handshake(fs: FramedStream, secret: bytes, kind: str, node: str,
-                           software: str = "", timeout: float = HANDSHAKE_TIMEOUT) -> ServerHandshake:
-    """Authenticate a client; raises AuthError (after telling the client)."""
+                           software: str = "",
+                           timeout: float = SERVER_HANDSHAKE_TIMEOUT) -> ServerHandshake:
+    """Authenticate a client; raises AuthError (after telling the client).
+    Until it succeeds the connection reads only PREAUTH-sized frames."""
     hs = ServerHandshake(secret, kind, node, software)
+    fs.set_limits(frames.PREAUTH, frames.PREAUTH.frame)
     with trio.fail_after(timeout):
-        while hs.state != "done":
+        while hs.state != DONE:
             reply = hs.receive(await fs.receive())
             if hs.error is not None:
-                try:
-                    await fs.send(reply)
-                except ConnectionClosed:       # the client may be gone already
-                    pass
+                await send_error(fs, reply["code"], reply["message"])
                 raise hs.error
             await fs.send(reply)
     fs.peer = hs.peer
+    fs.set_limits(PORT_LIMITS[kind][0], PORT_LIMITS[kind][1].frame)
     return hs
 
 
 async def connect(host: str, port: int, secret: bytes, kind: str, node: str = "",
-                  max_frame: int = MAX_DATA_FRAME, timeout: float = HANDSHAKE_TIMEOUT) -> FramedStream:
-    """An authenticated connection to a node's port.  Raises OSError when
-    unreachable, AuthError when refused."""
-    with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(host, port)
-    fs = FramedStream(stream, max_frame)
-    try:
-        await client_handshake(fs, secret, kind, node, timeout)
-    except BaseException:
-        await fs.aclose()
-        raise
-    return fs
+                  timeout: float = HANDSHAKE_TIMEOUT,
+                  local_host: str | None = None) -> FramedStream:
+    """An authenticated connection to a node's port, leaving from local_host
+    when given.  A node that answers "busy", or closes the connection
+    before it says anything, is tried again, with growing random pauses,
+    until timeout.  Raises OSError when unreachable,
+    AuthError when refused (code "busy" if it stayed busy), TooSlowError."""
+    delay, most = BUSY_BACKOFF
+    deadline = trio.current_time() + timeout
+    while True:
+        with trio.fail_after(max(0.0, deadline - trio.current_time())):
+            stream = await trio.open_tcp_stream(host, port, local_address=local_host)
+            fs = FramedStream(stream)
+            try:
+                await client_handshake(fs, secret, kind, node, timeout)
+                return fs
+            except AuthError as exc:
+                await fs.aclose()
+                if exc.code != "busy" or trio.current_time() + delay > deadline:
+                    raise
+            except ConnectionClosed:
+                # Closed before a word: a busy node sheds load that way too.
+                await fs.aclose()
+                if fs.bytes_received or trio.current_time() + delay > deadline:
+                    raise
+            except BaseException:
+                await fs.aclose()
+                raise
+        await trio.sleep(delay * (0.5 + random.random()))
+        delay = min(most, delay * 2)
 
 
 __all__ = ["FramedStream", "ConnectionClosed", "connect", "client_handshake",
-           "server_handshake", "AuthError", "parse_node", "send_error"]
+           "server_handshake", "AuthError", "parse_node", "send_error", "PORT_LIMITS"]

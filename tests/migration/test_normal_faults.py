@@ -211,9 +211,12 @@ async def test_connection_cut_by_proxy_loses_nothing_and_runs_nothing_twice(clus
     a.kernel.check_invariants()
     b.kernel.check_invariants()
 
-    if where == "inside-committed-reply":
-        # The destination committed; the source asked it (status query) and
-        # learned so: the env moved, exactly once.
+    if where in ("inside-committed-reply", "during-handshake"):
+        # inside-committed-reply: the destination committed; the source asked
+        # it (status query) and learned so.  during-handshake: a connection
+        # closed before the node said a word is tried again (as a busy node
+        # sheds load that way), and the next one is not cut.  Either way the
+        # env moved, exactly once.
         assert not isinstance(res, RemoteError), res
         assert env_ids(a) == [] and env_ids(b) == [res["new_envid"]]
         here, env = b, res["new_envid"]

@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from jmig.proto.frames import (MAX_CONTROL_FRAME, MAX_DATA_FRAME, NEED_DATA, FrameDecoder,
+from jmig.proto.frames import (DATA, MAX_CONTROL_FRAME, MAX_DATA_FRAME, NEED_DATA, FrameDecoder,
                                LocalProtocolError, ProtocolError, RemoteProtocolError,
-                               encode_frame)
+                               encode_frame, sized)
 from jmig.proto.wire import ConnectionClosed, FramedStream
 
 FRAMES = [
@@ -131,7 +131,7 @@ def test_several_frames_in_one_chunk():
 # -- malformed input ---------------------------------------------------------------
 
 def test_a_length_over_the_limit_fails_before_the_body_arrives():
-    dec = FrameDecoder(max_frame=100)
+    dec = FrameDecoder(sized(100))
     dec.receive_data(struct.pack(">I", 101))
     with pytest.raises(RemoteProtocolError, match="exceeds the limit of 100"):
         dec.next_frame()
@@ -139,7 +139,7 @@ def test_a_length_over_the_limit_fails_before_the_body_arrives():
 
 def test_a_frame_of_exactly_the_limit_is_accepted():
     body = msgpack.packb({"d": b"y" * 90}, use_bin_type=True)
-    dec = FrameDecoder(max_frame=len(body))
+    dec = FrameDecoder(sized(len(body)))
     dec.receive_data(raw_frame(body))
     assert dec.next_frame() == {"d": b"y" * 90}
 
@@ -184,7 +184,7 @@ def test_an_empty_body_is_not_msgpack():
 
 
 def test_a_failed_decoder_stays_dead():
-    dec = FrameDecoder(max_frame=10)
+    dec = FrameDecoder(sized(10))
     dec.receive_data(struct.pack(">I", 11))
     with pytest.raises(RemoteProtocolError):
         dec.next_frame()
@@ -206,19 +206,20 @@ def test_a_good_frame_before_a_bad_one_is_still_delivered():
 
 async def test_framed_streams_carry_frames_both_ways():
     left, right = trio.testing.memory_stream_pair()
-    a, b = FramedStream(left), FramedStream(right)
+    a, b = FramedStream(left, DATA), FramedStream(right, DATA)
     for f in FRAMES:
         await a.send(f)
     for f in FRAMES:
         assert await b.receive() == f
-    await b.send_many(FRAMES[:2])
+    for f in FRAMES[:2]:
+        await b.send(f)
     assert [await a.receive(), await a.receive()] == FRAMES[:2]
     assert a.bytes_sent == b.bytes_received == len(BLOB)
 
 
 async def test_framed_stream_reassembles_frames_written_byte_by_byte():
     left, right = trio.testing.memory_stream_pair()
-    b = FramedStream(right)
+    b = FramedStream(right, DATA)
     got = []
 
     async def reader():
@@ -236,7 +237,7 @@ async def test_framed_stream_reassembles_frames_written_byte_by_byte():
 
 async def test_framed_stream_reports_a_clean_close_as_connection_closed():
     left, right = trio.testing.memory_stream_pair()
-    b = FramedStream(right)
+    b = FramedStream(right, DATA)
     await left.send_all(encode_frame({"x": 1}))
     await left.aclose()
     assert await b.receive() == {"x": 1}
@@ -246,7 +247,7 @@ async def test_framed_stream_reports_a_clean_close_as_connection_closed():
 
 async def test_framed_stream_reports_a_close_mid_frame_as_a_protocol_error():
     left, right = trio.testing.memory_stream_pair()
-    b = FramedStream(right)
+    b = FramedStream(right, DATA)
     await left.send_all(encode_frame({"x": b"y" * 100})[:50])
     await left.aclose()
     with pytest.raises(RemoteProtocolError, match="middle of a frame"):
@@ -255,7 +256,7 @@ async def test_framed_stream_reports_a_close_mid_frame_as_a_protocol_error():
 
 async def test_framed_stream_rejects_an_oversized_frame_from_the_peer():
     left, right = trio.testing.memory_stream_pair()
-    b = FramedStream(right, max_frame=1000)
+    b = FramedStream(right, sized(1000))
     await left.send_all(struct.pack(">I", 1001))
     with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
         await b.receive()
@@ -263,7 +264,7 @@ async def test_framed_stream_rejects_an_oversized_frame_from_the_peer():
 
 async def test_framed_stream_refuses_to_send_an_oversized_frame():
     left, right = trio.testing.memory_stream_pair()
-    a = FramedStream(left, max_frame=1000)
+    a = FramedStream(left, sized(1000))
     with pytest.raises(LocalProtocolError):
         await a.send({"d": b"z" * 2000})
     assert a.bytes_sent == 0
@@ -271,7 +272,7 @@ async def test_framed_stream_refuses_to_send_an_oversized_frame():
 
 async def test_framed_stream_sending_to_a_closed_peer_is_connection_closed():
     left, right = trio.testing.memory_stream_pair()
-    a = FramedStream(left)
+    a = FramedStream(left, DATA)
     await a.aclose()
     with pytest.raises(ConnectionClosed):
         await a.send({"x": 1})

@@ -2,9 +2,9 @@
 machines driven message by message, then over trio memory streams.
 
     client -> server  hello      {proto, v, port, nonce}
-    server -> client  challenge  {v, nonce, mac_server}
-    client -> server  auth       {mac_client}          (or error, if the proof is bad)
-    server -> client  welcome                          (or error)
+    server -> client  challenge  {v, nonce}                 (no proof: nothing to guess against)
+    client -> server  auth       {mac_client}               the connecting side proves first
+    server -> client  welcome    {node, version, mac_server}    (or error)
 """
 import pytest
 import trio
@@ -62,35 +62,65 @@ def test_every_session_uses_fresh_nonces():
 
 # -- wrong secret ------------------------------------------------------------------
 
-def test_client_detects_a_server_without_the_secret_before_revealing_its_mac():
+def test_the_challenge_carries_no_proof_an_unauthenticated_client_could_use():
+    # A peer without the secret gets only a nonce: nothing derived from the
+    # secret that it could test guesses against offline.
+    c, s = pair(csecret=OTHER, ssecret=SECRET)
+    challenge = s.receive(c.hello())
+    assert set(challenge) == {"t", "v", "nonce"}
+
+
+def test_a_client_without_the_secret_is_refused_before_the_server_proves_anything():
+    c, s = pair(csecret=OTHER, ssecret=SECRET)
+    challenge = s.receive(c.hello())
+    auth = c.receive(challenge)
+    reply = s.receive(auth)
+    assert s.state == FAILED and s.error.code == "auth"
+    assert reply["t"] == "error" and reply["code"] == "auth" and "mac" not in reply
+    with pytest.raises(AuthError) as exc:
+        c.receive(reply)
+    assert exc.value.code == "auth" and c.state == FAILED
+
+
+def test_client_detects_a_server_without_the_secret():
+    # The node answers an auth only after checking it; a fake node (one
+    # that does not check, and does not know the secret) gives a bad proof.
     c, s = pair(csecret=SECRET, ssecret=OTHER)
     hello = c.hello()
     challenge = s.receive(hello)
-    assert challenge["t"] == "challenge"
+    s.state = SENT_CHALLENGE
+    auth = c.receive(challenge)
+    fake_welcome = {"t": "welcome", "node": "fake", "version": "0",
+                    "mac": _mac(OTHER, b"jmig-server", "control", hello["nonce"],
+                                challenge["nonce"])}
     with pytest.raises(AuthError) as exc:
-        c.receive(challenge)
-    assert exc.value.code == "auth"
-    assert c.state == FAILED
-    # What the client tells the server instead of its auth: no MAC in it.
-    assert c.refusal is not None
-    assert c.refusal["t"] == "error" and c.refusal["code"] == "auth"
-    assert "mac" not in c.refusal
+        c.receive(fake_welcome)
+    assert exc.value.code == "auth" and c.state == FAILED
+    assert auth["t"] == "auth"
 
 
-def test_server_learns_why_the_client_left_and_fails_with_auth():
-    c, s = pair(csecret=OTHER, ssecret=SECRET)
-    challenge = s.receive(c.hello())
-    with pytest.raises(AuthError):
-        c.receive(challenge)
-    reply = s.receive(c.refusal)
-    assert s.state == FAILED
-    assert s.error.code == "auth"
-    assert reply["t"] == "error" and reply["code"] == "auth"
+@pytest.mark.parametrize("welcome", [
+    {"t": "welcome", "node": "x"},
+    {"t": "welcome", "node": "x", "mac": "text"},
+    {"t": "welcome", "node": "x", "mac": b"\0" * 32},
+], ids=["no-mac", "str-mac", "zero-mac"])
+def test_client_refuses_a_welcome_without_a_valid_proof(welcome):
+    c, s = pair()
+    c.receive(s.receive(c.hello()))
+    with pytest.raises(AuthError) as exc:
+        c.receive(welcome)
+    assert exc.value.code == "auth" and c.state == FAILED
+
+
+def test_server_learns_why_the_client_left():
+    c, s = pair()
+    s.receive(c.hello())
+    reply = s.receive({"t": "error", "code": "version", "message": "bye"})
+    assert s.state == FAILED and s.error.code == "version" and "bye" in s.error.message
+    assert reply["t"] == "error"
 
 
 def test_server_refuses_a_client_mac_made_with_another_secret():
-    # A client that skips checking the server's proof (or lies about it)
-    # still cannot get in: the server checks the client's MAC.
     honest = ClientHandshake(SECRET, "control")
     s = ServerHandshake(SECRET, "control", "server")
     hello = honest.hello()
@@ -100,10 +130,14 @@ def test_server_refuses_a_client_mac_made_with_another_secret():
     reply = s.receive(forged)
     assert s.state == FAILED and s.error.code == "auth"
     assert reply == {"t": "error", "code": "auth", "message": s.error.message}
-    with pytest.raises(AuthError) as exc:
-        honest.receive(reply)
-    assert exc.value.code == "auth"
-    assert honest.refusal is None           # a refusal from the server is not echoed back
+
+
+def test_server_refuses_a_client_mac_right_in_its_first_16_bytes_only():
+    c, s = pair()
+    hello = c.hello()
+    good = c.receive(s.receive(hello))["mac"]
+    reply = s.receive({"t": "auth", "mac": good[:16] + bytes(16)})
+    assert s.state == FAILED and s.error.code == "auth" and reply["code"] == "auth"
 
 
 def test_auth_with_a_garbage_mac_fails_with_auth():
@@ -131,10 +165,7 @@ def test_client_refuses_a_server_of_another_version():
     challenge = dict(s.receive(c.hello()), v=VERSION + 1)
     with pytest.raises(AuthError) as exc:
         c.receive(challenge)
-    assert exc.value.code == "version"
-    assert c.refusal["code"] == "version"
-    s.receive(c.refusal)
-    assert s.error.code == "version"
+    assert exc.value.code == "version" and c.state == FAILED
 
 
 @pytest.mark.parametrize("client_kind,server_kind", [
@@ -154,10 +185,9 @@ def test_a_mac_for_one_port_does_not_open_another():
     c = ClientHandshake(SECRET, "normal")
     s = ServerHandshake(SECRET, "control", "server")
     hello = dict(c.hello(), port="control")            # lie about the port
-    challenge = s.receive(hello)
-    with pytest.raises(AuthError) as exc:
-        c.receive(challenge)                           # the server's MAC is for "control"
-    assert exc.value.code == "auth"
+    auth = c.receive(s.receive(hello))                 # the client's MAC is for "normal"
+    reply = s.receive(auth)
+    assert s.state == FAILED and s.error.code == "auth" and reply["code"] == "auth"
 
 
 def test_client_rejects_an_unknown_port_kind():
@@ -179,13 +209,13 @@ def test_a_replayed_auth_from_another_session_fails():
     assert reply["t"] == "error"
 
 
-def test_a_replayed_challenge_from_another_session_fails():
+def test_a_replayed_welcome_from_another_session_fails():
     c1, s1 = pair()
     old = run(c1, s1)
-    c2 = ClientHandshake(SECRET, "control")
-    c2.hello()
+    c2, s2 = pair()
+    c2.receive(s2.receive(c2.hello()))
     with pytest.raises(AuthError) as exc:
-        c2.receive(old[1])                             # the MAC covers the old client nonce
+        c2.receive(old[3])                             # the MAC covers the old nonces
     assert exc.value.code == "auth"
 
 
@@ -270,10 +300,10 @@ def test_a_failed_client_accepts_nothing_more():
 
 
 @pytest.mark.parametrize("challenge", [
-    {"t": "challenge", "v": VERSION, "nonce": b"\0" * 31, "mac": b"\0" * 32},
-    {"t": "challenge", "v": VERSION, "nonce": b"\0" * 32},
-    {"t": "challenge", "v": VERSION, "nonce": b"\0" * 32, "mac": "text"},
-], ids=["short-nonce", "no-mac", "str-mac"])
+    {"t": "challenge", "v": VERSION, "nonce": b"\0" * 31},
+    {"t": "challenge", "v": VERSION},
+    {"t": "challenge", "v": VERSION, "nonce": "text" * 8},
+], ids=["short-nonce", "no-nonce", "str-nonce"])
 def test_client_refuses_a_malformed_challenge(challenge):
     c = ClientHandshake(SECRET, "control")
     c.hello()
@@ -302,12 +332,11 @@ def test_the_secret_is_in_no_message_of_a_successful_handshake():
 
 
 def test_the_secret_is_in_no_message_of_a_failed_handshake():
-    c, s = pair(csecret=SECRET, ssecret=OTHER)
+    c, s = pair(csecret=OTHER, ssecret=SECRET)
     hello = c.hello()
     challenge = s.receive(hello)
-    with pytest.raises(AuthError):
-        c.receive(challenge)
-    blob = _encoded([hello, challenge, c.refusal, s.receive(c.refusal)])
+    auth = c.receive(challenge)
+    blob = _encoded([hello, challenge, auth, s.receive(auth)])
     _assert_secret_absent(blob, SECRET)
     _assert_secret_absent(blob, OTHER)
 
@@ -383,13 +412,26 @@ async def test_wrong_secret_over_a_memory_stream_pair_fails_on_both_sides_with_a
     assert isinstance(results["server"], AuthError) and results["server"].code == "auth"
     _assert_secret_absent(csent + ssent, SECRET)
     _assert_secret_absent(csent + ssent, OTHER)
-    # The client never sent an auth frame (no MAC of its own).
+    # The server never sent a proof of its own.
     dec = FrameDecoder()
-    dec.receive_data(csent)
+    dec.receive_data(ssent)
     sent = []
     while (f := dec.next_frame()) is not NEED_DATA:
         sent.append(f)
-    assert [f["t"] for f in sent] == ["hello", "error"]
+    assert [f["t"] for f in sent] == ["challenge", "error"]
+    assert not any("mac" in f for f in sent)
+
+
+async def test_a_recorded_client_handshake_replayed_to_the_server_is_refused():
+    results, csent, _, _, _ = await _handshake_over_memory(SECRET, SECRET)
+    assert results["server"].state == DONE
+    # Play the client's recorded bytes (hello, auth) into a fresh server.
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_all, csent)
+        with pytest.raises(AuthError) as exc:
+            await server_handshake(FramedStream(right), SECRET, "control", "srv")
+    assert exc.value.code == "auth"
 
 
 async def test_wrong_port_over_a_memory_stream_pair():

@@ -4,6 +4,7 @@ import socket
 
 import trio
 
+from jmig.proto.frames import DATA
 from jmig.proto.wire import FramedStream
 
 
@@ -11,7 +12,7 @@ async def _pair():
     a, b = trio.socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    return FramedStream(trio.SocketStream(a)), FramedStream(trio.SocketStream(b))
+    return FramedStream(trio.SocketStream(a), DATA), FramedStream(trio.SocketStream(b), DATA)
 
 
 async def test_send_now_frames_arrive_whole_and_in_order():
