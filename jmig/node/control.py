@@ -17,6 +17,7 @@ import trio
 from ..kernel import events as ev
 from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
+from .console import dropped_notice
 from .disk import DiskError, check_name
 from .migrate import MigrationError
 from .tasks import nursery as open_nursery
@@ -201,7 +202,7 @@ class ControlSession:
                 async for envid, text in chan:
                     dropped = hub.take_dropped(chan)
                     if dropped:
-                        text = f"[jmig: {dropped} console chunks dropped]\n" + text
+                        text = dropped_notice(dropped) + text
                     await self.push(rid, "console", {"text": text, "envid": envid})
         finally:
             hub.unfollow(chan)

@@ -32,7 +32,7 @@ from ..kernel import events as ev
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
 from ..proto.pstream import StreamError
-from ..proto.wire import ConnectionClosed, FramedStream, connect, parse_node, send_error
+from ..proto.wire import ConnectionClosed, FramedStream, parse_node, send_error
 from .failpoints import failpoint
 from .procstream import StreamRestorer, StreamWriter
 
@@ -108,7 +108,7 @@ class Migrator:
                 await node.pager.pull_all(envid)
             writer = StreamWriter(k, envid, node.name, method, remote=remote)
             try:
-                fs = await connect(host, port + PORT_OFFSET[method], node.secret, method, node.name)
+                fs = await node.connect(host, port + PORT_OFFSET[method], method)
             except (OSError, trio.TooSlowError) as exc:
                 raise MigrationError("unreachable", f"cannot reach {target}: {exc}") from None
             begin = {"t": "begin", "mid": mid, "method": method, "src": node.name,
@@ -191,8 +191,7 @@ class Migrator:
         """The destination's status reply for migration `mid` ({committed,
         envid, alive}), or None if it cannot be reached."""
         try:
-            fs = await connect(host, port + PORT_OFFSET[method], self.node.secret, method,
-                               self.node.name, timeout=5)
+            fs = await self.node.connect(host, port + PORT_OFFSET[method], method, timeout=5)
         except (OSError, trio.TooSlowError, AuthError, ProtocolError, ConnectionClosed):
             return None
         try:

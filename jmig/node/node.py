@@ -14,8 +14,10 @@ misbehaves is closed; the node keeps serving.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -26,16 +28,22 @@ import jmig
 from .. import programs
 from ..kernel import events as ev
 from ..kernel.kernel import DEFAULT_MEMORY, DEFAULT_SLICE, Kernel
-from ..proto.frames import MAX_CONTROL_FRAME, MAX_DATA_FRAME, ProtocolError
+from ..proto.frames import ProtocolError, encode_frame
 from ..proto.handshake import AuthError
-from ..proto.wire import ConnectionClosed, FramedStream, server_handshake
+from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error, server_handshake
+from . import listener
+from .admission import BUSY, GARBAGE, PENALIZED, SLOW, WRONG, Admission, Throttle
 from .console import ConsoleHub
 from .disk import DataDir
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
 QUANTUM_SECONDS = 0.005          # kernel time between checkpoints
 IO_QUANTUM_SECONDS = 0.0005      # ... while a migration moves data through this node
-MAX_CONNECTIONS = 256
+TURN_AWAY_SECONDS = 0.2          # how long a refused peer gets to read why
+BLOCKLIST_INTERVAL = 0.5         # how often the kernel's blocklist follows drained penalties
+BLOCKLIST_BATCH = 0.01           # ... and how soon it follows new ones
+_BUSY_FRAME = encode_frame({"t": "error", "code": "busy", "message": BUSY})
+_PENALIZED_FRAME = encode_frame({"t": "error", "code": "busy", "message": PENALIZED})
 
 
 @attrs.frozen
@@ -73,10 +81,13 @@ class Node:
         self.log = structlog.get_logger("jmig.node").bind(node=self.name)
         self.started = time.time()
         self.ports: dict[str, int] = {}
-        self.connections = 0
-        self.refused = 0
+        self.admission = Admission(on_penalized=self._blocklist_stale)
+        self._blocklist_changed = trio.Event()
+        self._log_throttle = Throttle()
+        self._refuser = listener.Refuser()
+        self.refused = 0                 # handshakes that failed (bad secret, garbage, ...)
         self._wakeup = trio.Event()
-        self.nursery: trio.Nursery | None = None
+        self._connections: trio.Nursery | None = None    # where connection tasks run
         self.serving = trio.Event()
         # Per-feature state lives in these helpers (created in serve()).
         self.migrator = None
@@ -176,17 +187,15 @@ class Node:
         """Bind all four ports, boot, and serve until cancelled.  Raises
         OSError if a port cannot be bound (before anything runs)."""
         self.disk.prepare()
-        listeners = {}
+        socks = {}
         try:
             for kind in PORT_KINDS:
-                port = self.cfg.port_of(kind) if self.cfg.port else 0
-                ls = await trio.open_tcp_listeners(port, host=self.cfg.host)
-                listeners[kind] = ls
-                self.ports[kind] = ls[0].socket.getsockname()[1]
+                socks[kind] = listener.bind(self.cfg.host,
+                                            self.cfg.port_of(kind) if self.cfg.port else 0)
+                self.ports[kind] = socks[kind].getsockname()[1]
         except BaseException:
-            for ls in listeners.values():
-                for l in ls:
-                    await l.aclose()
+            for sock in socks.values():
+                sock.close()
             raise
         from .migrate import Migrator
         from .pager import Pager
@@ -196,44 +205,91 @@ class Node:
             e = self.spawn(b.program, list(b.args), envid=b.envid)
             self.log.info("booted", envid=e.env_id, program=b.program)
         self.log.info("node listening", host=self.cfg.host, ports=self.ports)
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self._kernel_loop)
-            for kind, ls in listeners.items():
-                nursery.start_soon(self._serve_port, kind, ls)
-            nursery.start_soon(self.pager.run)
-            self.serving.set()
-            task_status.started(self)
-
-    async def _serve_port(self, kind: str, listeners) -> None:
-        async def handler(stream):
-            await self._connection(kind, stream)
-        await trio.serve_listeners(handler, listeners)
-
-    async def _connection(self, kind: str, stream) -> None:
-        max_frame = MAX_CONTROL_FRAME * 16 if kind == "control" else MAX_DATA_FRAME
-        fs = FramedStream(stream, max_frame)
-        peer = _peer_of(stream)
-        if self.connections >= MAX_CONNECTIONS:
-            self.log.warning("connection refused", port=kind, peer=peer, reason="too many")
-            await fs.aclose()
-            return
-        self.connections += 1
         try:
-            try:
-                await server_handshake(fs, self.secret, kind, self.name, jmig.__version__)
-            except AuthError as exc:
-                self.refused += 1
-                self.log.warning("connection refused", port=kind, peer=peer, reason=exc.code,
-                                 detail=exc.message)
+            async with trio.open_nursery() as nursery:
+                self._connections = nursery
+                nursery.start_soon(self._kernel_loop)
+                for kind, sock in socks.items():
+                    nursery.start_soon(listener.serve, sock, partial(self._on_accept, kind),
+                                       self._on_capacity)
+                nursery.start_soon(self._gatekeeper, list(socks.values()))
+                nursery.start_soon(self._refuser.run)
+                nursery.start_soon(self.pager.run)
+                self.serving.set()
+                task_status.started(self)
+        finally:
+            self.console.close()
+
+    def _on_accept(self, kind: str, fd: int, addr) -> None:
+        """A new connection: refuse it here and now (a penalized address, or
+        no room in the handshake budget), or start its task."""
+        host = addr[0]
+        if self.admission.penalized(host):
+            # Closed without a word (a write is the dearest part of a
+            # refusal), except when the refusal is logged: then the peer is
+            # told why too, once per log interval.
+            self._refuser.refuse(fd, _PENALIZED_FRAME
+                                 if self._log_refusals(kind, host, "penalized") else b"")
+            return
+        scope = trio.CancelScope()
+        ticket = self.admission.enter(host, scope.cancel)
+        if ticket is None:
+            # Told why, unless the address is suspect already (as a flood is
+            # after its first refusal): then only when the refusal is logged.
+            logged = self._log_refusals(kind, host, "busy")
+            told = logged or not self.admission.suspect(host)
+            self._refuser.refuse(fd, _BUSY_FRAME if told else b"")
+            return
+        self._connections.start_soon(self._connection, kind, listener.stream_of(fd),
+                                     f"{host}:{addr[1]}", ticket, scope)
+
+    def _blocklist_stale(self) -> None:
+        self._blocklist_changed.set()
+
+    async def _gatekeeper(self, socks) -> None:
+        """Keep the kernel's blocklist of every listener equal to the
+        addresses the admission penalizes (listener.block): at once when one
+        is added (after BLOCKLIST_BATCH, to take others with it), and every
+        BLOCKLIST_INTERVAL for those whose penalty has drained."""
+        shown: list[str] = []
+        while True:
+            with trio.move_on_after(BLOCKLIST_INTERVAL):
+                await self._blocklist_changed.wait()
+                await trio.sleep(BLOCKLIST_BATCH)
+            self._blocklist_changed = trio.Event()
+            now = self.admission.blocked()
+            if now != shown:
+                for sock in socks:
+                    listener.block(sock, now)
+                added = sorted(set(now) - set(shown))
+                if added:
+                    self.log.warning("addresses blocked", hosts=added[:16], count=len(now))
+                shown = now
+
+    def _log_refusals(self, kind: str, host: str, reason: str) -> bool:
+        """Log a refusal at accept (a few per address, then counts:
+        Throttle); True if this one was logged."""
+        n = self._log_throttle.take(host)
+        if n:
+            self.log.warning("connection refused", port=kind, peer_host=host, reason=reason,
+                             count=n)
+        return bool(n)
+
+    def _on_capacity(self, exc: OSError) -> None:
+        self.log.error("cannot accept connections", error=exc.strerror)
+
+    async def _connection(self, kind: str, stream, peer: str, ticket, scope) -> None:
+        fs = FramedStream(stream)
+        try:
+            if not await self._authenticate(kind, fs, peer, ticket, scope):
                 return
-            except (ProtocolError, ConnectionClosed, trio.TooSlowError) as exc:
-                self.refused += 1
+            if not self.admission.open_session():
                 self.log.warning("connection refused", port=kind, peer=peer,
-                                 reason="protocol", detail=str(exc) or type(exc).__name__)
+                                 reason="too many sessions")
+                await self._turn_away(fs, "busy", "node busy: too many connections")
                 return
-            self.log.info("connection accepted", port=kind, peer=peer, client=fs.peer)
             try:
+                self.log.info("connection accepted", port=kind, peer=peer, client=fs.peer)
                 await self._session(kind, fs)
             except (ProtocolError, ConnectionClosed) as exc:
                 self.log.info("connection closed", port=kind, peer=peer,
@@ -242,9 +298,64 @@ class Node:
                 self.log.warning("connection timed out", port=kind, peer=peer)
             except Exception:           # a bug: log it, keep the node alive
                 self.log.exception("connection handler failed", port=kind, peer=peer)
+            finally:
+                self.admission.close_session()
         finally:
-            self.connections -= 1
             await fs.aclose()
+
+    async def _authenticate(self, kind: str, fs: FramedStream, peer: str, ticket,
+                            scope: trio.CancelScope) -> bool:
+        """The handshake, holding a ticket of the unauthenticated peers'
+        budget (admission.py); scope is cancelled if the ticket is evicted.
+        False: the connection is refused (and was told why)."""
+        host = ticket.host
+        try:
+            with scope:
+                await server_handshake(fs, self.secret, kind, self.name, jmig.__version__)
+                self.admission.authenticated(host)
+                return True
+        except AuthError as exc:
+            self.refused += 1
+            self.admission.failed(host, GARBAGE if exc.code == "protocol"
+                                  else WRONG)
+            n = self._log_throttle.take(host)
+            if n:
+                self.log.warning("connection refused", port=kind, peer=peer, reason=exc.code,
+                                 detail=exc.message, count=n)
+            return False
+        except (ProtocolError, ConnectionClosed, trio.TooSlowError) as exc:
+            self.refused += 1
+            self.admission.failed(host, GARBAGE if isinstance(exc, ProtocolError)
+                                  else SLOW)
+            n = self._log_throttle.take(host)
+            detail = str(exc) or type(exc).__name__
+            if n:
+                self.log.warning("connection refused", port=kind, peer=peer, reason="protocol",
+                                 detail=detail, count=n)
+            if isinstance(exc, ProtocolError):
+                await self._turn_away(fs, "protocol", detail[:200])
+            return False
+        finally:
+            self.admission.leave(ticket)
+        n = self._log_throttle.take(host)
+        if n:
+            self.log.warning("connection refused", port=kind, peer=peer, reason="busy",
+                             detail="evicted from the handshake by newer peers", count=n)
+        await self._turn_away(fs, "busy", BUSY)
+        return False
+
+    @staticmethod
+    async def _turn_away(fs: FramedStream, code: str, message: str) -> None:
+        """Tell the peer why, then half-close and read what it still sends
+        (briefly), so that the close cannot overtake the message as a reset."""
+        with trio.move_on_after(TURN_AWAY_SECONDS):
+            await send_error(fs, code, message)
+            try:
+                await fs.stream.send_eof()
+                while await fs.stream.receive_some(65536):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _session(self, kind: str, fs: FramedStream) -> None:
         if kind == "control":
@@ -258,6 +369,15 @@ class Node:
                 await self.pager.receive_pgfault(fs)
             elif kind == "pager":
                 await self.pager.serve_pages(fs)
+
+    async def connect(self, host: str, port: int, kind: str,
+                      timeout: float | None = None) -> FramedStream:
+        """An authenticated connection to another node's port, leaving from
+        this node's own address when it is bound to one (so the other side
+        sees, and budgets, this node's address)."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        local = _source_address(self.cfg.host, host)
+        return await connect(host, port, self.secret, kind, self.name, local_host=local, **kw)
 
     def advertised_host(self, fs: FramedStream) -> str:
         """Where other nodes reach this one: the bound address, or, when
@@ -304,13 +424,18 @@ class Node:
                     "total": mem["total_pages"] * 4096, "used": mem["used_pages"] * 4096,
                     "free": mem["free_pages"] * 4096},
                 "envs": len(envs), "instructions": self.kernel.instructions,
-                "connections": self.connections, "refused": self.refused,
+                "connections": self.admission.sessions, "handshakes": self.admission.preauth,
+                "refused": self.refused, "busy_refused": self.admission.refused,
                 "data_dir": str(self.cfg.data_dir)}
 
 
-def _peer_of(stream) -> str:
+def _source_address(bound: str, target: str) -> str | None:
+    """The address to connect from: the one this node is bound to, when it
+    is one address and on the same side of loopback as the target."""
     try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except (AttributeError, OSError):
-        return "?"
+        b, t = ipaddress.ip_address(bound), ipaddress.ip_address(target)
+    except ValueError:
+        return None
+    if b.is_unspecified or b.version != t.version or b.is_loopback != t.is_loopback:
+        return None
+    return bound

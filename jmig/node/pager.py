@@ -45,7 +45,7 @@ from ..kernel import events as ev
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
 from ..proto.pstream import StreamError, decode_pages, encode_pages
-from ..proto.wire import ConnectionClosed, FramedStream, connect
+from ..proto.wire import ConnectionClosed, FramedStream
 from .failpoints import failpoint
 from .migrate import MigrationError
 from .tasks import nursery as open_nursery
@@ -437,8 +437,7 @@ class Pager:
         backoff = BACKOFF_MIN
         while inc.state not in ("released", "lost"):
             try:
-                fs = await connect(inc.addr[0], inc.addr[1], node.secret, "pager", node.name,
-                                   timeout=5)
+                fs = await node.connect(inc.addr[0], inc.addr[1], "pager", timeout=5)
             except (OSError, trio.TooSlowError, ConnectionClosed, ProtocolError, AuthError) as exc:
                 self._link_down(inc, exc)
                 await trio.sleep(backoff)

@@ -38,7 +38,7 @@ from ..proto import pstream
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
 from ..proto.pstream import StreamError, decode_pages, encode_pages
-from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error
+from ..proto.wire import ConnectionClosed, FramedStream, send_error
 from .failpoints import failpoint
 from .migrate import REPLY_TIMEOUT, MigrationError, parse_target
 
@@ -97,7 +97,7 @@ async def send_precopy(node, envid: int, target: str, args: dict, progress=None)
     rounds: list[dict] = []
     try:
         try:
-            fs = await connect(host, port, node.secret, "normal", node.name)
+            fs = await node.connect(host, port, "normal")
         except (OSError, trio.TooSlowError) as exc:
             raise MigrationError("unreachable", f"cannot reach {target}: {exc}") from None
         header = pstream.header_fields(k.header(envid), node=node.name,

@@ -56,6 +56,7 @@ async def test_a_thousand_envs_all_run_and_killing_them_returns_the_memory(clust
         # jmigctl lists them too.
         secret = cluster.tmp / "secret"
         secret.write_bytes(cluster.secret)
+        secret.chmod(0o600)
         out, err = io.StringIO(), io.StringIO()
         code = await trio.to_thread.run_sync(functools.partial(
             jmigctl_main, ["ps", "-q"], environ={"JMIG_NODE": cluster.addr(node),
@@ -109,7 +110,7 @@ async def test_fifty_clients_at_once_are_all_answered(cluster):
         assert done == ["ps", "info", "spawn", "resume" if i % 2 == 0 else "pause", "kill"]
     envs = (await cluster.call(node, "ps"))["envs"]
     assert [e["envid"] for e in envs] == [4100]
-    await wait_for(lambda: node.connections == 0)
+    await wait_for(lambda: node.admission.sessions == 0 and node.admission.preauth == 0)
     n = console_of(node).count("Env ID: 4100,")
     await wait_for(lambda: console_of(node).count("Env ID: 4100,") > n)   # still running
 
