@@ -1,25 +1,41 @@
 """structlog configuration, done once in each entry point (never in modules).
 
 Console renderer when stderr is a terminal, JSON lines otherwise, unless
-told.  Logs go to stderr; a node's stdout is its console."""
+told.  Logs go to stderr; a node's stdout is its console.  A node logs
+through a spool (jmig/spool.py), so that a stderr nobody reads never
+stalls it: lines that do not fit are dropped and counted, and the next
+line written says how many bytes were lost."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
 import structlog
+
+from .spool import Spool
 
 LEVELS = ("debug", "info", "warning", "error")
 DEBUG = False          # set by configure(): per-chunk events cost a call each, so
                        # the hot paths emit them only when someone will see them
 
 
-def configure(fmt: str | None = None, level: str = "info", stream=None) -> None:
-    global DEBUG
+_spool: Spool | None = None
+
+
+def configure(fmt: str | None = None, level: str = "info", stream=None,
+              spool: bool = False) -> None:
+    """spool: write through a spool thread that never blocks the caller
+    (a daemon); close() at exit writes what is left."""
+    global DEBUG, _spool
     DEBUG = level == "debug"
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
+    close()
+    out = stream
+    if spool:
+        out = _spool = Spool(stream, _dropped_notice(fmt), name="log")
     renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console"
                 else structlog.processors.JSONRenderer())
     structlog.configure(
@@ -31,6 +47,21 @@ def configure(fmt: str | None = None, level: str = "info", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def close() -> None:
+    """Write out what the log spool holds (if any) and stop it."""
+    global _spool
+    if _spool is not None:
+        _spool.close()
+        _spool = None
+
+
+def _dropped_notice(fmt: str):
+    if fmt == "json":
+        return lambda n: json.dumps({"event": "log output dropped", "bytes": n,
+                                     "level": "warning"}) + "\n"
+    return lambda n: f"[log: {n} bytes dropped]\n"

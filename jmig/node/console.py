@@ -1,9 +1,11 @@
 """The node's console: user programs' output and kernel messages.
 
 Everything goes to the node's stdout (when echo is on), into a bounded
-history that `jmigctl console` shows, and to every follower.  A follower
-that cannot keep up loses lines (and is told how many) rather than
-slowing the node down.
+history that `jmigctl console` shows, and to every follower.  Nothing here
+ever waits: stdout is written by a spool thread (jmig/spool.py) and each
+follower reads a bounded channel, so a stdout pipe nobody drains or a
+follower that cannot keep up loses output, and is told how much
+("[console: 12345 bytes dropped]"), rather than slowing the node down.
 """
 from __future__ import annotations
 
@@ -12,31 +14,34 @@ from collections import deque
 
 import trio
 
+from ..spool import Spool
+
 HISTORY_CHUNKS = 4096
 FOLLOWER_BUFFER = 1024
+ECHO_BUDGET = 256 << 10          # bytes of console output waiting for stdout at most
+
+
+def dropped_notice(n: int) -> str:
+    return f"[console: {n} bytes dropped]\n"
 
 
 class ConsoleHub:
     def __init__(self, echo: bool = True, out=None):
-        self.echo = echo
-        self.out = out or sys.stdout
+        self.spool = Spool(out or sys.stdout, dropped_notice, ECHO_BUDGET,
+                                       name="console") if echo else None
         self.history: deque[tuple[int, str]] = deque(maxlen=HISTORY_CHUNKS)
         self.followers: set[trio.MemorySendChannel] = set()
         self.dropped: dict[trio.MemorySendChannel, int] = {}
 
     def write(self, text: str, envid: int = 0) -> None:
         self.history.append((envid, text))
-        if self.echo:
-            try:
-                self.out.write(text)
-                self.out.flush()
-            except (OSError, ValueError):
-                self.echo = False          # stdout closed: keep serving
+        if self.spool is not None:
+            self.spool.write(text)
         for ch in list(self.followers):
             try:
                 ch.send_nowait((envid, text))
             except trio.WouldBlock:
-                self.dropped[ch] = self.dropped.get(ch, 0) + 1
+                self.dropped[ch] = self.dropped.get(ch, 0) + len(text)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.followers.discard(ch)
 
@@ -57,6 +62,10 @@ class ConsoleHub:
             self.followers.discard(send)
             self.dropped.pop(send, None)
             send.close()
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
     def take_dropped(self, recv) -> int:
         send = getattr(recv, "_jmig_send", None)

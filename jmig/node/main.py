@@ -19,6 +19,8 @@ import trio
 import jmig
 from .. import logs
 from ..kernel.kernel import DEFAULT_SLICE
+from ..proto.handshake import MAX_NAME
+from .disk import DataDir
 from .node import BootSpec, Node, NodeConfig
 from .secret import SecretError, load_or_create
 
@@ -94,9 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_format, args.log_level)
+    logs.configure(args.log_format, args.log_level, spool=True)
+    try:
+        return _main(args)
+    finally:
+        logs.close()
+
+
+def _main(args) -> int:
     if not 0 < args.port < 65533:
         print(f"jmig-node: port {args.port} out of range (1..65532)", file=sys.stderr)
+        return EXIT_USAGE
+    if len(args.name) > MAX_NAME:
+        print(f"jmig-node: --name is longer than {MAX_NAME} characters", file=sys.stderr)
         return EXIT_USAGE
     if not 1 <= args.cpus <= 64 or args.slice < 1:
         print("jmig-node: --cpus must be 1..64 and --slice at least 1", file=sys.stderr)
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                      boot=tuple(args.boot), echo=not args.no_console)
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        Node(cfg, secret).disk.prepare()
+        DataDir(cfg.data_dir).prepare()
     except OSError as exc:
         print(f"jmig-node: data directory {data_dir} is unusable: {exc.strerror or exc}",
               file=sys.stderr)

@@ -33,8 +33,12 @@ class Daemon:
     def addr(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True, stdout=None) -> "Daemon":
+        """stdout: a file descriptor for the node's console instead of
+        the file at stdout_path."""
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            if stdout is not None:
+                out = stdout
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jmig.node.main", "--host", self.host, "--port",
                  str(self.port), "--name", self.name, "--data-dir", str(self.data_dir),
