@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
+from jmig.node import secret as secret_file                # noqa: E402
 
 MIB = 1 << 20
 
@@ -42,8 +42,7 @@ class Bench:
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.secret = secrets.token_hex(32).encode()
-        (tmp / "secret").write_bytes(self.secret)
+        self.secret = secret_file.create(tmp / "secret")
         self.n = 0
         self.procs: list[subprocess.Popen] = []
 

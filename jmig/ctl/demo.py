@@ -13,7 +13,6 @@ back to node 1.  Both consoles are shown as they print, and each claim
 from __future__ import annotations
 
 import re
-import secrets
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from ..node import secret as secret_file
 from .client import ControlClient, RemoteError
 
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)")
@@ -214,8 +214,7 @@ class Demo:
         host = "127.0.0.1"
         p1 = self.ctx.args.base_port or free_port_block(host, 50001)
         p2 = free_port_block(host, p1 + 10)
-        self.secret = secrets.token_hex(32).encode()
-        (tmp / "secret").write_bytes(self.secret)
+        self.secret = secret_file.create(tmp / "secret")
         procs = []
         try:
             for name, port, boot in (("node1", p1, ["--boot", "loop@4100"]), ("node2", p2, [])):

@@ -132,6 +132,7 @@ async def test_client_going_away_during_rounds_leaves_env_running_on_source(clus
     else:
         secret = tmp_path / "secret"
         secret.write_bytes(cluster.secret)
+        secret.chmod(0o600)
         proc = subprocess.Popen(
             [sys.executable, "-m", "jmig.ctl.main", "--node", cluster.addr(a), "--secret-file",
              str(secret), "migrate", str(env), "--to", cluster.addr(b), "--method", "precopy",

@@ -41,6 +41,7 @@ async def ctl(cluster, node, *argv) -> tuple[int, str, str]:
     secret = cluster.tmp / "secret"
     if not secret.exists():
         secret.write_bytes(cluster.secret)
+        secret.chmod(0o600)
     out, err = io.StringIO(), io.StringIO()
     env = {"JMIG_NODE": cluster.addr(node), "JMIG_SECRET_FILE": str(secret), "HOME": str(cluster.tmp)}
     code = await trio.to_thread.run_sync(functools.partial(
