@@ -1,72 +1,36 @@
 """jmigctl image inspect|verify FILE: read an image offline (no node)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..proto import pstream
-from ..proto.pstream import StreamDecoder, StreamError
+from ..proto.image import ImageScan, read_chunks
+from ..proto.pstream import StreamError
 from . import render
 
-READ_CHUNK = 1 << 20
 MAX_IMAGE = 16 << 30
 
 
 def _decode(path: str):
-    """(header, pages [(va, perm, kind)], trailer or None, error or None)."""
-    dec = StreamDecoder()
-    pages = []
-    error = None
-    p = Path(path)
-    size = p.stat().st_size
-    if size > MAX_IMAGE:
-        return None, [], None, f"file is {size} bytes; larger than any image ({MAX_IMAGE})"
+    """(scan, error or None): the image read as far as it is valid."""
+    scan = ImageScan()
     try:
-        with open(p, "rb") as f:
-            while True:
-                data = f.read(READ_CHUNK)
-                if not data:
-                    break
-                dec.receive_data(data)
-                for e in dec.events():
-                    if isinstance(e, pstream.Page):
-                        pages.append((e.va, e.perm, "zero" if e.zero else "data"))
-                    elif isinstance(e, pstream.Remote):
-                        pages.append((e.va, e.perm, "remote"))
-                    elif isinstance(e, pstream.RemoteRun):
-                        pages += [(e.va + k * 4096, e.perm, "remote") for k in range(e.count)]
-        if dec.state != "done":
-            raise StreamError("truncated: the image ends before its trailer")
-        if any(kind == "remote" for _, _, kind in pages):
-            # As load refuses it (images.verify_file): an image holds every page.
-            raise StreamError("the stream holds remote pages: it is a demand-paging "
-                              "migration stream, not an image")
+        for chunk in read_chunks(path, MAX_IMAGE):
+            scan.feed(chunk)
+        scan.finish()
     except StreamError as exc:
-        error = str(exc)
-    return dec.header, pages, dec.trailer, error
-
-
-def _ranges(pages):
-    out = []
-    for va, perm, kind in pages:
-        if out and out[-1]["end"] == va and out[-1]["perm"] == perm and out[-1]["kind"] == kind:
-            out[-1]["end"] += 4096
-            out[-1]["pages"] += 1
-        else:
-            out.append({"start": va, "end": va + 4096, "perm": perm, "kind": kind, "pages": 1})
-    return out
+        return scan, str(exc)
+    return scan, None
 
 
 def inspect(ctx) -> int:
     try:
-        header, pages, trailer, error = _decode(ctx.args.file)
+        scan, error = _decode(ctx.args.file)
     except OSError as exc:
         print(f"jmigctl: cannot read {ctx.args.file}: {exc.strerror}", file=ctx.err)
         return 1
-    ranges = _ranges(pages)
+    header, ranges, trailer = scan.header, scan.ranges, scan.trailer
     checksum = "ok" if error is None else f"BAD: {error}"
     if ctx.args.json:
         ctx.emit({"file": ctx.args.file, "header": _jsonable(header), "ranges": ranges,
-                  "pages": len(pages), "checksum": trailer.crc if trailer else None,
+                  "pages": scan.pages, "checksum": trailer.crc if trailer else None,
                   "valid": error is None, "error": error})
         return 0 if error is None else 1
     if header:
@@ -91,20 +55,16 @@ def inspect(ctx) -> int:
 
 def verify(ctx) -> int:
     try:
-        header, pages, trailer, error = _decode(ctx.args.file)
+        scan, error = _decode(ctx.args.file)
     except OSError as exc:
         print(f"jmigctl: cannot read {ctx.args.file}: {exc.strerror}", file=ctx.err)
         return 1
-    if error is None:
-        try:
-            pstream.env_header(header)
-        except StreamError as exc:
-            error = str(exc)
+    header, trailer = scan.header, scan.trailer
     if error:
         print(f"jmigctl: {ctx.args.file}: invalid image: {error}", file=ctx.err)
         return 1
     ctx.say(f"{ctx.args.file}: ok, env {header['envid']} ({header['name']}), "
-            f"{len(pages)} pages, checksum {trailer.crc:08x}")
+            f"{scan.pages} pages, checksum {trailer.crc:08x}")
     return 0
 
 

@@ -7,24 +7,14 @@ creates anything, then restores it as a new paused env.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import trio
 
 from ..kernel import events as ev
-from ..proto.pstream import MAGIC, StreamError
+from ..proto.image import max_image_bytes, read_chunks, scan_file
 from .disk import DiskError, atomic_write
 from .procstream import StreamRestorer, StreamWriter
-
-READ_CHUNK = 1 << 20
-PAGE_RECORD = 4111
-
-
-def max_image_bytes(kernel) -> int:
-    """No image can be larger than every frame of this node as PAGE records."""
-    return kernel.phys.nframes * PAGE_RECORD + (1 << 20)
-
 
 async def save(node, envid: int, name: str, *, force: bool = False, pause: bool = False,
                progress=None) -> dict:
@@ -68,46 +58,20 @@ async def save(node, envid: int, name: str, *, force: bool = False, pause: bool 
             "seconds": dt, "mib_per_s": nbytes / (1 << 20) / dt if dt else 0.0}
 
 
-def _read_chunks(path, limit: int):
-    """Yield the file in chunks, refusing files over `limit` bytes."""
-    size = os.path.getsize(path)
-    if size > limit:
-        raise StreamError(f"image is {size} bytes; no image for this node can exceed {limit}")
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(READ_CHUNK)
-            if not data:
-                return
-            yield data
-
-
-def verify_file(path, limit: int = 1 << 40) -> dict:
-    """Decode a whole image file without a kernel; returns its header and
-    page count.  Raises StreamError naming what is wrong."""
-    r = StreamRestorer(kernel=None, create=False, allow_remote=False)
-    for chunk in _read_chunks(path, limit):
-        r.feed(chunk)
-    if r.dec.state == "magic" and r.dec.pending < len(MAGIC):
-        raise StreamError("truncated image: shorter than the magic number")
-    r.finish()
-    return {"header": r.header, "pages": r.pages, "crc": r.dec.trailer.crc,
-            "bytes": r.dec.trailer.nbytes}
-
-
 async def load(node, name: str, *, resume: bool = False, progress=None) -> dict:
     k = node.kernel
     path = node.disk.image_path(name)
     if not path.is_file():
         raise DiskError("no-such-image", f"no image {name} on {node.name} (see `jmigctl ls`)")
     t0 = time.perf_counter()
-    limit = max_image_bytes(k)
+    max_pages = k.phys.nframes
     # Pass 1: verify everything before creating anything.
-    info = await trio.to_thread.run_sync(verify_file, path, limit)
+    scan = await trio.to_thread.run_sync(scan_file, path, max_pages)
     # Pass 2: restore.
     r = StreamRestorer(k, keep_id=True)
     try:
         done = 0
-        for chunk in _read_chunks(path, limit):
+        for chunk in read_chunks(path, max_image_bytes(max_pages)):
             r.feed(chunk)
             done += len(chunk)
             if progress is not None:
@@ -122,8 +86,9 @@ async def load(node, name: str, *, resume: bool = False, progress=None) -> dict:
     if resume:
         node.poke()
     dt = time.perf_counter() - t0
-    node.log.info("image loaded", image=name, envid=env.env_id, pages=info["pages"],
+    nbytes = scan.trailer.nbytes
+    node.log.info("image loaded", image=name, envid=env.env_id, pages=scan.pages,
                   seconds=round(dt, 4))
-    return {"envid": env.env_id, "image": name, "pages": info["pages"], "bytes": info["bytes"],
+    return {"envid": env.env_id, "image": name, "pages": scan.pages, "bytes": nbytes,
             "seconds": dt, "resumed": resume,
-            "mib_per_s": info["bytes"] / (1 << 20) / dt if dt else 0.0}
+            "mib_per_s": nbytes / (1 << 20) / dt if dt else 0.0}

@@ -113,7 +113,7 @@ class StreamRestorer:
         self.allow_remote = allow_remote
         self.create = create               # False: verify only, create nothing
         self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
-                                 else pstream.MAX_RUN)
+                                 else pstream.MAX_RUN, allow_remote=allow_remote)
         self.env = None
         self.log = structlog.get_logger("jmig.stream")
         self.header: dict | None = None
@@ -150,9 +150,6 @@ class StreamRestorer:
             elif isinstance(e, pstream.Remote):
                 self._sink(pstream.TAG_REMOTE, e.va, e.perm, None)
             elif isinstance(e, pstream.RemoteRun):
-                if not self.allow_remote:
-                    raise StreamError(f"pages at {e.va:#010x} are marked remote in a "
-                                      "full-copy stream")
                 self.pages += e.count
                 if self.env is not None:
                     k.restore_remote_run(self.env, e.va, e.count, e.perm)
@@ -162,9 +159,6 @@ class StreamRestorer:
 
     def _sink_batch(self, records, view) -> None:
         """Many page records at once (the decoder's fast path)."""
-        if not self.allow_remote and any(r[0] == pstream.TAG_REMOTE for r in records):
-            va = next(r[1] for r in records if r[0] == pstream.TAG_REMOTE)
-            raise StreamError(f"page {va:#010x} is marked remote in a full-copy stream")
         self.pages += len(records)
         if logs.DEBUG:
             log_chunks(self.log, "receive page", [r[1:] for r in records if r[0] != b"R"])
@@ -173,8 +167,6 @@ class StreamRestorer:
 
     def _sink(self, tag, va: int, perm: int, body, data=None) -> None:
         """One page record: install it in the incoming env (if creating)."""
-        if tag == pstream.TAG_REMOTE and not self.allow_remote:
-            raise StreamError(f"page {va:#010x} is marked remote in a full-copy stream")
         self.pages += 1
         if self.env is None:
             return

@@ -3,7 +3,7 @@ reads it back, and normal migration sends the same bytes over TCP.
 
 Grammar (docs/process-stream.md has the full description):
 
-    STREAM   ::= MAGIC HEADER { PAGE | ZERO | REMOTE } TRAILER
+    STREAM   ::= MAGIC HEADER { PAGE | ZERO | REMOTE | RUN } TRAILER
     MAGIC    ::= "JMIGPS" 0x00 VERSION                       8 bytes, VERSION = 1
     RECORD   ::= TAG(1 byte) LENGTH(u32 big-endian) BODY[LENGTH]
     HEADER   ::= 'H' LENGTH msgpack-map                        LENGTH <= 64 KiB
@@ -32,6 +32,7 @@ import zlib
 import attrs
 import msgpack
 
+from ..kernel.snapshot import EnvHeader
 from ..kernel.memlayout import CHUNK, PGSIZE, PTE_P, PTE_SYSCALL, PTE_U, UTOP
 
 FORMAT_VERSION = 1
@@ -51,6 +52,7 @@ _SMALL_REC = struct.Struct(">cIIH")           # tag, length, va, perm
 _RUN = struct.Struct(">IIH")                  # va, count, perm
 _TRAILER = struct.Struct(">IQI")
 ZERO_PAGE = bytes(PGSIZE)
+_ONES = memoryview(b"\x01" * MAX_RUN)     # marks a run of pages seen
 
 TAG_HEADER, TAG_PAGE, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"P", b"Z", b"R", b"T"
 TAG_RUN = b"M"
@@ -232,8 +234,12 @@ class StreamDecoder:
     max_pages (a node passes its number of frames), and the records may
     not exceed it: memory spent decoding is bounded by the announcement."""
 
-    def __init__(self, max_pages: int = MAX_RUN):
+    def __init__(self, max_pages: int = MAX_RUN, allow_remote: bool = True):
+        """max_pages: the most pages a header may announce (a node passes
+        its number of frames).  allow_remote=False: refuse REMOTE and RUN
+        records (an image or a full-copy migration holds every page)."""
         self.max_pages = max_pages
+        self.allow_remote = allow_remote
         self.announced = 0
         self._buf = bytearray()
         self._pos = 0
@@ -241,7 +247,7 @@ class StreamDecoder:
         self.crc = 0
         self.nbytes = 0
         self.pages = 0
-        self._seen: set[int] = set()
+        self._seen = bytearray(MAX_RUN)     # one byte per user page: constant memory
         self.header: dict | None = None
         self.trailer: Trailer | None = None
 
@@ -294,19 +300,19 @@ class StreamDecoder:
                         or buf[b + 3081] != 4:
                     raise StreamError(f"page {va:#010x}: chunk sequence numbers are not "
                                       "1, 2, 3, 4")
-            elif tag == TAG_ZERO or tag == TAG_REMOTE:
+            elif tag == TAG_ZERO or (tag == TAG_REMOTE and self.allow_remote):
                 if length != SMALL_BODY:
                     break
             else:
                 break
-            if va in seen:
-                raise StreamError(f"page {va:#010x} appears twice")
             if va & 0xFFF or va >= UTOP or perm & ~PTE_SYSCALL or perm & 5 != 5:
                 check_page(va, perm)                   # raises with the message
+            if seen[va >> 12]:
+                raise StreamError(f"page {va:#010x} appears twice")
             if len(records) >= left:
                 raise StreamError(f"more pages than the {self.announced} the header "
                                   "announced")
-            seen.add(va)
+            seen[va >> 12] = 1
             app((tag, va, perm, pos + 5))
             pos += 5 + length
         if not records:
@@ -388,24 +394,27 @@ class StreamDecoder:
             self.header = fields
             self.state = "body"
             return Header(fields)
+        if tag in (TAG_RUN, TAG_REMOTE) and not self.allow_remote:
+            raise StreamError(f"the stream holds remote pages (at {_VAPERM.unpack_from(body)[0]:#010x}): "
+                              "it is a demand-paging migration stream, not an image or a full copy")
         if tag == TAG_RUN:
             va, count, perm = _RUN.unpack_from(body)
             _check_run(va, count, perm)
             if self.pages + count > self.announced:
                 raise StreamError(f"more pages than the {self.announced} the header announced")
-            new = range(va, va + count * PGSIZE, PGSIZE)
-            if not self._seen.isdisjoint(new):
+            vpn = va >> 12
+            if self._seen.find(1, vpn, vpn + count) != -1:
                 raise StreamError(f"run at {va:#010x} overlaps pages seen before")
-            self._seen.update(new)
+            self._seen[vpn:vpn + count] = _ONES[:count]
             self.pages += count
             return RemoteRun(va, count, perm)
         va, perm = _VAPERM.unpack_from(body)
         check_page(va, perm)
-        if va in self._seen:
+        if self._seen[va >> 12]:
             raise StreamError(f"page {va:#010x} appears twice")
         if self.pages >= self.announced:
             raise StreamError(f"more pages than the {self.announced} the header announced")
-        self._seen.add(va)
+        self._seen[va >> 12] = 1
         self.pages += 1
         if tag == TAG_PAGE:
             if body[6] != 1 or body[1031] != 2 or body[2056] != 3 or body[3081] != 4:
@@ -450,9 +459,8 @@ def _u32(d: dict, key: str) -> int:
     return v
 
 
-def env_header(fields: dict):
+def env_header(fields: dict) -> EnvHeader:
     """Check a HEADER map and turn it into a kernel.EnvHeader."""
-    from ..kernel.kernel import EnvHeader
     regs = fields.get("regs")
     if not isinstance(regs, list) or len(regs) != 8:
         raise StreamError("header field 'regs' is not a list of 8 registers")

@@ -14,7 +14,7 @@ import trio
 
 from jmig.ctl.client import ControlClient, RemoteError
 from jmig.ctl.main import main as jmigctl
-from jmig.node.images import verify_file
+from jmig.proto.image import scan_file
 from jmig.proto.frames import ProtocolError
 from jmig.proto.pstream import MAGIC, PAGE_BODY, StreamError
 from jmig.proto.wire import ConnectionClosed, connect
@@ -71,23 +71,23 @@ def _flip(b: int, i: int) -> int:
 def test_every_single_byte_corruption_and_truncation_fails_load_verification(tmp_path):
     """Exhaustive: every byte of the image changed (all bits, or one bit,
     alternately) and every truncation, through the verification pass that
-    load runs before it creates anything (jmig.node.images.verify_file)."""
+    load runs before it creates anything (jmig.proto.image.scan_file)."""
     data = build_image(["hello"], None)
     assert 16_000 < len(data) < 30_000
     path = tmp_path / "x.img"
     path.write_bytes(data)
-    assert verify_file(path)["pages"] == 5
+    assert scan_file(path).pages == 5
     fd = os.open(path, os.O_RDWR)
     try:
         for i in range(len(data)):
             os.pwrite(fd, bytes([_flip(data[i], i)]), i)
             with pytest.raises(StreamError):
-                verify_file(path)
+                scan_file(path)
             os.pwrite(fd, data[i:i + 1], i)
         for n in range(len(data) - 1, -1, -1):
             os.ftruncate(fd, n)
             with pytest.raises(StreamError):
-                verify_file(path)
+                scan_file(path)
     finally:
         os.close(fd)
 
@@ -216,6 +216,7 @@ async def test_save_of_running_env_is_refused_with_hint_and_works_with_pause(clu
     a = await start(cluster, "a")
     secret = tmp_path / "secret"
     secret.write_bytes(cluster.secret)
+    secret.chmod(0o600)
     envid = (await call(cluster, a, "spawn", {"program": "loop", "args": ["10"]}))["envid"]
     await wait_until(lambda: counters(a.rec.text(envid)), what="loop output")
     code, out, err = await trio.to_thread.run_sync(_ctl, cluster.addr(a), secret, "save",
@@ -247,6 +248,7 @@ async def test_save_to_existing_name_is_refused_unless_force(cluster, tmp_path):
     a = await start(cluster, "a")
     secret = tmp_path / "secret"
     secret.write_bytes(cluster.secret)
+    secret.chmod(0o600)
     envid = (await call(cluster, a, "spawn", {"program": "loop", "args": ["10"]}))["envid"]
     await call(cluster, a, "save", {"envid": envid, "name": "snap", "pause": True})
     first = image_file(a, "snap").read_bytes()
