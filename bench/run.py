@@ -3,7 +3,8 @@
     python3 dev.py bench [--quick] [--sizes 16,64] [--out bench/results/latest.json]
 
 Each figure is printed next to a reference measured in the same run
-(Unicorn on the same code, the raw file and TCP throughput of this machine),
+(Unicorn on the same code, the raw file and TCP throughput of this machine,
+the same node without the attack),
 because this machine is noisy and only same-run ratios mean anything.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="16,64", help="migration process sizes in MiB")
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     a = ap.parse_args(argv)
+    import abuse
     import cpu
     import migration
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     results.update(cpu.main(["--quick"] if a.quick else []))
     print("\n== save, load and migration ==")
     results.update(migration.main(["--quick"] if a.quick else ["--sizes", a.sizes]))
+    print("\n== abuse: ps latency and memory under attack ==")
+    results.update(abuse.main(["--quick"] if a.quick else []))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
