@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from ..errors import Error
+
 
 @attrs.frozen
 class Console:
@@ -45,14 +47,12 @@ class EnvBlocked:
     va: int
 
 
-class KernelError(Exception):
+class KernelError(Error):
     """An operation the node asked for was refused.  `code` is stable and
     machine-readable; `message` says what is wrong."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 # KernelError codes.

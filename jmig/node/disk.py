@@ -13,16 +13,16 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import Error
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 MAX_PROGRAM = 16 << 20
 IMAGE_SUFFIX = ".img"
 
 
-class DiskError(Exception):
+class DiskError(Error):
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 def check_name(name: str, what: str = "name") -> str:

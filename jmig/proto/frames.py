@@ -22,13 +22,16 @@ import struct
 import attrs
 import msgpack
 
+from ..errors import Error
+
 NEED_DATA = object()
 
 _LEN = struct.Struct(">I")
 
 
-class ProtocolError(Exception):
+class ProtocolError(Error):
     """A violation of the wire protocol."""
+    code = "protocol"
 
 
 class RemoteProtocolError(ProtocolError):

@@ -28,6 +28,8 @@ import hashlib
 import hmac
 import os
 
+from ..errors import Error
+
 PROTO = "jmig"
 VERSION = 2
 PORT_KINDS = ("normal", "pgfault", "pager", "control")
@@ -48,13 +50,11 @@ class State(enum.Enum):
 START, SENT_HELLO, SENT_CHALLENGE, SENT_AUTH, DONE, FAILED = State
 
 
-class AuthError(Exception):
+class AuthError(Error):
     """The handshake failed: `code` is one of ERROR_CODES."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 def _mac(secret: bytes, label: bytes, kind: str, a: bytes, b: bytes) -> bytes:

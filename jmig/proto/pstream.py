@@ -32,6 +32,7 @@ import zlib
 import attrs
 import msgpack
 
+from ..errors import Error
 from ..kernel.snapshot import EnvHeader
 from ..kernel.memlayout import CHUNK, PGSIZE, PTE_P, PTE_SYSCALL, PTE_U, UTOP
 
@@ -58,8 +59,9 @@ TAG_HEADER, TAG_PAGE, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"P", b"Z", b"R"
 TAG_RUN = b"M"
 
 
-class StreamError(Exception):
+class StreamError(Error):
     """The stream is malformed, truncated or corrupt."""
+    code = "bad-stream"
 
 
 @attrs.frozen

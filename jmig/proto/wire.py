@@ -6,6 +6,7 @@ import random
 
 import trio
 
+from ..errors import Error
 from . import frames
 from .frames import NEED_DATA, FrameDecoder, Limits, RemoteProtocolError, encode_frame
 from .handshake import DONE, AuthError, ClientHandshake, ServerHandshake
@@ -40,8 +41,14 @@ async def send_error(fs: "FramedStream", code: str, message: str) -> None:
         pass
 
 
-class ConnectionClosed(Exception):
+class ConnectionClosed(Error):
     """The peer closed the connection (or it broke) before a frame arrived."""
+    code = "link-lost"
+
+
+class ClosedMidFrame(ConnectionClosed, RemoteProtocolError):
+    """The connection ended inside a frame: both a broken link and a
+    protocol violation, whichever the caller cares about."""
 
 
 class FramedStream:
@@ -116,7 +123,7 @@ class FramedStream:
                 raise ConnectionClosed("connection lost") from exc
             if not data:
                 if self.decoder.buffered:
-                    raise RemoteProtocolError("connection closed in the middle of a frame")
+                    raise ClosedMidFrame("connection closed in the middle of a frame")
                 raise ConnectionClosed("connection closed by peer")
             self.bytes_received += len(data)
             self.decoder.receive_data(data)
