@@ -2,33 +2,41 @@
 connection.
 
     client -> node   {t: req, id: N, op: NAME, args: {...}}
-    node -> client   {t: push, id: N, kind: "progress" | "console", data: ...}   (0 or more)
+    node -> client   {t: push, id: N, kind: "job" | "progress" | "console", data: ...}  (0 or more)
     node -> client   {t: resp, id: N, ok: true, result: ...}
                   or {t: resp, id: N, ok: false, error: {code, message}}
 
-Error codes: bad-request, unknown-op, no-such-env, bad-state, no-memory,
-no-free-env, bad-elf, no-such-program, bad-name, exists, no-such-image,
-bad-image, unreachable, refused, failed, in-doubt, internal.
+migrate, save and load start a job of the node (migration/jobs.py) and,
+unless asked to detach, watch it: a "job" push names it, "progress"
+pushes follow, and the response is the job's result.  A client that goes
+away stops watching; the job goes on.
+
+Error codes: every jmig error's code (bad-request, unknown-op,
+no-such-env, bad-state, no-memory, no-free-env, bad-elf, no-such-program,
+bad-name, exists, no-such-image, bad-image, unreachable, refused, timeout,
+link-lost, cancelled, in-doubt, no-such-job, failed, internal).
 """
 from __future__ import annotations
 
 import trio
 
+from .. import programs
+from ..errors import Error
 from ..kernel import events as ev
-from ..proto.pstream import StreamError
+from ..proto.migration import MAX_PREFETCH
 from ..proto.wire import ConnectionClosed, FramedStream
 from .console import dropped_notice
-from .disk import DiskError, check_name
-from .migrate import MigrationError
+from .disk import check_name
+from .migration import Job, JobState
+from .migration.jobs import PROGRESS_INTERVAL
 from .tasks import nursery as open_nursery
 
 MAX_ARGS = 64
 MAX_ARG_LEN = 1024
-PROGRESS_INTERVAL = 0.1
 
 
-class BadRequest(Exception):
-    pass
+class BadRequest(Error):
+    code = "bad-request"
 
 
 def _envid(args: dict) -> int:
@@ -42,6 +50,15 @@ def _bool(args: dict, key: str) -> bool:
     v = args.get(key, False)
     if not isinstance(v, bool):
         raise BadRequest(f"{key} must be true or false")
+    return v
+
+
+def _int(args: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = args.get(key, default)
+    if v is None:
+        v = default
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadRequest(f"{key} must be an integer in {lo}..{hi}")
     return v
 
 
@@ -74,16 +91,8 @@ class ControlSession:
                 continue
             try:
                 result = await handler(rid, args)
-            except BadRequest as exc:
-                await self._error(rid, "bad-request", str(exc))
-            except ev.KernelError as exc:
+            except Error as exc:
                 await self._error(rid, exc.code, exc.message)
-            except DiskError as exc:
-                await self._error(rid, exc.code, exc.message)
-            except MigrationError as exc:
-                await self._error(rid, exc.code, exc.message)
-            except StreamError as exc:
-                await self._error(rid, "bad-image", f"image rejected: {exc}")
             except OSError as exc:
                 await self._error(rid, "failed", f"{type(exc).__name__}: {exc}")
             else:
@@ -96,22 +105,33 @@ class ControlSession:
     async def push(self, rid: int, kind: str, data) -> None:
         await self.fs.send({"t": "push", "id": rid, "kind": kind, "data": data})
 
-    def progress_pusher(self, rid: int):
-        """A progress callback that pushes at most every PROGRESS_INTERVAL s."""
-        last = [0.0]
+    async def watch(self, rid: int, job: Job):
+        """Push a job's progress (at most every PROGRESS_INTERVAL s) until it
+        ends; its result, or its error raised."""
+        await self.push(rid, "job", job.summary())
+        while not job.done.is_set():
+            await job.next_change()
+            if job.done.is_set():
+                break
+            await self.push(rid, "progress", dict(job.progress))
+            with trio.move_on_after(PROGRESS_INTERVAL):       # at most so often
+                await job.done.wait()
+        if job.progress:
+            await self.push(rid, "progress", dict(job.progress))
+        if job.state is not JobState.SUCCEEDED:
+            raise Error(job.error["message"], code=job.error["code"])
+        return {**job.result, "job": job.id}
 
-        async def progress(done: int, total: int, nbytes: int) -> None:
-            now = trio.current_time()
-            if now - last[0] >= PROGRESS_INTERVAL or done >= total:
-                last[0] = now
-                await self.push(rid, "progress", {"done": done, "total": total, "bytes": nbytes})
-        return progress
+    async def start(self, rid: int, args: dict, job: Job):
+        if _bool(args, "detach"):
+            return {"job": job.id, **job.summary()}
+        return await self.watch(rid, job)
 
     # -- processes ---------------------------------------------------------------
     async def op_ps(self, rid, args):
         envs = self.node.kernel.ps()
         for e in envs:
-            extra = self.node.pager.annotate(e["envid"]) or self.node.busy.get(e["envid"], "")
+            extra = self.node.migrations.annotate(e["envid"])
             if extra:
                 e["state"] = f"{e['state']}, {extra}" if e["state"] else extra
         return {"envs": envs}
@@ -149,10 +169,10 @@ class ControlSession:
     async def op_kill(self, rid, args):
         envid = _envid(args)
         e = self.node.kernel.get_env(envid)
-        if e.frozen or envid in self.node.busy:
+        if e.frozen or envid in self.node.migrations.busy:
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} is "
-                                 f"{e.frozen or self.node.busy[envid]}; it cannot be "
-                                 "killed until that finishes")
+                                 f"{e.frozen or self.node.migrations.busy[envid]}; it cannot be "
+                                 "killed until that finishes (`jmigctl jobs` shows what holds it)")
         self.node.kernel.kill(envid)
         self.node.dispatch_events()
         return {"envid": envid}
@@ -173,7 +193,6 @@ class ControlSession:
         return self.node.info()
 
     async def op_ls(self, rid, args):
-        from .. import programs
         d = self.node.disk
         return {"programs": d.list_programs(), "bundled": programs.names(),
                 "images": d.list_images()}
@@ -210,56 +229,60 @@ class ControlSession:
 
     async def op_stats(self, rid, args):
         node = self.node
-        return {"info": node.info(), "pager": node.pager.stats() if hasattr(node.pager, "stats")
-                else {}}
+        return {"info": node.info(), "pager": node.migrations.stats()}
 
-    # -- images and migration ------------------------------------------------------
+    # -- jobs: images and migration ------------------------------------------------------
     async def op_save(self, rid, args):
-        from .images import save
         envid = _envid(args)
         name = check_name(_str(args, "name", 64), "image name")
-        return await save(self.node, envid, name, force=_bool(args, "force"),
-                          pause=_bool(args, "pause"), progress=self.progress_pusher(rid))
+        job = self.node.migrations.save(envid, name, force=_bool(args, "force"),
+                                        pause=_bool(args, "pause"))
+        return await self.start(rid, args, job)
 
     async def op_load(self, rid, args):
-        from .images import load
         name = check_name(_str(args, "name", 64), "image name")
-        return await load(self.node, name, resume=_bool(args, "resume"),
-                          progress=self.progress_pusher(rid))
+        job = self.node.migrations.load(name, resume=_bool(args, "resume"))
+        return await self.start(rid, args, job)
 
     async def op_migrate(self, rid, args):
-        with self.node.io():
-            return await self._migrate(rid, args)
-
-    async def _migrate(self, rid, args):
-        envid = _envid(args)
-        target = _str(args, "to", 300)
         method = args.get("method", "normal")
-        node = self.node
-        keep = _bool(args, "keep")
-        resume = _bool(args, "resume")
-        progress = self.progress_pusher(rid)
-        if method == "normal":
-            return await node.migrator.send_normal(envid, target, keep=keep, resume=resume,
-                                                   progress=progress)
-        if method == "pgfault":
-            return await node.pager.send_pgfault(
-                envid, target, keep=keep, resume=resume, push=args.get("push", True),
-                prefetch=args.get("prefetch", 0), progress=progress)
-        if method == "precopy":
-            from .precopy import send_precopy
-            return await send_precopy(node, envid, target, args, progress=progress)
-        raise BadRequest(f"unknown method {method!r}: use normal, pgfault or precopy")
+        then = args.get("then") or "stop"
+        if then not in ("stop", "pgfault"):
+            raise BadRequest("then must be stop or pgfault")
+        timeout = args.get("timeout")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(
+                timeout, bool) or not 0.1 <= timeout <= 3600):
+            raise BadRequest("timeout must be 0.1 .. 3600 seconds")
+        page_server = args.get("page_server")
+        if page_server is not None:
+            page_server = _str(args, "page_server", 255)
+        push = args.get("push", True)
+        if not isinstance(push, bool):
+            raise BadRequest("push must be true or false")
+        job = self.node.migrations.migrate(
+            _envid(args), _str(args, "to", 300), method if isinstance(method, str) else "?",
+            keep=_bool(args, "keep"), resume=_bool(args, "resume"), push=push,
+            prefetch=_int(args, "prefetch", 0, 0, MAX_PREFETCH),
+            max_rounds=_int(args, "max_rounds", 8, 1, 1000),
+            downtime_limit_ms=_int(args, "downtime_limit_ms", 50, 0, 3_600_000), then=then,
+            timeout=timeout, page_server=page_server)
+        return await self.start(rid, args, job)
+
+    async def op_jobs(self, rid, args):
+        return {"jobs": self.node.migrations.jobs.list()}
+
+    async def op_watch(self, rid, args):
+        return await self.watch(rid, self.node.migrations.jobs.get(_str(args, "job", 16)))
+
+    async def op_cancel(self, rid, args):
+        job = self.node.migrations.jobs.cancel(_str(args, "job", 16))
+        with trio.move_on_after(30):
+            await job.done.wait()
+        return job.summary()
 
     async def op_wait_arrival(self, rid, args):
         """Block until the next migration arrives here (any method)."""
         return await self.node.wait_arrival()
 
     async def op_recover(self, rid, args):
-        envid = _envid(args)
-        force = _bool(args, "force")
-        node = self.node
-        res = await node.migrator.recover(envid, force)
-        if res is None:
-            res = await node.pager.recover(envid, force)
-        return res
+        return await self.node.migrations.recover(_envid(args), _bool(args, "force"))

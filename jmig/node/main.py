@@ -18,6 +18,7 @@ import trio
 
 import jmig
 from .. import logs
+from ..kernel.events import KernelError
 from ..kernel.kernel import DEFAULT_SLICE
 from ..proto.handshake import MAX_NAME
 from .disk import DataDir
@@ -153,7 +154,6 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 async def _run(cfg: NodeConfig, secret: bytes) -> int:
-    from ..kernel.events import KernelError
     node = Node(cfg, secret)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -167,9 +167,29 @@ async def _run(cfg: NodeConfig, secret: bytes) -> int:
                   f"{cfg.port}..{cfg.port + 3}", file=sys.stderr, flush=True)
             async for sig in signals:
                 node.log.info("shutting down", signal=signal.Signals(sig).name)
-                nursery.cancel_scope.cancel()
                 break
+            await _shut_down(node, signals)
+            nursery.cancel_scope.cancel()
     return EXIT_OK
+
+
+async def _shut_down(node: Node, signals) -> None:
+    """The orderly part of a shutdown (Node.shutdown); a second signal cuts
+    it short, saying what that abandons."""
+    async with trio.open_nursery() as nursery:
+        async def second_signal():
+            async for sig in signals:
+                lost = node.migrations.abandoned()
+                node.log.warning("second signal: exiting at once", signal=signal.Signals(sig).name,
+                                 abandons=lost)
+                print("jmig-node: exiting at once" + (
+                    "; this abandons " + "; ".join(lost) if lost else ""),
+                      file=sys.stderr, flush=True)
+                nursery.cancel_scope.cancel()
+                return
+        nursery.start_soon(second_signal)
+        await node.shutdown()
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

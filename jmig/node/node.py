@@ -1,9 +1,9 @@
 """A jmig node: one simulated JOS machine served over four TCP ports.
 
-    P     normal migration receiver        (migrate.py)
-    P+1   demand-paging migration receiver (pager.py)
-    P+2   page server                      (pager.py)
-    P+3   control: jmigctl                 (control.py)
+    P     normal and pre-copy migration receiver   (migration/)
+    P+1   demand-paging migration receiver         (migration/)
+    P+2   page server                              (migration/origin.py)
+    P+3   control: jmigctl                         (control.py)
 
 The kernel runs in one task that gives way to the others between runs of
 about QUANTUM_SECONDS, so every port stays responsive; with nothing
@@ -15,6 +15,7 @@ misbehaves is closed; the node keeps serving.
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -34,7 +35,9 @@ from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error, se
 from . import listener
 from .admission import BUSY, GARBAGE, PENALIZED, SLOW, WRONG, Admission, Throttle
 from .console import ConsoleHub
-from .disk import DataDir
+from .control import ControlSession
+from .disk import NAME_RE, DataDir
+from .migration import Migrations
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
 QUANTUM_SECONDS = 0.005          # kernel time between checkpoints
@@ -74,6 +77,8 @@ class Node:
         self.cfg = cfg
         self.secret = secret
         self.name = cfg.name or f"{cfg.host}:{cfg.port}"
+        self.version = jmig.__version__
+        self.incarnation = os.urandom(8).hex()      # this process; a restart is another
         self.kernel = Kernel(memory=cfg.memory, ncpus=cfg.cpus, slice=cfg.slice,
                              clock=self._clock_ms)
         self.disk = DataDir(cfg.data_dir)
@@ -89,13 +94,11 @@ class Node:
         self._wakeup = trio.Event()
         self._connections: trio.Nursery | None = None    # where connection tasks run
         self.serving = trio.Event()
-        # Per-feature state lives in these helpers (created in serve()).
-        self.migrator = None
-        self.pager = None
+        self.migrations = Migrations(self)
         self.free_pages_at_start = self.kernel.phys.nfree
         self.arrival_waiters: set[trio.MemorySendChannel] = set()
-        self.busy: dict[int, str] = {}   # envid -> operation that runs while the env does
         self.io_active = 0               # transfers under way: keep kernel quanta short
+        self.stopping = False            # shutting down: no new migrations in or out
 
     # -- time ---------------------------------------------------------------------
     @staticmethod
@@ -143,16 +146,14 @@ class Node:
                 self.log.info("env created", envid=e.envid, parent=e.parent_id, program=e.name)
             elif isinstance(e, ev.EnvDestroyed):
                 self.log.info("env destroyed", envid=e.envid, reason=e.reason)
-                if self.pager is not None:
-                    self.pager.env_gone(e.envid)
+                self.migrations.pager.env_gone(e.envid)
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
                                  err=e.err, va=f"{e.va:08x}", eip=f"{e.eip:08x}")
             elif isinstance(e, ev.EnvBlocked):
                 self.log.debug("env blocked on remote page", envid=e.envid,
                                owner=e.owner, va=f"{e.va:08x}")
-                if self.pager is not None:
-                    self.pager.on_blocked(e)
+                self.migrations.pager.on_blocked(e)
 
     # -- programs -------------------------------------------------------------------
     def find_program(self, name: str) -> bytes | None:
@@ -164,7 +165,6 @@ class Node:
 
     @staticmethod
     def _disk_name_ok(name: str) -> bool:
-        from .disk import NAME_RE
         return isinstance(name, str) and bool(NAME_RE.match(name))
 
     def spawn(self, name: str, args: list[str], elf: bytes | None = None,
@@ -197,10 +197,6 @@ class Node:
             for sock in socks.values():
                 sock.close()
             raise
-        from .migrate import Migrator
-        from .pager import Pager
-        self.migrator = Migrator(self)
-        self.pager = Pager(self)
         for b in self.cfg.boot:
             e = self.spawn(b.program, list(b.args), envid=b.envid)
             self.log.info("booted", envid=e.env_id, program=b.program)
@@ -214,7 +210,7 @@ class Node:
                                        self._on_capacity)
                 nursery.start_soon(self._gatekeeper, list(socks.values()))
                 nursery.start_soon(self._refuser.run)
-                nursery.start_soon(self.pager.run)
+                await nursery.start(self.migrations.run)
                 self.serving.set()
                 task_status.started(self)
         finally:
@@ -359,16 +355,10 @@ class Node:
 
     async def _session(self, kind: str, fs: FramedStream) -> None:
         if kind == "control":
-            from .control import ControlSession
             await ControlSession(self, fs).run()
             return
         with self.io():
-            if kind == "normal":
-                await self.migrator.receive_port(fs)
-            elif kind == "pgfault":
-                await self.pager.receive_pgfault(fs)
-            elif kind == "pager":
-                await self.pager.serve_pages(fs)
+            await self.migrations.serve(kind, fs)
 
     async def connect(self, host: str, port: int, kind: str,
                       timeout: float | None = None) -> FramedStream:
@@ -379,13 +369,31 @@ class Node:
         local = _source_address(self.cfg.host, host)
         return await connect(host, port, self.secret, kind, self.name, local_host=local, **kw)
 
-    def advertised_host(self, fs: FramedStream) -> str:
+    def advertised_host(self, fs) -> str:
         """Where other nodes reach this one: the bound address, or, when
         bound to every address, the one this connection leaves from."""
         h = self.cfg.host
         if h in ("", "0.0.0.0", "::"):
-            h = fs.stream.socket.getsockname()[0]
+            sock = getattr(getattr(fs, "stream", None), "socket", None)
+            h = sock.getsockname()[0] if sock is not None else "127.0.0.1"
         return h
+
+    def address_for(self, link) -> tuple[str, int]:
+        """(host, P) of this node as the other end of link sees it."""
+        return (self.advertised_host(link.fs), self.cfg.port or self.ports.get("normal", 1))
+
+    def is_me(self, host: str, port: int) -> bool:
+        """Whether HOST:P names this node (an address it listens on, its port)."""
+        if port != (self.cfg.port or self.ports.get("normal")):
+            return False
+        if host in (self.cfg.host, "localhost") or host == self.name:
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mine = self.cfg.host
+        return mine in ("", "0.0.0.0", "::") and (addr.is_loopback or addr.is_unspecified)
 
     @contextmanager
     def io(self):
@@ -396,6 +404,14 @@ class Node:
             yield
         finally:
             self.io_active -= 1
+
+    async def shutdown(self) -> None:
+        """An orderly stop: refuse new migrations, finish or roll back every
+        job, push the rest of every migration whose pages this node serves
+        and wait until it is released.  The node serves meanwhile."""
+        self.stopping = True
+        await self.migrations.shutdown(self.log)
+        self.log.info("shutdown complete: nothing left in flight")
 
     # -- arrivals (jmigctl shell's migrate_recv_*) ------------------------------------
     def announce_arrival(self, info: dict) -> None:
@@ -424,6 +440,7 @@ class Node:
                     "total": mem["total_pages"] * 4096, "used": mem["used_pages"] * 4096,
                     "free": mem["free_pages"] * 4096},
                 "envs": len(envs), "instructions": self.kernel.instructions,
+                "incarnation": self.incarnation,
                 "connections": self.admission.sessions, "handshakes": self.admission.preauth,
                 "refused": self.refused, "busy_refused": self.admission.refused,
                 "data_dir": str(self.cfg.data_dir)}

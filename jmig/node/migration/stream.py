@@ -12,11 +12,11 @@ import attrs
 import structlog
 
 import jmig
-from .. import logs
-from ..kernel import events as ev
-from ..kernel.kernel import Kernel
-from ..proto import pstream
-from ..proto.pstream import StreamDecoder, StreamEncoder, StreamError
+from ... import logs
+from ...kernel import events as ev
+from ...kernel.kernel import Kernel
+from ...proto import pstream
+from ...proto.pstream import StreamDecoder, StreamEncoder, StreamError
 
 BATCH_BYTES = 256 * 1024
 

@@ -1,0 +1,95 @@
+"""One migration or page-server connection, in typed messages, with a
+progress deadline: every send and every receive must complete within
+`timeout` seconds or the link fails (a blackholed link, a stopped peer).
+TCP keepalive is on, so a peer that vanished without a word is found out
+even while nothing is being sent."""
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from ...proto import migration as m
+from ...proto.frames import ProtocolError
+from ...proto.wire import ConnectionClosed, FramedStream
+from .base import KEEPALIVE, PROGRESS_TIMEOUT, MigrationError
+
+
+def keepalive(fs: FramedStream) -> None:
+    sock = getattr(fs.stream, "socket", None)
+    if sock is None:
+        return
+    idle, interval, count = KEEPALIVE
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    except (OSError, AttributeError):
+        pass
+
+
+class Link:
+    def __init__(self, fs: FramedStream, timeout: float = PROGRESS_TIMEOUT):
+        self.fs = fs
+        self.timeout = timeout
+        keepalive(fs)
+
+    @property
+    def peer(self) -> str:
+        return self.fs.peer
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.fs.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.fs.bytes_received
+
+    def _lost(self, exc, doing: str) -> MigrationError:
+        if isinstance(exc, trio.TooSlowError):
+            return MigrationError("timeout", f"no progress for {self.timeout:g} s while {doing} "
+                                  f"(link to {self.peer or 'the peer'} stalled)")
+        return MigrationError("link-lost", f"lost the link to {self.peer or 'the peer'} while "
+                              f"{doing}: {exc or type(exc).__name__}")
+
+    async def send(self, msg, timeout: float | None = None) -> None:
+        try:
+            with trio.fail_after(self.timeout if timeout is None else timeout):
+                await self.fs.send(m.encode(msg))
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            raise self._lost(exc, f"sending {msg.T}") from None
+
+    async def send_raw(self, frame: dict, timeout: float | None = None) -> None:
+        """A frame encoded elsewhere (the hot data path, checked there)."""
+        try:
+            with trio.fail_after(self.timeout if timeout is None else timeout):
+                await self.fs.send(frame)
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            raise self._lost(exc, f"sending {frame.get('t')}") from None
+
+    async def receive(self, allowed: frozenset, timeout: float | None = None):
+        """The next message, one of `allowed`.  A peer's ErrorReply raises
+        MigrationError with its code (unless ErrorReply is asked for alone)."""
+        try:
+            with trio.fail_after(self.timeout if timeout is None else timeout):
+                frame = await self.fs.receive()
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            names = "/".join(sorted(c.T for c in allowed))
+            raise self._lost(exc, f"waiting for {names}") from None
+        msg = m.decode(frame, allowed | {m.ErrorReply})
+        if isinstance(msg, m.ErrorReply) and m.ErrorReply not in allowed:
+            raise MigrationError(msg.code, f"{self.peer or 'the peer'} refused: {msg.message}")
+        return msg
+
+    async def refuse(self, code: str, message: str) -> None:
+        """Tell the peer why we stop, if it is still there (never raises)."""
+        try:
+            with trio.move_on_after(1):
+                await self.fs.send(m.encode(m.ErrorReply(code[:64], message[:m.MAX_TEXT])))
+        except (ConnectionClosed, ProtocolError):
+            pass
+
+    async def aclose(self) -> None:
+        await self.fs.aclose()

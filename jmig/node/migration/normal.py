@@ -1,0 +1,124 @@
+"""Normal migration, and what travels in it: every page, as a process
+stream (proto/pstream.py) in Data frames, then End.  The demand-paging
+method sends the same stream with page table entries only (pgfault.py),
+and save/load write and read it to and from a file (images.py).
+
+    source -> dest   Begin{pages} Data{b}* End            then session.py's steps
+"""
+from __future__ import annotations
+
+from ...proto import migration as m
+from ..failpoints import failpoint
+from .base import Hold, MigrationError
+from .stream import StreamRestorer, StreamWriter
+
+
+class StreamSend:
+    """The source's part of a migration whose data is a process stream:
+    the env is paused (if it was not) and held for the whole exchange."""
+    name = "normal"
+    port_kind = "normal"
+    remote = False                          # pgfault: page table entries only
+
+    def __init__(self, node, envid: int, *, keep: bool = False,
+                 destination_addr: tuple[str, int] | None = None):
+        self.node = node
+        self.envid = envid
+        self.keep = keep
+        self.destination_addr = destination_addr     # (host, P) of the destination
+        self.was_paused = False
+        self.writer: StreamWriter | None = None
+
+    async def hold(self, out) -> None:
+        node, k = self.node, self.node.kernel
+        e = k.get_env(self.envid)
+        node.migrations.check_free(self.envid)
+        if k.remote_pages(self.envid):
+            await node.migrations.pager.pull_all(self.envid)
+        self.was_paused = e.paused
+        if not e.paused:
+            k.pause(self.envid)
+        out.paused_now()
+        e.frozen = Hold.MIGRATING
+
+    def begin_fields(self, out, link) -> dict:
+        return {}
+
+    async def transfer(self, out, link) -> None:
+        node = self.node
+        self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
+                                       remote=self.remote)
+        await link.send(m.Begin(mid=out.mid, method=self.name, src=node.name,
+                                src_addr=node.address_for(link), incarnation=node.incarnation,
+                                resume=out.resume, pages=w.npages,
+                                **self.begin_fields(out, link)))
+        failpoint(f"{self.name}.src.after_begin")
+        for batch in w.batches():
+            await link.send_raw({"t": "data", "b": b"".join(batch)})
+            out.progress(done=w.progress.done, total=w.progress.total, bytes=w.progress.nbytes)
+        await link.send(m.End())
+
+    def hand_over(self, out) -> None:
+        """GO: the destination has it; give ours up (--keep: leave it paused)."""
+        k = self.node.kernel
+        e = k.get_env(self.envid)
+        if self.keep:
+            e.frozen = ""
+            self.node.log.info("migration kept source copy", envid=self.envid)
+        else:
+            k.env_destroy(e, 0, f"migrated to {out.target}")
+        self.node.dispatch_events()
+
+    def roll_back(self, out) -> None:
+        """ABORT: the env is ours again, as it was before."""
+        k = self.node.kernel
+        e = k.envs[self.envid & 0x3FF]
+        if e.env_id != self.envid or not e.status:
+            return
+        e.frozen = ""
+        if not self.was_paused and e.paused:
+            k.resume(self.envid)
+            self.node.poke()
+
+    def stats(self, out) -> dict:
+        w = self.writer
+        return {"pages": w.npages if w else 0, "bytes": w.progress.nbytes if w else 0,
+                "was_paused": self.was_paused, "kept": self.keep}
+
+
+class StreamReceive:
+    """The destination's part: decode the stream into an incoming env."""
+    name = "normal"
+    allow_remote = False
+
+    def __init__(self, node):
+        self.node = node
+        self.restorer: StreamRestorer | None = None
+
+    async def receive(self, inb, link):
+        r = self.restorer = StreamRestorer(self.node.kernel, keep_id=True,
+                                           allow_remote=self.allow_remote)
+        try:
+            while True:
+                msg = await link.receive(m.FROM_SOURCE_STREAM)
+                if isinstance(msg, m.End):
+                    r.finish()
+                    break
+                r.feed(msg.b)
+        except BaseException:
+            r.abort()
+            raise
+        if r.env is None:
+            raise MigrationError("bad-stream", "the stream held no process")
+        env, r.env = r.env, None
+        return env
+
+    def started(self, inb, env) -> None:
+        pass
+
+
+def check_target(node, host: str, port: int) -> None:
+    """Refuse a migration to this node itself."""
+    if node.is_me(host, port):
+        raise MigrationError("bad-request", f"{host}:{port} is this node; migrate to another one")
+

@@ -1,0 +1,278 @@
+"""The origin of a demand-paging migration: it keeps the env's pages
+(the env held SERVING) and serves them on its page server port (P+2) until
+the destination has them all and releases it.
+
+The destination's pager opens two connections per migration, each
+starting with Attach{channel}:
+
+    faults   Get{vpn, n} -> PageBatch{push: false}     the page and up to n following
+    push     PageBatch{push: true}*                    every page not sent yet, in order
+    either   Release -> Released                       the origin lets go
+
+Faults have a connection of their own so that a fault's page never waits
+behind pushed pages (in this node's send queue or in the kernel's socket
+buffers).  A page is pushed at most once; a fault is answered even if the
+page was pushed already (its copy may still be in flight on the push
+connection: the destination installs whichever arrives first and drops
+the other).  On re-attach the destination lists the pages it still needs,
+which become unsent again, so after a broken link nothing is missing.
+Only the migration's destination (its node name from the handshake),
+presenting the migration's token, is served.
+
+Pushing runs when the migration asked for it, and always once the node is
+shutting down (`drain`), so that an orderly shutdown loses no page.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from bisect import bisect_right
+from itertools import chain
+
+import attrs
+import trio
+
+from ...errors import Error
+from ...proto import migration as m
+from ...proto.pstream import encode_pages
+from ..failpoints import failpoint
+from ..tasks import nursery as open_nursery
+from .base import Hold, MigrationError
+from .link import Link
+from .session import ask
+
+PUSH_BATCH = 16                    # pages per pushed frame
+
+
+@attrs.define(eq=False)
+class Outgoing:
+    """An env whose pages this node serves to one destination."""
+    mid: str
+    envid: int
+    dest: str                        # destination node name (from its handshake)
+    dest_addr: tuple[str, int]       # (host, P) of the destination
+    token: bytes
+    push: bool
+    prefetch: int
+    runs: list                       # [(first vpn, count, perm)] in address order
+    sent: set = attrs.Factory(set)   # vpns pushed or served
+    starts: list = attrs.Factory(list)
+    started: float = attrs.Factory(time.perf_counter)
+    pushed: int = 0
+    served: int = 0
+    channels: set = attrs.Factory(set)            # channels attached now
+    pushing: trio.Event = attrs.Factory(trio.Event)   # set: push (asked for, or draining)
+    released: trio.Event = attrs.Factory(trio.Event)
+
+    def __attrs_post_init__(self):
+        self.starts = [r[0] for r in self.runs]
+        if self.push:
+            self.pushing.set()
+
+    @property
+    def npages(self) -> int:
+        return sum(c for _, c, _ in self.runs)
+
+    def vpns(self):
+        return chain.from_iterable(range(f, f + c) for f, c, _ in self.runs)
+
+    def perm_of(self, vpn: int) -> int | None:
+        i = bisect_right(self.starts, vpn) - 1
+        if i >= 0:
+            first, count, perm = self.runs[i]
+            if vpn < first + count:
+                return perm
+        return None
+
+    def following(self, vpn: int, n: int) -> list[int]:
+        """Up to n vpns after vpn, in address order (the prefetch window)."""
+        out = []
+        i = bisect_right(self.starts, vpn) - 1
+        while n > 0 and 0 <= i < len(self.runs):
+            first, count, _ = self.runs[i]
+            start = max(first, vpn + 1)
+            take = list(range(start, min(first + count, start + n)))
+            out += take
+            n -= len(take)
+            i += 1
+        return out
+
+    def unsent(self, size: int):
+        """The pages not sent yet, in address order, size at a time (checked
+        as they are taken: faults send pages meanwhile)."""
+        batch = []
+        for vpn in self.vpns():
+            if vpn not in self.sent:
+                batch.append(vpn)
+                if len(batch) >= size:
+                    batch = [v for v in batch if v not in self.sent]
+                    if batch:
+                        yield batch
+                    batch = []
+        batch = [v for v in batch if v not in self.sent]
+        if batch:
+            yield batch
+
+
+def runs_of(vpn_perms) -> list[tuple[int, int, int]]:
+    """[(first vpn, count, perm)] from (vpn, perm) pairs in address order."""
+    runs: list[list[int]] = []
+    for vpn, perm in vpn_perms:
+        if runs and runs[-1][2] == perm and runs[-1][0] + runs[-1][1] == vpn:
+            runs[-1][1] += 1
+        else:
+            runs.append([vpn, 1, perm])
+    return [tuple(r) for r in runs]
+
+
+class PageServer:
+    def __init__(self, node):
+        self.node = node
+        self.outgoing: dict[str, Outgoing] = {}
+        self.by_env: dict[int, Outgoing] = {}
+        self.totals = {"pages_served": 0, "pages_push_sent": 0, "releases": 0}
+
+    # -- the table -------------------------------------------------------------------
+    def serve(self, out: Outgoing) -> None:
+        """Start serving out's pages (the env is held SERVING)."""
+        self.outgoing[out.mid] = out
+        self.by_env[out.envid] = out
+        self.node.kernel.get_env(out.envid).frozen = Hold.SERVING
+
+    def forget(self, mid: str) -> None:
+        out = self.outgoing.pop(mid, None)
+        if out is not None and self.by_env.get(out.envid) is out:
+            del self.by_env[out.envid]
+            out.released.set()
+
+    def stats(self) -> dict:
+        return {**self.totals, "outgoing_active": len(self.outgoing)}
+
+    # -- the page server's connections ----------------------------------------------------
+    async def handle(self, link: Link) -> None:
+        """One connection on P+2: Attach, then the channel's traffic."""
+        msg = await link.receive(m.PAGER_OPENS)
+        out = self.outgoing.get(msg.mid)
+        if out is None:
+            await link.refuse("unknown-migration", f"{self.node.name} serves no migration "
+                              f"{msg.mid}")
+            return
+        if not hmac.compare_digest(msg.token, out.token) or link.peer != out.dest:
+            self.node.log.warning("page request refused", mid=out.mid, peer=link.peer)
+            await link.refuse("refused", "not this migration's destination")
+            return
+        if msg.channel in out.channels:
+            await link.refuse("busy", f"the {msg.channel} channel is attached already")
+            return
+        out.channels.add(msg.channel)
+        try:
+            # Pages the destination still lacks count as unsent (lost in flight).
+            need = set(msg.need_vpns())
+            out.sent -= need
+            await link.send(m.Attached(len(need)))
+            if msg.channel == "faults":
+                await self._faults(link, out)
+            else:
+                await self._push(link, out)
+        finally:
+            out.channels.discard(msg.channel)
+
+    def _page(self, out: Outgoing, vpn: int):
+        va = vpn << 12
+        return (va, out.perm_of(vpn), self.node.kernel.page_data(out.envid, va))
+
+    async def _faults(self, link: Link, out: Outgoing) -> None:
+        """Answer each fault at once, on this connection."""
+        while True:
+            msg = await link.receive(m.FROM_PAGER, timeout=float("inf"))
+            if isinstance(msg, m.Release):
+                await self._release(link, out)
+                return
+            if out.perm_of(msg.vpn) is None:
+                continue
+            batch = [msg.vpn] + [v for v in out.following(msg.vpn, msg.n) if v not in out.sent]
+            out.sent.update(batch)
+            await link.send_raw({"t": "page-batch", "b": encode_pages(
+                [self._page(out, v) for v in batch]), "push": False})
+            out.served += len(batch)
+            self.totals["pages_served"] += len(batch)
+            failpoint("pager.origin.after_pages")
+
+    async def _push(self, link: Link, out: Outgoing) -> None:
+        """Push every page not sent yet (once pushing is on); then wait for
+        the release, which may come on either channel."""
+        async with open_nursery() as nursery:
+            async def release_watch():
+                await link.receive(frozenset({m.Release}), timeout=float("inf"))
+                await self._release(link, out)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(release_watch)
+            await out.pushing.wait()
+            for batch in out.unsent(PUSH_BATCH):
+                out.sent.update(batch)
+                await link.send_raw({"t": "page-batch", "b": encode_pages(
+                    [self._page(out, v) for v in batch]), "push": True})
+                out.pushed += len(batch)
+                self.totals["pages_push_sent"] += len(batch)
+            await out.released.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _release(self, link: Link, out: Outgoing) -> None:
+        """Every page is on the destination: the origin's copy goes."""
+        self.forget(out.mid)
+        k = self.node.kernel
+        e = k.envs[out.envid & 0x3FF]
+        if e.env_id == out.envid and e.status:
+            self.totals["releases"] += 1
+            e.frozen = ""
+            k.env_destroy(e, 0, "released by destination")
+            self.node.dispatch_events()
+        self.node.log.info("origin released", envid=out.envid, mid=out.mid,
+                           seconds=round(time.perf_counter() - out.started, 4),
+                           served=out.served, pushed=out.pushed)
+        try:
+            await link.send(m.Released(), timeout=1.0)
+        except Error:
+            pass
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def drain(self, log) -> None:
+        """Push the rest of every migration this node serves and wait until
+        each is released (cancel to give up: `outgoing` keeps the rest)."""
+        for out in self.outgoing.values():
+            out.pushing.set()
+        pending = list(self.outgoing.values())
+        for out in pending:
+            left = out.npages - len(out.sent)
+            log.info("pushing the rest of a served migration before shutting down",
+                     envid=out.envid, to=out.dest, pages_left=left)
+        for out in pending:
+            await out.released.wait()
+            log.info("served migration released", envid=out.envid, to=out.dest)
+
+    # -- recovery ------------------------------------------------------------------------------
+    async def recover(self, envid: int, force: bool) -> dict | None:
+        """Take back an env this node serves whose destination lost it.
+        None if this node serves no migration of envid."""
+        out = self.by_env.get(envid)
+        if out is None:
+            return None
+        reply = await ask(self.node, out.dest_addr, "pgfault", out.mid)
+        if reply is not None and reply.role == "destination" \
+                and reply.state in ("committed", "running"):
+            raise MigrationError("refused", f"the destination {out.dest} still has env "
+                                 f"{envid}'s migration (state {reply.state}); it may be "
+                                 "running it, so it cannot be recovered here")
+        if reply is None and not force:
+            raise MigrationError("unreachable", f"the destination {out.dest} cannot be reached "
+                                 "and may still be running the process; if it is gone for good, "
+                                 "use --force")
+        self.forget(out.mid)
+        e = self.node.kernel.get_env(envid)
+        e.frozen = ""
+        self.node.log.info("recovered env from a failed pgfault migration", envid=envid)
+        found = "unreachable" if reply is None else f"it reports {reply.state}"
+        return {"envid": envid, "found": f"the destination {out.dest}: {found}",
+                "outcome": "recovered here, paused"}
+

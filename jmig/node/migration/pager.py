@@ -1,0 +1,374 @@
+"""The destination of a demand-paging migration: the pager (the original
+project's "super process") fetches the pages that are still on the origin.
+
+Once the migration is handed over (session.py's Go), the pager connects
+two channels to the origin's page server (origin.py): on `faults` it asks
+for each page an env blocks on (with up to `prefetch` following pages), on
+`push` it takes whatever the origin sends by itself.  The env alone waits
+for its page; everything else runs.  When no page is remote any more (or
+the env died) it releases the origin.  A broken link leaves the env
+"waiting for pages"; the pager reconnects with backoff and asks again for
+what it still needs.  An origin that no longer knows the migration (it
+restarted) means the remaining pages are gone: the env is destroyed,
+naming them.
+
+Moving the env on, saving or copying it first pulls every remaining page
+in (`pull_all`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import attrs
+import trio
+
+from ...errors import Error
+from ...kernel import events as ev
+from ...proto import migration as m
+from ...proto.pstream import decode_pages
+from ..tasks import nursery as open_nursery
+from .base import MigrationError
+from .link import Link
+
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+LATENCY_SAMPLES = 100_000
+PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
+
+
+@attrs.define(eq=False)
+class Incoming:
+    """An env here whose pages still come from its origin."""
+    mid: str
+    envid: int
+    origin: str                      # origin node name
+    addr: tuple[str, int]            # origin page server (host, port)
+    token: bytes
+    prefetch: int
+    started: float = attrs.Factory(time.perf_counter)
+    requests: object = None          # trio send channel: vpns, None (check), or bytes
+    requests_recv: object = None
+    faults: Link | None = None       # the faults channel, while connected
+    pending: dict = attrs.Factory(dict)   # vpn -> when the env blocked on it
+    asked: set = attrs.Factory(set)       # vpns asked for on the current faults channel
+    state: str = "connecting"        # connecting / active / waiting / released / lost
+    all_in: trio.Event = attrs.Factory(trio.Event)
+    pull: bool = False
+    faults_taken: int = 0
+    fetched: int = 0                 # pages installed because they were asked for
+    pushed: int = 0                  # pages installed from the push channel
+    duplicates: int = 0
+    reconnects: int = 0
+    released_after: float | None = None
+    latencies: list = attrs.Factory(list)   # seconds from each fault to its page, in order
+
+
+class Pager:
+    def __init__(self, node):
+        self.node = node
+        self.incoming: dict[str, Incoming] = {}
+        self.by_env: dict[int, Incoming] = {}
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.totals = {"remote_faults": 0, "pages_fetched": 0, "pages_pushed": 0,
+                       "duplicates": 0, "migrations_lost": 0, "reconnects": 0}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await trio.sleep_forever()
+
+    # -- statistics ------------------------------------------------------------------
+    def stats(self) -> dict:
+        lat = sorted(self.latencies)
+        out = dict(self.totals)
+        out["fault_latency_p50_ms"] = _pct(lat, 50) * 1000 if lat else None
+        out["fault_latency_p99_ms"] = _pct(lat, 99) * 1000 if lat else None
+        out["incoming_active"] = sum(1 for i in self.incoming.values()
+                                     if i.state not in ("released", "lost"))
+        released = [i.released_after for i in self.incoming.values()
+                    if i.released_after is not None]
+        out["last_release_s"] = released[-1] if released else None
+        out["migrations_in"] = [
+            {"envid": i.envid, "origin": i.origin, "state": i.state, "faults": i.faults_taken,
+             "fetched": i.fetched, "pushed": i.pushed, "duplicates": i.duplicates,
+             "reconnects": i.reconnects, "release_s": i.released_after,
+             "fault_p50_ms": _pct(sorted(i.latencies), 50) * 1000 if i.latencies else None,
+             "fault_p99_ms": _pct(sorted(i.latencies), 99) * 1000 if i.latencies else None}
+            for i in list(self.incoming.values())[-16:]]
+        return out
+
+    def annotate(self, envid: int) -> str:
+        inc = self.by_env.get(envid)
+        if inc is not None and inc.state == "waiting":
+            return f"origin {inc.origin} unreachable, retrying"
+        return ""
+
+    # -- starting ------------------------------------------------------------------------
+    def start(self, mid: str, envid: int, origin: str, addr: tuple[str, int], token: bytes,
+              prefetch: int) -> None:
+        inc = Incoming(mid=mid, envid=envid, origin=origin, addr=addr, token=token,
+                       prefetch=prefetch)
+        inc.requests, inc.requests_recv = trio.open_memory_channel(math.inf)
+        self.incoming[mid] = inc
+        self.by_env[envid] = inc
+        self._nursery.start_soon(self._link, inc)
+
+    # -- the kernel's side -------------------------------------------------------------------
+    def on_blocked(self, e: ev.EnvBlocked) -> None:
+        inc = self.by_env.get(e.owner)
+        if inc is None:
+            self.node.log.error("env blocked on a remote page of no migration",
+                                envid=e.envid, owner=e.owner, va=f"{e.va:08x}")
+            return
+        vpn = e.va >> 12
+        if vpn in inc.pending:
+            return
+        inc.pending[vpn] = time.perf_counter()
+        inc.faults_taken += 1
+        self.totals["remote_faults"] += 1
+        link = inc.faults
+        # Ask at once from here (the kernel task) when the link is idle: one
+        # task switch less on every fault.
+        if link is not None and link.fs.send_now({"t": "get", "vpn": vpn, "n": inc.prefetch}):
+            inc.asked.add(vpn)
+            if link.fs.unsent:
+                inc.requests.send_nowait(b"")          # the asker flushes the rest
+            return
+        inc.requests.send_nowait(vpn)
+
+    def env_gone(self, envid: int) -> None:
+        """An env here died: stop fetching its pages and let the origin go."""
+        inc = self.by_env.get(envid)
+        if inc is not None and inc.state not in ("released", "lost"):
+            inc.pull = False
+            inc.all_in.set()
+            try:
+                inc.requests.send_nowait(None)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # -- the link to the origin ------------------------------------------------------------------
+    async def _link(self, inc: Incoming) -> None:
+        """Keep the channels to the origin until every page is here.  Never
+        raises: a bug here must not take the node down."""
+        try:
+            with self.node.io():
+                await self._link_loop(inc)
+        except Exception:
+            self.node.log.exception("pager link failed", envid=inc.envid, origin=inc.origin)
+            inc.state = "waiting"
+
+    async def _attach(self, inc: Incoming, channel: str, need: list[int]) -> Link:
+        fs = await self.node.connect(inc.addr[0], inc.addr[1], "pager", timeout=5)
+        link = Link(fs, timeout=10)
+        try:
+            await link.send(m.Attach(inc.mid, inc.token, channel, m.pack_vpns(need)))
+            await link.receive(frozenset({m.Attached}))
+        except BaseException:
+            await link.aclose()
+            raise
+        return link
+
+    async def _link_loop(self, inc: Incoming) -> None:
+        node = self.node
+        backoff = BACKOFF_MIN
+        while inc.state not in ("released", "lost"):
+            faults = push = None
+            try:
+                need = self._remote_vpns(inc) if self._env_alive(inc) else []
+                faults = await self._attach(inc, "faults", need)
+                push = await self._attach(inc, "push", need)
+                if inc.state == "waiting":
+                    inc.reconnects += 1
+                    self.totals["reconnects"] += 1
+                    node.log.info("origin reachable again", envid=inc.envid, origin=inc.origin)
+                inc.state = "active"
+                backoff = BACKOFF_MIN
+                await self._exchange(inc, faults, push)
+            except MigrationError as exc:
+                if exc.code == "unknown-migration":
+                    self._lost(inc, exc.message)
+                    return
+                self._link_down(inc, exc)
+            except (Error, OSError, trio.TooSlowError) as exc:
+                self._link_down(inc, exc)
+            finally:
+                for link in (faults, push):
+                    if link is not None:
+                        await link.aclose()
+            if inc.state not in ("released", "lost"):
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _env_alive(self, inc: Incoming) -> bool:
+        e = self.node.kernel.envs[inc.envid & 0x3FF]
+        return e.env_id == inc.envid and e.status != 0
+
+    def _remote_vpns(self, inc: Incoming) -> list[int]:
+        try:
+            return [va >> 12 for va in self.node.kernel.remote_pages(inc.envid)]
+        except ev.KernelError:
+            return []
+
+    def _link_down(self, inc: Incoming, exc) -> None:
+        if inc.state != "waiting":
+            self.node.log.warning("origin unreachable; env waits for pages", envid=inc.envid,
+                                  origin=inc.origin, error=str(exc) or type(exc).__name__)
+        inc.state = "waiting"
+
+    async def _exchange(self, inc: Incoming, faults: Link, push: Link) -> None:
+        """One pair of connections' life: ask for faulted pages, install
+        what arrives on either channel, release the origin when nothing is
+        remote any more."""
+        releasing = False
+
+        async def maybe_release():
+            nonlocal releasing
+            if not releasing and (not self._env_alive(inc) or not self._remote_vpns(inc)):
+                releasing = True
+                await faults.send(m.Release())
+
+        async def fault_reader():
+            while True:
+                msg = await faults.receive(frozenset({m.PageBatch, m.Released}),
+                                           timeout=math.inf)
+                if isinstance(msg, m.Released):
+                    if not releasing:
+                        raise MigrationError("failed", "the origin released unasked")
+                    self._released(inc)
+                    nursery.cancel_scope.cancel()
+                    return
+                self._install(inc, msg)
+                if not self._remote_vpns(inc):
+                    inc.all_in.set()
+                    await maybe_release()
+
+        async def push_reader():
+            try:
+                while True:
+                    msg = await push.receive(frozenset({m.PageBatch}), timeout=math.inf)
+                    self._install(inc, msg)
+                    if not self._remote_vpns(inc):
+                        inc.all_in.set()
+                        await maybe_release()
+                    await trio.sleep(0)      # a fault's page, arriving meanwhile, goes first
+            except MigrationError:
+                await trio.sleep(PUSH_GRACE)    # the origin closes push on release, maybe first
+                raise
+
+        async def asker():
+            async for vpn in inc.requests_recv:
+                if vpn is None:
+                    if inc.pull:
+                        await self._request_all(faults, inc)
+                    await maybe_release()
+                elif isinstance(vpn, bytes):
+                    await faults.fs.send_raw(vpn)      # the rest of a send_now frame
+                elif vpn in inc.pending and vpn not in inc.asked:
+                    inc.asked.add(vpn)
+                    await faults.send_raw({"t": "get", "vpn": vpn, "n": inc.prefetch})
+
+        inc.asked = set()
+        inc.faults = faults
+        try:
+            # Ask again for every page an env is blocked on (asked on the last link).
+            for vpn in list(inc.pending):
+                inc.asked.add(vpn)
+                await faults.send(m.Get(vpn, inc.prefetch))
+            if inc.pull:
+                await self._request_all(faults, inc)
+            async with open_nursery() as nursery:
+                nursery.start_soon(fault_reader)
+                nursery.start_soon(push_reader)
+                nursery.start_soon(asker)
+                await maybe_release()
+        finally:
+            inc.faults = None
+
+    def _install(self, inc: Incoming, msg: m.PageBatch) -> None:
+        k = self.node.kernel
+        now = time.perf_counter()
+        for p in decode_pages(msg.b):
+            vpn = p.va >> 12
+            try:
+                installed = k.install_page(inc.envid, p.va, p.data)
+            except ev.KernelError as exc:
+                if exc.code != ev.NO_SUCH_ENV:
+                    raise
+                installed = False
+            t0 = inc.pending.pop(vpn, None)
+            if t0 is not None and installed:
+                self.latencies.append(now - t0)
+                if len(inc.latencies) < LATENCY_SAMPLES:
+                    inc.latencies.append(now - t0)
+            if not installed:
+                inc.duplicates += 1
+                self.totals["duplicates"] += 1
+            elif msg.push:
+                inc.pushed += 1
+                self.totals["pages_pushed"] += 1
+            else:
+                inc.fetched += 1
+                self.totals["pages_fetched"] += 1
+        self.node.poke()
+
+    async def _request_all(self, faults: Link, inc: Incoming) -> None:
+        for vpn in self._remote_vpns(inc):
+            if vpn not in inc.pending:
+                inc.pending[vpn] = time.perf_counter()
+            if vpn not in inc.asked:
+                inc.asked.add(vpn)
+                await faults.send(m.Get(vpn, 0))
+
+    def _released(self, inc: Incoming) -> None:
+        inc.state = "released"
+        inc.released_after = time.perf_counter() - inc.started
+        inc.all_in.set()
+        self.by_env.pop(inc.envid, None)
+        self.node.log.info("all pages arrived; origin released", envid=inc.envid,
+                           origin=inc.origin, seconds=round(inc.released_after, 4),
+                           fetched=inc.fetched, pushed=inc.pushed, faults=inc.faults_taken)
+
+    def _lost(self, inc: Incoming, why: str) -> None:
+        """The origin no longer knows this migration: the remaining pages are gone."""
+        inc.state = "lost"
+        inc.all_in.set()
+        self.by_env.pop(inc.envid, None)
+        self.totals["migrations_lost"] += 1
+        k = self.node.kernel
+        missing = self._remote_vpns(inc)
+        if self._env_alive(inc):
+            shown = ", ".join(f"{v << 12:08x}" for v in missing[:8])
+            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            k.cprintf(f"[{inc.envid:08x}] origin {inc.origin} lost the migration; "
+                      f"{len(missing)} pages are gone ({shown}{more}); destroying the env\n")
+            k.env_destroy(k.get_env(inc.envid), 0, "pages lost with the origin")
+        self.node.dispatch_events()
+        self.node.log.error("migration lost", envid=inc.envid, origin=inc.origin,
+                            missing=len(missing), reason=why)
+
+    # -- pulling everything in -------------------------------------------------------------
+    async def pull_all(self, envid: int) -> None:
+        """Fetch every remaining remote page of env (before it moves on,
+        is saved or copied).  Raises KernelError if that cannot happen."""
+        inc = self.by_env.get(envid)
+        k = self.node.kernel
+        if inc is None:
+            if k.remote_pages(envid):
+                raise ev.KernelError(ev.BAD_STATE, f"env {envid} has remote pages but no "
+                                     "migration to fetch them from")
+            return
+        inc.pull = True
+        inc.requests.send_nowait(None)
+        with trio.move_on_after(300):
+            await inc.all_in.wait()
+        if inc.state == "lost" or k.remote_pages(envid):
+            raise ev.KernelError(ev.BAD_STATE, f"could not fetch the pages of env {envid} "
+                                 f"from {inc.origin}")
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * (len(sorted_vals) - 1)))))
+    return sorted_vals[i]

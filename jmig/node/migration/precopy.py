@@ -1,0 +1,245 @@
+"""Pre-copy live migration: copy memory while the process runs, then stop
+it only for the last dirty pages (QEMU's default, CRIU's pre-dump).
+
+Round 1 sends every page while the env keeps running; each later round
+sends the pages changed since the previous one: D bit set (the kernel
+clears D after each round and the core's TLB sets it again on the next
+write), or a different frame or permission behind the same address
+(copy-on-write, page_map), or a page that is new.  When the pages left
+could be sent within the downtime limit at the bandwidth measured so far,
+or after max rounds, the env is paused and the rest is sent with its
+registers and final page map.  With `then: pgfault` the final dirty pages
+are not sent at all: they become remote pages that the destination
+fetches on demand from this node (origin.py), the hybrid that QEMU and
+CRIU offer.
+
+On the destination's P:
+
+    source -> dest   Begin{header} Pages{b, round}* Final{header, map, remote, pager?, ...}
+
+then session.py's steps.  Until the decision the env runs here (if it was
+running); an abort leaves it exactly so.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ...kernel import events as ev
+from ...proto import migration as m
+from ...proto import pstream
+from ...proto.pstream import StreamError, decode_pages, encode_pages
+from ..failpoints import failpoint
+from .base import Hold, MigrationError
+from .origin import Outgoing, runs_of
+
+BATCH_PAGES = 64
+PAGE_RECORD = 4111
+
+
+class PrecopySend:
+    name = "precopy"
+    port_kind = "normal"
+
+    def __init__(self, node, envid: int, *, keep: bool = False, max_rounds: int = 8,
+                 downtime_limit_ms: int = 50, then: str = "stop", push: bool = True,
+                 prefetch: int = 0, destination_addr=None):
+        if keep and then == "pgfault":
+            raise MigrationError("bad-request", "--keep makes no sense with --then pgfault: the "
+                                 "origin keeps the pages until they have all moved")
+        self.node = node
+        self.envid = envid
+        self.keep = keep
+        self.max_rounds = max_rounds
+        self.limit_ms = downtime_limit_ms
+        self.then = then
+        self.push = push
+        self.prefetch = prefetch
+        self.destination_addr = destination_addr
+        self.token = os.urandom(16)
+        self.paused_here = False
+        self.snap: dict[int, tuple[int, int]] = {}
+        self.rounds: list[dict] = []
+        self.sent = 0
+        self.final: list[int] = []
+        self.remote: list[int] = []
+        self.page_map: list[tuple[int, int]] = []
+        self.dest_name = ""
+
+    async def hold(self, out) -> None:
+        node, k = self.node, self.node.kernel
+        k.get_env(self.envid)
+        node.migrations.check_free(self.envid)
+        if k.remote_pages(self.envid):
+            await node.migrations.pager.pull_all(self.envid)
+        node.migrations.busy[self.envid] = "migrating (pre-copy)"
+
+    async def transfer(self, out, link) -> None:
+        node, k = self.node, self.node.kernel
+        self.dest_name = link.peer
+        header = pstream.header_fields(k.header(self.envid), node=node.name,
+                                       jmig_version=node.version, pages=0, method="precopy")
+        await link.send(m.Begin(mid=out.mid, method="precopy", src=node.name,
+                                src_addr=node.address_for(link), incarnation=node.incarnation,
+                                resume=out.resume, header=header))
+        self.snap = snap = k.page_snapshot(self.envid)
+        k.collect_dirty(self.envid)
+        to_send = sorted(snap)
+        sent_bytes, send_time, rnd = 0, 0.0, 0
+        while True:
+            rnd += 1
+            r0 = time.perf_counter()
+            n = await self._send_pages(out, link, to_send, rnd)
+            dt = time.perf_counter() - r0
+            sent_bytes += n * PAGE_RECORD
+            send_time += dt
+            failpoint("precopy.src.after_round")
+            changed = self._changed()
+            bandwidth = sent_bytes / send_time if send_time > 0 else float("inf")
+            estimate_ms = len(changed) * PAGE_RECORD / bandwidth * 1000 if bandwidth else 0
+            self.rounds.append({"round": rnd, "pages": n, "seconds": dt, "dirty": len(changed),
+                                "dirty_rate_pps": len(changed) / dt if dt > 0 else 0.0})
+            out.log.info("pre-copy round", round=rnd, pages=n, dirty=len(changed),
+                         estimate_ms=round(estimate_ms, 2))
+            if estimate_ms <= self.limit_ms or rnd >= self.max_rounds:
+                break
+            to_send = sorted(changed)
+        # Stop the process for the rest.
+        e = k.get_env(self.envid)
+        if not e.paused:
+            k.pause(self.envid)
+            self.paused_here = True
+        out.paused_now()
+        e.frozen = Hold.MIGRATING
+        self.final = sorted(changed | self._changed())
+        if self.then == "pgfault":
+            self.remote = self.final
+        else:
+            await self._send_pages(out, link, self.final, rnd + 1)
+        self.page_map = [(vpn, perm) for vpn, (pfn, perm) in sorted(snap.items())]
+        header = pstream.header_fields(k.header(self.envid), node=node.name,
+                                       jmig_version=node.version, pages=len(self.page_map),
+                                       method="precopy")
+        extra = {}
+        if self.remote:
+            extra = {"pager": (node.advertised_host(link.fs), node.ports["pager"]),
+                     "token": self.token, "push": self.push, "prefetch": self.prefetch}
+        await link.send(m.Final(header=header, map=m.pack_map(self.page_map),
+                                remote=m.pack_vpns(self.remote), **extra))
+
+    async def _send_pages(self, out, link, vpns, rnd) -> int:
+        """Send the current contents of vpns (recording frame and perm)."""
+        k = self.node.kernel
+        n = 0
+        for i in range(0, len(vpns), BATCH_PAGES):
+            batch = []
+            for vpn in vpns[i:i + BATCH_PAGES]:
+                info = k.page_info(self.envid, vpn)
+                if info is None:
+                    continue                       # unmapped meanwhile
+                pfn, perm = info
+                self.snap[vpn] = info
+                batch.append((vpn << 12, perm, k.phys.frame(pfn)))
+            if batch:
+                await link.send_raw({"t": "pages", "b": encode_pages(batch), "round": rnd})
+                n += len(batch)
+                self.sent += len(batch)
+                out.progress(done=n, total=len(vpns), bytes=self.sent * PAGE_RECORD, round=rnd)
+        return n
+
+    def _changed(self) -> set[int]:
+        """Pages to (re)send: dirty, remapped, new; pages gone leave snap."""
+        k = self.node.kernel
+        dirty = k.collect_dirty(self.envid)
+        now = k.page_snapshot(self.envid)
+        for vpn in [v for v in self.snap if v not in now]:
+            del self.snap[vpn]
+        return {vpn for vpn, info in now.items() if vpn in dirty or self.snap.get(vpn) != info}
+
+    def hand_over(self, out) -> None:
+        node, k = self.node, self.node.kernel
+        node.migrations.busy.pop(self.envid, None)
+        e = k.get_env(self.envid)
+        if self.remote:
+            node.migrations.origin.serve(Outgoing(
+                mid=out.mid, envid=self.envid, dest=self.dest_name,
+                dest_addr=self.destination_addr, token=self.token, push=self.push,
+                prefetch=self.prefetch,
+                runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
+        elif self.keep:
+            e.frozen = ""
+            node.log.info("migration kept source copy", envid=self.envid)
+        else:
+            k.env_destroy(e, 0, f"migrated to {out.target}")
+        node.dispatch_events()
+
+    def roll_back(self, out) -> None:
+        node, k = self.node, self.node.kernel
+        node.migrations.busy.pop(self.envid, None)
+        e = k.envs[self.envid & 0x3FF]
+        if e.env_id != self.envid or not e.status:
+            return
+        e.frozen = ""
+        if self.paused_here and e.paused:
+            k.resume(self.envid)
+            node.poke()
+
+    def stats(self, out) -> dict:
+        return {"then": self.then, "pages": len(self.page_map), "bytes": self.sent * PAGE_RECORD,
+                "pages_sent": self.sent, "rounds": len(self.rounds), "round_stats": self.rounds,
+                "final_pages": len(self.final), "postcopy_pages": len(self.remote),
+                "dirty_rate_pps": self.rounds[-1]["dirty_rate_pps"] if self.rounds else 0.0,
+                "kept": self.keep}
+
+
+class PrecopyReceive:
+    name = "precopy"
+
+    def __init__(self, node):
+        self.node = node
+        self.final: m.Final | None = None
+
+    async def receive(self, inb, link):
+        k = self.node.kernel
+        if inb.begin.header is None:
+            raise MigrationError("bad-request", "a pre-copy migration must carry a header")
+        env = k.create_from(pstream.env_header(inb.begin.header), keep_id=True)
+        try:
+            while True:
+                msg = await link.receive(m.FROM_SOURCE_PRECOPY)
+                if isinstance(msg, m.Final):
+                    break
+                if len(msg.b) // PAGE_RECORD + 1 > k.phys.nfree:
+                    raise ev.KernelError(ev.NO_MEMORY, "out of memory receiving pages")
+                for p in decode_pages(msg.b):
+                    k.restore_page(env, p.va, p.perm, p.data, replace=True)
+            self.final = msg
+            self._apply_final(env, msg)
+        except BaseException:
+            k.abort_incoming(env)
+            raise
+        return env
+
+    def _apply_final(self, env, final: m.Final) -> None:
+        k = self.node.kernel
+        page_map = dict(final.page_map())
+        remote = set(final.remote_vpns())
+        if remote and (final.pager is None or final.token is None):
+            raise MigrationError("bad-request", "remote pages without a page server")
+        for vpn in [v for v in env.aspace.pte if v not in page_map]:
+            k.drop_page(env, vpn << 12)
+        for vpn, perm in page_map.items():
+            pstream.check_page(vpn << 12, perm)
+            if vpn in remote:
+                k.restore_page(env, vpn << 12, perm, None, replace=True)
+            elif env.aspace.page_lookup(vpn << 12) is None:
+                raise StreamError(f"page {vpn << 12:#010x} is in the final map but never arrived")
+            elif (env.aspace.pte[vpn] & 0xFFF & ~0x60) != (perm | 1):
+                raise StreamError(f"page {vpn << 12:#010x} has other permissions than announced")
+        k.set_registers(env, pstream.env_header(final.header))
+
+    def started(self, inb, env) -> None:
+        f = self.final
+        if f is not None and f.remote:
+            self.node.migrations.pager.start(inb.begin.mid, env.env_id, inb.begin.src, f.pager,
+                                             f.token, f.prefetch or 0)
