@@ -71,6 +71,7 @@ class Ctx:
         self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.errconsole = Console(file=err, highlight=False, soft_wrap=True)
         self.json = getattr(args, "json", False)
+        self.job_id: str | None = None      # the job a command started, once the node names it
 
     @property
     def node(self) -> str:
@@ -94,6 +95,17 @@ class Ctx:
     async def call(self, op: str, args: dict | None = None, on_push=None, node: str | None = None):
         async with await ControlClient.open(node or self.node, self.secret()) as c:
             return await c.request(op, args, on_push)
+
+    async def job(self, op: str, args: dict, label: str):
+        """Start a job (migrate, save, load) and watch it with a progress bar;
+        its result.  The job's id is kept, so that an interrupted watch can
+        say how to pick it up again."""
+        def on_push(kind, data):
+            if kind == "job" and isinstance(data, dict):
+                self.job_id = data.get("id")
+            bar.update(kind, data)
+        with render.ProgressBar(self.errconsole, label) as bar:
+            return await self.call(op, args, on_push=on_push)
 
 
 # -- commands ------------------------------------------------------------------------
@@ -228,9 +240,10 @@ async def cmd_stats(ctx: Ctx):
 
 async def cmd_save(ctx: Ctx):
     a = ctx.args
-    with render.ProgressBar(ctx.errconsole, f"save {a.env}") as bar:
-        res = await ctx.call("save", {"envid": a.env, "name": a.name, "force": a.force,
-                                      "pause": a.pause}, on_push=bar.update)
+    args = {"envid": a.env, "name": a.name, "force": a.force, "pause": a.pause}
+    if a.detach:
+        return show_detached(ctx, await ctx.call("save", {**args, "detach": True}))
+    res = await ctx.job("save", args, f"save {a.env}")
     if ctx.json:
         return ctx.emit(res)
     ctx.say(f"Save Image Successful: {a.name} ({res['pages']} pages, "
@@ -239,8 +252,10 @@ async def cmd_save(ctx: Ctx):
 
 async def cmd_load(ctx: Ctx):
     a = ctx.args
-    with render.ProgressBar(ctx.errconsole, f"load {a.name}") as bar:
-        res = await ctx.call("load", {"name": a.name, "resume": a.resume}, on_push=bar.update)
+    args = {"name": a.name, "resume": a.resume}
+    if a.detach:
+        return show_detached(ctx, await ctx.call("load", {**args, "detach": True}))
+    res = await ctx.job("load", args, f"load {a.name}")
     if ctx.json:
         return ctx.emit(res)
     if a.resume:
@@ -251,6 +266,8 @@ async def cmd_load(ctx: Ctx):
 
 def _migrate_args(a) -> dict:
     args = {"envid": a.env, "to": a.to, "method": a.method, "keep": a.keep, "resume": a.resume}
+    if a.timeout is not None:
+        args["timeout"] = a.timeout
     if a.method == "pgfault" or a.then == "pgfault":
         args["push"] = a.push
         args["prefetch"] = a.prefetch
@@ -266,11 +283,66 @@ async def cmd_migrate(ctx: Ctx):
         parse_node(a.to)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with render.ProgressBar(ctx.errconsole, f"migrate {a.env}") as bar:
-        res = await ctx.call("migrate", _migrate_args(a), on_push=bar.update)
+    if a.detach:
+        return show_detached(ctx, await ctx.call("migrate", {**_migrate_args(a), "detach": True}))
+    res = await ctx.job("migrate", _migrate_args(a), f"migrate {a.env}")
     if ctx.json:
         return ctx.emit(res)
     show_migration(ctx, res, a.to)
+
+
+def show_detached(ctx: Ctx, job: dict) -> None:
+    if ctx.json:
+        return ctx.emit(job)
+    what = f"{job['kind']} of env {job['envid']}" if job.get("envid") else job["kind"]
+    ctx.say(f"Job {job['id']} started: {what} ({job['target']}); "
+            f"`jmigctl jobs watch {job['id']}` follows it")
+
+
+async def cmd_jobs(ctx: Ctx):
+    a = ctx.args
+    if a.action == "watch":
+        if not a.id:
+            raise UsageError("jobs watch needs a job id (`jmigctl jobs` lists them)")
+        ctx.job_id = a.id
+        def on_push(kind, data):
+            bar.update(kind, data)
+        with render.ProgressBar(ctx.errconsole, f"job {a.id}") as bar:
+            res = await ctx.call("watch", {"job": a.id}, on_push=on_push)
+        if ctx.json:
+            return ctx.emit(res)
+        ctx.say(f"Job {a.id} finished: " + ", ".join(
+            f"{k} {v}" for k, v in res.items() if k in ("envid", "new_envid", "image", "to")))
+        return
+    if a.action is not None:
+        raise UsageError(f"unknown jobs action {a.action!r}: use `jobs` or `jobs watch ID`")
+    jobs = (await ctx.call("jobs"))["jobs"]
+    if ctx.json:
+        return ctx.emit(jobs)
+    render.table(ctx.console, ["JOB", "KIND", "ENV", "TARGET", "METHOD", "STATE", "PROGRESS"],
+                 [[j["id"], j["kind"], j["envid"] or "-", j["target"], j["method"] or "-",
+                   j["state"] if not j.get("error") else f"{j['state']}: {j['error']['message']}",
+                   _progress_text(j)] for j in jobs])
+
+
+def _progress_text(j: dict) -> str:
+    p = j.get("progress") or {}
+    parts = [p["stage"]] if p.get("stage") else []
+    if p.get("total"):
+        parts.append(f"{p.get('done', 0)}/{p['total']} pages")
+    if p.get("round"):
+        parts.append(f"round {p['round']}")
+    return ", ".join(parts) or "-"
+
+
+async def cmd_cancel(ctx: Ctx):
+    res = await ctx.call("cancel", {"job": ctx.args.id})
+    if ctx.json:
+        return ctx.emit(res)
+    if res["state"] == "cancelled":
+        ctx.say(f"Job {res['id']} cancelled: {res['error']['message']}")
+    else:
+        ctx.say(f"Job {res['id']} is {res['state']}")
 
 
 def show_migration(ctx: Ctx, res: dict, to: str) -> None:
@@ -293,7 +365,8 @@ async def cmd_recover(ctx: Ctx):
     res = await ctx.call("recover", {"envid": ctx.args.env, "force": ctx.args.force})
     if ctx.json:
         return ctx.emit(res)
-    ctx.say(f"Env {ctx.args.env}: {res['outcome']}")
+    found = f"{res['found']}; " if res.get("found") else ""
+    ctx.say(f"Env {ctx.args.env}: {found}{res['outcome']}")
 
 
 def cmd_image(ctx: Ctx):
@@ -364,10 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--force", action="store_true", help="replace an existing image")
     sp.add_argument("--pause", action="store_true", help="pause a running env for the save")
+    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
     sp = add("load", cmd_load, "restore an image as a new paused env")
     sp.add_argument("name")
     sp.add_argument("--resume", action="store_true", help="resume it at once")
-    sp = add("migrate", cmd_migrate, "move an env to another node")
+    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
+    sp = add("migrate", cmd_migrate, "move an env to another node (a job of this node: "
+             "Ctrl-C stops watching it, not the job)")
     sp.add_argument("env", type=parse_env)
     sp.add_argument("--to", required=True, metavar="HOST:P", help="destination node")
     sp.add_argument("--method", choices=("normal", "pgfault", "precopy"), default="normal")
@@ -381,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--downtime-limit", type=int, default=50, metavar="MS",
                     help="precopy: stop when the rest can be sent within MS")
     sp.add_argument("--then", choices=("pgfault",), help="precopy: finish by demand paging")
+    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
+    sp.add_argument("--timeout", type=float, metavar="S",
+                    help="give up (and roll back) after S seconds without progress (default 10)")
+    sp = add("jobs", cmd_jobs, "migrate, save and load jobs: in flight and the last finished")
+    sp.add_argument("action", nargs="?", choices=("watch",), help="watch: follow one job")
+    sp.add_argument("id", nargs="?", help="the job to watch")
+    sp = add("cancel", cmd_cancel, "stop a job before its commit; the env stays as it was")
+    sp.add_argument("id", help="the job (`jmigctl jobs` lists them)")
     sp = add("recover", cmd_recover, "settle an env left by a failed migration")
     sp.add_argument("env", type=parse_env)
     sp.add_argument("--force", action="store_true",
@@ -461,6 +545,10 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None) 
     except ProtocolError as exc:
         return fail(EXIT_PROTOCOL, f"{ctx.node}: protocol error: {exc}")
     except KeyboardInterrupt:
+        if ctx.job_id:
+            print(f"jmigctl: detached: the job goes on; `jmigctl jobs watch {ctx.job_id}` "
+                  "follows it", file=err, flush=True)
+            return EXIT_OK
         return fail(EXIT_FAILED, "interrupted")
 
 

@@ -183,7 +183,7 @@ def build_image(argv: list[str], until: str | None, memory: int = 64 << 20,
                 max_seconds: float = 300.0) -> bytes:
     """Run a program on a bare kernel until its console shows `until` (None:
     not at all), pause it and return its image (what `jmigctl save` writes)."""
-    from jmig.node.procstream import StreamWriter
+    from jmig.node.migration.stream import StreamWriter
     k = Kernel(memory=memory, clock=lambda: time.monotonic() * 1000.0)
     e = k.env_create(programs.load(argv[0]), argv, name=argv[0])
     out = ""

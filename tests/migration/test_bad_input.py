@@ -160,7 +160,7 @@ async def _migration_session(node, frames, raw: bytes | None = None):
 
 def _begin(pages=5):
     return {"t": "begin", "mid": os.urandom(8).hex(), "method": "normal", "src": "intruder",
-            "pages": pages, "resume": True}
+            "src_addr": ["127.0.0.1", 1], "incarnation": "x", "pages": pages, "resume": True}
 
 
 async def test_migration_stream_with_wrong_version_or_garbage_is_refused_and_receiver_keeps_serving(
@@ -185,7 +185,7 @@ async def test_migration_stream_with_wrong_version_or_garbage_is_refused_and_rec
                           {"t": "end"}], None, "checksum mismatch"),
         "unexpected frame": ([_begin(), {"t": "data", "b": image[:100]}, {"t": "bogus"}], None,
                              None),
-        "not a begin": ([{"t": "commit"}], None, "expected a normal migration begin"),
+        "not a begin": ([{"t": "commit"}], None, "unexpected message 'commit'"),
         "garbage frame": ([], b"\x00\x00\x00\x08notmsgpk", None),
         "oversized frame": ([_begin()], struct.pack(">I", 0xFFFFFFF0) + b"x" * 100, None),
     }

@@ -1,14 +1,16 @@
-"""Issue 5: faults during a normal migration.  Whoever dies, and wherever the
-link breaks, the process is never lost (short of the node holding it dying)
-and never runs twice:
+"""Faults during a normal migration.  Whoever dies, and wherever the link
+breaks, the process is never lost (short of the node holding its only copy
+dying) and never runs twice (migration/session.py states the guarantee):
 
-- the destination killed at each protocol step: the source still has the env,
-  paused and intact (the same image before and after), held "in doubt" when
-  it cannot know whether the commit happened, until `jmigctl recover`;
-  and it migrates it again to a fresh node where it runs correctly;
+- the destination killed at each step: the source never heard Committed,
+  asks the destination (gone), decides ABORT, and has the env back, paused
+  and intact (the same image before and after); it migrates it again to a
+  fresh node where it runs correctly;
 - the source killed at each step: the destination holds no partial env and
-  no leaked frames (or, once it had the commit, the complete env, runnable);
-- the connection cut mid-stream by a proxy, at each step: the same.
+  no leaked frames; once it had the commit, it holds the complete env,
+  not running, until the source (started again: another incarnation) says
+  go, or until `jmigctl recover --force` there;
+- the connection cut by a proxy, at each step: the same.
 
 Real daemons die by JMIG_FAILPOINTS (exit 137 at the named point, as if
 SIGKILLed) or by SIGKILL; the cuts use tests/migration/proxy.py in-process.
@@ -65,26 +67,12 @@ def test_destination_killed_at_step_leaves_env_paused_and_intact_on_source(daemo
     code, out, err = a.ctl("migrate", str(envid), "--to", b.addr)
     assert code == 1, (out, err)
     assert b.proc.wait(10) == 137                        # died at the failpoint
-    state = _state(a, envid)
-    assert state is not None and "paused" in state
-    if step == "before_prepared":
-        # Nothing was committed: the env is simply back, paused.
-        assert "in doubt" not in state
-        assert f"env {envid} is still here, paused" in err
-    else:
-        # The commit may have happened for all the source knows: it holds the
-        # env (it must not run here too) until someone settles it.
-        assert "in doubt" in state, state
-        assert "in doubt" in ctl_ok(a, "ps")                # what a person sees
-        assert "[in-doubt]" in err and f"jmigctl recover {envid}" in err
-        code, out, err = a.ctl("resume", str(envid))
-        assert code == 1 and "cannot run here" in err
-        code, out, err = a.ctl("recover", str(envid))
-        assert code == 1 and "cannot be reached" in err and "--force" in err
-        assert "in doubt" in _state(a, envid)
-        out = ctl_ok(a, "recover", str(envid), "--force")
-        assert out.strip() == f"Env {envid}: kept here, paused"
-        assert _state(a, envid) == "paused"
+    # Without Committed, the source decides ABORT: the env is back, paused,
+    # and nothing holds it (the destination runs nothing without Go).
+    assert _state(a, envid) == "paused"
+    assert f"env {envid} is still here, paused" in err
+    job = ctl_json(a, "jobs")[0]
+    assert job["kind"] == "migrate" and job["state"] == "failed"
     ctl_ok(a, "save", str(envid), "after")
     same_image(image_file(a, "before"), image_file(a, "after"))
     _runs_on_fresh_node(daemons, a, envid)
@@ -114,7 +102,7 @@ async def test_destination_sigkilled_mid_stream_leaves_env_paused_and_intact(dae
         await wait_until(lambda: proxy.links and proxy.links[0].held.is_set(), what="mid-stream")
         b.kill()                                            # SIGKILL, 400 KB into the pages
         proxy.resume()
-    assert failed and failed[0].code == "failed", failed
+    assert failed and failed[0].code in ("link-lost", "timeout"), failed
     assert "still here, paused" in failed[0].message
     assert b.proc.returncode == -9
     await trio.to_thread.run_sync(_check_intact_and_move_on, daemons, a, envid)
@@ -127,7 +115,8 @@ def _check_intact_and_move_on(daemons, a, envid):
     _runs_on_fresh_node(daemons, a, envid)
 
 
-@pytest.mark.parametrize("step", ["after_begin", "after_data", "after_prepared", "after_commit"])
+@pytest.mark.parametrize("step", ["after_begin", "after_data", "after_prepared", "after_commit",
+                                  "after_decision"])
 def test_source_killed_at_step_leaves_no_partial_env_on_destination(daemons, step):
     a = daemons("a", env={"JMIG_FAILPOINTS": f"normal.src.{step}"})
     b = daemons("b")
@@ -144,15 +133,29 @@ def test_source_killed_at_step_leaves_no_partial_env_on_destination(daemons, ste
 
     def settled():
         ps = dps(b)
-        return (ps == [] and dfree(b) == free_b) or (step == "after_commit" and ps)
-    wait_sync(settled, what="the destination to drop or commit the env")
+        return (ps == [] and dfree(b) == free_b) or any("go-ahead" in e["state"] for e in ps)
+    wait_sync(settled, what="the destination to drop the env, or hold it")
     ps = dps(b)
-    if not ps:
-        assert dfree(b) == free_b                           # no leaked frame
+    if step in ("after_begin", "after_data", "after_prepared"):
+        assert ps == [] and dfree(b) == free_b               # no leaked frame
         return
-    # after_commit: the destination had the commit, so it has the whole env.
-    assert step == "after_commit"
-    assert [e["envid"] for e in ps] == [envid] and "paused" in ps[0]["state"]
+    # It had the commit: it holds the whole env, not running, waiting for
+    # the source's word; the source is gone, so recover says so.
+    assert [e["envid"] for e in ps] == [envid]
+    assert "arriving" in ps[0]["state"] and "waiting for its go-ahead" in ps[0]["state"]
+    code, out, err = b.ctl("resume", str(envid))
+    assert code == 1 and "cannot run here" in err
+    code, out, err = b.ctl("recover", str(envid))
+    assert code == 1 and "[in-doubt]" in err and "--force" in err
+    # The source comes back (another incarnation: every env it held is
+    # gone): it reports the job it could not settle, and the destination,
+    # asking again, learns that the env is its own now.
+    a.env.pop("JMIG_FAILPOINTS")
+    a.start()
+    jobs = ctl_json(a, "jobs")
+    assert [j["state"] for j in jobs] == ["interrupted"] and jobs[0]["envid"] == envid
+    wait_sync(lambda: [e["state"] for e in dps(b)] == ["paused"], timeout=30,
+              what="the destination to take the env over")
     ctl_ok(b, "save", str(envid), "got")
     same_image(image_file(a, "before"), image_file(b, "got"))
     ctl_ok(b, "resume", str(envid))
@@ -161,24 +164,46 @@ def test_source_killed_at_step_leaves_no_partial_env_on_destination(daemons, ste
     assert dfree(b) == free_b
 
 
+def test_a_destination_whose_source_is_gone_for_good_takes_over_on_recover_force(daemons):
+    a = daemons("a", env={"JMIG_FAILPOINTS": "normal.src.after_decision"})
+    b = daemons("b")
+    envid = _spawn_memtest(a)
+    last = max(dpasses(a))
+    code, out, err = a.ctl("migrate", str(envid), "--to", b.addr)
+    assert a.proc.wait(10) == 137
+    wait_sync(lambda: any("go-ahead" in e["state"] for e in dps(b)), what="held")
+    out = ctl_ok(b, "recover", str(envid), "--force")
+    assert "cannot be reached" in out and "taken over" in out
+    assert _state(b, envid) == "paused"
+    ctl_ok(b, "resume", str(envid))
+    wait_dpass(b, last)
+
+
 # -- the link cut by a proxy --------------------------------------------------------------
 
 COMMIT = len(encode_frame({"t": "commit"}))
+GO = len(encode_frame({"t": "go"}))
 
 
 def _committed_len(envid):
-    return len(encode_frame({"t": "committed", "envid": envid, "resumed": False}))
+    return len(encode_frame({"t": "committed", "envid": envid}))
+
+
+def _started_len(envid):
+    return len(encode_frame({"t": "started", "envid": envid, "resumed": False}))
 
 
 # where: (direction, limit from the byte counts of a whole migration)
 CUTS = {
     "during-handshake": lambda t, e: {"c2s": 40},
     "mid-pages": lambda t, e: {"c2s": t.c2s // 2},
-    "after-end-before-prepared": lambda t, e: {"c2s": t.c2s - COMMIT},
-    "inside-commit": lambda t, e: {"c2s": t.c2s - 1},
-    "inside-prepared-reply": lambda t, e: {"s2c": t.s2c - _committed_len(e) - 1},
-    "inside-committed-reply": lambda t, e: {"s2c": t.s2c - 1},
+    "after-end-before-prepared": lambda t, e: {"c2s": t.c2s - COMMIT - GO},
+    "inside-commit": lambda t, e: {"c2s": t.c2s - GO - 1},
+    "inside-prepared-reply": lambda t, e: {"s2c": t.s2c - _started_len(e) - _committed_len(e) - 1},
+    "inside-committed-reply": lambda t, e: {"s2c": t.s2c - _started_len(e) - 1},
+    "inside-go": lambda t, e: {"c2s": t.c2s - 1},
 }
+MOVES = ("during-handshake", "inside-committed-reply", "inside-go")
 
 
 @pytest.mark.parametrize("where", list(CUTS))
@@ -211,19 +236,24 @@ async def test_connection_cut_by_proxy_loses_nothing_and_runs_nothing_twice(clus
     a.kernel.check_invariants()
     b.kernel.check_invariants()
 
-    if where in ("inside-committed-reply", "during-handshake"):
-        # inside-committed-reply: the destination committed; the source asked
-        # it (status query) and learned so.  during-handshake: a connection
-        # closed before the node said a word is tried again (as a busy node
-        # sheds load that way), and the next one is not cut.  Either way the
-        # env moved, exactly once.
+    if where in MOVES:
+        # during-handshake: a connection closed before the node said a word is
+        # tried again (as a busy node sheds load that way), and the next one
+        # is not cut.  inside-committed-reply: the destination committed; the
+        # source asked it (status query), learned so and decided GO.
+        # inside-go: the decision was GO, the word lost; the destination
+        # asks the source.  Either way the env moved, exactly once.
         assert not isinstance(res, RemoteError), res
-        assert env_ids(a) == [] and env_ids(b) == [res["new_envid"]]
+        assert env_ids(a) == []
+        await wait_until(lambda: ps_entry(b, res["new_envid"]) is not None
+                         and ps_entry(b, res["new_envid"])["state"] == "paused",
+                         what="the destination to take the env over")
         here, env = b, res["new_envid"]
         same_memory(memory(b, env), before)
     else:
-        assert isinstance(res, RemoteError) and res.code in ("failed", "unreachable", "refused")
-        assert "in doubt" not in res.message
+        assert isinstance(res, RemoteError), res
+        assert res.code in ("link-lost", "timeout", "unreachable", "refused"), res
+        assert f"env {envid} is still here, paused" in res.message
         await wait_until(lambda: env_ids(b) == [] and free(b) == free_b,
                          what="the destination to drop the partial env")
         assert ps_entry(a, envid)["state"] == "paused"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jmig import programs
 from jmig.kernel.kernel import Kernel
 from jmig.kernel.memlayout import PGSIZE, PTE_AVAIL, PTE_P, PTE_U, PTE_W, UTOP
-from jmig.node.procstream import StreamWriter
+from jmig.node.migration.stream import StreamWriter
 from jmig.proto import pstream
 from jmig.proto.pstream import (MAGIC, StreamDecoder, StreamEncoder, StreamError, decode_pages,
                                 encode_pages)
