@@ -58,6 +58,9 @@ class StreamSend:
             out.progress(done=w.progress.done, total=w.progress.total, bytes=w.progress.nbytes)
         await link.send(m.End())
 
+    def prepared(self, out) -> None:
+        """The destination holds the env, verified (before the commit)."""
+
     def hand_over(self, out) -> None:
         """GO: the destination has it; give ours up (--keep: leave it paused)."""
         k = self.node.kernel
@@ -113,8 +116,15 @@ class StreamReceive:
         env, r.env = r.env, None
         return env
 
+    async def committed(self, inb, env) -> None:
+        """The env is committed here (held): get ready for it to start."""
+
     def started(self, inb, env) -> None:
-        pass
+        """The source said go: the env runs here."""
+
+    def aborted(self, inb) -> None:
+        """The migration ended here without the env (failed, or the source
+        said abort): nothing of it stays."""
 
 
 def check_target(node, host: str, port: int) -> None:

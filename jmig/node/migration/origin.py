@@ -42,6 +42,7 @@ from .link import Link
 from .session import ask
 
 PUSH_BATCH = 16                    # pages per pushed frame
+ATTACH_TIMEOUT = 120.0             # from a page-server connection to its Attach
 
 
 @attrs.define(eq=False)
@@ -66,8 +67,6 @@ class Outgoing:
 
     def __attrs_post_init__(self):
         self.starts = [r[0] for r in self.runs]
-        if self.push:
-            self.pushing.set()
 
     @property
     def npages(self) -> int:
@@ -133,17 +132,30 @@ class PageServer:
         self.totals = {"pages_served": 0, "pages_push_sent": 0, "releases": 0}
 
     # -- the table -------------------------------------------------------------------
-    def serve(self, out: Outgoing) -> None:
-        """Start serving out's pages (the env is held SERVING)."""
+    def expect(self, out: Outgoing) -> None:
+        """The destination has the migration prepared: let its pager attach
+        (it does so as soon as it commits, to be ready when the env runs),
+        but serve nothing before serve(mid)."""
         self.outgoing[out.mid] = out
         self.by_env[out.envid] = out
+
+    def serve(self, mid: str) -> None:
+        """The migration is handed over: serve its pages (and push them if
+        asked); the env is held SERVING here."""
+        out = self.outgoing[mid]
         self.node.kernel.get_env(out.envid).frozen = Hold.SERVING
+        if out.push:
+            out.pushing.set()
 
     def forget(self, mid: str) -> None:
+        """The migration is over here (released, recovered, or rolled back
+        before it was served): its channels stop."""
         out = self.outgoing.pop(mid, None)
-        if out is not None and self.by_env.get(out.envid) is out:
-            del self.by_env[out.envid]
+        if out is not None:
+            if self.by_env.get(out.envid) is out:
+                del self.by_env[out.envid]
             out.released.set()
+            out.pushing.set()
 
     def stats(self) -> dict:
         return {**self.totals, "outgoing_active": len(self.outgoing)}
@@ -151,7 +163,9 @@ class PageServer:
     # -- the page server's connections ----------------------------------------------------
     async def handle(self, link: Link) -> None:
         """One connection on P+2: Attach, then the channel's traffic."""
-        msg = await link.receive(m.PAGER_OPENS)
+        # A destination's pager connects as the migration begins there and
+        # attaches once it commits: give it time.
+        msg = await link.receive(m.PAGER_OPENS, timeout=ATTACH_TIMEOUT)
         out = self.outgoing.get(msg.mid)
         if out is None:
             await link.refuse("unknown-migration", f"{self.node.name} serves no migration "
@@ -209,6 +223,9 @@ class PageServer:
 
             nursery.start_soon(release_watch)
             await out.pushing.wait()
+            if out.released.is_set():
+                nursery.cancel_scope.cancel()
+                return
             for batch in out.unsent(PUSH_BATCH):
                 out.sent.update(batch)
                 await link.send_raw({"t": "page-batch", "b": encode_pages(

@@ -33,6 +33,7 @@ from .base import MigrationError
 from .link import Link
 
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+ATTACH_WAIT = 5.0                  # how long a commit waits for the channels to attach
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 
@@ -41,7 +42,7 @@ PUSH_GRACE = 0.5                   # a push link closing may just precede Releas
 class Incoming:
     """An env here whose pages still come from its origin."""
     mid: str
-    envid: int
+    envid: int                       # 0 until the migration commits here
     origin: str                      # origin node name
     addr: tuple[str, int]            # origin page server (host, port)
     token: bytes
@@ -62,6 +63,10 @@ class Incoming:
     reconnects: int = 0
     released_after: float | None = None
     latencies: list = attrs.Factory(list)   # seconds from each fault to its page, in order
+    committed: trio.Event = attrs.Factory(trio.Event)   # committed here: attach
+    attached: trio.Event = attrs.Factory(trio.Event)    # both channels attached (once)
+    go: trio.Event = attrs.Factory(trio.Event)   # the source handed the env over
+    remote: int = -1                 # pages still remote (counted down as they arrive)
 
 
 class Pager:
@@ -95,7 +100,8 @@ class Pager:
              "fetched": i.fetched, "pushed": i.pushed, "duplicates": i.duplicates,
              "reconnects": i.reconnects, "release_s": i.released_after,
              "fault_p50_ms": _pct(sorted(i.latencies), 50) * 1000 if i.latencies else None,
-             "fault_p99_ms": _pct(sorted(i.latencies), 99) * 1000 if i.latencies else None}
+             "fault_p99_ms": _pct(sorted(i.latencies), 99) * 1000 if i.latencies else None,
+             "first_faults_ms": [round(x * 1000, 3) for x in i.latencies[:8]]}
             for i in list(self.incoming.values())[-16:]]
         return out
 
@@ -106,14 +112,42 @@ class Pager:
         return ""
 
     # -- starting ------------------------------------------------------------------------
-    def start(self, mid: str, envid: int, origin: str, addr: tuple[str, int], token: bytes,
-              prefetch: int) -> None:
-        inc = Incoming(mid=mid, envid=envid, origin=origin, addr=addr, token=token,
+    def prepare(self, mid: str, origin: str, addr: tuple[str, int], token: bytes,
+                prefetch: int) -> None:
+        """A migration with pages at its origin begins here: open the
+        channels to the origin's page server now, while the rest arrives,
+        so that they are ready when the env starts."""
+        inc = Incoming(mid=mid, envid=0, origin=origin, addr=addr, token=token,
                        prefetch=prefetch)
         inc.requests, inc.requests_recv = trio.open_memory_channel(math.inf)
         self.incoming[mid] = inc
-        self.by_env[envid] = inc
         self._nursery.start_soon(self._link, inc)
+
+    async def commit(self, mid: str, envid: int, timeout: float = ATTACH_WAIT) -> None:
+        """It committed here as envid: attach the channels (the origin, which
+        sent the commit, knows the migration now) and wait, at most
+        timeout, until they are, so that the env's first faults find them
+        ready; ask for nothing before go()."""
+        inc = self.incoming[mid]
+        inc.envid = envid
+        self.by_env[envid] = inc
+        inc.committed.set()
+        with trio.move_on_after(timeout):
+            await inc.attached.wait()
+
+    def go(self, mid: str) -> None:
+        """The source handed the env over: fetch its pages."""
+        self.incoming[mid].go.set()
+
+    def cancel(self, mid: str) -> None:
+        """The migration ended here without the env: forget it."""
+        inc = self.incoming.pop(mid, None)
+        if inc is not None:
+            if self.by_env.get(inc.envid) is inc:
+                del self.by_env[inc.envid]
+            inc.state = "lost"
+            inc.committed.set()
+            inc.go.set()
 
     # -- the kernel's side -------------------------------------------------------------------
     def on_blocked(self, e: ev.EnvBlocked) -> None:
@@ -160,16 +194,14 @@ class Pager:
             self.node.log.exception("pager link failed", envid=inc.envid, origin=inc.origin)
             inc.state = "waiting"
 
-    async def _attach(self, inc: Incoming, channel: str, need: list[int]) -> Link:
+    async def _open(self, inc: Incoming) -> Link:
         fs = await self.node.connect(inc.addr[0], inc.addr[1], "pager", timeout=5)
-        link = Link(fs, timeout=10)
-        try:
-            await link.send(m.Attach(inc.mid, inc.token, channel, m.pack_vpns(need)))
-            await link.receive(frozenset({m.Attached}))
-        except BaseException:
-            await link.aclose()
-            raise
-        return link
+        return Link(fs, timeout=10)
+
+    @staticmethod
+    async def _attach(inc: Incoming, link: Link, channel: str, need: list[int]) -> None:
+        await link.send(m.Attach(inc.mid, inc.token, channel, m.pack_vpns(need)))
+        await link.receive(frozenset({m.Attached}))
 
     async def _link_loop(self, inc: Incoming) -> None:
         node = self.node
@@ -177,9 +209,19 @@ class Pager:
         while inc.state not in ("released", "lost"):
             faults = push = None
             try:
+                faults = await self._open(inc)
+                push = await self._open(inc)
+                await inc.committed.wait()
+                if inc.state == "lost":
+                    return                            # it never committed here
                 need = self._remote_vpns(inc) if self._env_alive(inc) else []
-                faults = await self._attach(inc, "faults", need)
-                push = await self._attach(inc, "push", need)
+                inc.remote = len(need)
+                await self._attach(inc, faults, "faults", need)
+                await self._attach(inc, push, "push", need)
+                inc.attached.set()
+                await inc.go.wait()                   # ready before the env runs
+                if inc.state == "lost":
+                    return                            # the source kept the env
                 if inc.state == "waiting":
                     inc.reconnects += 1
                     self.totals["reconnects"] += 1
@@ -226,7 +268,7 @@ class Pager:
 
         async def maybe_release():
             nonlocal releasing
-            if not releasing and (not self._env_alive(inc) or not self._remote_vpns(inc)):
+            if not releasing and (inc.remote <= 0 or not self._env_alive(inc)):
                 releasing = True
                 await faults.send(m.Release())
 
@@ -241,7 +283,7 @@ class Pager:
                     nursery.cancel_scope.cancel()
                     return
                 self._install(inc, msg)
-                if not self._remote_vpns(inc):
+                if inc.remote <= 0:
                     inc.all_in.set()
                     await maybe_release()
 
@@ -250,7 +292,7 @@ class Pager:
                 while True:
                     msg = await push.receive(frozenset({m.PageBatch}), timeout=math.inf)
                     self._install(inc, msg)
-                    if not self._remote_vpns(inc):
+                    if inc.remote <= 0:
                         inc.all_in.set()
                         await maybe_release()
                     await trio.sleep(0)      # a fault's page, arriving meanwhile, goes first
@@ -306,7 +348,9 @@ class Pager:
             if not installed:
                 inc.duplicates += 1
                 self.totals["duplicates"] += 1
-            elif msg.push:
+                continue
+            inc.remote -= 1
+            if msg.push:
                 inc.pushed += 1
                 self.totals["pages_pushed"] += 1
             else:

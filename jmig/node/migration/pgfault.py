@@ -37,11 +37,19 @@ class PgfaultSend(StreamSend):
         return {"pager": (host, self.node.ports["pager"]), "token": self.token,
                 "push": self.push, "prefetch": self.prefetch}
 
-    def hand_over(self, out) -> None:
-        """GO: keep the pages and serve them until the destination has them all."""
-        self.node.migrations.origin.serve(Outgoing(
+    def prepared(self, out) -> None:
+        """The destination holds it: its pager may attach now."""
+        self.node.migrations.origin.expect(Outgoing(
             mid=out.mid, envid=self.envid, dest=self.dest_name, dest_addr=self.destination_addr,
             token=self.token, push=self.push, prefetch=self.prefetch, runs=self.writer.runs))
+
+    def hand_over(self, out) -> None:
+        """GO: keep the pages and serve them until the destination has them all."""
+        self.node.migrations.origin.serve(out.mid)
+
+    def roll_back(self, out) -> None:
+        self.node.migrations.origin.forget(out.mid)
+        super().roll_back(out)
 
     def stats(self, out) -> dict:
         return {**super().stats(out), "push": self.push, "prefetch": self.prefetch}
@@ -51,16 +59,19 @@ class PgfaultReceive(StreamReceive):
     name = "pgfault"
     allow_remote = True
 
-    def started(self, inb, env) -> None:
-        b = inb.begin
-        if b.pager is None or b.token is None:
-            return                          # nothing remote (checked in receive)
-        self.node.migrations.pager.start(b.mid, env.env_id, b.src, b.pager, b.token,
-                                         b.prefetch or 0)
-
     async def receive(self, inb, link):
         b = inb.begin
         if b.pager is None or b.token is None:
             raise MigrationError("bad-request", "a pgfault migration must name the page server "
                                  "and carry a token")
+        self.node.migrations.pager.prepare(b.mid, b.src, b.pager, b.token, b.prefetch or 0)
         return await super().receive(inb, link)
+
+    async def committed(self, inb, env) -> None:
+        await self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
+
+    def started(self, inb, env) -> None:
+        self.node.migrations.pager.go(inb.begin.mid)
+
+    def aborted(self, inb) -> None:
+        self.node.migrations.pager.cancel(inb.begin.mid)

@@ -156,16 +156,20 @@ class PrecopySend:
             del self.snap[vpn]
         return {vpn for vpn, info in now.items() if vpn in dirty or self.snap.get(vpn) != info}
 
+    def prepared(self, out) -> None:
+        if self.remote:
+            self.node.migrations.origin.expect(Outgoing(
+                mid=out.mid, envid=self.envid, dest=self.dest_name,
+                dest_addr=self.destination_addr, token=self.token, push=self.push,
+                prefetch=self.prefetch,
+                runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
+
     def hand_over(self, out) -> None:
         node, k = self.node, self.node.kernel
         node.migrations.busy.pop(self.envid, None)
         e = k.get_env(self.envid)
         if self.remote:
-            node.migrations.origin.serve(Outgoing(
-                mid=out.mid, envid=self.envid, dest=self.dest_name,
-                dest_addr=self.destination_addr, token=self.token, push=self.push,
-                prefetch=self.prefetch,
-                runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
+            node.migrations.origin.serve(out.mid)
         elif self.keep:
             e.frozen = ""
             node.log.info("migration kept source copy", envid=self.envid)
@@ -176,6 +180,7 @@ class PrecopySend:
     def roll_back(self, out) -> None:
         node, k = self.node, self.node.kernel
         node.migrations.busy.pop(self.envid, None)
+        node.migrations.origin.forget(out.mid)
         e = k.envs[self.envid & 0x3FF]
         if e.env_id != self.envid or not e.status:
             return
@@ -215,6 +220,9 @@ class PrecopyReceive:
                     k.restore_page(env, p.va, p.perm, p.data, replace=True)
             self.final = msg
             self._apply_final(env, msg)
+            if msg.remote:
+                self.node.migrations.pager.prepare(inb.begin.mid, inb.begin.src, msg.pager,
+                                                   msg.token, msg.prefetch or 0)
         except BaseException:
             k.abort_incoming(env)
             raise
@@ -238,8 +246,14 @@ class PrecopyReceive:
                 raise StreamError(f"page {vpn << 12:#010x} has other permissions than announced")
         k.set_registers(env, pstream.env_header(final.header))
 
+    async def committed(self, inb, env) -> None:
+        if self.final is not None and self.final.remote:
+            await self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
+
     def started(self, inb, env) -> None:
-        f = self.final
-        if f is not None and f.remote:
-            self.node.migrations.pager.start(inb.begin.mid, env.env_id, inb.begin.src, f.pager,
-                                             f.token, f.prefetch or 0)
+        if self.final is not None and self.final.remote:
+            self.node.migrations.pager.go(inb.begin.mid)
+
+    def aborted(self, inb) -> None:
+        if self.final is not None and self.final.remote:
+            self.node.migrations.pager.cancel(inb.begin.mid)

@@ -225,6 +225,7 @@ class Outbound:
         failpoint(f"{name}.src.after_data")
         self.set_stage(Stage.PREPARING)
         await link.receive(frozenset({m.Prepared}))
+        self.method.prepared(self)
         failpoint(f"{name}.src.after_prepared")
         self.set_stage(Stage.COMMITTING)
         try:
@@ -380,6 +381,7 @@ class Inbound:
         self.env.frozen = Hold.ARRIVING
         self._arrive(Arrival.COMMITTED)
         self.node.migrations.arriving[self.env.env_id] = self
+        await self.method.committed(self, self.env)
 
     def _drop(self) -> None:
         """Failed before the commit: nothing of the env stays here."""
@@ -388,6 +390,7 @@ class Inbound:
             self.node.dispatch_events()
             self.env = None
         self._arrive(Arrival.ABORTED)
+        self.method.aborted(self)
 
     async def resolve(self, once: bool = False) -> Decision | None:
         """Ask the source for its decision until it gives one (once: ask
@@ -437,5 +440,6 @@ class Inbound:
             env.frozen = ""
             k.env_destroy(env, 0, "the source kept the process")
             self._arrive(Arrival.ABORTED)
+            self.method.aborted(self)
             node.dispatch_events()
             log.info("migration aborted by the source", envid=env.env_id)
