@@ -52,6 +52,17 @@ def configure(fmt: str | None = None, level: str = "info", stream=None,
     )
 
 
+def say(text: str) -> None:
+    """A line for the person running the program (stderr), in order with the
+    log: through the log's spool when there is one, so the two never
+    interleave inside a line."""
+    if _spool is not None:
+        _spool.write(text + "\n")
+    else:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
 def close() -> None:
     """Write out what the log spool holds (if any) and stop it."""
     global _spool

@@ -106,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     if not 0 < args.port < 65533:
-        print(f"jmig-node: port {args.port} out of range (1..65532)", file=sys.stderr)
+        logs.say(f"jmig-node: port {args.port} out of range (1..65532)")
         return EXIT_USAGE
     if len(args.name) > MAX_NAME:
-        print(f"jmig-node: --name is longer than {MAX_NAME} characters", file=sys.stderr)
+        logs.say(f"jmig-node: --name is longer than {MAX_NAME} characters")
         return EXIT_USAGE
     if not 1 <= args.cpus <= 64 or args.slice < 1:
-        print("jmig-node: --cpus must be 1..64 and --slice at least 1", file=sys.stderr)
+        logs.say("jmig-node: --cpus must be 1..64 and --slice at least 1")
         return EXIT_USAGE
     try:
         secret = load_or_create(args.secret_file)
     except SecretError as exc:
-        print(f"jmig-node: {exc}", file=sys.stderr)
+        logs.say(f"jmig-node: {exc}")
         return EXIT_SECRET
     data_dir = args.data_dir or default_data_dir(args.host, args.port)
     cfg = NodeConfig(data_dir=data_dir, host=args.host, port=args.port, name=args.name,
@@ -127,8 +127,7 @@ def _main(args) -> int:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         DataDir(cfg.data_dir).prepare()
     except OSError as exc:
-        print(f"jmig-node: data directory {data_dir} is unusable: {exc.strerror or exc}",
-              file=sys.stderr)
+        logs.say(f"jmig-node: data directory {data_dir} is unusable: {exc.strerror or exc}")
         return EXIT_DATADIR
     try:
         return trio.run(_run, cfg, secret)
@@ -138,8 +137,8 @@ def _main(args) -> int:
         leaf = _leaf(exc)
         if isinstance(leaf, OSError) and leaf.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
                                                         errno.EACCES):
-            print(f"jmig-node: cannot listen on {args.host}:{args.port}..{args.port + 3}: "
-                  f"{leaf.strerror}", file=sys.stderr)
+            logs.say(f"jmig-node: cannot listen on {args.host}:{args.port}..{args.port + 3}: "
+                     f"{leaf.strerror}")
             return EXIT_BIND
         if isinstance(leaf, KeyboardInterrupt):
             return EXIT_OK
@@ -160,11 +159,11 @@ async def _run(cfg: NodeConfig, secret: bytes) -> int:
             try:
                 await nursery.start(node.serve)
             except KernelError as exc:
-                print(f"jmig-node: cannot boot: {exc.message}", file=sys.stderr)
+                logs.say(f"jmig-node: cannot boot: {exc.message}")
                 nursery.cancel_scope.cancel()
                 return EXIT_ERROR
-            print(f"jmig-node {node.name}: listening on {cfg.host} ports "
-                  f"{cfg.port}..{cfg.port + 3}", file=sys.stderr, flush=True)
+            logs.say(f"jmig-node {node.name}: listening on {cfg.host} ports "
+                     f"{cfg.port}..{cfg.port + 3}")
             async for sig in signals:
                 node.log.info("shutting down", signal=signal.Signals(sig).name)
                 break
@@ -182,9 +181,8 @@ async def _shut_down(node: Node, signals) -> None:
                 lost = node.migrations.abandoned()
                 node.log.warning("second signal: exiting at once", signal=signal.Signals(sig).name,
                                  abandons=lost)
-                print("jmig-node: exiting at once" + (
-                    "; this abandons " + "; ".join(lost) if lost else ""),
-                      file=sys.stderr, flush=True)
+                logs.say("jmig-node: exiting at once" + (
+                    "; this abandons " + "; ".join(lost) if lost else ""))
                 nursery.cancel_scope.cancel()
                 return
         nursery.start_soon(second_signal)

@@ -234,7 +234,8 @@ def test_spawn_of_a_local_elf_uploads_it(a, tmp_path):
     out = ok(a, "spawn", str(path))
     envid = int(re.fullmatch(r"New Env Created: (\d+)\n", out).group(1))
     wait_until(lambda: f"i am environment {envid:08x}\n" in a.console(), what="hello's output")
-    assert "myhello" in a.log()                                # named after the file
+    wait_until(lambda: '"program": "myhello"' in a.log(),            # named after the file
+               what="the env named after the file in the log")
 
 
 def test_spawn_of_a_garbage_elf_is_refused_with_bad_elf(a, tmp_path):

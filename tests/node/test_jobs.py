@@ -58,16 +58,14 @@ async def test_a_failing_job_keeps_its_error_code_and_a_bug_is_an_internal_failu
 
 
 async def test_cancel_before_the_decision_stops_the_job_and_after_it_is_refused(table):
-    sessions = []
-
     async def runner(job):
-        job.session = s = Session()
-        sessions.append(s)
+        job.session = Session()
         await trio.sleep_forever()
     undecided = table.start("migrate", 1, "x", runner)
     decided = table.start("migrate", 2, "y", runner)
-    await trio.sleep(0.01)
-    sessions[1].decision = Decision.GO
+    while decided.session is None or undecided.session is None:   # (trio runs new
+        await trio.sleep(0.001)                                     # tasks in any order)
+    decided.session.decision = Decision.GO
     with pytest.raises(MigrationError) as exc:
         table.cancel(decided.id)
     assert exc.value.code == "bad-state" and "past its commit" in exc.value.message
