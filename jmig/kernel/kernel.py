@@ -51,9 +51,11 @@ class RunResult:
 class Kernel(TrapMixin, SnapshotMixin):
     def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
                  slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None,
-                 engine: str | None = None):
+                 engine: str | None = None, prefault: bool = False):
         """engine: "blocks" (the block translator, default) or "interp" (the
-        reference interpreter); $JMIG_ENGINE sets the default."""
+        reference interpreter); $JMIG_ENGINE sets the default.  prefault:
+        commit all physical memory now (a node: restoring a page then pays
+        no first-touch zero-fill), rather than as frames are first used."""
         if memory < 16 * PGSIZE:
             raise ValueError(f"memory must be at least {16 * PGSIZE} bytes")
         if not 1 <= ncpus <= 64:
@@ -65,7 +67,7 @@ class Kernel(TrapMixin, SnapshotMixin):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         self.engine = engine
         self._core_run = ENGINES[engine]
-        self.phys = PhysMem(memory // PGSIZE)
+        self.phys = PhysMem(memory // PGSIZE, prefault=prefault)
         self.ncpus = ncpus
         self.slice = slice
         self.clock = clock or (lambda: time.monotonic() * 1000.0)

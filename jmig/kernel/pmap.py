@@ -68,13 +68,16 @@ class RemotePage(CpuFault):
 class PhysMem:
     """Physical frames with reference counts and a free list."""
 
-    def __init__(self, nframes: int):
+    def __init__(self, nframes: int, prefault: bool = False):
         if nframes < 2:
             raise ValueError("physical memory needs at least 2 frames")
         self.nframes = nframes
         # Anonymous memory: zero-filled and committed only when touched, so a
-        # 64 MiB machine costs nothing until its frames are used.
-        self.mem = mmap.mmap(-1, nframes * PGSIZE)
+        # 64 MiB machine costs nothing until its frames are used; or, with
+        # prefault, committed at once (MAP_POPULATE where the OS has it).
+        populate = getattr(mmap, "MAP_POPULATE", 0) if prefault else 0
+        self.mem = mmap.mmap(-1, nframes * PGSIZE,
+                             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
         self.m32 = memoryview(self.mem).cast("I")
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved

@@ -60,14 +60,20 @@ class SnapshotMixin:
                                 bool(pte & 0x40), bool(pte & 0x20)))
         return out
 
-    def page_list(self, envid: int) -> list[tuple[int, int, bool]]:
-        """(va, perm, remote) of the env's mapped pages below UTOP, in address
-        order: env_pages without the objects, for streaming many pages."""
+    def page_frames(self, envid: int) -> list[tuple[int, int, int]]:
+        """(va, perm, pfn) of the env's mapped pages below UTOP, all local,
+        in address order (the stream writer reads the frames directly)."""
         pte = self._env(envid).aspace.pte
         top = UTOP >> 12
-        get = pte.__getitem__
-        return [(vpn << 12, get(vpn) & 0xE07, get(vpn) > 0xFFFFFFFF)  # PTE_SYSCALL, PTE_REMOTE
-                for vpn in sorted(pte) if vpn < top and get(vpn) & 1]
+        out = []
+        for vpn in sorted(pte):
+            v = pte[vpn]
+            if vpn < top and v & 1:
+                if v & PTE_REMOTE:
+                    raise ev.KernelError(ev.BAD_STATE, f"page {vpn << 12:08x} of env {envid} "
+                                         "is on another node")
+                out.append((vpn << 12, v & PTE_SYSCALL, v >> 12 & 0xFFFFF))
+        return out
 
     def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
         """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
@@ -228,38 +234,29 @@ class SnapshotMixin:
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
         self._fill_frame(pfn, data, chunks)
 
-    def restore_records(self, e: Env, records, view) -> None:
-        """Restore many process-stream page records into an incoming env:
-        records are (tag, va, perm, body offset in view) already checked by
-        the decoder (aligned, below UTOP, perm within PTE_SYSCALL, unique);
-        PAGE bodies hold four sequence-numbered 1 KiB chunks."""
+    def restore_batch(self, e: Env, vas, perms) -> list[memoryview]:
+        """Map a batch of pages into an incoming env, each at its va with its
+        perm (already checked: aligned, below UTOP, within PTE_SYSCALL,
+        unique), on fresh frames; returns the frames' views, for the
+        caller to fill with the pages' data.  Raises KernelError NO_MEMORY
+        (the env is then aborted by the caller)."""
         a = e.aspace
         pte = a.pte
-        phys = self.phys
-        mem = phys.mem
-        free = phys.free
-        for tag, va, perm, off in records:
+        free = self.phys.free
+        frame = self.phys.frame
+        out = []
+        for va, perm in zip(vas, perms):
             vpn = va >> 12
             if vpn in pte:
                 raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
-            if tag == b"R":
-                if not a.set_remote(va, perm):
-                    raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
-                continue
             if not free:
                 raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
             pfn = free.pop()
             if not a.insert_fresh(pfn, vpn, perm):
                 free.append(pfn)
                 raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
-            base = pfn << 12
-            if tag == b"P":
-                mem[base:base + 1024] = view[off + 7:off + 1031]
-                mem[base + 1024:base + 2048] = view[off + 1032:off + 2056]
-                mem[base + 2048:base + 3072] = view[off + 2057:off + 3081]
-                mem[base + 3072:base + 4096] = view[off + 3082:off + 4106]
-            else:
-                mem[base:base + PGSIZE] = ZERO_PAGE
+            out.append(frame(pfn))
+        return out
 
     def _fill_frame(self, pfn: int, data, chunks) -> None:
         base = pfn << 12

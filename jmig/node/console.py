@@ -45,10 +45,11 @@ class ConsoleHub:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.followers.discard(ch)
 
-    def recent(self, limit: int = 200) -> str:
-        """The last `limit` chunks of output as one string."""
-        items = list(self.history)[-limit:] if limit > 0 else []
-        return "".join(t for _, t in items)
+    def recent(self, limit: int = 200, envid: int | None = None) -> str:
+        """The last `limit` chunks of output (of env envid only, if given)
+        as one string."""
+        items = [x for x in self.history if envid is None or x[0] == envid]
+        return "".join(t for _, t in items[-limit:]) if limit > 0 else ""
 
     def follow(self) -> trio.MemoryReceiveChannel:
         send, recv = trio.open_memory_channel(FOLLOWER_BUFFER)
@@ -62,6 +63,11 @@ class ConsoleHub:
             self.followers.discard(send)
             self.dropped.pop(send, None)
             send.close()
+
+    @property
+    def dropped_bytes(self) -> int:
+        """Console output the stdout echo has had to drop so far."""
+        return self.spool.total_dropped if self.spool is not None else 0
 
     def close(self) -> None:
         if self.spool is not None:

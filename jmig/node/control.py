@@ -201,8 +201,9 @@ class ControlSession:
         lines = args.get("lines", 200)
         if not isinstance(lines, int) or lines < 0:
             raise BadRequest("lines must be a non-negative integer")
+        envid = _envid(args) if args.get("envid") is not None else None
         hub = self.node.console
-        recent = hub.recent(lines)
+        recent = hub.recent(lines, envid)
         if not _bool(args, "follow"):
             return {"text": recent}
         if recent:

@@ -67,6 +67,7 @@ class NodeConfig:
     slice: int = DEFAULT_SLICE
     boot: tuple[BootSpec, ...] = ()
     echo: bool = True                  # user output to stdout
+    prefault: bool = True              # commit physical memory at start (jmig-node)
 
     def port_of(self, kind: str) -> int:
         return self.port + PORT_KINDS.index(kind)
@@ -80,7 +81,7 @@ class Node:
         self.version = jmig.__version__
         self.incarnation = os.urandom(8).hex()      # this process; a restart is another
         self.kernel = Kernel(memory=cfg.memory, ncpus=cfg.cpus, slice=cfg.slice,
-                             clock=self._clock_ms)
+                             clock=self._clock_ms, prefault=cfg.prefault)
         self.disk = DataDir(cfg.data_dir)
         self.console = ConsoleHub(echo=cfg.echo)
         self.log = structlog.get_logger("jmig.node").bind(node=self.name)
@@ -441,6 +442,7 @@ class Node:
                     "free": mem["free_pages"] * 4096},
                 "envs": len(envs), "instructions": self.kernel.instructions,
                 "incarnation": self.incarnation,
+                "console_dropped": self.console.dropped_bytes,
                 "connections": self.admission.sessions, "handshakes": self.admission.preauth,
                 "refused": self.refused, "busy_refused": self.admission.refused,
                 "data_dir": str(self.cfg.data_dir)}

@@ -137,6 +137,13 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """Everything received and not decoded (the caller reads a raw
+        stream that follows the last frame)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def next_frame(self):
         """The next complete frame (a dict), or NEED_DATA."""
         if self._dead is not None:

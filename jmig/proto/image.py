@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 
 from . import pstream
-from .pstream import MAX_RUN, PAGE_BODY, StreamDecoder, StreamError
+from .pstream import ENTRY, MAX_RUN, PGSIZE, StreamDecoder, StreamError
 
 READ_CHUNK = 1 << 20
-PAGE_RECORD = 5 + PAGE_BODY
 
 
 def max_image_bytes(max_pages: int) -> int:
-    """No image of at most max_pages pages is larger than this."""
-    return max_pages * PAGE_RECORD + (1 << 20)
+    """No image of at most max_pages pages is larger than this (every page
+    in a batch of its own, the worst case, plus the header and trailer)."""
+    return max_pages * (9 + ENTRY + PGSIZE) + (1 << 20)
 
 
 def read_chunks(path, limit: int):
@@ -67,23 +67,17 @@ class ImageScan:
             self.ranges.append({"start": va, "end": va + 4096, "perm": perm, "kind": kind,
                                 "pages": 1})
 
-    def _sink(self, records, view) -> None:
-        for tag, va, perm, _ in records:
-            self._add(va, perm, "zero" if tag == pstream.TAG_ZERO else "data")
-
     def feed(self, data) -> None:
         dec = self.dec
         dec.receive_data(data)
-        while True:
-            if dec.feed_pages(self._sink):
-                continue
-            e = dec.next_event()
-            if e is pstream.NEED_DATA:
-                return
+        for e in dec.events():
             if isinstance(e, pstream.Header):
                 pstream.env_header(e.fields)
+            elif isinstance(e, pstream.Batch):
+                for va, perm in zip(e.vas, e.perms):
+                    self._add(va, perm, "data")
             elif isinstance(e, pstream.Page):
-                self._add(e.va, e.perm, "zero" if e.zero else "data")
+                self._add(e.va, e.perm, "zero")
 
     def finish(self) -> None:
         if self.dec.state == "magic":

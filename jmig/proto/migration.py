@@ -10,7 +10,7 @@ no other module looks into a raw frame.
 
 A migration (source -> destination, on the destination's P or P+1):
 
-    Begin  (Data* End | Pages* Final)  -> Prepared
+    Begin  (<process stream> | Pages* Final)  -> Prepared
     Commit                             -> Committed
     Go | Abort                         -> Started (after Go)
     any time, either way:  ErrorReply
@@ -142,7 +142,8 @@ class Begin:
     """The start of a migration.  src_addr is (host, P) of the source, where
     the destination asks about this migration if the link breaks;
     incarnation names the source process (a restarted source is another).
-    normal/pgfault: `pages` is the stream's page count; pgfault also names
+    normal/pgfault: the process stream follows, raw (not in frames: it is
+    self-delimiting); `pages` is its page count; pgfault also names
     the origin's page server (`pager`), the migration's `token`, `push` and
     `prefetch`.  precopy: `header` is the env's header at the start."""
     mid: str
@@ -157,17 +158,6 @@ class Begin:
     token: bytes | None = None
     push: bool | None = None
     prefetch: int | None = None
-
-
-@message("data", b=_bytes(4 << 20))
-class Data:
-    """Process-stream bytes (normal, pgfault)."""
-    b: bytes
-
-
-@message("end")
-class End:
-    """The process stream is complete (normal, pgfault)."""
 
 
 @message("pages", b=_bytes(4 << 20), round=_int(1, 100_000))
@@ -306,7 +296,6 @@ class Released:
 # -- which messages may arrive where ---------------------------------------------------------
 
 SOURCE_OPENS = frozenset({Begin, Status})            # first frame on a migration port
-FROM_SOURCE_STREAM = frozenset({Data, End, ErrorReply})
 FROM_SOURCE_PRECOPY = frozenset({Pages, Final, ErrorReply})
 FROM_SOURCE_DECISION = frozenset({Commit, Go, Abort, ErrorReply})
 FROM_DESTINATION = frozenset({Prepared, Committed, Started, ErrorReply})

@@ -1,28 +1,41 @@
 """The process stream: one env, serialized.  Save writes it to a file, load
-reads it back, and normal migration sends the same bytes over TCP.
+reads it back, and normal and demand-paging migration send the same bytes
+over TCP.
 
 Grammar (docs/process-stream.md has the full description):
 
-    STREAM   ::= MAGIC HEADER { PAGE | ZERO | REMOTE | RUN } TRAILER
-    MAGIC    ::= "JMIGPS" 0x00 VERSION                       8 bytes, VERSION = 1
+    STREAM   ::= MAGIC HEADER { BATCH | ZERO | REMOTE | RUN } TRAILER
+    MAGIC    ::= "JMIGPS" 0x00 VERSION                       8 bytes, VERSION = 2
     RECORD   ::= TAG(1 byte) LENGTH(u32 big-endian) BODY[LENGTH]
     HEADER   ::= 'H' LENGTH msgpack-map                        LENGTH <= 64 KiB
-    PAGE     ::= 'P' 4106 VA(u32) PERM(u16) CHUNK{4}
-    CHUNK    ::= SEQ(u8, 1..4 in order) DATA[1024]
+    BATCH    ::= 'B' LENGTH COUNT(u32) ENTRY{COUNT} DATA       1 <= COUNT <= 256
+    ENTRY    ::= VA(u32) PERM(u16) SEQ(u8){4}                  SEQ = 1, 2, 3, 4
+    DATA     ::= COUNT pages of 4096 bytes, each as its four 1 KiB chunks in order
     ZERO     ::= 'Z' 6 VA(u32) PERM(u16)                      an all-zero page
     REMOTE   ::= 'R' 6 VA(u32) PERM(u16)                      present, contents elsewhere
     RUN      ::= 'M' 10 VA(u32) COUNT(u32) PERM(u16)          COUNT consecutive REMOTE pages
     TRAILER  ::= 'T' 16 PAGES(u32) BYTES(u64) CRC32(u32)
 
-Integers in record bodies are big-endian.  VA is page-aligned and below
-UTOP; PERM lies within PTE_SYSCALL and includes PTE_U|PTE_P; no VA appears
-twice.  PAGES counts the pages of PAGE, ZERO, REMOTE and RUN records; BYTES and CRC32
-(zlib's) cover every byte before the trailer record, magic included.
+Integers in record bodies are big-endian.  A BATCH's LENGTH is 4 +
+COUNT * (10 + 4096): its entries first, then its pages' data, so that the
+data of many pages is one contiguous run in the stream and moves between
+frames and sockets or files with scatter/gather system calls and no copy
+of its own.  Each 1 KiB chunk of a page keeps its sequence number (the
+original project's four chunks per page), in the page's entry.  VA is
+page-aligned and below UTOP; PERM lies within PTE_SYSCALL and includes
+PTE_U|PTE_P; no VA appears twice.  PAGES counts the pages of BATCH, ZERO,
+REMOTE and RUN records; BYTES and CRC32 (zlib's) cover every byte before
+the trailer record, magic included.  Version 1 (a record per page, chunks
+interleaved) is refused with a message that names it.
 
-Sans-I/O: StreamEncoder returns bytes; StreamDecoder takes bytes
-(receive_data) and yields events (next_event) or NEED_DATA, raising
-StreamError with a message naming what is wrong.  Decoding then encoding
-an image reproduces it byte for byte.
+Sans-I/O: StreamEncoder returns bytes (and, for a batch, the pages' own
+buffers to send after its head); StreamDecoder takes bytes (receive_data)
+and yields events (next_event) or NEED_DATA, raising StreamError with a
+message naming what is wrong.  After a Batch event the decoder wants the
+batch's page data: the consumer names where it goes (sink), then either
+feeds it as bytes (receive_data copies it into the sink) or reads it into
+the sink's buffers itself (data_views, then filled) -- the zero-copy path.
+Decoding then encoding a stream reproduces it byte for byte.
 """
 from __future__ import annotations
 
@@ -31,32 +44,38 @@ import zlib
 
 import attrs
 import msgpack
+import numpy as np
 
 from ..errors import Error
-from ..kernel.snapshot import EnvHeader
 from ..kernel.memlayout import CHUNK, PGSIZE, PTE_P, PTE_SYSCALL, PTE_U, UTOP
+from ..kernel.snapshot import EnvHeader
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"JMIGPS\x00" + bytes([FORMAT_VERSION])
 MAX_HEADER = 64 * 1024
-PAGE_BODY = 6 + 4 * (1 + CHUNK)          # 4106
+BATCH_MAX = 256                           # pages per BATCH record
+ENTRY = 10                                # VA, PERM, four SEQ bytes
+PAGE_BODY = 6 + 4 * (1 + CHUNK)           # 4106: a page batch's PAGE record (encode_pages)
 SMALL_BODY = 6
 TRAILER_BODY = 16
 RUN_BODY = 10
 MAX_RUN = (UTOP >> 12)
 NEED_DATA = object()
+SEQS = b"\x01\x02\x03\x04"
 
 _REC = struct.Struct(">cI")
 _VAPERM = struct.Struct(">IH")
-_PAGE_HEAD = struct.Struct(">cIIHB")          # tag, length, va, perm, seq 1
-_SMALL_REC = struct.Struct(">cIIH")           # tag, length, va, perm
-_RUN = struct.Struct(">IIH")                  # va, count, perm
+_BATCH_HEAD = struct.Struct(">cII")          # tag, length, count
+_RUN = struct.Struct(">IIH")                 # va, count, perm
 _TRAILER = struct.Struct(">IQI")
+_ENTRY_DTYPE = np.dtype([("va", ">u4"), ("perm", ">u2"), ("seq", "u1", (4,))])
+_SEQ_ROW = np.frombuffer(SEQS, np.uint8)
 ZERO_PAGE = bytes(PGSIZE)
 _ONES = memoryview(b"\x01" * MAX_RUN)     # marks a run of pages seen
 
-TAG_HEADER, TAG_PAGE, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"P", b"Z", b"R", b"T"
+TAG_HEADER, TAG_BATCH, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"B", b"Z", b"R", b"T"
 TAG_RUN = b"M"
+TAG_PAGE = b"P"                              # page batches only (encode_pages)
 
 
 class StreamError(Error):
@@ -67,6 +86,13 @@ class StreamError(Error):
 @attrs.frozen
 class Header:
     fields: dict                     # the msgpack map, in its original key order
+
+
+@attrs.frozen
+class Batch:
+    """COUNT pages whose data follows (4096 bytes each, in this order)."""
+    vas: list
+    perms: list
 
 
 @attrs.frozen
@@ -111,16 +137,69 @@ def _check_run(va: int, count: int, perm: int) -> None:
         raise StreamError(f"run of {count} pages at {va:#010x} does not fit below UTOP")
 
 
+def _crc_shift_tables(n: int) -> list[list[int]]:
+    """Tables of the linear map L with crc32(data, c) = L(c) ^ crc32(data)
+    for any n bytes of data: L by bytes, four lookups."""
+    zeros = bytes(n)
+    k = zlib.crc32(zeros)
+    return [[zlib.crc32(zeros, v << (8 * i)) ^ k for v in range(256)] for i in range(4)]
+
+
+_T0, _T1, _T2, _T3 = _crc_shift_tables(PGSIZE)
+ZERO_PAGE_CRC = zlib.crc32(bytes(PGSIZE))
+
+
+def crc_after_page(crc: int, page_crc: int) -> int:
+    """zlib.crc32(page, crc) from crc and zlib.crc32(page) of a 4096-byte
+    page, without reading the page again."""
+    return (_T0[crc & 0xFF] ^ _T1[crc >> 8 & 0xFF] ^ _T2[crc >> 16 & 0xFF]
+            ^ _T3[crc >> 24]) ^ page_crc
+
+
+def _check_entries(vas: np.ndarray, perms: np.ndarray) -> None:
+    """check_page for many pages at once (the first bad one named)."""
+    bad = (vas % PGSIZE != 0) | (vas >= UTOP) | ((perms & ~PTE_SYSCALL) != 0) \
+        | ((perms & (PTE_U | PTE_P)) != (PTE_U | PTE_P))
+    if bad.any():
+        i = int(np.argmax(bad))
+        check_page(int(vas[i]), int(perms[i]))
+
+
+class _Seen:
+    """Which user pages a stream has named: one byte per page, constant memory."""
+
+    def __init__(self):
+        self.map = bytearray(MAX_RUN)
+
+    def add_many(self, vpns: np.ndarray, what: str) -> None:
+        m = np.frombuffer(self.map, np.uint8)
+        if m[vpns].any() or len(np.unique(vpns)) != len(vpns):
+            dup = next(int(v) for i, v in enumerate(vpns)
+                       if m[v] or int(v) in set(int(x) for x in vpns[:i]))
+            raise StreamError(f"page {dup << 12:#010x} {what}")
+        m[vpns] = 1
+
+    def add(self, vpn: int, what: str) -> None:
+        if self.map[vpn]:
+            raise StreamError(f"page {vpn << 12:#010x} {what}")
+        self.map[vpn] = 1
+
+    def add_run(self, vpn: int, count: int, what: str) -> None:
+        if self.map.find(1, vpn, vpn + count) != -1:
+            raise StreamError(f"run at {vpn << 12:#010x} {what}")
+        self.map[vpn:vpn + count] = _ONES[:count]
+
+
 class StreamEncoder:
     def __init__(self):
         self.crc = 0
         self.nbytes = 0
         self.pages = 0
-        self._seen: set[int] = set()
+        self._seen = _Seen()
         self.started = False
         self.finished = False
 
-    def _out(self, b: bytes) -> bytes:
+    def _out(self, b) -> bytes:
         self.crc = zlib.crc32(b, self.crc)
         self.nbytes += len(b)
         return b
@@ -134,69 +213,62 @@ class StreamEncoder:
         self.started = True
         return self._out(MAGIC + _REC.pack(TAG_HEADER, len(body)) + body)
 
-    def _page_check(self, va: int, perm: int) -> None:
+    def _body(self) -> None:
         if not self.started or self.finished:
             raise StreamError("page outside the stream")
-        check_page(va, perm)
-        if va in self._seen:
-            raise StreamError(f"page {va:#010x} written twice")
-        self._seen.add(va)
-        self.pages += 1
 
-    def page(self, va: int, perm: int, data, zero_ok: bool = True) -> bytes:
-        """A PAGE record (or ZERO if the page is all zeros and zero_ok)."""
-        self._page_check(va, perm)
-        if len(data) != PGSIZE:
-            raise StreamError(f"page {va:#010x} has {len(data)} bytes, not {PGSIZE}")
-        if zero_ok and data == ZERO_PAGE:
-            return self._out(_REC.pack(TAG_ZERO, SMALL_BODY) + _VAPERM.pack(va, perm))
-        return self._out(b"".join((
-            _REC.pack(TAG_PAGE, PAGE_BODY), _VAPERM.pack(va, perm),
-            b"\x01", data[0:1024], b"\x02", data[1024:2048],
-            b"\x03", data[2048:3072], b"\x04", data[3072:4096])))
-
-    def page_batch(self, items, zero_ok: bool = True) -> bytes:
-        """PAGE (or ZERO) records for many (va, perm, data) at once: the same
-        bytes as page() for each, with one join and one checksum update."""
-        if not self.started or self.finished:
-            raise StreamError("page outside the stream")
-        out = []
-        app = out.append
-        seen = self._seen
-        n = 0
-        for va, perm, data in items:
-            if va in seen:
-                raise StreamError(f"page {va:#010x} written twice")
-            check_page(va, perm)
-            seen.add(va)
-            n += 1
-            if zero_ok and data == ZERO_PAGE:
-                app(_SMALL_REC.pack(TAG_ZERO, SMALL_BODY, va, perm))
-            else:
-                app(_PAGE_HEAD.pack(TAG_PAGE, PAGE_BODY, va, perm, 1))
-                app(data[0:1024])
-                app(b"\x02")
-                app(data[1024:2048])
-                app(b"\x03")
-                app(data[2048:3072])
-                app(b"\x04")
-                app(data[3072:4096])
+    def batch(self, vas, perms, pages, crcs=None) -> list:
+        """A BATCH record for pages (4096-byte buffers) at vas with perms:
+        its head and entries as bytes, then the pages themselves (not
+        copied), to be written in that order.  crcs: each page's own
+        zlib.crc32, if the caller has them (the pages are then not read)."""
+        self._body()
+        n = len(pages)
+        if not 1 <= n <= BATCH_MAX or len(vas) != n or len(perms) != n:
+            raise StreamError(f"a batch holds 1..{BATCH_MAX} pages, not {n}")
+        va = np.asarray(vas, dtype=np.int64)
+        pm = np.asarray(perms, dtype=np.int64)
+        _check_entries(va, pm)
+        self._seen.add_many(va >> 12, "written twice")
+        ent = np.empty(n, _ENTRY_DTYPE)
+        ent["va"] = va
+        ent["perm"] = pm
+        ent["seq"] = _SEQ_ROW
+        head = _BATCH_HEAD.pack(TAG_BATCH, 4 + n * (ENTRY + PGSIZE), n) + ent.tobytes()
+        crc = zlib.crc32(head, self.crc)
+        if crcs is not None:
+            for c in crcs:
+                crc = crc_after_page(crc, c)
+        else:
+            for p in pages:
+                if len(p) != PGSIZE:
+                    raise StreamError(f"a page of {len(p)} bytes, not {PGSIZE}")
+                crc = zlib.crc32(p, crc)
+        self.crc = crc
+        self.nbytes += len(head) + n * PGSIZE
         self.pages += n
-        return self._out(b"".join(out))
+        return [head, *pages]
+
+    def zero(self, va: int, perm: int) -> bytes:
+        """A ZERO record: an all-zero page."""
+        self._body()
+        check_page(va, perm)
+        self._seen.add(va >> 12, "written twice")
+        self.pages += 1
+        return self._out(_REC.pack(TAG_ZERO, SMALL_BODY) + _VAPERM.pack(va, perm))
 
     def remote(self, va: int, perm: int) -> bytes:
-        self._page_check(va, perm)
+        self._body()
+        check_page(va, perm)
+        self._seen.add(va >> 12, "written twice")
+        self.pages += 1
         return self._out(_REC.pack(TAG_REMOTE, SMALL_BODY) + _VAPERM.pack(va, perm))
 
     def remote_run(self, va: int, count: int, perm: int) -> bytes:
         """A RUN record: count consecutive remote pages from va."""
-        if not self.started or self.finished:
-            raise StreamError("page outside the stream")
+        self._body()
         _check_run(va, count, perm)
-        new = range(va, va + count * PGSIZE, PGSIZE)
-        if not self._seen.isdisjoint(new):
-            raise StreamError(f"run at {va:#010x} overlaps pages already written")
-        self._seen.update(new)
+        self._seen.add_run(va >> 12, count, "overlaps pages already written")
         self.pages += count
         return self._out(_REC.pack(TAG_RUN, RUN_BODY) + _RUN.pack(va, count, perm))
 
@@ -204,22 +276,20 @@ class StreamEncoder:
         if not self.started or self.finished:
             raise StreamError("trailer outside the stream")
         self.finished = True
-        rec = _REC.pack(TAG_TRAILER, TRAILER_BODY) + _TRAILER.pack(self.pages, self.nbytes, self.crc)
-        return rec
+        return _REC.pack(TAG_TRAILER, TRAILER_BODY) + _TRAILER.pack(self.pages, self.nbytes,
+                                                                     self.crc)
 
-    def encode_event(self, event) -> bytes:
-        """Re-encode a decoded event exactly (for decode -> encode round trips)."""
+    def encode_event(self, event, data=None) -> bytes:
+        """Re-encode a decoded event exactly (round trips); a Batch needs
+        its pages' data (count * 4096 bytes)."""
         if isinstance(event, Header):
             return self.start(event.fields)
+        if isinstance(event, Batch):
+            n = len(event.vas)
+            return b"".join(bytes(x) for x in self.batch(
+                event.vas, event.perms, [data[i * PGSIZE:(i + 1) * PGSIZE] for i in range(n)]))
         if isinstance(event, Page):
-            self._page_check(event.va, event.perm)
-            if event.zero:
-                return self._out(_REC.pack(TAG_ZERO, SMALL_BODY) + _VAPERM.pack(event.va, event.perm))
-            d = event.data
-            return self._out(b"".join((
-                _REC.pack(TAG_PAGE, PAGE_BODY), _VAPERM.pack(event.va, event.perm),
-                b"\x01", d[0:1024], b"\x02", d[1024:2048], b"\x03", d[2048:3072],
-                b"\x04", d[3072:4096])))
+            return self.zero(event.va, event.perm)
         if isinstance(event, Remote):
             return self.remote(event.va, event.perm)
         if isinstance(event, RemoteRun):
@@ -230,11 +300,14 @@ class StreamEncoder:
 
 
 class StreamDecoder:
-    """Incremental decoder; states: magic -> header -> body -> done.
+    """Incremental decoder; states: magic -> header -> body (-> data) -> done.
 
     The header must announce how many pages follow (`pages`), at most
     max_pages (a node passes its number of frames), and the records may
-    not exceed it: memory spent decoding is bounded by the announcement."""
+    not exceed it: memory spent decoding is bounded by the announcement.
+    After a Batch event the decoder is in state "data" until the batch's
+    pages have arrived: call sink(views) first (len(Batch.vas) buffers of
+    4096 bytes, or None to have them checked and dropped)."""
 
     def __init__(self, max_pages: int = MAX_RUN, allow_remote: bool = True):
         """max_pages: the most pages a header may announce (a node passes
@@ -249,9 +322,12 @@ class StreamDecoder:
         self.crc = 0
         self.nbytes = 0
         self.pages = 0
-        self._seen = bytearray(MAX_RUN)     # one byte per user page: constant memory
+        self._seen = _Seen()
         self.header: dict | None = None
         self.trailer: Trailer | None = None
+        self._views: list = []           # the sink's buffers still to fill
+        self._left = 0                   # data bytes the current batch still needs
+        self._scratch: memoryview | None = None
 
     def receive_data(self, data) -> None:
         if self.state == "done" and data:
@@ -260,6 +336,8 @@ class StreamDecoder:
             del self._buf[:self._pos]
             self._pos = 0
         self._buf += data
+        if self.state == "data":
+            self._drain_into_sink()
 
     def _consume(self, n: int) -> memoryview:
         start = self._pos
@@ -273,64 +351,66 @@ class StreamDecoder:
 
     @property
     def pending(self) -> int:
+        """Bytes received and not yet decoded."""
         return len(self._buf) - self._pos
 
-    def feed_pages(self, sink) -> int:
-        """Fast path for the body: consume every complete PAGE, ZERO and
-        REMOTE record at the front of the buffer, with the same checks as
-        next_event(), then call sink(records, view) once: records is a list
-        of (tag, va, perm, offset of the record's body in view), and view
-        is valid only during the call.  Returns how many; stops at any
-        other record."""
-        if self.state != "body":
-            return 0
-        buf = self._buf
-        pos = start = self._pos
-        end = len(buf)
-        seen = self._seen
-        records = []
-        app = records.append
-        left = self.announced - self.pages
-        unpack = _SMALL_REC.unpack_from
-        while end - pos >= 11:
-            tag, length, va, perm = unpack(buf, pos)
-            if tag == TAG_PAGE:
-                if length != PAGE_BODY or end - pos < 5 + PAGE_BODY:
-                    break                              # next_event reports it / need data
-                b = pos + 5
-                if buf[b + 6] != 1 or buf[b + 1031] != 2 or buf[b + 2056] != 3 \
-                        or buf[b + 3081] != 4:
-                    raise StreamError(f"page {va:#010x}: chunk sequence numbers are not "
-                                      "1, 2, 3, 4")
-            elif tag == TAG_ZERO or (tag == TAG_REMOTE and self.allow_remote):
-                if length != SMALL_BODY:
-                    break
+    # -- page data -------------------------------------------------------------------
+    def sink(self, views) -> None:
+        """Where the current batch's pages go: one 4096-byte writable buffer
+        per page (None: check them and drop them).  Buffered bytes are
+        copied there at once."""
+        if self.state != "data":
+            raise StreamError("no batch is waiting for its pages")
+        if views is None:
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(BATCH_MAX * PGSIZE))
+            views = [self._scratch[:self._left]]
+        elif len(views) * PGSIZE != self._left:
+            raise StreamError(f"{len(views)} pages given for {self._left // PGSIZE}")
+        self._views = [memoryview(v).cast("B") for v in views]
+        self._drain_into_sink()
+
+    def data_views(self) -> list:
+        """The parts of the sink still to fill, in order (for readv/recv_into)."""
+        return list(self._views)
+
+    def filled(self, n: int) -> None:
+        """The consumer wrote the next n bytes of page data into data_views()."""
+        if n > self._left:
+            raise StreamError("more page data than the batch holds")
+        views = self._views
+        while n:
+            v = views[0]
+            k = min(n, len(v))
+            self._count(v[:k])
+            self._left -= k
+            n -= k
+            if k == len(v):
+                views.pop(0)
             else:
-                break
-            if va & 0xFFF or va >= UTOP or perm & ~PTE_SYSCALL or perm & 5 != 5:
-                check_page(va, perm)                   # raises with the message
-            if seen[va >> 12]:
-                raise StreamError(f"page {va:#010x} appears twice")
-            if len(records) >= left:
-                raise StreamError(f"more pages than the {self.announced} the header "
-                                  "announced")
-            seen[va >> 12] = 1
-            app((tag, va, perm, pos + 5))
-            pos += 5 + length
-        if not records:
-            return 0
-        view = memoryview(buf)
-        try:
-            sink(records, view)
-            self.crc = zlib.crc32(view[start:pos], self.crc)
-        finally:
-            view.release()
-        self.nbytes += pos - start
-        self.pages += len(records)
-        self._pos = pos
-        return len(records)
+                views[0] = v[k:]
+        if not self._left:
+            self._views = []
+            self.state = "body"
+
+    def _drain_into_sink(self) -> None:
+        while self._views and self.pending:
+            v = self._views[0]
+            k = min(len(v), self.pending)
+            v[:k] = self._consume(k)
+            self.filled(k)
+
+    @property
+    def want(self) -> int:
+        """Page data bytes the current batch still needs (0 unless state
+        is "data")."""
+        return self._left
 
     def next_event(self):
+        if self.state == "data":
+            if self._left and not self._views:
+                raise StreamError("a batch's pages arrived with nowhere to go (call sink)")
+            return NEED_DATA
         avail = len(self._buf) - self._pos
         if self.state == "magic":
             if avail < len(MAGIC):
@@ -340,7 +420,10 @@ class StreamDecoder:
                 raise StreamError("not a jmig process stream (bad magic)")
             if m[7] != FORMAT_VERSION:
                 raise StreamError(f"process stream format version {m[7]} is not supported "
-                                  f"(this jmig reads version {FORMAT_VERSION})")
+                                  f"(this jmig reads version {FORMAT_VERSION}"
+                                  + ("; version 1 images come from an older jmig: load them "
+                                     "there and migrate the process here" if m[7] == 1 else "")
+                                  + ")")
             self._count(memoryview(m))
             self.state = "header"
             avail -= len(MAGIC)
@@ -353,8 +436,10 @@ class StreamDecoder:
         tag, length = _REC.unpack_from(self._buf, self._pos)
         if self.state == "header" and tag != TAG_HEADER:
             raise StreamError(f"expected the header record, found tag {tag!r}")
-        limit = {TAG_HEADER: MAX_HEADER, TAG_PAGE: PAGE_BODY, TAG_ZERO: SMALL_BODY,
-                 TAG_REMOTE: SMALL_BODY, TAG_TRAILER: TRAILER_BODY, TAG_RUN: RUN_BODY}.get(tag)
+        if tag == TAG_BATCH:
+            return self._batch(avail, length)
+        limit = {TAG_HEADER: MAX_HEADER, TAG_ZERO: SMALL_BODY, TAG_REMOTE: SMALL_BODY,
+                 TAG_TRAILER: TRAILER_BODY, TAG_RUN: RUN_BODY}.get(tag)
         if limit is None:
             raise StreamError(f"unknown record tag {tag!r} at byte {self.nbytes}")
         if (tag == TAG_HEADER and length > limit) or (tag != TAG_HEADER and length != limit):
@@ -402,38 +487,61 @@ class StreamDecoder:
         if tag == TAG_RUN:
             va, count, perm = _RUN.unpack_from(body)
             _check_run(va, count, perm)
-            if self.pages + count > self.announced:
-                raise StreamError(f"more pages than the {self.announced} the header announced")
-            vpn = va >> 12
-            if self._seen.find(1, vpn, vpn + count) != -1:
-                raise StreamError(f"run at {va:#010x} overlaps pages seen before")
-            self._seen[vpn:vpn + count] = _ONES[:count]
+            self._more(count)
+            self._seen.add_run(va >> 12, count, "overlaps pages seen before")
             self.pages += count
             return RemoteRun(va, count, perm)
         va, perm = _VAPERM.unpack_from(body)
         check_page(va, perm)
-        if self._seen[va >> 12]:
-            raise StreamError(f"page {va:#010x} appears twice")
-        if self.pages >= self.announced:
-            raise StreamError(f"more pages than the {self.announced} the header announced")
-        self._seen[va >> 12] = 1
+        self._more(1)
+        self._seen.add(va >> 12, "appears twice")
         self.pages += 1
-        if tag == TAG_PAGE:
-            if body[6] != 1 or body[1031] != 2 or body[2056] != 3 or body[3081] != 4:
-                raise StreamError(f"page {va:#010x}: chunk sequence numbers are not 1, 2, 3, 4")
-            data = b"".join((body[7:1031], body[1032:2056], body[2057:3081], body[3082:4106]))
-            return Page(va, perm, data)
         if tag == TAG_ZERO:
             return Page(va, perm, ZERO_PAGE, zero=True)
         return Remote(va, perm)
 
+    def _more(self, n: int) -> None:
+        if self.pages + n > self.announced:
+            raise StreamError(f"more pages than the {self.announced} the header announced")
+
+    def _batch(self, avail: int, length: int):
+        """A BATCH record's head and entries (its data is taken separately)."""
+        if avail < 9:
+            return NEED_DATA
+        _, _, n = _BATCH_HEAD.unpack_from(self._buf, self._pos)
+        if not 1 <= n <= BATCH_MAX or length != 4 + n * (ENTRY + PGSIZE):
+            raise StreamError(f"batch record of {n} pages has length {length}; a batch holds "
+                              f"1..{BATCH_MAX} pages of {ENTRY + PGSIZE} bytes each")
+        if avail < 9 + n * ENTRY:
+            return NEED_DATA
+        self._more(n)
+        head = self._consume(9 + n * ENTRY)
+        ent = np.frombuffer(head, _ENTRY_DTYPE, count=n, offset=9)
+        vas = ent["va"].astype(np.int64)
+        perms = ent["perm"].astype(np.int64)
+        _check_entries(vas, perms)
+        if (ent["seq"] != _SEQ_ROW).any():
+            i = int(np.argmax((ent["seq"] != _SEQ_ROW).any(axis=1)))
+            raise StreamError(f"page {int(vas[i]):#010x}: chunk sequence numbers are not "
+                              "1, 2, 3, 4")
+        self._seen.add_many(vas >> 12, "appears twice")
+        self._count(head)
+        del ent
+        self.pages += n
+        self._left = n * PGSIZE
+        self.state = "data"
+        return Batch(vas.tolist(), perms.tolist())
+
     def events(self):
-        """All events decodable from the data received so far."""
+        """All events decodable from the data received so far (a Batch's
+        pages are checked and dropped)."""
         while True:
             e = self.next_event()
             if e is NEED_DATA:
                 return
             yield e
+            if isinstance(e, Batch):
+                self.sink(None)
 
 
 # -- the header's fields -------------------------------------------------------------

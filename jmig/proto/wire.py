@@ -12,6 +12,7 @@ from .frames import NEED_DATA, FrameDecoder, Limits, RemoteProtocolError, encode
 from .handshake import DONE, AuthError, ClientHandshake, ServerHandshake
 
 RECV_SIZE = 1 << 20
+IOV_MAX = 1024                     # buffers per scatter/gather call (Linux's UIO_MAXIOV)
 HANDSHAKE_TIMEOUT = 10.0           # a client's whole connect + handshake
 SERVER_HANDSHAKE_TIMEOUT = 3.0     # what a node gives an unauthenticated peer
 BUSY_BACKOFF = (0.02, 0.5)         # a node refused us as busy: wait (doubling), try again
@@ -107,6 +108,58 @@ class FramedStream:
     @property
     def unsent(self) -> bool:
         return bool(self._unsent)
+
+    # -- raw streams between frames (the process stream of a migration) ----------
+    async def send_parts(self, parts) -> None:
+        """Write buffers as raw bytes (no frame), in order, with as few
+        scatter/gather calls as the socket allows."""
+        sock = self.stream.socket
+        async with self._send_lock:
+            if self._unsent:
+                parts = [self._unsent, *parts]
+                self._unsent = b""
+            views = [memoryview(p).cast("B") for p in parts]
+            try:
+                while views:
+                    n = await sock.sendmsg(views[:IOV_MAX])
+                    self.bytes_sent += n
+                    while n:
+                        k = len(views[0])
+                        if n >= k:
+                            views.pop(0)
+                            n -= k
+                        else:
+                            views[0] = views[0][n:]
+                            n = 0
+            except OSError as exc:
+                raise ConnectionClosed(f"connection lost while sending: {exc}") from exc
+
+    def take_buffered(self) -> bytes:
+        """Bytes received beyond the last frame (a raw stream's beginning)."""
+        return self.decoder.take_buffered()
+
+    async def receive_some(self, max_bytes: int = RECV_SIZE) -> bytes:
+        """Raw bytes (no frame): whatever arrives next, at most max_bytes."""
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionClosed("connection lost") from exc
+        if not data:
+            raise ConnectionClosed("connection closed by peer")
+        self.bytes_received += len(data)
+        return data
+
+    async def receive_into(self, views) -> int:
+        """Raw bytes straight into buffers, in order (one recvmsg_into);
+        how many arrived."""
+        try:
+            n = (await self.stream.socket.recvmsg_into(views[:IOV_MAX]))[0]
+        except OSError as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+        if not n:
+            raise ConnectionClosed("connection closed by peer")
+        self.bytes_received += n
+        return n
 
     async def receive(self) -> dict:
         """The next frame.  Raises ConnectionClosed at EOF and

@@ -18,6 +18,7 @@ from jmig.ctl.client import ControlClient
 from jmig.kernel.kernel import Kernel
 from jmig import programs
 from jmig.proto import pstream
+from jmig.node.migration.stream import stream_bytes
 from jmig.proto.pstream import StreamDecoder
 
 PASS_RE = re.compile(r"memtest: pass (\d+) ok")
@@ -152,13 +153,21 @@ def decode_image(data: bytes) -> tuple[dict, dict[int, tuple[int, bytes]]]:
     dec = StreamDecoder()
     dec.receive_data(data)
     header, pages = None, {}
-    for e in dec.events():
+    while (e := dec.next_event()) is not pstream.NEED_DATA:
         if isinstance(e, pstream.Header):
             header = e.fields
+        elif isinstance(e, pstream.Batch):
+            bufs = [bytearray(4096) for _ in e.vas]
+            dec.sink(bufs)
+            for va, perm, b in zip(e.vas, e.perms, bufs):
+                pages[va] = (perm, bytes(b))
         elif isinstance(e, pstream.Page):
             pages[e.va] = (e.perm, e.data)
         elif isinstance(e, pstream.Remote):
             pages[e.va] = (e.perm, None)
+        elif isinstance(e, pstream.RemoteRun):
+            for i in range(e.count):
+                pages[e.va + i * 4096] = (e.perm, None)
     assert dec.state == "done", "the image has no trailer"
     return header, pages
 
@@ -183,7 +192,6 @@ def build_image(argv: list[str], until: str | None, memory: int = 64 << 20,
                 max_seconds: float = 300.0) -> bytes:
     """Run a program on a bare kernel until its console shows `until` (None:
     not at all), pause it and return its image (what `jmigctl save` writes)."""
-    from jmig.node.migration.stream import StreamWriter
     k = Kernel(memory=memory, clock=lambda: time.monotonic() * 1000.0)
     e = k.env_create(programs.load(argv[0]), argv, name=argv[0])
     out = ""
@@ -196,8 +204,7 @@ def build_image(argv: list[str], until: str | None, memory: int = 64 << 20,
                 out += x.text
     check_no_mismatch(out)
     k.pause(e.env_id)
-    w = StreamWriter(k, e.env_id, "builder", "image")
-    return b"".join(b"".join(batch) for batch in w.batches())
+    return stream_bytes(k, e.env_id, "builder")
 
 
 # -- real daemons -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from jmig.ctl.client import ControlClient, RemoteError
 from jmig.ctl.main import main as jmigctl
 from jmig.proto.image import scan_file
 from jmig.proto.frames import ProtocolError
-from jmig.proto.pstream import MAGIC, PAGE_BODY, StreamError
+from jmig.proto.pstream import ENTRY, MAGIC, StreamError
 from jmig.proto.wire import ConnectionClosed, connect
 
 from .helpers import build_image, call, counters, env_ids, free, image_file, start, wait_until
@@ -44,11 +44,12 @@ def _structural_offsets(data: bytes) -> list[int]:
     1 KiB chunk, and every 23rd byte."""
     offs = set(range(len(MAGIC)))
     for pos, tag, length in _records(data):
-        if tag == b"P":
-            offs.update(range(pos, pos + 11))                       # tag, length, va, perm
-            for c in range(4):
-                seq = pos + 11 + c * 1025
-                offs.update((seq, seq + 1, seq + 1024))             # seq, first, last
+        if tag == b"B":
+            n = struct.unpack(">I", data[pos + 5:pos + 9])[0]
+            offs.update(range(pos, pos + 9 + n * ENTRY))            # head, entries
+            for c in range(4 * n):
+                chunk = pos + 9 + n * ENTRY + c * 1024
+                offs.update((chunk, chunk + 1023))                  # first, last
         else:
             offs.update(range(pos, pos + 5 + length))
     offs.update(range(0, len(data), 23))
@@ -58,7 +59,7 @@ def _structural_offsets(data: bytes) -> list[int]:
 def _boundary_lengths(data: bytes) -> list[int]:
     lens = set(range(0, 64)) | set(range(len(data) - 40, len(data)))
     for pos, _, length in _records(data):
-        for p in (pos, pos + 5, pos + 11, pos + 5 + length):
+        for p in (pos, pos + 5, pos + 9, pos + 19, pos + 5 + length):
             lens.update(range(p - 2, p + 3))
     lens.update(range(0, len(data), 23))
     return sorted(n for n in lens if 0 <= n < len(data))
@@ -142,14 +143,16 @@ async def test_corrupt_and_truncated_images_are_refused_by_load_with_bad_image(c
 
 async def _migration_session(node, frames, raw: bytes | None = None):
     """Connect to node's normal migration port as a node would (handshake
-    with the cluster secret), send frames (and raw bytes), and return the
-    reply frame or None if the node closed the connection."""
+    with the cluster secret), send frames (and raw bytes: a process stream
+    follows a Begin raw, and then the sending side is closed), and return
+    the reply frame or None if the node closed the connection."""
     fs = await connect(node.cfg.host, node.cfg.port, node.secret, "normal", "intruder")
     try:
         for f in frames:
             await fs.send(f)
         if raw is not None:
             await fs.send_raw(raw)
+            await fs.stream.send_eof()
         with trio.fail_after(10):
             return await fs.receive()
     except (ConnectionClosed, ProtocolError):
@@ -169,31 +172,27 @@ async def test_migration_stream_with_wrong_version_or_garbage_is_refused_and_rec
     b = await start(cluster, "b")
     envid, image = await _hello_image(cluster, b)
     free_before = free(a)
-    v2 = MAGIC[:7] + b"\x02" + image[8:]
+    v1 = MAGIC[:7] + b"\x01" + image[8:]
     garbage = b"\xff" + os.urandom(50_000)
+    first_batch = _records(image)[1][0]
     cases = {
-        "wrong version": ([_begin(), {"t": "data", "b": v2}, {"t": "end"}], None,
-                          "format version 2 is not supported"),
-        "garbage stream": ([_begin(), {"t": "data", "b": garbage}, {"t": "end"}], None,
-                           "bad magic"),
-        "garbage after a good header": (
-            [_begin(), {"t": "data", "b": image[:image.index(b"P\x00\x00\x10\x0a")] + garbage}],
-            None, "unknown record tag"),
-        "truncated stream": ([_begin(), {"t": "data", "b": image[:-30]}, {"t": "end"}], None,
-                             "ended early"),
-        "corrupt page": ([_begin(), {"t": "data", "b": image[:5000] + b"\x00" + image[5001:]},
-                          {"t": "end"}], None, "checksum mismatch"),
-        "unexpected frame": ([_begin(), {"t": "data", "b": image[:100]}, {"t": "bogus"}], None,
-                             None),
+        "an old format": ([_begin()], v1, "format version 1 is not supported"),
+        "garbage stream": ([_begin()], garbage, "bad magic"),
+        "garbage after a good header": ([_begin()], image[:first_batch] + garbage,
+                                        "unknown record tag"),
+        "truncated stream": ([_begin()], image[:-30], "receiving the process stream"),
+        "corrupt page": ([_begin()], image[:5000] + b"\x00" + image[5001:],
+                         "checksum mismatch"),
         "not a begin": ([{"t": "commit"}], None, "unexpected message 'commit'"),
         "garbage frame": ([], b"\x00\x00\x00\x08notmsgpk", None),
-        "oversized frame": ([_begin()], struct.pack(">I", 0xFFFFFFF0) + b"x" * 100, None),
+        "oversized frame": ([], struct.pack(">I", 0xFFFFFFF0) + b"x" * 100, None),
     }
+    codes = {"not a begin": "protocol", "truncated stream": "link-lost"}
     for what, (frames, raw, words) in cases.items():
         reply = await _migration_session(a, frames, raw)
         if words is not None:
             assert reply is not None and reply["t"] == "error", (what, reply)
-            code = "protocol" if what == "not a begin" else "bad-stream"
+            code = codes.get(what, "bad-stream")
             assert reply["code"] == code and words in reply["message"], (what, reply)
         else:
             assert reply is None or reply["t"] == "error", (what, reply)
@@ -287,7 +286,7 @@ def test_image_inspect_and_verify_work_offline_and_report_corruption(tmp_path):
     truncated = tmp_path / "truncated.img"
     truncated.write_bytes(data[:-7])
     badtag = tmp_path / "badtag.img"
-    pos = data.index(b"P\x00\x00" + PAGE_BODY.to_bytes(2, "big"))
+    pos = _records(data)[1][0]
     badtag.write_bytes(data[:pos] + b"Q" + data[pos + 1:])
     for path, words in ((corrupt, "checksum mismatch"), (truncated, "truncated"),
                         (badtag, "unknown record tag")):

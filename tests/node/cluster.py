@@ -29,6 +29,7 @@ class Cluster:
 
     async def start(self, name: str = "", boot=(), **kw) -> Node:
         host = next_host()
+        kw.setdefault("prefault", False)      # many short-lived nodes: commit memory lazily
         cfg = NodeConfig(data_dir=self.tmp / (name or host), host=host, port=PORT,
                          name=name or f"{host}:{PORT}", echo=False,
                          boot=tuple(BootSpec(*b) if isinstance(b, tuple) else b for b in boot),

@@ -5,6 +5,7 @@ each attack in a process of its own)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -145,10 +146,17 @@ def test_a_node_whose_stdout_nobody_reads_keeps_answering(tmp_path, daemons):
         for _ in range(40):
             ctl_json(node, "spawn", "loop", "0")
         # 40 loops print far more than a pipe holds (64 KiB); nobody reads.
-        time.sleep(3)
-        for _ in range(5):       # a stalled node would time the subprocess out
+        # The node answers throughout (a stalled one would time the
+        # subprocess out) until it has had to drop output.
+        deadline = time.monotonic() + 120
+        while True:
             r_ps = node.ctl_subprocess("ps", "-q", timeout=30)
             assert r_ps.returncode == 0 and len(r_ps.stdout.split()) == 40
+            info = json.loads(node.ctl_subprocess("info", "--json", timeout=30).stdout)
+            if info["console_dropped"] > 0:
+                break
+            assert time.monotonic() < deadline, "the console never filled up"
+            time.sleep(0.5)
         # Now read: the node says how much it had to drop.
         os.set_blocking(r, False)
         got = b""

@@ -1,6 +1,8 @@
-"""The process stream: decoding then encoding any image reproduces it byte
-for byte (images of real programs, zero pages included, and streams that
-hypothesis makes up), whatever pieces the bytes arrive in."""
+"""The process stream (format 2): decoding then encoding any image
+reproduces it byte for byte (images of real programs, zero pages included,
+and streams that hypothesis makes up), whatever pieces the bytes arrive
+in, and whether a batch's page data is fed as bytes or read straight into
+the sink's buffers."""
 import random
 import time
 
@@ -29,16 +31,65 @@ def _pieces(data: bytes, sizes):
 
 
 def reencode(data: bytes, sizes=(1 << 30,)) -> tuple[bytes, list]:
-    """Decode `data` fed in pieces of the given sizes, re-encoding every event."""
+    """Decode `data` fed in pieces of the given sizes, re-encoding every
+    event (a batch once its pages have arrived in the buffers it was given)."""
     dec, enc = StreamDecoder(), StreamEncoder()
-    out, events = [], []
+    out, events, pending = [], [], None
     for piece in _pieces(data, sizes):
         dec.receive_data(piece)
-        for e in dec.events():
+        while True:
+            if pending is not None and not dec.want:
+                out.append(enc.encode_event(pending[0], b"".join(pending[1])))
+                pending = None
+            e = dec.next_event()
+            if e is pstream.NEED_DATA:
+                break
             events.append(e)
+            if isinstance(e, pstream.Batch):
+                bufs = [bytearray(PGSIZE) for _ in e.vas]
+                dec.sink(bufs)
+                pending = (e, bufs)
+                continue
             out.append(enc.encode_event(e))
-    assert dec.state == "done"
+    assert dec.state == "done" and pending is None
     return b"".join(out), events
+
+
+def reencode_zero_copy(data: bytes, sizes) -> bytes:
+    """As reencode(), but a batch's page data goes straight into its buffers
+    (data_views and filled, the path a node's restorer takes from a socket
+    or file), the rest fed as bytes in pieces of the given sizes."""
+    dec, enc = StreamDecoder(), StreamEncoder()
+    out, pending, pos = [], None, 0
+    sizes = list(sizes)
+    while pos < len(data) or pending is not None:
+        if dec.want:
+            view = dec.data_views()[0]
+            n = min(len(view), len(data) - pos, sizes.pop(0) if sizes else 1 << 30)
+            view[:n] = data[pos:pos + n]
+            pos += n
+            dec.filled(n)
+        else:
+            n = sizes.pop(0) if sizes else 1 << 30
+            dec.receive_data(data[pos:pos + n])
+            pos += n
+        while True:
+            if pending is not None and not dec.want:
+                out.append(enc.encode_event(pending[0], b"".join(pending[1])))
+                pending = None
+            e = dec.next_event()
+            if e is pstream.NEED_DATA:
+                break
+            if isinstance(e, pstream.Batch):
+                bufs = [bytearray(PGSIZE) for _ in e.vas]
+                dec.sink(bufs)
+                pending = (e, bufs)
+                break
+            out.append(enc.encode_event(e))
+        if pos >= len(data) and pending is None and dec.state == "done":
+            break
+    assert dec.state == "done"
+    return b"".join(out)
 
 
 def program_image(argv, until=None, instructions=0, remote=False, method="image") -> bytes:
@@ -55,7 +106,7 @@ def program_image(argv, until=None, instructions=0, remote=False, method="image"
     if not e.paused:
         k.pause(e.env_id)
     w = StreamWriter(k, e.env_id, "test-node", method, remote=remote)
-    return b"".join(b"".join(batch) for batch in w.batches())
+    return b"".join(bytes(p) for parts in w.parts() for p in parts)
 
 
 IMAGES = {
@@ -87,6 +138,8 @@ def test_decode_encode_reproduces_program_image_byte_for_byte(images, name):
     # Whatever pieces the bytes come in (one byte at a time, odd sizes).
     sizes = [1] * 300 + [7, 4111, 3, 5000, 1, 2] * 50
     assert reencode(data, sizes)[0] == data
+    assert reencode_zero_copy(data, [1 << 30]) == data
+    assert reencode_zero_copy(data, sizes) == data
 
 
 def test_program_images_include_zero_page_records(images):
@@ -94,10 +147,10 @@ def test_program_images_include_zero_page_records(images):
     kinds = {}
     for name, data in images.items():
         _, events = reencode(data)
-        kinds[name] = {("zero" if e.zero else "page") if isinstance(e, pstream.Page) else
-                       type(e).__name__ for e in events[1:-1]}
+        kinds[name] = {"zero" if isinstance(e, pstream.Page) else type(e).__name__
+                       for e in events[1:-1]}
     assert "zero" in kinds["memtest-8-pages"]
-    assert "page" in kinds["memtest-8-pages"]
+    assert "Batch" in kinds["memtest-8-pages"]
     assert kinds["memtest-pgfault-ptes"] <= {"Remote", "RemoteRun"}     # entries only
 
 
@@ -134,12 +187,12 @@ def _contents(kind: str, seed: int) -> bytes:
 
 
 # Records: (vpn, perm, record kind, contents kind, seed, count).  Record
-# kinds: PAGE (all zeros written as ZERO), PAGE even when all zeros
-# ("page-no-zero"), REMOTE, RUN (count consecutive remote pages).  Address
-# ranges never overlap; their order in the stream is shuffled.
+# kinds: a BATCH of count pages (whatever their contents, zeros too), ZERO,
+# REMOTE, RUN (count consecutive remote pages).  Address ranges never
+# overlap; their order in the stream is shuffled.
 _items = st.lists(
     st.tuples(st.integers(0, 5000), _perms,
-              st.sampled_from(["page", "page-no-zero", "remote", "run"]),
+              st.sampled_from(["batch", "zero", "remote", "run"]),
               st.sampled_from(["zeros", "sparse", "random"]), st.integers(0, 1 << 30),
               st.integers(1, 3000)),
     max_size=12)
@@ -150,7 +203,7 @@ def _records(draw):
     out, vpn = [], draw(st.integers(0, 1 << 16))
     for gap, perm, kind, contents, seed, count in draw(_items):
         vpn += gap
-        count = count if kind == "run" else 1
+        count = count if kind == "run" else min(count, 20) if kind == "batch" else 1
         if vpn + count > UTOP >> 12:
             break
         out.append((vpn, perm, kind, contents, seed, count))
@@ -173,42 +226,13 @@ def _encode(header: dict, records) -> bytes:
             out.append(enc.remote(vpn << 12, perm))
         elif kind == "run":
             out.append(enc.remote_run(vpn << 12, count, perm))
+        elif kind == "zero":
+            out.append(enc.zero(vpn << 12, perm))
         else:
-            out.append(enc.page(vpn << 12, perm, _contents(contents, seed),
-                                zero_ok=kind == "page"))
+            out += enc.batch([(vpn + i) << 12 for i in range(count)], [perm] * count,
+                             [_contents(contents, seed + i) for i in range(count)])
     out.append(enc.trailer())
-    return b"".join(out)
-
-
-def reencode_fast(data: bytes, sizes) -> bytes:
-    """As reencode(), through the decoder's fast path for page records
-    (feed_pages, what a node's restorer uses), next_event() for the rest."""
-    dec, enc = StreamDecoder(), StreamEncoder()
-    out = []
-
-    def sink(records, view):
-        for tag, va, perm, off in records:
-            body = view[off:]
-            if tag == pstream.TAG_PAGE:
-                data = b"".join((body[7:1031], body[1032:2056], body[2057:3081],
-                                 body[3082:4106]))
-                out.append(enc.encode_event(pstream.Page(va, perm, data)))
-            elif tag == pstream.TAG_ZERO:
-                out.append(enc.encode_event(pstream.Page(va, perm, pstream.ZERO_PAGE,
-                                                         zero=True)))
-            else:
-                out.append(enc.encode_event(pstream.Remote(va, perm)))
-    for piece in _pieces(data, sizes):
-        dec.receive_data(piece)
-        while True:
-            if dec.feed_pages(sink):
-                continue
-            e = dec.next_event()
-            if e is pstream.NEED_DATA:
-                break
-            out.append(enc.encode_event(e))
-    assert dec.state == "done"
-    return b"".join(out)
+    return b"".join(bytes(x) for x in out)
 
 
 @settings(max_examples=150, deadline=None)
@@ -219,28 +243,50 @@ def test_decode_encode_reproduces_generated_streams_byte_for_byte(header, record
     data = _encode(header, records)
     again, events = reencode(data, sizes)
     assert again == data
-    assert reencode_fast(data, sizes) == data
+    assert reencode_zero_copy(data, sizes) == data
     assert events[0].fields == header and list(events[0].fields) == list(header)
     body = events[1:-1]
     assert len(body) == len(records)
     for e, (vpn, perm, kind, contents, seed, count) in zip(body, records):
+        if kind == "batch":
+            assert isinstance(e, pstream.Batch)
+            assert e.vas == [(vpn + i) << 12 for i in range(count)] and e.perms == [perm] * count
+            continue
         assert (e.va, e.perm) == (vpn << 12, perm)
         if kind == "remote":
             assert isinstance(e, pstream.Remote)
         elif kind == "run":
             assert isinstance(e, pstream.RemoteRun) and e.count == count
         else:
-            assert e.data == _contents(contents, seed)
-            assert e.zero == (kind == "page" and contents == "zeros")
+            assert e.zero and e.data == pstream.ZERO_PAGE
     assert events[-1].pages == sum(r[5] for r in records)
     assert events[-1].nbytes == len(data) - 21
+
+
+@settings(max_examples=60, deadline=None)
+@given(header=_headers, records=_records())
+def test_a_batch_fills_the_sink_with_exactly_the_pages_sent(header, records):
+    header = _with_pages(header, records)
+    data = _encode(header, records)
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    got = {}
+    while (e := dec.next_event()) is not pstream.NEED_DATA:
+        if isinstance(e, pstream.Batch):
+            bufs = [bytearray(PGSIZE) for _ in e.vas]
+            dec.sink(bufs)
+            got.update(zip(e.vas, map(bytes, bufs)))
+    for vpn, perm, kind, contents, seed, count in records:
+        if kind == "batch":
+            for i in range(count):
+                assert got[(vpn + i) << 12] == _contents(contents, seed + i)
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_node_decode_path_reencodes_program_image_byte_for_byte(images, name):
     data = images[name]
-    assert reencode_fast(data, [1 << 30]) == data
-    assert reencode_fast(data, [3, 4111, 1, 9000] * 20) == data
+    assert reencode_zero_copy(data, [1 << 30]) == data
+    assert reencode_zero_copy(data, [3, 4111, 1, 9000] * 20) == data
 
 
 @settings(max_examples=60, deadline=None)
@@ -266,7 +312,38 @@ def test_page_batches_decode_to_what_was_encoded(records):
 
 
 def test_magic_carries_the_format_version():
-    assert MAGIC == b"JMIGPS\x00\x01"
+    assert MAGIC == b"JMIGPS\x00\x02"
+
+
+def test_a_version_1_image_is_refused_saying_where_it_comes_from():
+    dec = StreamDecoder()
+    dec.receive_data(b"JMIGPS\x00\x01" + bytes(20))
+    with pytest.raises(StreamError, match="version 1 is not supported.*older jmig"):
+        list(dec.events())
+
+
+def test_a_batch_entry_with_wrong_chunk_numbers_is_refused_before_its_data():
+    enc = StreamEncoder()
+    data = bytearray(enc.start({"pages": 1}) + b"".join(bytes(x) for x in enc.batch(
+        [0x800000], [PTE_U | PTE_P], [bytes(PGSIZE)])))
+    head = data.index(b"B\x00\x00\x10")
+    data[head + 9 + 6 + 2] = 7                       # SEQ 3 -> 7
+    dec = StreamDecoder()
+    dec.receive_data(bytes(data[:head + 9 + 10]))    # the entry, none of the data
+    with pytest.raises(StreamError, match="chunk sequence numbers are not 1, 2, 3, 4"):
+        list(dec.events())
+
+
+def test_pages_given_for_a_batch_must_match_it():
+    enc = StreamEncoder()
+    data = enc.start({"pages": 2}) + b"".join(bytes(x) for x in enc.batch(
+        [0x800000, 0x801000], [PTE_U | PTE_P] * 2, [bytes(PGSIZE)] * 2))
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    events = [dec.next_event(), dec.next_event()]
+    assert isinstance(events[1], pstream.Batch)
+    with pytest.raises(StreamError, match="1 pages given for 2"):
+        dec.sink([bytearray(PGSIZE)])
 
 
 def test_a_header_announcing_more_pages_than_fit_is_refused_before_any_page():

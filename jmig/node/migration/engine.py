@@ -151,12 +151,12 @@ class Migrations:
         async def run(job: Job) -> dict:
             t0 = time.perf_counter()
             try:
-                link = await LoadLink(path, node.kernel.phys.nframes).open()
+                link = LoadLink(path, node.kernel.phys.nframes)
             except StreamError as exc:
                 raise MigrationError("bad-image", f"image rejected: {exc.message}") from None
             begin = m.Begin(mid=new_mid(), method="normal", src=node.name,
                             src_addr=(node.cfg.host or "127.0.0.1", node.cfg.port or 1),
-                            incarnation=node.incarnation, resume=resume, pages=link.scan.pages)
+                            incarnation=node.incarnation, resume=resume)
             receiver = StreamReceive(node)
             inb = Inbound(node, receiver, begin, link, announce=False)
             try:
@@ -169,10 +169,11 @@ class Migrations:
                                      else code, f"image rejected: {message}"
                                      if code == "bad-stream" else message)
             dt = time.perf_counter() - t0
-            nbytes = link.scan.trailer.nbytes
+            nbytes = link.size
             envid = inb.env.env_id
             job.envid = envid
-            return {"envid": envid, "new_envid": envid, "image": name, "pages": link.scan.pages,
+            return {"envid": envid, "new_envid": envid, "image": name,
+                    "pages": receiver.restorer.pages,
                     "bytes": nbytes, "seconds": dt, "resumed": resume,
                     "mib_per_s": nbytes / (1 << 20) / dt if dt else 0.0}
 

@@ -4,12 +4,15 @@ destination is an image file, load one whose source is an image file.
 The session's steps (session.py) run unchanged; the file answers as a
 destination or a source that never fails on its own:
 
-    save   Data -> written to a hidden temporary file beside NAME.img;  End -> fsync, then Prepared;
-           Commit -> rename onto NAME.img (atomic) and fsync the directory,
-           then Committed;  Go -> Started.  Abort or close before the
-           commit: the temporary file goes; an older image NAME stays.
-    load   the image is checked whole first (proto/image.py); then its
-           bytes arrive as Data and End; Prepared -> Commit; Committed -> Go.
+    save   the process stream -> written to a hidden temporary file beside
+           NAME.img with writev, straight from the env's frames; its
+           trailer written -> fsync, then Prepared;  Commit -> rename onto
+           NAME.img (atomic) and fsync the directory, then Committed;
+           Go -> Started.  Abort or close before the commit: the
+           temporary file goes; an older image NAME stays.
+    load   the file, read into the incoming env (page data with readv
+           straight into its frames, every entry checked first and the
+           checksum before the commit); Prepared -> Commit; Committed -> Go.
 """
 from __future__ import annotations
 
@@ -19,8 +22,11 @@ from pathlib import Path
 import trio
 
 from ...proto import migration as m
-from ...proto.image import max_image_bytes, read_chunks, scan_file
+from ...proto.image import READ_CHUNK, max_image_bytes
+from ...proto.pstream import StreamError
 from ..disk import fsync_dir
+
+IOV_MAX = 1024
 
 
 class _NoStream:
@@ -28,6 +34,10 @@ class _NoStream:
     peer = ""
     bytes_sent = 0
     bytes_received = 0
+
+
+def _views(parts) -> list:
+    return [memoryview(p).cast("B") for p in parts]
 
 
 class SaveLink:
@@ -41,17 +51,32 @@ class SaveLink:
         self.peer = f"image {path.stem}"
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._file = open(self.tmp, "wb")
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._replies: list = []
         self.committed = False
 
+    async def send_stream(self, parts) -> None:
+        views = _views(parts)
+        while views:
+            n = os.writev(self._fd, views[:IOV_MAX])
+            self.bytes_sent += n
+            while n:
+                k = len(views[0])
+                if n >= k:
+                    views.pop(0)
+                    n -= k
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+        await trio.sleep(0)
+
     async def send(self, msg, timeout: float | None = None) -> None:
-        if isinstance(msg, m.End):
-            f = self._file
-            await trio.to_thread.run_sync(_flush_and_sync, f)
-            f.close()
-            self._replies.append(m.Prepared(self.envid))
-        elif isinstance(msg, m.Commit):
+        if isinstance(msg, m.Begin):
+            return
+        if isinstance(msg, m.Commit):
+            await trio.to_thread.run_sync(os.fsync, self._fd)
+            os.close(self._fd)
+            self._fd = -1
             os.replace(self.tmp, self.path)
             await trio.to_thread.run_sync(fsync_dir, self.path.parent)
             self.committed = True
@@ -59,57 +84,69 @@ class SaveLink:
         elif isinstance(msg, m.Go):
             self._replies.append(m.Started(self.envid, False))
 
-    async def send_raw(self, frame: dict, timeout: float | None = None) -> None:
-        data = frame["b"]
-        self._file.write(data)
-        self.bytes_sent += len(data)
-
     async def receive(self, allowed, timeout: float | None = None):
+        if m.Prepared in allowed:
+            return m.Prepared(self.envid)      # the whole stream is written
         return self._replies.pop(0)
 
     async def refuse(self, code: str, message: str) -> None:
         pass
 
     async def aclose(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if not self.committed:
             self.tmp.unlink(missing_ok=True)
 
 
-def _flush_and_sync(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
 class LoadLink:
-    """The source of a load: an image file, checked whole before any of it
-    is used (open() does that, in a thread)."""
+    """The source of a load: an image file, at most as large as an image
+    that fits this node."""
 
     def __init__(self, path: Path, max_pages: int):
         self.path = path
-        self.max_pages = max_pages
         self.fs = _NoStream()
         self.peer = f"image {path.stem}"
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.scan = None
-        self._chunks = None
+        self.limit = max_image_bytes(max_pages)
         self.failure = None                 # (code, message) the session refused with
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = size = os.fstat(self._fd).st_size
+        if size > self.limit:
+            os.close(self._fd)
+            raise StreamError(f"file is {size} bytes; no image that fits here can exceed "
+                              f"{self.limit}")
 
-    async def open(self) -> "LoadLink":
-        self.scan = await trio.to_thread.run_sync(scan_file, self.path, self.max_pages)
-        self._chunks = read_chunks(self.path, max_image_bytes(self.max_pages))
-        return self
+    def _read(self, n: int) -> bytes:
+        data = os.read(self._fd, n)
+        self.bytes_received += len(data)
+        if self.bytes_received > self.limit:
+            raise StreamError(f"file grew past {self.limit} bytes while being read")
+        return data
+
+    async def receive_stream(self, restorer, progress=None) -> None:
+        while not restorer.done:
+            if restorer.wants_data:
+                n = os.readv(self._fd, restorer.data_views()[:IOV_MAX])
+                if not n:
+                    raise StreamError("the image ends early (truncated inside a batch)")
+                self.bytes_received += n
+                restorer.filled(n)
+                restorer.feed(b"")
+            else:
+                data = self._read(READ_CHUNK if restorer.pages == 0 else 64 << 10)
+                if not data:
+                    raise StreamError("the image ends early (truncated: no trailer)")
+                restorer.feed(data)
+            if progress is not None:
+                progress(restorer)
+            await trio.sleep(0)
+        if os.lseek(self._fd, 0, os.SEEK_CUR) != self.size:
+            raise StreamError("data after the trailer")
 
     async def receive(self, allowed, timeout: float | None = None):
-        if m.Data in allowed:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return m.End()
-            self.bytes_received += len(chunk)
-            await trio.sleep(0)
-            return m.Data(chunk)
         if m.Commit in allowed:
             return m.Commit()
         return m.Go()
@@ -121,5 +158,6 @@ class LoadLink:
         self.failure = (code, message)
 
     async def aclose(self) -> None:
-        if self._chunks is not None:
-            self._chunks.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

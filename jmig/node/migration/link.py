@@ -14,6 +14,8 @@ from ...proto.frames import ProtocolError
 from ...proto.wire import ConnectionClosed, FramedStream
 from .base import KEEPALIVE, PROGRESS_TIMEOUT, MigrationError
 
+STREAM_READ = 64 << 10            # a raw stream's record heads are read this much at a time
+
 
 def keepalive(fs: FramedStream) -> None:
     sock = getattr(fs.stream, "socket", None)
@@ -68,6 +70,32 @@ class Link:
                 await self.fs.send(frame)
         except (ConnectionClosed, trio.TooSlowError) as exc:
             raise self._lost(exc, f"sending {frame.get('t')}") from None
+
+    async def send_stream(self, parts) -> None:
+        """Process-stream bytes (heads and frames), raw on the connection."""
+        try:
+            with trio.fail_after(self.timeout):
+                await self.fs.send_parts(parts)
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            raise self._lost(exc, "sending the process stream") from None
+
+    async def receive_stream(self, restorer, progress=None) -> None:
+        """Read a raw process stream into restorer until its trailer; page
+        data goes straight from the socket into the restorer's frames."""
+        fs = self.fs
+        try:
+            restorer.feed(fs.take_buffered())
+            while not restorer.done:
+                with trio.fail_after(self.timeout):
+                    if restorer.wants_data:
+                        restorer.filled(await fs.receive_into(restorer.data_views()))
+                        restorer.feed(b"")
+                    else:
+                        restorer.feed(await fs.receive_some(STREAM_READ))
+                if progress is not None:
+                    progress(restorer)
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            raise self._lost(exc, "receiving the process stream") from None
 
     async def receive(self, allowed: frozenset, timeout: float | None = None):
         """The next message, one of `allowed`.  A peer's ErrorReply raises

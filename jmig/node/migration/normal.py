@@ -1,9 +1,12 @@
 """Normal migration, and what travels in it: every page, as a process
-stream (proto/pstream.py) in Data frames, then End.  The demand-paging
-method sends the same stream with page table entries only (pgfault.py),
-and save/load write and read it to and from a file (images.py).
+stream (proto/pstream.py) written raw on the connection right after the
+Begin frame (it is self-delimiting: its trailer ends it), page data going
+from the source's frames to the destination's with scatter/gather calls.
+The demand-paging method sends the same stream with page table entries
+only (pgfault.py), and save/load write and read it to and from a file
+(filelink.py).
 
-    source -> dest   Begin{pages} Data{b}* End            then session.py's steps
+    source -> dest   Begin{pages} <process stream>           then session.py's steps
 """
 from __future__ import annotations
 
@@ -53,10 +56,9 @@ class StreamSend:
                                 resume=out.resume, pages=w.npages,
                                 **self.begin_fields(out, link)))
         failpoint(f"{self.name}.src.after_begin")
-        for batch in w.batches():
-            await link.send_raw({"t": "data", "b": b"".join(batch)})
+        for parts in w.parts():
+            await link.send_stream(parts)
             out.progress(done=w.progress.done, total=w.progress.total, bytes=w.progress.nbytes)
-        await link.send(m.End())
 
     def prepared(self, out) -> None:
         """The destination holds the env, verified (before the commit)."""
@@ -102,12 +104,8 @@ class StreamReceive:
         r = self.restorer = StreamRestorer(self.node.kernel, keep_id=True,
                                            allow_remote=self.allow_remote)
         try:
-            while True:
-                msg = await link.receive(m.FROM_SOURCE_STREAM)
-                if isinstance(msg, m.End):
-                    r.finish()
-                    break
-                r.feed(msg.b)
+            await link.receive_stream(r)
+            r.finish()
         except BaseException:
             r.abort()
             raise

@@ -1,12 +1,19 @@
 """Moving one env in and out of a kernel as a process stream.
 
-`StreamWriter` turns a paused env into process-stream bytes a batch at a
-time; `StreamRestorer` feeds decoded stream events into a kernel as an
-"incoming" env that becomes real only on commit (and leaves nothing behind
-on abort).  Save/load (images.py) and normal migration (migrate.py) are
-both built from these two.
+`StreamWriter` turns a paused env into process-stream parts a batch at a
+time: bytes for record heads and the env's frames themselves (memoryviews)
+for page data, to be written with scatter/gather calls, so that a page's
+bytes are never copied in this process on their way out.
+`StreamRestorer` decodes a stream into an "incoming" env that becomes
+real only on commit (and leaves nothing behind on abort); a batch's page
+data lands straight in the frames it was given (read there by the caller
+with readv/recv_into, or copied there from bytes fed in).  Every page's
+entry is checked before any of its data is placed, and the stream's
+checksum before the env can be committed; an incoming env never runs.
 """
 from __future__ import annotations
+
+import zlib
 
 import attrs
 import structlog
@@ -16,9 +23,8 @@ from ... import logs
 from ...kernel import events as ev
 from ...kernel.kernel import Kernel
 from ...proto import pstream
-from ...proto.pstream import StreamDecoder, StreamEncoder, StreamError
-
-BATCH_BYTES = 256 * 1024
+from ...proto.pstream import (BATCH_MAX, ZERO_PAGE, ZERO_PAGE_CRC, StreamDecoder,
+                              StreamEncoder, StreamError)
 
 
 @attrs.define
@@ -29,7 +35,8 @@ class Progress:
 
 
 class StreamWriter:
-    """Serialize env `envid` (which must stay paused while this runs)."""
+    """Serialize env `envid` (which must stay paused while this runs, and
+    whose frames must outlive each yielded batch until it is written)."""
 
     def __init__(self, kernel: Kernel, envid: int, node: str, method: str,
                  extra: dict | None = None, remote: bool = False):
@@ -44,7 +51,7 @@ class StreamWriter:
             self.runs = kernel.page_runs(envid)       # [(first vpn, count, perm)]
             self.npages = sum(c for _, c, _ in self.runs)
         else:
-            self.pages = kernel.page_list(envid)      # [(va, perm, remote)]
+            self.pages = kernel.page_frames(envid)    # [(va, perm, pfn)]
             self.npages = len(self.pages)
         self.enc = StreamEncoder()
         self.log = structlog.get_logger("jmig.stream")
@@ -53,41 +60,46 @@ class StreamWriter:
             pages=self.npages, method=method, extra=extra)
         self.progress = Progress(total=self.npages)
 
-    def batches(self, batch_bytes: int = BATCH_BYTES):
-        """Yield lists of byte strings of about batch_bytes each, the last
-        ending with the trailer."""
-        k = self.kernel
-        mem = memoryview(k.phys.mem)
-        out = [self.enc.start(self.header)]
-        per_batch = max(1, batch_bytes // 4111)
-        e = k.get_env(self.envid)
-        pte = e.aspace.pte
+    def parts(self):
+        """Yield lists of buffers (bytes, or memoryviews of frames) of up to
+        BATCH_MAX pages each, to be written in order; the last list ends
+        with the trailer."""
+        enc = self.enc
+        out = [enc.start(self.header)]
         if self.remote:
             # Page table entries only: runs of consecutive pages with one perm.
             for vpn, count, perm in self.runs:
-                out.append(self.enc.remote_run(vpn << 12, count, perm))
+                out.append(enc.remote_run(vpn << 12, count, perm))
             self.progress.done = self.npages
-            self.progress.nbytes += sum(len(x) for x in out)
-            out.append(self.enc.trailer())
-            self.progress.nbytes += len(out[-1])
+            out.append(enc.trailer())
+            self.progress.nbytes = enc.nbytes + len(out[-1])
             yield out
             return
+        frame = self.kernel.phys.frame
         pages = self.pages
-        for i in range(0, len(pages), per_batch):
-            chunk = pages[i:i + per_batch]
-            items = []
-            for va, perm, _ in chunk:
-                base = pte[va >> 12] & 0xFFFFF000
-                items.append((va, perm, mem[base:base + 4096]))
-            out.append(self.enc.page_batch(items))
+        for i in range(0, len(pages), BATCH_MAX):
+            chunk = pages[i:i + BATCH_MAX]
+            vas, perms, views, crcs = [], [], [], []
+            for va, perm, pfn in chunk:
+                view = frame(pfn)
+                c = zlib.crc32(view)
+                if c == ZERO_PAGE_CRC and view.tobytes() == ZERO_PAGE:
+                    out.append(enc.zero(va, perm))
+                    continue
+                vas.append(va)
+                perms.append(perm)
+                views.append(view)
+                crcs.append(c)
+            if views:
+                out += enc.batch(vas, perms, views, crcs)
             if logs.DEBUG:
                 log_chunks(self.log, "send page", chunk)
             self.progress.done += len(chunk)
-            self.progress.nbytes += sum(len(x) for x in out)
+            self.progress.nbytes = enc.nbytes
             yield out
             out = []
-        out.append(self.enc.trailer())
-        self.progress.nbytes += len(out[-1])
+        out.append(enc.trailer())
+        self.progress.nbytes = enc.nbytes + len(out[-1])
         yield out
 
 
@@ -104,14 +116,17 @@ class StreamRestorer:
 
     feed() raises StreamError for a malformed stream and KernelError when
     the kernel refuses (memory, env slots); after either, call abort().
+    When feed() returns with `wants_data`, a batch's pages are expected:
+    feed more bytes, or read them straight into data_views() and call
+    filled(n) (the zero-copy path), then feed(b"") to go on.
     """
 
-    def __init__(self, kernel: Kernel, keep_id: bool = True, allow_remote: bool = False,
+    def __init__(self, kernel: Kernel | None, keep_id: bool = True, allow_remote: bool = False,
                  create: bool = True):
         self.kernel = kernel
         self.keep_id = keep_id
         self.allow_remote = allow_remote
-        self.create = create               # False: verify only, create nothing
+        self.create = create and kernel is not None   # False: verify only, create nothing
         self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
                                  else pstream.MAX_RUN, allow_remote=allow_remote)
         self.env = None
@@ -124,17 +139,32 @@ class StreamRestorer:
     def done(self) -> bool:
         return self.dec.state == "done"
 
+    @property
+    def wants_data(self) -> bool:
+        return self.dec.want > 0
+
+    def data_views(self) -> list:
+        return self.dec.data_views()
+
+    def filled(self, n: int) -> None:
+        self.dec.filled(n)
+
     def feed(self, data) -> None:
-        self.dec.receive_data(data)
-        k = self.kernel
         dec = self.dec
-        while True:
-            if dec.feed_pages(self._sink_batch):
-                continue
+        if data:
+            dec.receive_data(data)
+        k = self.kernel
+        while not dec.want:
             e = dec.next_event()
             if e is pstream.NEED_DATA:
                 return
-            if isinstance(e, pstream.Header):
+            if isinstance(e, pstream.Batch):
+                self.pages += len(e.vas)
+                if logs.DEBUG:
+                    log_chunks(self.log, "receive page", [(va,) for va in e.vas])
+                dec.sink(k.restore_batch(self.env, e.vas, e.perms) if self.env is not None
+                         else None)
+            elif isinstance(e, pstream.Header):
                 h = pstream.env_header(e.fields)
                 self.header = e.fields
                 self.total = e.fields["pages"]
@@ -144,11 +174,14 @@ class StreamRestorer:
                         raise ev.KernelError(ev.NO_MEMORY, f"the process needs {self.total} pages; "
                                              f"{k.phys.nfree} are free here")
                     self.env = k.create_from(h, keep_id=self.keep_id)
-            elif isinstance(e, pstream.Page):
-                self._sink(pstream.TAG_ZERO if e.zero else pstream.TAG_PAGE, e.va, e.perm,
-                           None, e.data)
+            elif isinstance(e, pstream.Page):              # a ZERO record
+                self.pages += 1
+                if self.env is not None:
+                    k.restore_page(self.env, e.va, e.perm, ZERO_PAGE)
             elif isinstance(e, pstream.Remote):
-                self._sink(pstream.TAG_REMOTE, e.va, e.perm, None)
+                self.pages += 1
+                if self.env is not None:
+                    k.restore_page(self.env, e.va, e.perm, None)
             elif isinstance(e, pstream.RemoteRun):
                 self.pages += e.count
                 if self.env is not None:
@@ -157,43 +190,19 @@ class StreamRestorer:
                 if self.total != e.pages:
                     raise StreamError(f"header announces {self.total} pages, trailer {e.pages}")
 
-    def _sink_batch(self, records, view) -> None:
-        """Many page records at once (the decoder's fast path)."""
-        self.pages += len(records)
-        if logs.DEBUG:
-            log_chunks(self.log, "receive page", [r[1:] for r in records if r[0] != b"R"])
-        if self.env is not None:
-            self.kernel.restore_records(self.env, records, view)
-
-    def _sink(self, tag, va: int, perm: int, body, data=None) -> None:
-        """One page record: install it in the incoming env (if creating)."""
-        self.pages += 1
-        if self.env is None:
-            return
-        k = self.kernel
-        if tag == pstream.TAG_PAGE:
-            if body is not None:
-                k.restore_page(self.env, va, perm, chunks=(body[7:1031], body[1032:2056],
-                                                           body[2057:3081], body[3082:4106]))
-            else:
-                k.restore_page(self.env, va, perm, data)
-        elif tag == pstream.TAG_ZERO:
-            k.restore_page(self.env, va, perm, pstream.ZERO_PAGE)
-        else:
-            k.restore_page(self.env, va, perm, None)
-
     def finish(self) -> None:
         """Check that the stream ended properly."""
         if not self.done:
             raise StreamError("the stream ended early (truncated: no trailer)")
 
-    def commit(self, resume: bool = False):
-        self.finish()
-        env = self.kernel.commit_incoming(self.env, resume=resume)
-        self.env = None
-        return env
-
     def abort(self) -> None:
         if self.env is not None:
             self.kernel.abort_incoming(self.env)
             self.env = None
+
+
+def stream_bytes(kernel: Kernel, envid: int, node: str, method: str = "image") -> bytes:
+    """The whole process stream of env as one bytes object (tests, tools)."""
+    w = StreamWriter(kernel, envid, node, method)
+    return b"".join(bytes(p) for batch in w.parts() for p in batch)
+
