@@ -14,13 +14,17 @@ arrives and then executes the `int $0x30` again.
 """
 from __future__ import annotations
 
-from .env import ENV_NOT_RUNNABLE, ENV_RUNNABLE, Env
-from .kernel import Kernel, _Blocked
+from typing import TYPE_CHECKING
+
+from .env import ENV_NOT_RUNNABLE, ENV_RUNNABLE, Blocked as _Blocked, Env
 from .memlayout import (
     E_BAD_ENV, E_INVAL, E_IPC_NOT_RECV, E_NO_FREE_ENV, E_NO_MEM, PGSIZE, PTE_P, PTE_REMOTE,
     PTE_SYSCALL, PTE_U, PTE_W, UTOP,
 )
 from . import events as ev
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 SYS_cputs = 0
 SYS_cgetc = 1

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import re
 
-from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SUB
+from ..memlayout import FL_CF, FL_ZF
+from .flags import ADC, ADD, ARITH, BITS, DEC, INC, LOGIC, MASK, MUL, SBB, SIGN, SUB
 from .insn import IMM, MEM, REG, REL, SREG, EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI, Insn, Operand
 
-MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
-SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000}
-BITS = {1: 8, 2: 16, 4: 32}
 RD = {1: "rd8", 2: "rd16", 4: "rd32"}
 WR = {1: "wr8", 2: "wr16", 4: "wr32"}
 
@@ -30,8 +28,6 @@ WR = {1: "wr8", 2: "wr16", 4: "wr32"}
 # trapframe and fs, gs from env_init_percpu are all GD_UD|3 (flat).
 SEG_VALUES = {0: 0x23, 1: 0x1B, 2: 0x23, 3: 0x23, 4: 0x23, 5: 0x23}
 
-ARITH = 0x8D5
-FL_CF, FL_PF, FL_AF, FL_ZF, FL_SF, FL_DF, FL_OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800
 POPF_MASK = 0x244CD5           # CF PF AF ZF SF DF OF NT AC ID (IF, IOPL, TF kept)
 
 

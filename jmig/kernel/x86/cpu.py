@@ -23,6 +23,7 @@ from .decode import MAX_LEN, Truncated, decode
 from .flags import eflags_of
 from .insn import Insn
 from .runtime import SoftInt
+from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
 
 # Why run() stopped.
 BUDGET = "budget"          # executed `budget` instructions
@@ -218,7 +219,6 @@ def _interp_adapter(fn, addr: int):
 
 def block_slow(m, eip: int):
     """Decode, translate and cache the block starting at eip."""
-    from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
     d = m.code_page(eip)
     # The same program loaded again (another env, another frame): reuse the
     # block if the bytes at eip are the ones it was translated from.

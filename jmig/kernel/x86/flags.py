@@ -48,8 +48,9 @@ ARITH = FL_CF | FL_PF | FL_AF | FL_ZF | FL_SF | FL_OF      # 0x8d5
 
 ADD, ADC, SUB, SBB, LOGIC, INC, DEC, MUL = range(1, 9)
 
-MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}          # by operand size in bytes
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000}
+BITS = {1: 8, 2: 16, 4: 32}
 
 # PF_TABLE[b] = FL_PF if the byte b has an even number of set bits.
 PF_TABLE = bytes(FL_PF if bin(b).count("1") % 2 == 0 else 0 for b in range(256))
