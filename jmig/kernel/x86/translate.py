@@ -142,21 +142,21 @@ class BlockGen(Gen):
     def load(self, addr: str, size: int) -> str:
         a = self._name(addr)
         if size == 4:
-            return self.tmp(f"M32[(_p | ({a} & 0xFFF)) >> 2] if not {a} & 3 and "
-                            f"(_p := rt.get({a} >> 12)) is not None else m.rd32({a})")
+            return self.tmp(f"M32[({a} + _d) >> 2] if not {a} & 3 and "
+                            f"(_d := rt.get({a} & 0xFFFFF000)) is not None else m.rd32({a})")
         if size == 1:
-            return self.tmp(f"mem[_p | ({a} & 0xFFF)] if (_p := rt.get({a} >> 12)) "
+            return self.tmp(f"mem[{a} + _d] if (_d := rt.get({a} & 0xFFFFF000)) "
                             f"is not None else m.rd8({a})")
         return super().load(a, size)
 
     def store(self, addr: str, size: int, expr: str) -> None:
         a = self._name(addr)
         if size == 4:
-            self.emit(f"if not {a} & 3 and (_p := wt.get({a} >> 12)) is not None: "
-                      f"M32[(_p | ({a} & 0xFFF)) >> 2] = {expr}")
+            self.emit(f"if not {a} & 3 and (_d := wt.get({a} & 0xFFFFF000)) is not None: "
+                      f"M32[({a} + _d) >> 2] = {expr}")
             self.emit(f"else: m.wr32({a}, {expr})")
         elif size == 1:
-            self.emit(f"if (_p := wt.get({a} >> 12)) is not None: mem[_p | ({a} & 0xFFF)] = {expr}")
+            self.emit(f"if (_d := wt.get({a} & 0xFFFFF000)) is not None: mem[{a} + _d] = {expr}")
             self.emit(f"else: m.wr8({a}, {expr})")
         else:
             super().store(a, size, expr)
