@@ -87,6 +87,8 @@ class PhysMem:
         self.codebits: dict[int, bytearray] = {}
         # pfn -> set of (AddressSpace, page va) that hold it in a write TLB
         self.writers: dict[int, set] = {}
+        # pfn -> set of (AddressSpace, region) compiled from code in the frame
+        self.region_frames: dict[int, set] = {}
 
     # -- allocation ---------------------------------------------------------
     @property
@@ -149,6 +151,8 @@ class PhysMem:
         if d is not None:
             d.clear()
             del self.codebits[pfn]
+        for asp, fn in self.region_frames.pop(pfn, ()):
+            asp.drop_region(fn)
 
 
 class AddressSpace:
@@ -180,7 +184,12 @@ class AddressSpace:
         self.rt: dict[int, int] = {}           # page va -> frame base - page va, readable
         self.wt: dict[int, int] = {}           # page va -> frame base - page va, writable, dirty
         self.icache: dict[int, dict] = {}      # vpn -> the frame's decoded-code dict
-        self.on_invlpg = None                  # (vpn | None) -> None: the translator's hook
+        # The block translator's (x86/cpu.run_blocks): regions by entry,
+        # and which pages and frames each was compiled from.
+        self.regions: dict[int, object] = {}   # head eip -> region function
+        self.region_vpns: dict[int, list] = {}  # vpn -> regions with code in that page
+        self.restarts: dict[int, int] = {}     # eip -> TLB-miss restarts in regions
+        self.last_entry = 0                    # head the last region was entered at
         pfn = phys.page_alloc()
         if pfn is None:
             raise MemoryError("no frame for a page directory")   # caller maps to -E_NO_MEM
@@ -288,15 +297,49 @@ class AddressSpace:
         self.rt.pop(page, None)
         self.wt.pop(page, None)
         self.icache.pop(vpn, None)
-        if self.on_invlpg is not None:
-            self.on_invlpg(vpn)
+        fns = self.region_vpns.pop(vpn, None)
+        if fns:
+            for fn in fns:
+                self.drop_region(fn)
 
     def flush_tlb(self) -> None:
         self.rt.clear()
         self.wt.clear()
         self.icache.clear()
-        if self.on_invlpg is not None:
-            self.on_invlpg(None)
+        for fns in list(self.region_vpns.values()):
+            for fn in fns:
+                self.drop_region(fn)
+        self.region_vpns.clear()
+        self.regions.clear()
+
+    # -- translated regions ----------------------------------------------------
+    def install_region(self, fn, vpns, pfns) -> None:
+        """Make the region fn (attribute `heads`) run at its heads; it is
+        dropped when one of its pages is remapped or a frame's code changes."""
+        fn.vpns = tuple(vpns)
+        fn.pfns = tuple(pfns)
+        for h in fn.heads:
+            self.regions[h] = fn
+        for v in vpns:
+            self.region_vpns.setdefault(v, []).append(fn)
+        frames = self.phys.region_frames
+        for p in pfns:
+            s = frames.get(p)
+            if s is None:
+                frames[p] = {(self, fn)}
+            else:
+                s.add((self, fn))
+
+    def drop_region(self, fn) -> None:
+        regions = self.regions
+        for h in fn.heads:
+            if regions.get(h) is fn:
+                del regions[h]
+        frames = self.phys.region_frames
+        for p in fn.pfns:
+            s = frames.get(p)
+            if s is not None:
+                s.discard((self, fn))
 
     def free_all(self) -> None:
         """Unmap every page and free the page tables and directory (env_free)."""
@@ -621,6 +664,8 @@ class AddressSpace:
 
     def fetch(self, eip: int, n: int) -> bytes:
         """Up to n code bytes at eip within its page (the page is checked)."""
+        if eip >= UTOP:
+            raise PageFault(FEC_PR | FEC_U, eip)
         base = self._read_base(eip)
         off = eip & 0xFFF
         # `base + ...`, not `base | ...`: the end may be PGSIZE itself.

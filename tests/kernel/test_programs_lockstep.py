@@ -64,6 +64,8 @@ CASES = {
     "pingpong": Case(expect=("1001 got 10 from 1000",)),
     "primes": Case(limit=150_000, expect=("\n2\n", "\n3\n", "\n5\n")),
     "printbench": Case(("40",), expect=("printbench: 40 lines, checksum cbf84cda",)),
+    "scansched": Case(limit=200_000),             # forkscan's walk over uvpd/uvpt
+    "scantree": Case(limit=200_000),
     "sleeper": Case(expect=("sleeper: slept",)),
     # int $14: `int n` other than 3 and 0x30 (JOS: #GP, error code (14 << 3) | 2).
     "softint": Case(expect=("  trap 0x0000000d General Protection",), uncompared=("cd0e",)),

@@ -272,6 +272,9 @@ def _alu(g: Gen, i: Insn):
             c = g.carry()
             res = g.tmp(f"({a} - {b} - {c}) & {M:#x}")
             kind = g.tmp(f"{SBB << 3 | s} if {c} else {SUB << 3 | s}")
+        elif op == "cmp":
+            res = f"(({a} - {b}) & {M:#x})"         # only the flags see it
+            kind = None
         else:
             res = g.tmp(f"({a} - {b}) & {M:#x}")
             kind = None
@@ -279,6 +282,8 @@ def _alu(g: Gen, i: Insn):
         pyop = {"and": "&", "test": "&", "or": "|", "xor": "^"}[op]
         if op == "xor" and dst == src:
             res = "0"
+        elif op == "test":
+            res = a if dst == src else f"({a} & {b})"
         else:
             res = g.tmp(f"{a} {pyop} {b}")
         kind = None

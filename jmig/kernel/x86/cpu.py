@@ -18,12 +18,11 @@ import attrs
 
 from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE
 from ..pmap import CpuFault, PageFault, RemotePage
-from . import codegen, runtime
-from .decode import MAX_LEN, Truncated, decode
+from . import codegen, runtime, translate
 from .flags import eflags_of
 from .insn import Insn
 from .runtime import SoftInt
-from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
+from .translate import fetch_decode
 
 # Why run() stopped.
 BUDGET = "budget"          # executed `budget` instructions
@@ -31,6 +30,7 @@ SYSCALL = "syscall"        # int $0x30 (eip is after it)
 TRAP = "trap"              # a fault or trap: trapno, err, va (page faults)
 REMOTE = "remote"          # touched a remote page at va (eip at the insn)
 INTERNAL = "internal"      # a bug in jmig's core (never the guest's doing)
+M32 = 0xFFFFFFFF
 
 
 @attrs.frozen
@@ -93,28 +93,12 @@ def compile_insn(insn: Insn):
     fn = ns["_f"]
     fn.insn = insn
     fn.src = src
+    fn.ends = insn.op in translate.ENDS_BB or translate.is_exit_op(insn)
+    fn.indirect = insn.op in translate.INDIRECT
     if len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.clear()
     _COMPILED[key] = fn
     return fn
-
-
-def fetch_decode(m, eip: int) -> Insn:
-    """Decode the instruction at eip through the MMU (faults like a fetch)."""
-    buf = m.fetch(eip, MAX_LEN)
-    try:
-        return decode(buf, eip)
-    except Truncated:
-        pass
-    # The instruction continues on the next page: fetching it may fault.
-    nxt = (eip + len(buf)) & 0xFFFFFFFF
-    buf += m.fetch(nxt, MAX_LEN - len(buf))
-    try:
-        return decode(buf, eip)
-    except Truncated:
-        # Only possible if the buffer is shorter than 15 bytes, i.e. never
-        # after two pages; treat as undefined.
-        return Insn(addr=eip, length=len(buf), raw=buf, op="(bad)", trap=6)
 
 
 def _stopped(e: Exception, cpu: Cpu, eip: int, n: int) -> Stop:
@@ -143,12 +127,14 @@ def _stopped(e: Exception, cpu: Cpu, eip: int, n: int) -> Stop:
 class _Straddler:
     """An instruction that crosses a page boundary: cached in its first
     frame, it re-checks its bytes (and the second page's mapping) each time."""
-    __slots__ = ("fn", "raw", "insn")
+    __slots__ = ("fn", "raw", "insn", "ends", "indirect")
 
     def __init__(self, fn, insn: Insn):
         self.fn = fn
         self.raw = insn.raw
         self.insn = insn
+        self.ends = fn.ends
+        self.indirect = fn.indirect
 
     def __call__(self, cpu, r, m):
         insn = self.insn
@@ -198,83 +184,153 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 
 # -- the block translator's engine ---------------------------------------------------
 
-_BLOCKS: dict[tuple[int, bytes], object] = {}
-_BLOCK_AT: dict[int, tuple[bytes, object]] = {}    # eip -> (bytes, block) last translated
+HOT = 8                  # a block runs this often in the interpreter before it is compiled
+HOT_KEY = 0x2000         # frame code dict: page offset | HOT_KEY -> runs in the interpreter
+IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer took
+MAX_TARGETS = 16         # targets remembered per indirect transfer
+SLOW_AFTER = 8           # restarts of one instruction before it gets slow memory
+
+SLOW: set[int] = set()   # instruction addresses compiled with slow memory (all envs)
 
 
-def _interp_adapter(fn, addr: int):
-    """Run one interpreter instruction where a block cannot start."""
-    def one(cpu, r, m, budget):
-        try:
-            return fn(cpu, r, m), 1
-        except SoftInt as e:
-            e.count = 1
-            raise
-        except CpuFault as e:
-            e.eip = addr
-            e.count = 0
-            raise
-    return one
+def _seen(m):
+    icache = m.icache
+
+    def seen(a: int) -> bool:
+        d = icache.get(a >> 12)
+        return d is not None and (a & 0xFFF) | HOT_KEY in d
+    return seen
 
 
-def block_slow(m, eip: int):
-    """Decode, translate and cache the block starting at eip."""
-    d = m.code_page(eip)
-    # The same program loaded again (another env, another frame): reuse the
-    # block if the bytes at eip are the ones it was translated from.
-    known = _BLOCK_AT.get(eip)
-    if known is not None:
-        raw, fn = known
-        if (eip & 0xFFF) + len(raw) <= PGSIZE and m.fetch(eip, len(raw)) == raw:
-            m.mark_code(eip, len(raw))
-            d[(eip & 0xFFF) | 0x1000] = fn
-            return fn
-    insns = []
-    a = eip
-    page = eip & ~0xFFF
-    while len(insns) < MAX_BLOCK:
-        if (a & ~0xFFF) != page:
-            break
-        insn = fetch_decode(m, a)
-        if insn.op in NOT_IN_BLOCKS or (a & 0xFFF) + insn.length > PGSIZE:
-            break
-        insns.append(insn)
-        if ends_block(insn, eip):
-            break
-        a = insn.next
-    if not insns:
-        fn = _interp_adapter(lookup_slow(m, eip), eip)
-    else:
-        raw = b"".join(i.raw for i in insns)
-        key = (eip, raw)
-        fn = _BLOCKS.get(key)
-        if fn is None:
-            fn = translate(insns)
-            if len(_BLOCKS) >= _COMPILED_MAX:
-                _BLOCKS.clear()
-                _BLOCK_AT.clear()
-            _BLOCKS[key] = fn
-        _BLOCK_AT[eip] = (raw, fn)
-        m.mark_code(eip, len(raw))
-    d[(eip & 0xFFF) | BLOCK_KEY] = fn
-    return fn
+def _indirect(m):
+    icache = m.icache
+
+    def indirect(a: int) -> set[int]:
+        d = icache.get(a >> 12)
+        return set(d.get((a & 0xFFF) | IND_KEY, ())) if d is not None else set()
+    return indirect
 
 
-def run_blocks(cpu: Cpu, m, budget: int) -> Stop:
-    """Like run(), with the block translator: same contract, faster."""
+def _install(m, eip: int, static: bool) -> bool:
+    """Compile the region at eip (or reuse one) and install it in m."""
+    fn = translate.build(m, eip, _seen(m), _indirect(m), m.regions.keys(), static,
+                         frozenset(SLOW))
+    if fn is None:
+        return False
+    vpns = set()
+    pfns = set()
+    for bb in fn.plan.bbs.values():
+        m.code_page(bb.start)
+        m.mark_code(bb.start, len(bb.raw))
+        vpns.add(bb.start >> 12)
+        pfns.add(m._read_base(bb.start) >> 12)
+    m.install_region(fn, vpns, pfns)
+    return True
+
+
+def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int) -> tuple[int, int]:
+    """Count a run of the block at eip; compile its region once it is hot,
+    else interpret the block.  Returns (next eip, instructions run)."""
+    d = m.icache.get(eip >> 12)
+    if d is None:
+        d = m.code_page(eip)
+    key = (eip & 0xFFF) | HOT_KEY
+    c = d.get(key, 0) + 1
+    d[key] = c
+    if c > hot:
+        if _install(m, eip, hot == 0):
+            return eip, 0
+        d[key] = -(1 << 40)            # no region starts here: never try again
+    start = eip
+    k = 0
+    try:
+        while True:
+            fn = d.get(eip & 0xFFF)
+            if fn is None:
+                fn = lookup_slow(m, eip)
+            nxt = fn(cpu, r, m)
+            k += 1
+            if fn.ends or k >= budget or k >= translate.MAX_BB or nxt >> 12 != eip >> 12:
+                if fn.indirect:
+                    tk = (eip & 0xFFF) | IND_KEY
+                    seen = d.get(tk)
+                    if seen is None:
+                        d[tk] = seen = set()
+                    if len(seen) < MAX_TARGETS:
+                        seen.add(nxt)
+                return nxt, k
+            eip = nxt
+            if (eip - start) >> 12:
+                return eip, k
+    except SoftInt as e:
+        e.count = k + 1
+        raise
+    except CpuFault as e:
+        e.eip = eip
+        e.count = k
+        raise
+
+
+def _restarted(m, eip: int) -> None:
+    """The instruction at eip missed the TLB inside a region; one that
+    keeps missing (a window, a page holding code) gets slow memory."""
+    counts = m.restarts
+    c = counts.get(eip, 0) + 1
+    counts[eip] = c
+    if c == SLOW_AFTER:
+        SLOW.add(eip)
+        fn = m.regions.get(m.last_entry)
+        if fn is not None:
+            m.drop_region(fn)
+
+
+def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
+    """Like run(), with the block translator: the same contract and the
+    same count (exactly `budget` at most), faster.  hot=0 compiles a
+    region at the first run of a block, from all the code statically
+    reachable (tests); else regions hold the blocks that have run."""
     r = cpu.r
     eip = cpu.eip
     n = 0
-    icache = m.icache
+    regions = m.regions
     try:
         while n < budget:
-            d = icache.get(eip >> 12)
-            fn = d.get((eip & 0xFFF) | 0x1000) if d is not None else None
-            if fn is None:
-                fn = block_slow(m, eip)
-            eip, k = fn(cpu, r, m, budget - n)
+            fn = regions.get(eip)
+            if fn is not None:
+                m.last_entry = eip
+                eip, k = fn(cpu, r, m, budget - n, eip)
+                n += k
+                continue
+            if eip > M32:
+                why = eip & translate.EXIT_MASK
+                eip &= M32
+                cpu.eip = eip
+                if why == translate.EXIT_SYSCALL:
+                    return Stop(SYSCALL, n)
+                if why == translate.EXIT_INT3:
+                    return Stop(TRAP, n, 3)
+                if why == translate.EXIT_RESTART:
+                    _restarted(m, eip)
+                    st = run(cpu, m, 1)
+                else:
+                    st = run(cpu, m, budget - n)        # the tail of the budget
+                if st.reason != BUDGET:
+                    return Stop(st.reason, n + st.count, st.trapno, st.err, st.va, st.detail)
+                n += st.count
+                eip = cpu.eip
+                continue
+            eip, k = _tier0(cpu, r, m, eip, budget - n, hot)
             n += k
     except Exception as e:
         return _stopped(e, cpu, eip, n)
+    if eip > M32:
+        # A region used up the budget with its last instruction.
+        why = eip & translate.EXIT_MASK
+        cpu.eip = eip & M32
+        if why == translate.EXIT_SYSCALL:
+            return Stop(SYSCALL, n)
+        if why == translate.EXIT_INT3:
+            return Stop(TRAP, n, 3)
+        return Stop(BUDGET, n)
     cpu.eip = eip
     return Stop(BUDGET, n)
