@@ -87,7 +87,9 @@ class PhysMem:
         self.codebits: dict[int, bytearray] = {}
         # pfn -> set of (AddressSpace, page va) that hold it in a write TLB
         self.writers: dict[int, set] = {}
-        # pfn -> set of (AddressSpace, region) compiled from code in the frame
+        # pfn -> set of (AddressSpace, region) installed, or (entry pfn, key)
+        # of a region kept in code[entry pfn] for reuse, compiled from code
+        # in the frame
         self.region_frames: dict[int, set] = {}
 
     # -- allocation ---------------------------------------------------------
@@ -151,8 +153,23 @@ class PhysMem:
         if d is not None:
             d.clear()
             del self.codebits[pfn]
-        for asp, fn in self.region_frames.pop(pfn, ()):
-            asp.drop_region(fn)
+        for holder, what in self.region_frames.pop(pfn, ()):
+            if isinstance(holder, AddressSpace):
+                holder.drop_region(what)
+            else:
+                kept = self.code.get(holder)
+                if kept is not None:
+                    kept.pop(what, None)
+
+    def note_template(self, entry_pfn: int, key: int, pfns) -> None:
+        """code[entry_pfn][key] holds a region compiled from code in frames
+        pfns: forget it when the code in one of them changes."""
+        for p in pfns:
+            s = self.region_frames.get(p)
+            if s is None:
+                self.region_frames[p] = {(entry_pfn, key)}
+            else:
+                s.add((entry_pfn, key))
 
 
 class AddressSpace:
@@ -187,6 +204,7 @@ class AddressSpace:
         # The block translator's (x86/cpu.run_blocks): regions by entry,
         # and which pages and frames each was compiled from.
         self.regions: dict[int, object] = {}   # head eip -> region function
+        self.blocks: dict[int, object] = {}    # block start -> the region compiling it
         self.region_vpns: dict[int, list] = {}  # vpn -> regions with code in that page
         self.restarts: dict[int, int] = {}     # eip -> TLB-miss restarts in regions
         self.last_entry = 0                    # head the last region was entered at
@@ -311,6 +329,7 @@ class AddressSpace:
                 self.drop_region(fn)
         self.region_vpns.clear()
         self.regions.clear()
+        self.blocks.clear()
 
     # -- translated regions ----------------------------------------------------
     def install_region(self, fn, vpns, pfns) -> None:
@@ -320,6 +339,8 @@ class AddressSpace:
         fn.pfns = tuple(pfns)
         for h in fn.heads:
             self.regions[h] = fn
+        for b in fn.plan.bbs:
+            self.blocks[b] = fn
         for v in vpns:
             self.region_vpns.setdefault(v, []).append(fn)
         frames = self.phys.region_frames
@@ -335,6 +356,10 @@ class AddressSpace:
         for h in fn.heads:
             if regions.get(h) is fn:
                 del regions[h]
+        blocks = self.blocks
+        for b in fn.plan.bbs:
+            if blocks.get(b) is fn:
+                del blocks[b]
         frames = self.phys.region_frames
         for p in fn.pfns:
             s = frames.get(p)

@@ -10,9 +10,10 @@ tests/x86/conftest.py runs every test in those files three times (ENGINE):
     sight).  The snippet is ended with `int $0x30`, and so is every direct
     branch target it has, so that the translator compiles it as a block
     (and a branch's taken side too) and stops right after the n
-    instructions; the stop there reads as the interpreter's would (budget,
-    eip at the terminator).  If the run went elsewhere, it is done again
-    with a budget of exactly n;
+    instructions; the stop at a terminator there (planted or the
+    snippet's own) reads as the interpreter's would (budget, eip at the
+    terminator).  If the run went elsewhere, it is done again with a
+    budget of exactly n;
   - "blocks-mid": the same with the snippet in the middle of a block: a
     page of its own at PREFIX holds `mov %eax,%eax; jmp CODE`, execution
     starts there, and the translator compiles the jump's target into the
@@ -122,8 +123,11 @@ def step(code: bytes, *, eflags: int = BASE_FLAGS, mem: dict | None = None, n: i
     planted = _terminators(code, eip, mem or {})
     cpu, space, ran = _machine(code, eflags, mem, eip, regs, planted, mid)
     stop = _blocks(cpu, space, n + 1 + pre, ran)
-    if stop.reason == SYSCALL and stop.count == n + 1 + pre and cpu.eip - 2 in planted:
-        cpu.eip -= 2                       # the terminator after the n instructions
+    if stop.count == n + 1 + pre and (stop.reason == SYSCALL or
+                                      stop.reason == TRAP and stop.trapno == 3):
+        # The (n+1)th instruction was a terminator (int $0x30, int3, int $3),
+        # planted or the snippet's own: it changed nothing but eip.
+        cpu.eip -= 1 if stop.reason == TRAP and space.read(cpu.eip - 1, 1) == b"\xcc" else 2
         stop = Stop(BUDGET, n)
     elif stop.reason != BUDGET and stop.count <= n + pre:
         stop = _unprefixed(stop, pre)      # a trap, fault or syscall of the snippet

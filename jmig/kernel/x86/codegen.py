@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 
 from ..memlayout import FL_CF, FL_ZF
-from .flags import ADC, ADD, ARITH, BITS, DEC, INC, LOGIC, MASK, MUL, SBB, SIGN, SUB
+from .flags import (
+    ADC, ADD, ARITH, BITS, DEC, INC, LOGIC, MASK, MUL, SAR, SBB, SHL, SHR, SIGN, SUB,
+)
 from .insn import IMM, MEM, REG, REL, SREG, EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI, Insn, Operand
 
 RD = {1: "rd8", 2: "rd16", 4: "rd32"}
@@ -799,6 +801,17 @@ def _shift(g: Gen, i: Insn):
         c = str(cnt)
     else:
         c = g.tmp(f"{g.getreg(ECX, 1)} & 31")
+    if cnt_op.kind == IMM:
+        # Flags lazily, from the value and the count (flags.py: SHL SHR SAR).
+        if i.op == "shl":
+            res = g.tmp(f"({v} << {c}) & {M:#x}")
+        elif i.op == "shr":
+            res = g.tmp(f"{v} >> {c}")
+        else:
+            res = g.tmp(f"(sx({v}, {s}) >> {c}) & {M:#x}")
+        g.write(dst, res)
+        g.set_lazy({"shl": SHL, "shr": SHR, "sar": SAR}[i.op], s, v, c, res)
+        return
     if i.op == "shl":
         res = g.tmp(f"({v} << {c}) & {M:#x}")
         cf = g.tmp(f"({v} << {c}) >> {bits} & 1")
@@ -813,13 +826,9 @@ def _shift(g: Gen, i: Insn):
         cf = g.tmp(f"({sv} >> ({c} - 1)) & 1 if {c} else 0")
         of = "0"
     fl = g.tmp(f"{_flags_szp(res, sign)} | {cf} | ({of} << 11)")
-    if cnt_op.kind == IMM:
-        g.write(dst, res)
-        g.set_arith(fl)
-    else:
-        g.write(dst, res)
-        f = g.eflags()
-        g.set_ef(f"(({f} & {~ARITH & 0xFFFFFFFF:#x}) | {fl}) if {c} else {f}")
+    g.write(dst, res)
+    f = g.eflags()
+    g.set_ef(f"(({f} & {~ARITH & 0xFFFFFFFF:#x}) | {fl}) if {c} else {f}")
 
 
 @sem("rol", "ror", "rcl", "rcr")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE
+from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_P, PTE_REMOTE, PTE_U
 from ..pmap import CpuFault, PageFault, RemotePage
 from . import codegen, runtime, translate
 from .flags import eflags_of
@@ -184,22 +184,33 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 
 # -- the block translator's engine ---------------------------------------------------
 
-HOT = 8                  # a block runs this often in the interpreter before it is compiled
+HOT = 32                 # a block runs this often in the interpreter before it is compiled
+WARM = 4                 # ... with the blocks that ran at least 1/WARM as often
 HOT_KEY = 0x2000         # frame code dict: page offset | HOT_KEY -> runs in the interpreter
 IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer took
+TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) pages) to reuse
 MAX_TARGETS = 16         # targets remembered per indirect transfer
 SLOW_AFTER = 8           # restarts of one instruction before it gets slow memory
 
 SLOW: set[int] = set()   # instruction addresses compiled with slow memory (all envs)
 
 
-def _seen(m):
+def _seen(m, at_least: int):
     icache = m.icache
 
     def seen(a: int) -> bool:
         d = icache.get(a >> 12)
-        return d is not None and (a & 0xFFF) | HOT_KEY in d
+        return d is not None and not 0 <= d.get((a & 0xFFF) | HOT_KEY, 0) < at_least
     return seen
+
+
+def _hot(m):
+    icache = m.icache
+
+    def hot(a: int) -> int:
+        d = icache.get(a >> 12)
+        return d.get((a & 0xFFF) | HOT_KEY, 0) if d is not None else 0
+    return hot
 
 
 def _indirect(m):
@@ -211,36 +222,79 @@ def _indirect(m):
     return indirect
 
 
-def _install(m, eip: int, static: bool) -> bool:
-    """Compile the region at eip (or reuse one) and install it in m."""
-    fn = translate.build(m, eip, _seen(m), _indirect(m), m.regions.keys(), static,
-                         frozenset(SLOW))
-    if fn is None:
-        return False
-    vpns = set()
-    pfns = set()
-    for bb in fn.plan.bbs.values():
-        m.code_page(bb.start)
-        m.mark_code(bb.start, len(bb.raw))
-        vpns.add(bb.start >> 12)
-        pfns.add(m._read_base(bb.start) >> 12)
-    m.install_region(fn, vpns, pfns)
+def _frames_match(m, frames) -> bool:
+    """Whether m maps each page (vpn, pfn) of a region to that frame."""
+    pte = m.pte
+    for vpn, pfn in frames:
+        p = pte.get(vpn)
+        if p is None or p & (PTE_P | PTE_U | PTE_REMOTE) != PTE_P | PTE_U or p >> 12 != pfn:
+            return False
     return True
 
 
-def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int) -> tuple[int, int]:
-    """Count a run of the block at eip; compile its region once it is hot,
-    else interpret the block.  Returns (next eip, instructions run)."""
+def _install(m, eip: int, static: bool, d: dict) -> bool:
+    """Install a region with a head at eip in m: the one compiled for
+    another env mapping the same frames (fork); else the region compiling
+    the block at eip again with eip as a head; else a new region of the
+    code that has run and no region here compiles.  False if no region
+    can start at eip."""
+    key = (eip & 0xFFF) | TPL_KEY
+    tpl = d.get(key)
+    if tpl is not None and not static and _frames_match(m, tpl[1]):
+        fn, frames = tpl
+    else:
+        old = m.blocks.get(eip)
+        if old is not None:
+            # Entered from outside where it has no head: compile it again
+            # with heads at every block entered so since it was compiled.
+            hot = _hot(m)
+            more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
+            fn = translate.with_heads(old.plan, more, frozenset(SLOW))
+            m.drop_region(old)
+        else:
+            blocks = m.blocks
+            warm = max(1, _hot(m)(eip) // WARM)
+            fn = translate.build(m, eip, _seen(m, warm), _indirect(m), blocks.__contains__,
+                                 static, frozenset(SLOW))
+        if fn is None:
+            return False
+        pages = {}
+        for bb in fn.plan.bbs.values():
+            m.code_page(bb.start)
+            m.mark_code(bb.start, len(bb.raw))
+            pages[bb.start >> 12] = m._read_base(bb.start) >> 12
+        frames = tuple(sorted(pages.items()))
+        if not static:
+            for h in fn.heads:
+                hd = m.icache.get(h >> 12)
+                if hd is not None:
+                    hd[(h & 0xFFF) | TPL_KEY] = (fn, frames)
+                    m.phys.note_template(dict(frames)[h >> 12], (h & 0xFFF) | TPL_KEY,
+                                         [p for _, p in frames])
+    for vpn, _ in frames:
+        m._read_base(vpn << 12)             # the fetch sets A, as the interpreter's does
+    inst = translate.instance(fn)
+    hot = _hot(m)
+    inst.counts = {b: hot(b) for b in fn.plan.bbs}
+    m.install_region(inst, [v for v, _ in frames], [p for _, p in frames])
+    return True
+
+
+def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tuple[int, int]:
+    """Count a run of the block at eip (unless execution only resumes
+    there: a new slice, after a restart); compile its region once it is
+    hot, else interpret the block.  Returns (next eip, instructions run)."""
     d = m.icache.get(eip >> 12)
     if d is None:
         d = m.code_page(eip)
-    key = (eip & 0xFFF) | HOT_KEY
-    c = d.get(key, 0) + 1
-    d[key] = c
-    if c > hot:
-        if _install(m, eip, hot == 0):
-            return eip, 0
-        d[key] = -(1 << 40)            # no region starts here: never try again
+    if count:
+        key = (eip & 0xFFF) | HOT_KEY
+        c = d.get(key, 0) + 1
+        d[key] = c
+        if c > hot:
+            if _install(m, eip, hot == 0, d):
+                return eip, 0
+            d[key] = -(1 << 40)        # no region starts here: never try again
     start = eip
     k = 0
     try:
@@ -282,6 +336,10 @@ def _restarted(m, eip: int) -> None:
         fn = m.regions.get(m.last_entry)
         if fn is not None:
             m.drop_region(fn)
+            entry = fn.plan.entry
+            d = m.icache.get(entry >> 12)
+            if d is not None:
+                d.pop((entry & 0xFFF) | TPL_KEY, None)
 
 
 def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
@@ -293,6 +351,10 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
     eip = cpu.eip
     n = 0
     regions = m.regions
+    blocks = m.blocks
+    # Resuming (a new slice, after a restart): the interpreter runs code a
+    # region compiles without counting it, until control reaches a head.
+    resume = True
     try:
         while n < budget:
             fn = regions.get(eip)
@@ -300,6 +362,7 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
                 m.last_entry = eip
                 eip, k = fn(cpu, r, m, budget - n, eip)
                 n += k
+                resume = False
                 continue
             if eip > M32:
                 why = eip & translate.EXIT_MASK
@@ -311,6 +374,7 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
                     return Stop(TRAP, n, 3)
                 if why == translate.EXIT_RESTART:
                     _restarted(m, eip)
+                    resume = True
                     st = run(cpu, m, 1)
                 else:
                     st = run(cpu, m, budget - n)        # the tail of the budget
@@ -319,7 +383,8 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
                 n += st.count
                 eip = cpu.eip
                 continue
-            eip, k = _tier0(cpu, r, m, eip, budget - n, hot)
+            eip, k = _tier0(cpu, r, m, eip, budget - n, hot,
+                            not resume or eip not in blocks or hot == 0)
             n += k
     except Exception as e:
         return _stopped(e, cpu, eip, n)

@@ -52,7 +52,9 @@ bits above 31 (EXIT_*) when the function stopped for one.
 from __future__ import annotations
 
 import types
+import keyword
 import re
+import sys
 from collections import deque
 
 from ..memlayout import PGSIZE, UTOP
@@ -80,6 +82,8 @@ MAX_PATH = 96                   # instructions on a path between budget checks
 MAX_TREE = 400                  # instructions compiled in one head's tree
 MAX_DEPTH = 40                  # nested branches in one tree
 DUP_MAX = 4                     # a block this short is copied, not made a head
+MAX_GUARDS = 4                  # targets of an indirect call or jump compiled in place
+MAX_FOLLOW = 48                 # instructions of heads a tree follows calls and rets into
 
 # Basic-block terminators.
 BRANCHES = frozenset({"jcc", "loop", "loope", "loopne", "jecxz"})
@@ -217,15 +221,22 @@ def decode_bb(m, start: int) -> Bb | None:
 class Plan:
     """The blocks of a region, its heads, and where the flags are live."""
 
-    def __init__(self, entry: int, bbs: dict[int, Bb], dyn_targets: set[int]):
+    def __init__(self, entry: int, bbs: dict[int, Bb], dyn_targets: set[int],
+                 indirect: dict[int, set[int]] | None = None):
         self.entry = entry
         self.bbs = bbs
+        # indirect call/jump address -> targets seen, in the region
+        self.indirect = {a: {x for x in ts if x in bbs} for a, ts in (indirect or {}).items()}
         preds: dict[int, int] = {s: 0 for s in bbs}
         for bb in bbs.values():
             for s in bb.succ:
                 if s in preds:
                     preds[s] += 1
         heads = {entry} | {s for s in dyn_targets if s in bbs}
+        # Functions: entered from elsewhere too (compiled into their callers
+        # where they fit, emit_region).
+        heads |= {bb.term.ops[0].imm for bb in bbs.values()
+                  if bb.term is not None and bb.term.op == "call"} & bbs.keys()
         heads |= _loop_headers(bbs, heads)
         for s, k in preds.items():
             if k >= 2 and len(bbs[s].insns) > DUP_MAX:
@@ -317,7 +328,7 @@ UNK = ("unk",)          # not needed: the head is entered with them dead
 # while the flags are still needed.
 
 _CALL = re.compile(r"[A-Za-z_]\w*\s*\(")
-_WORD = re.compile(r"[A-Za-z_]\w*")
+_WORD = re.compile(r"\b[A-Za-z_]\w*")
 
 
 def _pure(v: str) -> bool:
@@ -349,12 +360,42 @@ class RegionGen(Gen):
         self.next_fs = None
         self.dead = False                   # this instruction's flags are not observed
         self.fids: dict[tuple, int] = {}    # flag state -> the id stored in `fid`
+        self.pool: list[str] = []           # temp names
+        self.busy: set[str] = set()         # taken by the current instruction
+        self.saved: list[tuple] = []        # flag states of branches still to emit
+        self.first = 0                      # the current instruction's first line
+        self.deferred = None                # inc/dec's carry, computed only if needed
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
         self.tags.append(self.cur)
 
+    # Temps are reused from one instruction to the next (few locals: no
+    # EXTENDED_ARG in the bytecode), except those the flag state refers to.
+    def tmp(self, expr: str | None = None) -> str:
+        pinned = self._pinned()
+        for name in self.pool:
+            if name not in self.busy and name not in pinned:
+                break
+        else:
+            name = f"_t{len(self.pool)}"
+            self.pool.append(name)
+        self.busy.add(name)
+        if expr is not None:
+            self.emit(f"{name} = {expr}")
+        return name
+
+    def _pinned(self) -> set[str]:
+        out = set()
+        for fs in (self.fs, self.next_fs, *self.saved):
+            if fs is not None and len(fs) == 5:
+                for part in fs[1:]:
+                    out.update(_WORD.findall(str(part)))
+        return out
+
     def start(self, insn: Insn, count: int, dead: bool) -> None:
+        self.busy = set()
+        self.first = len(self.lines)
         self.insn = insn
         self.dead = dead
         self.pending_regs = []
@@ -387,6 +428,18 @@ class RegionGen(Gen):
                     self.next_fs = fs
                 else:
                     self.fs = fs
+        pinned = self._pinned()
+        lines = self.lines
+        for n, size, v in self.pending_regs:
+            if size == 4 and v.startswith("_t") and v not in pinned:
+                # `_tN = e` then `reg = _tN`: one assignment if _tN has no other use.
+                head = "    " * self.indent + f"{v} = "
+                mine = lines[self.first:]
+                if mine and mine[-1].startswith(head) and \
+                        sum(len(_WORD.findall(x)) - len([w for w in _WORD.findall(x) if w != v])
+                            for x in mine) == 1:
+                    lines[-1] = "    " * self.indent + f"{REGN[n]} = " + mine[-1][len(head):]
+                    self.pending_regs = [p for p in self.pending_regs if p[2] != v]
         super().commit()
         if self.next_fs is not None:
             self.fs = self.next_fs
@@ -408,9 +461,33 @@ class RegionGen(Gen):
         return super().read_tmp(op)
 
     def ea(self, op, extra: int = 0) -> str:
-        if op.base >= 0 and op.index < 0 and not (op.disp + extra) & M32:
-            return self.r32(op.base)        # read before any commit: safe
-        return super().ea(op, extra)
+        """The address of a memory operand, left unwrapped: a sum past 4 GiB
+        misses the TLB (its key) or indexes past memory, and a negative one
+        (a displacement below -1 MiB is wrapped here) has a key above ULIM,
+        so either restarts in the interpreter, which wraps it.  lea wraps."""
+        disp = (op.disp + extra) & M32
+        if self.insn.op == "lea" or (0x100000 <= disp < 0xFFF00000):
+            return super().ea(op, extra)
+        key = id(op) ^ extra
+        name = self.eas.get(key)
+        if name is not None:
+            return name
+        parts = []
+        if op.base >= 0:
+            parts.append(self.r32(op.base))
+        if op.index >= 0:
+            idx = self.r32(op.index)
+            parts.append(idx if op.scale == 1 else f"{idx} * {op.scale}")
+        if not parts:
+            return hex(disp)
+        expr = " + ".join(parts)
+        if disp >= 0x80000000:
+            expr += f" - {0x100000000 - disp:#x}"
+        elif disp:
+            expr += f" + {disp:#x}"
+        name = expr if expr in REGN else self.tmp(expr)
+        self.eas[key] = name
+        return name
 
     # -- memory -------------------------------------------------------------------
     def _addr(self, addr: str) -> str:
@@ -420,14 +497,15 @@ class RegionGen(Gen):
         a = self._addr(addr)
         if self.insn.addr in self.slow:
             fn = codegen.RD[size]
+            w = f"{a} & 0xFFFFFFFF" if a not in REGN and not _is_simple(a) or a.startswith("_t") else a
             if size == 4:
                 return self.tmp(f"M32[({a} + _d) >> 2] if (_d := RD.get({a} & 0xFFFFF003)) "
-                                f"is not None else m.{fn}({a})")
+                                f"is not None else m.{fn}({w})")
             if size == 1:
                 return self.tmp(f"MEM[{a} + _d] if (_d := RD.get({a} & 0xFFFFF000)) "
-                                f"is not None else m.{fn}({a})")
+                                f"is not None else m.{fn}({w})")
             return self.tmp(f"M16[({a} + _d) >> 1] if (_d := RD.get({a} & 0xFFFFF001)) "
-                            f"is not None else m.{fn}({a})")
+                            f"is not None else m.{fn}({w})")
         if size == 4:
             return self.tmp(f"M32[({a} + RD[{a} & 0xFFFFF003]) >> 2]")
         if size == 1:
@@ -441,7 +519,8 @@ class RegionGen(Gen):
             key = {4: "0xFFFFF003", 1: "0xFFFFF000", 2: "0xFFFFF001"}[size]
             target = {4: f"M32[({a} + _d) >> 2]", 1: f"MEM[{a} + _d]",
                       2: f"M16[({a} + _d) >> 1]"}[size]
-            self.emit(f"if (_d := WR.get({a} & {key})) is None: m.{fn}({a}, {expr})")
+            w = f"{a} & 0xFFFFFFFF" if a.startswith("_t") else a
+            self.emit(f"if (_d := WR.get({a} & {key})) is None: m.{fn}({w}, {expr})")
             self.emit(f"else: {target} = {expr}")
             return
         if size == 4:
@@ -451,9 +530,12 @@ class RegionGen(Gen):
         else:
             self.emit(f"M16[({a} + WR[{a} & 0xFFFFF001]) >> 1] = {expr}")
 
+    def check_write(self, addr: str, n: int) -> None:
+        self.emit(f"m.check_write({addr} & 0xFFFFFFFF, {n})")
+
     # -- flags --------------------------------------------------------------------
     def _operand(self, v: str) -> str:
-        if _is_simple(v) or v in REGN:
+        if _is_simple(v) or v in REGN or v is self.deferred:
             return v
         return f"({v})" if _pure(v) else self.tmp(v)
 
@@ -501,34 +583,44 @@ class RegionGen(Gen):
     def carry(self) -> str:
         if self._partial_dead():
             return "0"
+        if self.insn.op in ("inc", "dec") and self.insn.ops[0].kind != MEM:
+            # Only the flags see it: computed when they are stored or seen.
+            self.deferred = self._carry_expr()
+            return self.deferred
+        return self.tmp(self._carry_expr())
+
+    def _carry_expr(self) -> str:
         fs = self._need()
         if fs is EF:
-            return self.tmp("ef & 1")
+            return "(ef & 1)"
         if fs[0] == "k":
             kind = fs[1] >> 3
             a, b, r = fs[2], fs[3], fs[4]
             if kind == SUB:
-                return self.tmp(f"1 if {a} < {b} else 0")
+                return f"(1 if {a} < {b} else 0)"
             if kind == ADD:
-                return self.tmp(f"1 if {r} < {a} else 0")
+                return f"(1 if {r} < {a} else 0)"
             if kind == LOGIC:
                 return "0"
             if kind in (INC, DEC):
-                return self.tmp(f"{b} & 1")
+                return f"({b} & 1)"
             if kind == MUL:
-                return self.tmp(f"1 if {b} else 0")
+                return f"(1 if {b} else 0)"
             if kind == SBB:
-                return self.tmp(f"1 if {a} <= {b} else 0")
+                return f"(1 if {a} <= {b} else 0)"
             if kind == ADC:
-                return self.tmp(f"1 if {r} <= {a} else 0")
+                return f"(1 if {r} <= {a} else 0)"
+        if fs is LOC:
+            # inc/dec (kinds 6 and 7: fk >> 4 == 3) keep CF in fb.
+            return "((fb & 1) if fk >> 4 == 3 else cf_of(fk, fa, fb, fr, ef))"
         k, a, b, r = self._parts()
-        return self.tmp(f"cf_of({k}, {a}, {b}, {r}, ef)")
+        return f"cf_of({k}, {a}, {b}, {r}, ef)"
 
     def set_arith(self, bits: str, mask: int = codegen.ARITH) -> None:
         if self.dead:
             self.next_fs = UNK
             return
-        bits = self._operand(bits)
+        bits = bits if _is_simple(bits) else self.tmp(bits)    # before registers change
         if mask == codegen.ARITH:
             self.pending_flags.append(f"ef = (ef & {~mask & M32:#x}) | {bits}")
         else:
@@ -597,7 +689,10 @@ class RegionGen(Gen):
             self.emit("fk = 0")
         else:
             k = hex(fs[1]) if fs[0] == "k" else fs[1]
-            self.emit(f"fk = {k}; fa = {fs[2]}; fb = {fs[3]}; fr = {fs[4]}")
+            if any(_CALL.search(str(x)) or "fk" in str(x) for x in fs[2:]):
+                self.emit(f"fk, fa, fb, fr = {k}, {fs[2]}, {fs[3]}, {fs[4]}")
+            else:
+                self.emit(f"fk = {k}; fa = {fs[2]}; fb = {fs[3]}; fr = {fs[4]}")
             self.fs = (fs[0], fs[1] if fs[0] == "k" else "fk", "fa", "fb", "fr")
         self.mat = True
 
@@ -638,27 +733,61 @@ class RegionGen(Gen):
 # -- compiling a region --------------------------------------------------------------
 
 def _emit_region(plan: Plan, slow: frozenset):
-    """The region's body: the dispatch on pc with each head's tree."""
+    """The region's body: the dispatch on pc with each head's tree.
+
+    A tree continues into the callee of a call (static, or a target an
+    indirect call was seen to take, under a guard) and, at the callee's
+    ret, into the code after the call (under a guard that the popped
+    address is that one), even where those are heads: a call and its
+    return cost two comparisons instead of two dispatches."""
     g = RegionGen(slow)
     bbs = plan.bbs
     heads = plan.heads
     maxpath = [1]
-    tree_state = {}
 
-    def edge(target: int, cnt: int, t: dict, depth: int) -> None:
-        """Control moves to the static address target after cnt instructions."""
+    def fits(bb: Bb, cnt: int, t: dict, depth: int) -> bool:
+        return (cnt + len(bb.insns) <= MAX_PATH and depth <= MAX_DEPTH
+                and t["size"] + len(bb.insns) <= MAX_TREE)
+
+    def edge(target: int, cnt: int, t: dict, depth: int, ctx: tuple, inl: frozenset,
+             follow: bool = False) -> None:
+        """Control moves to the static address target after cnt instructions.
+        ctx: return addresses of the calls followed on this path; follow:
+        target is a callee or a return point (compile it here even if it is
+        a head, unless already on this path)."""
         bb = bbs.get(target)
         if target == t["head"] and t["loops"]:
             to_head(target, cnt, t, self_loop=True)
             return
         if bb is not None and target not in heads:
-            if cnt + len(bb.insns) > MAX_PATH or depth > MAX_DEPTH \
-                    or t["size"] + len(bb.insns) > MAX_TREE:
+            if not fits(bb, cnt, t, depth):
                 raise Retry(target)
             t["size"] += len(bb.insns)
-            path(bb, cnt, t, depth)
+            path(bb, cnt, t, depth, ctx, inl)
+            return
+        if bb is not None and follow and target not in inl and fits(bb, cnt, t, depth) \
+                and t["followed"] + len(bb.insns) <= MAX_FOLLOW:
+            t["size"] += len(bb.insns)
+            t["followed"] += len(bb.insns)
+            path(bb, cnt, t, depth, ctx, inl | {target})
             return
         to_head(target, cnt, t, self_loop=False)
+
+    def guarded(expr: str, target: int, cnt: int, t: dict, depth: int, ctx: tuple,
+                inl: frozenset) -> None:
+        """if expr == target: follow it here (the fall-through is emitted next)."""
+        bb = bbs.get(target)
+        if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
+                or t["followed"] + len(bb.insns) > MAX_FOLLOW:
+            return
+        saved = (g.fs, g.mat, t["fid0"])
+        g.saved.append(g.fs)
+        g.emit(f"if {expr} == {target:#x}:")
+        g.indent += 1
+        edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
+        g.indent -= 1
+        g.saved.pop()
+        g.fs, g.mat, t["fid0"] = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
         maxpath[0] = max(maxpath[0], cnt)
@@ -701,7 +830,7 @@ def _emit_region(plan: Plan, slow: frozenset):
             g.emit(f"pc = {expr}; n += {cnt}")
         g.emit("break" if t["loops"] else "continue")
 
-    def path(bb: Bb, cnt: int, t: dict, depth: int) -> None:
+    def path(bb: Bb, cnt: int, t: dict, depth: int, ctx: tuple, inl: frozenset) -> None:
         insns = bb.insns
         term = bb.term
         dead = plan.dead[bb.start]
@@ -718,56 +847,69 @@ def _emit_region(plan: Plan, slow: frozenset):
                     g.emit(f"if {nxt} != {insn.next:#x}:")
                     g.indent += 1
                     saved = (g.fs, g.mat, t["fid0"])
+                    g.saved.append(g.fs)
                     leave(nxt, cnt + 1, t)
+                    g.saved.pop()
                     g.fs, g.mat, t["fid0"] = saved
                     g.indent -= 1
             else:
                 g.commit()
             cnt += 1
         if term is None:
-            edge(bb.next, cnt, t, depth)
+            edge(bb.next, cnt, t, depth, ctx, inl)
             return
         g.start(term, cnt, dead[-1])
         op = term.op
+        cnt += 1
         if op in BRANCHES:
             if op == "jcc":
                 cond = g.cond(term.cond)
             elif op == "jecxz":
                 cond = f"({g.r32(1)} == 0)"
             else:
-                c = g.tmp(f"({g.r32(1)} - 1) & 0xFFFFFFFF")
-                cond = c
-                if op == "loope":
-                    cond = f"({c} and {g.cond(4)})"
-                elif op == "loopne":
-                    cond = f"({c} and {g.cond(5)})"
-                g.setreg(1, 4, c)
+                # loop*: ecx is decremented first; the test reads it after.
+                zf = g.cond(4 if op == "loope" else 5) if op != "loop" else None
+                if zf is not None and not _is_simple(zf):
+                    zf = g.tmp(zf)
+                g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
+                cond = "ecx" if zf is None else f"(ecx and {zf})"
             saved = (g.fs, g.mat, t["fid0"])
+            g.saved.append(g.fs)
             g.emit(f"if {cond}:")
             g.indent += 1
-            edge(term.ops[0].imm, cnt + 1, t, depth + 1)
+            edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             g.indent -= 1
+            g.saved.pop()
             g.fs, g.mat, t["fid0"] = saved
-            edge(term.next, cnt + 1, t, depth)
-        elif op in ("int", "int3"):
+            edge(term.next, cnt, t, depth, ctx, inl)
+            return
+        if op in ("int", "int3"):
             code = EXIT_SYSCALL if op == "int" and term.ops[0].imm == 0x30 else EXIT_INT3
-            leave(f"{term.next | code:#x}", cnt + 1, t)
+            leave(f"{term.next | code:#x}", cnt, t)
+            return
+        codegen.SEMANTICS[op](g, term)
+        nxt = g.next_expr
+        g.commit()
+        if op == "jmp":
+            edge(term.ops[0].imm, cnt, t, depth, ctx, inl)
+        elif op == "call":
+            edge(term.ops[0].imm, cnt, t, depth, ctx + (term.next,), inl, follow=True)
         else:
-            codegen.SEMANTICS[op](g, term)
-            nxt = g.next_expr
-            g.commit()
-            if op in ("jmp", "call"):
-                edge(term.ops[0].imm, cnt + 1, t, depth)
-            else:
-                leave(nxt, cnt + 1, t)
+            if op == "ret" and ctx:
+                guarded(nxt, ctx[-1], cnt, t, depth, ctx[:-1], inl)
+            elif op in ("calli", "jmpi"):
+                more = ctx + (term.next,) if op == "calli" else ctx
+                for target in sorted(plan.indirect.get(term.addr, ()))[:MAX_GUARDS]:
+                    guarded(nxt, target, cnt, t, depth, more, inl)
+            leave(nxt, cnt, t)
 
     def tree(head: int, loops: bool) -> dict:
         live = plan.live[head]
         g.fs, g.mat = (LOC, True) if live else (UNK, False)
         t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
-             "fid0": live}
-        path(bbs[head], 0, t, 0)
+             "fid0": live, "followed": 0}
+        path(bbs[head], 0, t, 0, (), frozenset((head,)))
         return t
 
     def dispatch(hs: list[int]) -> None:
@@ -865,20 +1007,27 @@ def compile_region(plan: Plan, slow: frozenset = frozenset()):
     src += lines
     src.append("        else:")
     src.append("            if pc <= 0xFFFFFFFF: pc |= EXIT_TAIL")
-    src.append("    except KeyError as _e:")
-    src.append("        return _restart(_e, cpu, r, locals())")
+    state = f"n, ({''.join(REGN[i] + ', ' for i in regs)}), fk, fa, fb, fr, ef, _frame()"
+    src.append("    except (KeyError, IndexError) as _e:")
+    src.append(f"        return _restart(_e, cpu, r, {state})")
     src.append("    except CpuFault as _e:")
-    src.append("        _fault(_e, cpu, r, locals())")
+    src.append(f"        _fault(_e, cpu, r, {state})")
     src.append("        raise")
-    src.append("    if fid:")
-    src.append("        fk, fa, fb, fr, ef = _flags(_FIDS[fid], locals())")
+    for fs, k in sorted(g.fids.items(), key=lambda kv: kv[1]):
+        # The flag state a move to a head left in `fid`, stored at the exit.
+        test = "if" if k == 1 else "elif"
+        if fs is EF:
+            src.append(f"    {test} fid == {k}: fk = 0")
+        else:
+            kind = hex(fs[1]) if fs[0] == "k" else fs[1]
+            src.append(f"    {test} fid == {k}: fk, fa, fb, fr = {kind}, {fs[2]}, {fs[3]}, {fs[4]}")
     src += [f"    r[{i}] = {REGN[i]}" for i in sorted(g.written)]
     src.append("    cpu.fk = fk; cpu.fa = fa; cpu.fb = fb; cpu.fr = fr; cpu.ef = ef")
     src.append("    return pc, n")
     text = "\n".join(src) + "\n"
     ns = dict(runtime.GLOBALS)
     ns.update(EXIT_TAIL=EXIT_TAIL, CpuFault=CpuFault, cf_of=runtime.cf_of,
-              _restart=_restart, _fault=_fault, _flags=_flags,
+              _restart=_restart, _fault=_fault, _flags=_flags, _frame=sys._getframe,
               _RECIPES=g.recipes, _LINES={first + k: t for k, t in enumerate(tags) if t >= 0},
               _FIDS={v: k for k, v in g.fids.items()},
               _REGS=tuple(REGN[i] for i in regs))
@@ -888,6 +1037,7 @@ def compile_region(plan: Plan, slow: frozenset = frozenset()):
     fn.heads = tuple(sorted(plan.heads))
     fn.maxpath = maxpath
     fn.plan = plan
+    fn.size = sum(len(bb.insns) for bb in plan.bbs.values())
     return fn
 
 
@@ -900,7 +1050,8 @@ def _value(x, loc) -> int:
     v = loc.get(x)
     if v is not None:
         return v
-    return eval(x, {}, loc)
+    return eval(x, _EVAL, {k: loc[k] for k in _WORD.findall(x)
+                           if k not in _EVAL and not keyword.iskeyword(k)})
 
 
 def _flags(fs, loc) -> tuple:
@@ -915,40 +1066,67 @@ def _flags(fs, loc) -> tuple:
     return k, _value(fs[2], loc), _value(fs[3], loc), _value(fs[4], loc), loc["ef"]
 
 
-def _where(e: BaseException, loc):
-    """(recipe, instructions completed) of the instruction that raised e."""
+_EVAL = {"cf_of": runtime.cf_of, "eflags_of": runtime.eflags_of, "sx": runtime.sx,
+         "__builtins__": {}}
+
+
+class _Locals:
+    """The locals a fault recipe needs: the registers, n and the flag locals
+    as the handler passed them, the rest from the frame (only if asked)."""
+    __slots__ = ("known", "frame", "all")
+
+    def __init__(self, known: dict, frame):
+        self.known = known
+        self.frame = frame
+        self.all = None
+
+    def get(self, name, default=None):
+        v = self.known.get(name)
+        if v is not None:
+            return v
+        if self.all is None:
+            self.all = self.frame.f_locals
+        return self.all.get(name, default)
+
+    def __getitem__(self, name):
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def keys(self):
+        if self.all is None:
+            self.all = self.frame.f_locals
+        return self.all.keys()
+
+
+def _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame):
+    """Put the state before the faulting instruction into r and cpu;
+    returns (its eip, instructions completed)."""
     tb = e.__traceback__
-    line = tb.tb_lineno
     g = tb.tb_frame.f_globals
-    k = g["_LINES"].get(line)
+    k = g["_LINES"].get(tb.tb_lineno)
     if k is None:
-        return None, loc.get("n", 0)
-    rec = g["_RECIPES"][k]
-    return rec, loc["n"] + rec[1]
-
-
-def _writeback(e, cpu, r, loc):
-    rec, count = _where(e, loc)
-    if rec is None:
-        raise AssertionError(f"no instruction at line {e.__traceback__.tb_lineno}") from e
-    eip, _, fs, synced = rec
+        raise AssertionError(f"no instruction at line {tb.tb_lineno}") from e
+    eip, offset, fs, synced = g["_RECIPES"][k]
     if not synced:
-        g = e.__traceback__.tb_frame.f_globals
-        for name in g["_REGS"]:
-            r[REGN.index(name)] = loc[name]
-        cpu.fk, cpu.fa, cpu.fb, cpu.fr, cpu.ef = _flags(fs, loc)
-    return eip, count
+        names = g["_REGS"]
+        for name, v in zip(names, regs):
+            r[REGN.index(name)] = v
+        loc = dict(zip(names, regs), fk=fk, fa=fa, fb=fb, fr=fr, ef=ef)
+        cpu.fk, cpu.fa, cpu.fb, cpu.fr, cpu.ef = _flags(fs, _Locals(loc, frame))
+    return eip, n + offset
 
 
-def _restart(e, cpu, r, loc):
+def _restart(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame):
     """A TLB miss: state before the instruction, and the interpreter's turn."""
-    eip, count = _writeback(e, cpu, r, loc)
+    eip, count = _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame)
     return eip | EXIT_RESTART, count
 
 
-def _fault(e, cpu, r, loc) -> None:
+def _fault(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame) -> None:
     """A fault: state before the instruction, eip and count on the exception."""
-    eip, count = _writeback(e, cpu, r, loc)
+    eip, count = _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame)
     e.eip = eip
     e.count = count
 
@@ -959,15 +1137,17 @@ _COMPILED: dict[tuple, object] = {}
 _COMPILED_MAX = 20_000
 
 
-def plan_region(m, entry: int, seen, indirect, taken: set[int], static: bool) -> Plan | None:
+def plan_region(m, entry: int, seen, indirect, taken, static: bool) -> Plan | None:
     """Decide the blocks of the region at entry.  seen(a): the block at a
-    has run; indirect(a): targets the indirect transfer ending the block at
-    a took; taken: addresses other regions start at (they end this one)."""
+    has run; indirect(a): targets the indirect transfer at a took;
+    taken(a): a is a head of another region large enough to end this one
+    (a small one's code is compiled again into this one)."""
     first = decode_bb(m, entry)
     if first is None:
         return None
     bbs = {entry: first}
     dyn: set[int] = set()
+    ind: dict[int, set[int]] = {}
     work = deque([first])
     total = len(first.insns)
     while work:
@@ -982,8 +1162,9 @@ def plan_region(m, entry: int, seen, indirect, taken: set[int], static: bool) ->
                 seen_targets = indirect(t.addr)
                 targets += sorted(seen_targets)
                 dyn |= seen_targets
+                ind[t.addr] = seen_targets
         for a in targets:
-            if a in bbs or a in taken or a >= UTOP:
+            if a in bbs or a >= UTOP or taken(a):
                 continue
             if not static and not seen(a):
                 continue
@@ -995,19 +1176,26 @@ def plan_region(m, entry: int, seen, indirect, taken: set[int], static: bool) ->
             bbs[a] = nb
             total += len(nb.insns)
             work.append(nb)
-    return Plan(entry, bbs, dyn)
+    return Plan(entry, bbs, dyn, ind)
 
 
-def build(m, entry: int, seen, indirect, taken: set[int], static: bool, slow: frozenset):
+def build(m, entry: int, seen, indirect, taken, static: bool, slow: frozenset):
     """Plan and compile (or reuse) the region at entry; None if there is
-    no code a region can start with there."""
+    no code a region can start with there.  Its `plan` has the blocks (and
+    heads) it was compiled from."""
     plan = plan_region(m, entry, seen, indirect, taken, static)
     if plan is None:
         return None
+    return _compile(plan, slow)
+
+
+def _compile(plan: Plan, slow: frozenset):
+    """Compile a plan (or reuse the function compiled from the same code,
+    heads and slow instructions)."""
     key_code = tuple((s, bb.raw) for s, bb in sorted(plan.bbs.items()))
     slow_here = frozenset(a for a in slow if any(
         bb.start <= a < bb.next for bb in plan.bbs.values()))
-    key = (entry, key_code, tuple(sorted(plan.heads)), slow_here)
+    key = (plan.entry, key_code, tuple(sorted(plan.heads)), slow_here)
     fn = _COMPILED.get(key)
     if fn is None:
         while True:
@@ -1020,12 +1208,23 @@ def build(m, entry: int, seen, indirect, taken: set[int], static: bool, slow: fr
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
         _COMPILED[key] = fn
-    else:
-        plan = fn.plan
-    # One function object per installation, so that dropping it is exact.
+    return fn
+
+
+def with_heads(plan: Plan, more: set[int], slow: frozenset):
+    """The region of `plan` compiled again with more heads."""
+    new = Plan(plan.entry, plan.bbs, set(plan.heads) | more, {})
+    new.indirect = plan.indirect
+    return _compile(new, slow)
+
+
+def instance(fn):
+    """A copy of a compiled region to install: one function object per
+    installation, so that dropping one drops exactly that one."""
     inst = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__)
     inst.heads = fn.heads
     inst.maxpath = fn.maxpath
-    inst.plan = plan
+    inst.plan = fn.plan
     inst.src = fn.src
+    inst.size = fn.size
     return inst
