@@ -49,6 +49,9 @@ class _Stop(Exception):
     """The caller gives up the CPU (yield, block, destroyed)."""
 
 
+STOP = object()      # returned instead of raising _Stop by the frequent ones
+
+
 def _perm_ok(perm: int) -> bool:
     return perm & (PTE_U | PTE_P) == (PTE_U | PTE_P) and perm & ~PTE_SYSCALL == 0
 
@@ -166,7 +169,7 @@ def sys_env_set_pgfault_upcall(k: Kernel, e: Env, envid: int, func: int, *_):
 
 
 def sys_yield(k, e, *_):
-    raise _Stop                          # eax keeps the syscall number, as on JOS
+    return STOP                          # eax keeps the syscall number, as on JOS
 
 
 def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm: int, *_):
@@ -203,7 +206,7 @@ def sys_ipc_recv(k: Kernel, e: Env, dstva: int, *_):
     e.ipc_recving = 1
     e.ipc_dstva = dstva
     k.set_status(e, ENV_NOT_RUNNABLE)
-    raise _Stop
+    return STOP
 
 
 def sys_time_msec(k: Kernel, e, *_):
@@ -245,6 +248,8 @@ def dispatch(k: Kernel, e: Env) -> bool:
         # Nothing happened yet: run the int $0x30 again once the page is here.
         e.cpu.eip = (e.cpu.eip - 2) & 0xFFFFFFFF
         k._block(e, b.owner, b.va)
+        return False
+    if ret is STOP:
         return False
     r[0] = ret & 0xFFFFFFFF
     return True

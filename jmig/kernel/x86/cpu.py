@@ -14,7 +14,7 @@ completing.
 """
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
 from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_P, PTE_REMOTE, PTE_U
 from ..pmap import CpuFault, PageFault, RemotePage
@@ -33,8 +33,8 @@ INTERNAL = "internal"      # a bug in jmig's core (never the guest's doing)
 M32 = 0xFFFFFFFF
 
 
-@attrs.frozen
-class Stop:
+class Stop(NamedTuple):
+    """Why a run stopped (a tuple: made on every system call)."""
     reason: str
     count: int                 # instructions completed
     trapno: int = -1
