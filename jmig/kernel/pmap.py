@@ -147,6 +147,11 @@ class PhysMem:
                     del asp.wt[page]
         return d
 
+    def mark_code(self, pfn: int, off: int, n: int) -> None:
+        """Record that [off, off+n) of the code frame pfn holds decoded code."""
+        end = min(off + n, PGSIZE)
+        self.codebits[pfn][off:end] = b"\x01" * (end - off)
+
     def drop_code(self, pfn: int) -> None:
         """Forget the frame's decoded code (every env sharing it sees this)."""
         d = self.code.pop(pfn, None)
@@ -207,6 +212,8 @@ class AddressSpace:
         self.blocks: dict[int, object] = {}    # block start -> the region compiling it
         self.region_vpns: dict[int, list] = {}  # vpn -> regions with code in that page
         self.restarts: dict[int, int] = {}     # eip -> TLB-miss restarts in regions
+        self.moves: dict[tuple, int] = {}      # (region, region) -> moves from one to the other
+        self.nota: set[int] = set()            # vpns of region code whose PTE lacks A
         self.last_entry = 0                    # head the last region was entered at
         pfn = phys.page_alloc()
         if pfn is None:
@@ -330,6 +337,8 @@ class AddressSpace:
         self.region_vpns.clear()
         self.regions.clear()
         self.blocks.clear()
+        self.moves.clear()
+        self.nota.clear()
 
     # -- translated regions ----------------------------------------------------
     def install_region(self, fn, vpns, pfns) -> None:
@@ -694,6 +703,23 @@ class AddressSpace:
         base = self._read_base(eip)
         off = eip & 0xFFF
         # `base + ...`, not `base | ...`: the end may be PGSIZE itself.
+        return bytes(self.mem[base | off:base + min(off + n, PGSIZE)])
+
+    def peek(self, eip: int, n: int) -> bytes:
+        """fetch without its side effects: the bytes a fetch would read (and
+        the fault it would raise), but A stays as it is and the TLB too --
+        the translator reading code ahead of its execution."""
+        if eip >= UTOP:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        pte = self.pte.get(eip >> 12)
+        if pte is None or not pte & PTE_P:
+            raise PageFault(FEC_U, eip)
+        if pte & PTE_REMOTE:
+            raise RemotePage(0, eip)
+        if not pte & PTE_U:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        base = pte & 0xFFFFF000
+        off = eip & 0xFFF
         return bytes(self.mem[base | off:base + min(off + n, PGSIZE)])
 
     def read_code(self, eip: int, n: int) -> bytes:

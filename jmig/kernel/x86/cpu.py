@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_P, PTE_REMOTE, PTE_U
+from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_A, PTE_P, PTE_REMOTE, PTE_U
 from ..pmap import CpuFault, PageFault, RemotePage
 from . import codegen, runtime, translate
 from .flags import eflags_of
@@ -191,6 +191,7 @@ IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer
 TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) pages) to reuse
 MAX_TARGETS = 16         # targets remembered per indirect transfer
 SLOW_AFTER = 8           # restarts of one instruction before it gets slow memory
+MERGE_AFTER = 64         # moves from one region to another before they become one
 
 SLOW: set[int] = set()   # instruction addresses compiled with slow memory (all envs)
 
@@ -238,31 +239,50 @@ def _install(m, eip: int, static: bool, d: dict) -> bool:
     the block at eip again with eip as a head; else a new region of the
     code that has run and no region here compiles.  False if no region
     can start at eip."""
-    key = (eip & 0xFFF) | TPL_KEY
-    tpl = d.get(key)
+    tpl = d.get((eip & 0xFFF) | TPL_KEY)
     if tpl is not None and not static and _frames_match(m, tpl[1]):
-        fn, frames = tpl
+        _place(m, tpl[0], static, tpl[1])
+        return True
+    old = m.blocks.get(eip)
+    if old is not None:
+        # Entered from outside where it has no head: compile it again with
+        # heads at every block entered so since it was compiled.
+        hot = _hot(m)
+        more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
+        fn = translate.with_heads(old.plan, more, frozenset(SLOW))
+        m.drop_region(old)
     else:
-        old = m.blocks.get(eip)
-        if old is not None:
-            # Entered from outside where it has no head: compile it again
-            # with heads at every block entered so since it was compiled.
-            hot = _hot(m)
-            more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
-            fn = translate.with_heads(old.plan, more, frozenset(SLOW))
-            m.drop_region(old)
-        else:
-            blocks = m.blocks
-            warm = max(1, _hot(m)(eip) // WARM)
-            fn = translate.build(m, eip, _seen(m, warm), _indirect(m), blocks.__contains__,
-                                 static, frozenset(SLOW))
-        if fn is None:
-            return False
+        warm = max(1, _hot(m)(eip) // WARM)
+        fn = translate.build(m, eip, _seen(m, warm), _indirect(m), m.blocks.__contains__,
+                             static, frozenset(SLOW))
+    if fn is None:
+        return False
+    _place(m, fn, static)
+    return True
+
+
+def _merge(m, a, b) -> None:
+    """Control moves often between the regions a and b: compile them as one."""
+    if a.size + b.size > translate.MAX_REGION:
+        return
+    m.drop_region(a)
+    m.drop_region(b)
+    _place(m, translate.merged(a.plan, b.plan, frozenset(SLOW)), False)
+
+
+def _place(m, fn, static: bool, frames=None) -> None:
+    """Install the compiled region fn in m (and offer it to envs sharing
+    its frames)."""
+    if frames is None:
         pages = {}
+        phys = m.phys
         for bb in fn.plan.bbs.values():
-            m.code_page(bb.start)
-            m.mark_code(bb.start, len(bb.raw))
-            pages[bb.start >> 12] = m._read_base(bb.start) >> 12
+            # Its frame holds code from now on (never in a write TLB); no
+            # fetch yet: A is set when the code first runs (translate._touch).
+            pfn = m.pte[bb.start >> 12] >> 12 & 0xFFFFF
+            phys.code_dict(pfn)
+            phys.mark_code(pfn, bb.start & 0xFFF, len(bb.raw))
+            pages[bb.start >> 12] = pfn
         frames = tuple(sorted(pages.items()))
         if not static:
             for h in fn.heads:
@@ -271,13 +291,12 @@ def _install(m, eip: int, static: bool, d: dict) -> bool:
                     hd[(h & 0xFFF) | TPL_KEY] = (fn, frames)
                     m.phys.note_template(dict(frames)[h >> 12], (h & 0xFFF) | TPL_KEY,
                                          [p for _, p in frames])
-    for vpn, _ in frames:
-        m._read_base(vpn << 12)             # the fetch sets A, as the interpreter's does
+    pte = m.pte
+    m.nota.update(vpn for vpn, _ in frames if not pte[vpn] & PTE_A)
     inst = translate.instance(fn)
     hot = _hot(m)
     inst.counts = {b: hot(b) for b in fn.plan.bbs}
     m.install_region(inst, [v for v, _ in frames], [p for _, p in frames])
-    return True
 
 
 def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tuple[int, int]:
@@ -342,16 +361,21 @@ def _restarted(m, eip: int) -> None:
                 d.pop((entry & 0xFFF) | TPL_KEY, None)
 
 
-def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
+def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
     """Like run(), with the block translator: the same contract and the
     same count (exactly `budget` at most), faster.  hot=0 compiles a
     region at the first run of a block, from all the code statically
-    reachable (tests); else regions hold the blocks that have run."""
+    reachable (tests); else regions hold the blocks that have run.
+    observe(n, eip), if given, is called at every block boundary: after
+    each return of a region and each stretch the interpreter ran, with
+    the registers and flags in cpu (tests/kernel/lockstep.py)."""
     r = cpu.r
     eip = cpu.eip
     n = 0
     regions = m.regions
     blocks = m.blocks
+    moves = m.moves
+    prev = None
     # Resuming (a new slice, after a restart): the interpreter runs code a
     # region compiles without counting it, until control reaches a head.
     resume = True
@@ -359,10 +383,21 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
         while n < budget:
             fn = regions.get(eip)
             if fn is not None:
+                if fn is not prev:
+                    if prev is not None and hot:
+                        c = moves.get((prev, fn), 0) + 1
+                        moves[prev, fn] = c
+                        if c == MERGE_AFTER:
+                            _merge(m, prev, fn)
+                            prev = None
+                            continue
+                    prev = fn
                 m.last_entry = eip
                 eip, k = fn(cpu, r, m, budget - n, eip)
                 n += k
                 resume = False
+                if observe is not None:
+                    observe(n, eip & M32)
                 continue
             if eip > M32:
                 why = eip & translate.EXIT_MASK
@@ -382,10 +417,14 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT) -> Stop:
                     return Stop(st.reason, n + st.count, st.trapno, st.err, st.va, st.detail)
                 n += st.count
                 eip = cpu.eip
+                if observe is not None:
+                    observe(n, eip)
                 continue
             eip, k = _tier0(cpu, r, m, eip, budget - n, hot,
                             not resume or eip not in blocks or hot == 0)
             n += k
+            if observe is not None and k:
+                observe(n, eip)
     except Exception as e:
         return _stopped(e, cpu, eip, n)
     if eip > M32:

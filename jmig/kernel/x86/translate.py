@@ -139,9 +139,11 @@ def is_exit_op(insn: Insn) -> bool:
 _DECODED: dict[tuple[int, bytes], Insn] = {}
 
 
-def fetch_decode(m, eip: int) -> Insn:
-    """Decode the instruction at eip through the MMU (faults like a fetch)."""
-    buf = m.fetch(eip, MAX_LEN)
+def fetch_decode(m, eip: int, ahead: bool = False) -> Insn:
+    """Decode the instruction at eip through the MMU (faults like a fetch;
+    `ahead`: reading code before it runs, which sets no A bit)."""
+    fetch = m.peek if ahead else m.fetch
+    buf = fetch(eip, MAX_LEN)
     key = (eip, buf)
     insn = _DECODED.get(key)
     if insn is not None:
@@ -151,7 +153,7 @@ def fetch_decode(m, eip: int) -> Insn:
     except Truncated:
         # The instruction continues on the next page: fetching it may fault.
         nxt = (eip + len(buf)) & M32
-        buf2 = buf + m.fetch(nxt, MAX_LEN - len(buf))
+        buf2 = buf + fetch(nxt, MAX_LEN - len(buf))
         try:
             return decode(buf2, eip)
         except Truncated:
@@ -198,7 +200,7 @@ def decode_bb(m, start: int) -> Bb | None:
     a = start
     try:
         while len(insns) < MAX_BB:
-            insn = fetch_decode(m, a)
+            insn = fetch_decode(m, a, ahead=True)
             if (a & 0xFFF) + insn.length > PGSIZE:
                 break                          # straddles a page: the interpreter's
             if is_exit_op(insn):
@@ -763,15 +765,24 @@ def _emit_region(plan: Plan, slow: frozenset):
             if not fits(bb, cnt, t, depth):
                 raise Retry(target)
             t["size"] += len(bb.insns)
+            enter_page(target, t)
             path(bb, cnt, t, depth, ctx, inl)
             return
         if bb is not None and follow and target not in inl and fits(bb, cnt, t, depth) \
                 and t["followed"] + len(bb.insns) <= MAX_FOLLOW:
             t["size"] += len(bb.insns)
             t["followed"] += len(bb.insns)
+            enter_page(target, t)
             path(bb, cnt, t, depth, ctx, inl | {target})
             return
         to_head(target, cnt, t, self_loop=False)
+
+    def enter_page(target: int, t: dict) -> None:
+        """Code on another page follows: its first fetch sets A (NOTA: the
+        env's pages of region code whose A is still clear)."""
+        if target >> 12 != t["page"]:
+            g.emit(f"if NOTA: _touch(m, {target >> 12:#x})")
+            t["page"] = target >> 12
 
     def guarded(expr: str, target: int, cnt: int, t: dict, depth: int, ctx: tuple,
                 inl: frozenset) -> None:
@@ -780,14 +791,14 @@ def _emit_region(plan: Plan, slow: frozenset):
         if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
                 or t["followed"] + len(bb.insns) > MAX_FOLLOW:
             return
-        saved = (g.fs, g.mat, t["fid0"])
+        saved = (g.fs, g.mat, t["fid0"], t["page"])
         g.saved.append(g.fs)
         g.emit(f"if {expr} == {target:#x}:")
         g.indent += 1
         edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
         g.indent -= 1
         g.saved.pop()
-        g.fs, g.mat, t["fid0"] = saved
+        g.fs, g.mat, t["fid0"], t["page"] = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
         maxpath[0] = max(maxpath[0], cnt)
@@ -874,14 +885,14 @@ def _emit_region(plan: Plan, slow: frozenset):
                 g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
                 cond = "ecx" if zf is None else f"(ecx and {zf})"
-            saved = (g.fs, g.mat, t["fid0"])
+            saved = (g.fs, g.mat, t["fid0"], t["page"])
             g.saved.append(g.fs)
             g.emit(f"if {cond}:")
             g.indent += 1
             edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             g.indent -= 1
             g.saved.pop()
-            g.fs, g.mat, t["fid0"] = saved
+            g.fs, g.mat, t["fid0"], t["page"] = saved
             edge(term.next, cnt, t, depth, ctx, inl)
             return
         if op in ("int", "int3"):
@@ -908,7 +919,7 @@ def _emit_region(plan: Plan, slow: frozenset):
         live = plan.live[head]
         g.fs, g.mat = (LOC, True) if live else (UNK, False)
         t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
-             "fid0": live, "followed": 0}
+             "fid0": live, "followed": 0, "page": head >> 12}
         path(bbs[head], 0, t, 0, (), frozenset((head,)))
         return t
 
@@ -917,6 +928,7 @@ def _emit_region(plan: Plan, slow: frozenset):
             for k, h in enumerate(hs):
                 g.emit(f"{'if' if k == 0 else 'elif'} pc == {h:#x}:")
                 g.indent += 1
+                g.emit(f"if NOTA: _touch(m, {h >> 12:#x})")
                 mark = len(g.lines)
                 g.emit("while True:")
                 g.indent += 1
@@ -999,7 +1011,7 @@ def compile_region(plan: Plan, slow: frozenset = frozenset()):
     src = ["def _r(cpu, r, m, budget, pc):"]
     src += [f"    {REGN[i]} = r[{i}]" for i in regs]
     src.append("    fk = cpu.fk; fa = cpu.fa; fb = cpu.fb; fr = cpu.fr; ef = cpu.ef; fid = 0")
-    src.append("    RD = m.rt; WR = m.wt; M32 = m.m32; M16 = m.m16; MEM = m.mem")
+    src.append("    RD = m.rt; WR = m.wt; M32 = m.m32; M16 = m.m16; MEM = m.mem; NOTA = m.nota")
     src.append(f"    n = 0; lim = budget - {maxpath}")
     src.append("    try:")
     src.append("        while n <= lim:")
@@ -1028,6 +1040,7 @@ def compile_region(plan: Plan, slow: frozenset = frozenset()):
     ns = dict(runtime.GLOBALS)
     ns.update(EXIT_TAIL=EXIT_TAIL, CpuFault=CpuFault, cf_of=runtime.cf_of,
               _restart=_restart, _fault=_fault, _flags=_flags, _frame=sys._getframe,
+              _touch=_touch,
               _RECIPES=g.recipes, _LINES={first + k: t for k, t in enumerate(tags) if t >= 0},
               _FIDS={v: k for k, v in g.fids.items()},
               _REGS=tuple(REGN[i] for i in regs))
@@ -1064,6 +1077,13 @@ def _flags(fs, loc) -> tuple:
         return 0, 0, 0, 0, loc["ef"]
     k = fs[1] if fs[0] == "k" else _value(fs[1], loc)
     return k, _value(fs[2], loc), _value(fs[3], loc), _value(fs[4], loc), loc["ef"]
+
+
+def _touch(m, vpn: int) -> None:
+    """The first fetch from page vpn in this env: set its A bit."""
+    if vpn in m.nota:
+        m.nota.discard(vpn)
+        m._read_base(vpn << 12)
 
 
 _EVAL = {"cf_of": runtime.cf_of, "eflags_of": runtime.eflags_of, "sx": runtime.sx,
@@ -1216,6 +1236,13 @@ def with_heads(plan: Plan, more: set[int], slow: frozenset):
     new = Plan(plan.entry, plan.bbs, set(plan.heads) | more, {})
     new.indirect = plan.indirect
     return _compile(new, slow)
+
+
+def merged(a: Plan, b: Plan, slow: frozenset):
+    """One region of the blocks and heads of two."""
+    plan = Plan(a.entry, {**a.bbs, **b.bbs}, set(a.heads) | set(b.heads), {})
+    plan.indirect = {**a.indirect, **b.indirect}
+    return _compile(plan, slow)
 
 
 def instance(fn):
