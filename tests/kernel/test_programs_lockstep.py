@@ -88,7 +88,7 @@ def test_every_bundled_program_has_a_case():
 
 SLOW = {"cowstress", "forktree", "memtest", "pingpong", "primes", "printbench", "scansched",
         "scantree", "spin", "stresssched", "dumbfork", "loop", "yield", "faultdie",
-        "faultalloc"}
+        "faultalloc", "faultbadhandler", "faultevilhandler"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -27,7 +27,8 @@ def run_checking_mirrors(name, *args, engine=None, slice_=3000, limit=3_000_000)
     return k, checked
 
 
-@pytest.mark.parametrize("name,args", [("cowstress", ("1",)), ("forktree", ()),
+@pytest.mark.parametrize("name,args", [pytest.param("cowstress", ("1",), marks=pytest.mark.slow),
+                                       pytest.param("forktree", (), marks=pytest.mark.slow),
                                        ("scantree", ())])
 @pytest.mark.parametrize("engine", ["blocks", "interp"])
 def test_page_table_frames_follow_fork_cow_faults_and_unmaps(name, args, engine):

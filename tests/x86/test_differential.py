@@ -92,6 +92,7 @@ def _run(case):
     run_both(machine, steps, pooled=True)
 
 
+@pytest.mark.slow
 @_settings("alu_moves")
 @given(cases({"alu": 4, "incdec": 1, "unary": 1, "mov": 2, "movx": 1, "lea": 1, "xchg": 2,
               "flags": 1, "cond": 1}))
@@ -99,6 +100,7 @@ def test_alu_and_moves(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("muldiv_shifts_bits")
 @given(cases({"unary": 2, "imul": 1, "shift": 3, "shxd": 2, "bits": 3, "alu": 1, "flags": 1,
               "cond": 1}))
@@ -106,24 +108,28 @@ def test_muldiv_shifts_and_bits(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("stack_control")
 @given(cases({"stack": 4, "control": 4, "cond": 2, "alu": 1, "mov": 1, "misc": 1}))
 def test_stack_and_control(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("strings")
 @given(cases({"string": 6, "flags": 1, "alu": 1, "cond": 1, "mov": 1}))
 def test_strings(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("conditions_flags")
 @given(cases({"cond": 5, "flags": 2, "alu": 2, "shift": 1, "unary": 1, "stack": 1, "bits": 1}))
 def test_conditions_and_flags(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("everything")
 @given(cases({f: 1 for f in FAMILIES}, max_blocks=16))
 def test_everything(case):
@@ -148,6 +154,7 @@ def _drive(runner, machine, cap, budget):
     return stops, n, o.state(), o.pages()
 
 
+@pytest.mark.slow
 @settings(max_examples=max(1, TOTAL // 20), deadline=None,
           suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
 @given(cases({f: 1 for f in FAMILIES}, max_blocks=16), st.sampled_from([0, 1]),

@@ -77,6 +77,7 @@ EXIT_MASK = 0xF << 32
 
 # Limits on what one region compiles.
 MAX_REGION = 2000               # instructions decoded per region
+MAX_STATIC = 256                # ... when all the code reachable is compiled (tests)
 MAX_BB = 64                     # instructions per basic block
 MAX_PATH = 96                   # instructions on a path between budget checks
 MAX_TREE = 400                  # instructions compiled in one head's tree
@@ -1188,7 +1189,7 @@ def plan_region(m, entry: int, seen, indirect, taken, static: bool) -> Plan | No
                 continue
             if not static and not seen(a):
                 continue
-            if total >= MAX_REGION:
+            if total >= (MAX_STATIC if static else MAX_REGION):
                 continue
             nb = decode_bb(m, a)
             if nb is None:
