@@ -177,6 +177,38 @@ class PhysMem:
                 s.add((entry_pfn, key))
 
 
+class _Tlb(dict):
+    """A TLB dictionary (page va -> frame base - page va) that fills itself
+    on a miss for an aligned key, as the MMU's walk does (setting A, and D
+    for writes); anything it cannot answer -- a misaligned key, a fault, a
+    JOS window, a write to a frame holding code -- stays a KeyError, for the
+    translator's restart through the interpreter."""
+    __slots__ = ("asp", "write")
+
+    def __init__(self, asp, write: bool):
+        super().__init__()
+        self.asp = asp
+        self.write = write
+
+    def __missing__(self, key):
+        if key & 0xFFF:
+            raise KeyError(key)
+        asp = self.asp
+        if key >= UTOP:
+            if not self.write and UVPT <= key < ULIM:
+                pfn = asp._uvpt_frame(key)
+                if pfn is not None:
+                    d = (pfn << 12) - key
+                    self[key] = d
+                    return d
+            raise KeyError(key)
+        try:
+            asp.translate(key, self.write)
+        except CpuFault:
+            raise KeyError(key) from None       # the interpreter reports it
+        return dict.__getitem__(self, key)      # not filled: a code frame (KeyError)
+
+
 class AddressSpace:
     """One env's page tables and TLB: JOS's pgdir plus the software MMU.
 
@@ -203,8 +235,8 @@ class AddressSpace:
         self.pte: dict[int, int] = {}          # vpn -> PTE (may carry PTE_REMOTE)
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
         self.window = window
-        self.rt: dict[int, int] = {}           # page va -> frame base - page va, readable
-        self.wt: dict[int, int] = {}           # page va -> frame base - page va, writable, dirty
+        self.rt: dict[int, int] = _Tlb(self, False)   # page va -> frame base - page va, readable
+        self.wt: dict[int, int] = _Tlb(self, True)    # the same, writable and dirty
         self.icache: dict[int, dict] = {}      # vpn -> the frame's decoded-code dict
         # The block translator's (x86/cpu.run_blocks): regions by entry,
         # and which pages and frames each was compiled from.
