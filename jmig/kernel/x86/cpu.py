@@ -185,7 +185,7 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 # -- the block translator's engine ---------------------------------------------------
 
 HOT = 32                 # a block runs this often in the interpreter before it is compiled
-WARM = 4                 # ... with the blocks that ran at least 1/WARM as often
+WARM = 64                 # ... with the blocks that ran at least 1/WARM as often
 HOT_KEY = 0x2000         # frame code dict: page offset | HOT_KEY -> runs in the interpreter
 IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer took
 TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) pages) to reuse
