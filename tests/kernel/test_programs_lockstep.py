@@ -205,6 +205,7 @@ def test_a_wrong_translation_is_caught(monkeypatch):
 
     monkeypatch.setattr(translate.RegionGen, "_static_cond", wrong)
     monkeypatch.setattr(translate, "_COMPILED", {})
+    monkeypatch.setattr(translate, "_BY_HEAD", {})
     ls = TranslatorLockstep(program="hello")
     with pytest.raises(AssertionError, match=r"the translator differs"):
         run_program_lockstep(ls, programs.load("hello"), ["hello"], "hello",

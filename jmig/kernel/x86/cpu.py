@@ -261,6 +261,18 @@ def _install(m, eip: int, static: bool, d: dict) -> bool:
     return True
 
 
+def _reuse(m, eip: int) -> bool:
+    """Install a region an earlier run (another kernel) compiled with a
+    head at eip, if the code here is the same."""
+    if eip in m.blocks:
+        return False
+    for fn in translate.known_regions(m, eip):
+        if not any(b in m.blocks for b in fn.plan.bbs):
+            _place(m, fn, False)
+            return True
+    return False
+
+
 def _merge(m, a, b) -> None:
     """Control moves often between the regions a and b: compile them as one."""
     if a.size + b.size > translate.MAX_REGION:
@@ -310,6 +322,8 @@ def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tupl
         key = (eip & 0xFFF) | HOT_KEY
         c = d.get(key, 0) + 1
         d[key] = c
+        if c == 1 and hot and _reuse(m, eip):
+            return eip, 0
         if c > hot:
             if _install(m, eip, hot == 0, d):
                 return eip, 0

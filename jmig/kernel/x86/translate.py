@@ -2,11 +2,12 @@
 function each.
 
 A region is the code reachable from an entry address through direct
-jumps, branches, calls and the targets the indirect transfers (ret, call
-*, jmp *) were seen to take, restricted to basic blocks that have run
-(cpu.run_blocks counts them), across pages.  Its function keeps the
-registers and the flag state in locals and runs until control leaves the
-region, the budget is spent, or a system call, trap or fault:
+jumps, branches and calls, the return points of its calls and the targets
+its indirect transfers (ret, call *, jmp *) were seen to take, restricted
+to basic blocks that have run (cpu.run_blocks counts them), across pages.
+Its function keeps the registers and the flag state in locals and runs
+until control leaves the region, the budget is spent, or a system call,
+trap or fault:
 
     while n <= lim:                      # lim = budget - the longest path
         if pc < 0x800a00:                # a binary search over the heads
@@ -16,25 +17,31 @@ region, the budget is spent, or a system call, trap or fault:
         else: break                      # pc is not in the region: leave
 
 A *head* is where the search can land: the entry, loop headers, blocks
-with several predecessors, return points and targets of indirect
-transfers.  Every other block has one predecessor and is compiled inline
-after it, so a head's code is a tree: a conditional branch is an `if`
-whose taken side continues inline, a head that branches back to itself
-runs as a `while` loop, and calls continue into their callee.  A short
-block with several predecessors is copied into each (the increment and
-test closing a loop join the loop's body).
+with several predecessors, functions, return points and targets of
+indirect transfers.  Every other block has one predecessor and is compiled
+inline after it, so a head's code is a tree: a conditional branch is an
+`if` whose taken side continues inline, a head that branches back to
+itself runs as an inner `while` loop.  A short block with several
+predecessors is copied into each (the increment and test closing a loop
+join the loop's body).  A tree continues into the callee of a call (an
+indirect call: the targets seen, each under a guard) and at the callee's
+`ret` into the code after the call, under a guard that the popped address
+is that one.
 
 Flags are symbolic: an instruction that sets them only records, at
-compile time, the kind and the locals holding its operands and result; a
+compile time, the kind and the expressions of its operands and result; a
 branch tests those directly (`cmp` then `jne` is one comparison).  They
-are stored into the locals fk/fa/fb/fr only when control moves to a head
-that may read them before overwriting them, or leaves the region.
-Memory goes through the TLB dictionaries inline (pmap.AddressSpace: the
-physical address is va + rt[va & 0xfffff003] for an aligned word); a
-miss raises KeyError, and the instruction is restarted by the
-interpreter, which fills the TLB, faults, or reads a window.  An
-instruction that misses repeatedly (envs[] polled, stores into a page
-holding code) is recompiled with a slower inline fallback.
+are stored into the locals fk/fa/fb/fr only where they may be observed:
+read, seen by a fault, or carried to a head that may read them first or
+out of the region; a move to a head that overwrites them first stores
+which symbolic state holds them (`fid`), evaluated only if the region
+stops there.  Memory goes through the TLB dictionaries inline
+(pmap.AddressSpace: the physical address is va + rt[va & 0xfffff003] for
+an aligned word), which fill themselves on a miss; what they cannot answer
+(a misaligned word, a fault, a JOS window, a store into a frame holding
+code) raises KeyError, and the instruction is restarted by the
+interpreter.  An instruction that keeps restarting is compiled again with
+an inline fallback.
 
 Faults are precise: every instruction reads, then writes memory, then
 commits registers and flags (codegen.py), so at a fault in instruction k
@@ -51,10 +58,11 @@ bits above 31 (EXIT_*) when the function stopped for one.
 """
 from __future__ import annotations
 
-import types
+import functools
 import keyword
 import re
 import sys
+import types
 from collections import deque
 
 from ..memlayout import PGSIZE, UTOP
@@ -339,6 +347,12 @@ def _pure(v: str) -> bool:
     return "[" not in v and _CALL.search(v) is None
 
 
+@functools.lru_cache(maxsize=4096)
+def _fs_words(fs: tuple) -> frozenset:
+    """The names a symbolic flag state's expressions use."""
+    return frozenset(w for part in fs[1:] for w in _WORD.findall(str(part)))
+
+
 class Retry(Exception):
     """Emission found a block that must become a head; plan again."""
 
@@ -392,8 +406,7 @@ class RegionGen(Gen):
         out = set()
         for fs in (self.fs, self.next_fs, *self.saved):
             if fs is not None and len(fs) == 5:
-                for part in fs[1:]:
-                    out.update(_WORD.findall(str(part)))
+                out |= _fs_words(fs)
         return out
 
     def start(self, insn: Insn, count: int, dead: bool) -> None:
@@ -1155,7 +1168,7 @@ def _fault(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame) -> None:
 # -- building regions ----------------------------------------------------------------
 
 _COMPILED: dict[tuple, object] = {}
-_COMPILED_MAX = 20_000
+_COMPILED_MAX = 5_000
 
 
 def plan_region(m, entry: int, seen, indirect, taken, static: bool) -> Plan | None:
@@ -1207,7 +1220,17 @@ def build(m, entry: int, seen, indirect, taken, static: bool, slow: frozenset):
     plan = plan_region(m, entry, seen, indirect, taken, static)
     if plan is None:
         return None
-    return _compile(plan, slow)
+    fn = _compile(plan, slow)
+    if not hasattr(fn, "pages"):
+        # The pages it was compiled from, whole: a later kernel running the
+        # same program finds them equal with one comparison each.
+        fn.pages = {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in plan.bbs}}
+        for h in fn.heads:
+            known = _BY_HEAD.setdefault(h, [])
+            if len(known) >= 4:
+                del known[0]
+            known.append(fn)
+    return fn
 
 
 def _compile(plan: Plan, slow: frozenset):
@@ -1228,8 +1251,25 @@ def _compile(plan: Plan, slow: frozenset):
                 plan.liveness()
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
+            _BY_HEAD.clear()
         _COMPILED[key] = fn
     return fn
+
+
+_BY_HEAD: dict[int, list] = {}      # head address -> regions compiled with it
+
+
+def known_regions(m, eip: int) -> list:
+    """Regions compiled before (in any kernel of this process) with a head
+    at eip whose code m holds byte for byte."""
+    out = []
+    for fn in _BY_HEAD.get(eip, ()):
+        try:
+            if all(m.peek(vpn << 12, PGSIZE) == page for vpn, page in fn.pages.items()):
+                out.append(fn)
+        except (PageFault, RemotePage):
+            pass
+    return out
 
 
 def with_heads(plan: Plan, more: set[int], slow: frozenset):
