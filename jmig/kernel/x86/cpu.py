@@ -249,7 +249,7 @@ def _install(m, eip: int, static: bool, d: dict) -> bool:
         # heads at every block entered so since it was compiled.
         hot = _hot(m)
         more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
-        fn = translate.with_heads(old.plan, more, frozenset(SLOW))
+        fn = translate.with_heads(old, more, frozenset(SLOW))
         m.drop_region(old)
     else:
         warm = max(1, _hot(m)(eip) // WARM)
@@ -279,7 +279,7 @@ def _merge(m, a, b) -> None:
         return
     m.drop_region(a)
     m.drop_region(b)
-    _place(m, translate.merged(a.plan, b.plan, frozenset(SLOW)), False)
+    _place(m, translate.merged(a, b, frozenset(SLOW)), False)
 
 
 def _place(m, fn, static: bool, frames=None) -> None:

@@ -1221,16 +1221,22 @@ def build(m, entry: int, seen, indirect, taken, static: bool, slow: frozenset):
     if plan is None:
         return None
     fn = _compile(plan, slow)
-    if not hasattr(fn, "pages"):
-        # The pages it was compiled from, whole: a later kernel running the
-        # same program finds them equal with one comparison each.
-        fn.pages = {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in plan.bbs}}
-        for h in fn.heads:
-            known = _BY_HEAD.setdefault(h, [])
-            if len(known) >= 4:
-                del known[0]
-            known.append(fn)
+    _remember(fn, {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in plan.bbs}})
     return fn
+
+
+def _remember(fn, pages: dict) -> None:
+    """Keep fn for later kernels, with the pages it was compiled from,
+    whole: a kernel running the same program finds them equal with one
+    comparison each."""
+    if hasattr(fn, "pages"):
+        return
+    fn.pages = pages
+    for h in fn.heads:
+        known = _BY_HEAD.setdefault(h, [])
+        if len(known) >= 8:
+            del known[0]
+        known.append(fn)
 
 
 def _compile(plan: Plan, slow: frozenset):
@@ -1261,9 +1267,10 @@ _BY_HEAD: dict[int, list] = {}      # head address -> regions compiled with it
 
 def known_regions(m, eip: int) -> list:
     """Regions compiled before (in any kernel of this process) with a head
-    at eip whose code m holds byte for byte."""
+    at eip whose pages m holds byte for byte, the largest first (merged
+    regions come after the ones they merged)."""
     out = []
-    for fn in _BY_HEAD.get(eip, ()):
+    for fn in sorted(_BY_HEAD.get(eip, ()), key=lambda f: -f.size):     # largest first
         try:
             if all(m.peek(vpn << 12, PGSIZE) == page for vpn, page in fn.pages.items()):
                 out.append(fn)
@@ -1272,18 +1279,26 @@ def known_regions(m, eip: int) -> list:
     return out
 
 
-def with_heads(plan: Plan, more: set[int], slow: frozenset):
-    """The region of `plan` compiled again with more heads."""
+def with_heads(old, more: set[int], slow: frozenset):
+    """The region `old` compiled again with more heads."""
+    plan = old.plan
     new = Plan(plan.entry, plan.bbs, set(plan.heads) | more, {})
     new.indirect = plan.indirect
-    return _compile(new, slow)
+    fn = _compile(new, slow)
+    if hasattr(old, "pages"):
+        _remember(fn, old.pages)
+    return fn
 
 
-def merged(a: Plan, b: Plan, slow: frozenset):
-    """One region of the blocks and heads of two."""
-    plan = Plan(a.entry, {**a.bbs, **b.bbs}, set(a.heads) | set(b.heads), {})
-    plan.indirect = {**a.indirect, **b.indirect}
-    return _compile(plan, slow)
+def merged(a, b, slow: frozenset):
+    """One region of the blocks and heads of the regions a and b."""
+    plan = Plan(a.plan.entry, {**a.plan.bbs, **b.plan.bbs},
+                set(a.plan.heads) | set(b.plan.heads), {})
+    plan.indirect = {**a.plan.indirect, **b.plan.indirect}
+    fn = _compile(plan, slow)
+    if hasattr(a, "pages") and hasattr(b, "pages"):
+        _remember(fn, {**a.pages, **b.pages})
+    return fn
 
 
 def instance(fn):
@@ -1295,4 +1310,6 @@ def instance(fn):
     inst.plan = fn.plan
     inst.src = fn.src
     inst.size = fn.size
+    if hasattr(fn, "pages"):
+        inst.pages = fn.pages
     return inst
