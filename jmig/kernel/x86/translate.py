@@ -513,7 +513,7 @@ class RegionGen(Gen):
         a = self._addr(addr)
         if self.insn.addr in self.slow:
             fn = codegen.RD[size]
-            w = f"{a} & 0xFFFFFFFF" if a not in REGN and not _is_simple(a) or a.startswith("_t") else a
+            w = f"{a} & 0xFFFFFFFF" if a.startswith("_t") else a      # unwrapped sums
             if size == 4:
                 return self.tmp(f"M32[({a} + _d) >> 2] if (_d := RD.get({a} & 0xFFFFF003)) "
                                 f"is not None else m.{fn}({w})")
