@@ -1,4 +1,5 @@
-"""CPU state and the interpreter: run(cpu, mmu, budget) -> Stop.
+"""CPU state and the two engines: the interpreter, run(cpu, mmu, budget)
+-> Stop, and the block translator's, run_blocks (same contract).
 
 The interpreter executes one decoded instruction at a time.  Each
 instruction is decoded once and compiled into a small Python function
@@ -11,6 +12,14 @@ An instruction function has the signature f(cpu, r, m) -> next eip, where
 r is cpu.r and m is the env's AddressSpace (the MMU).  It raises CpuFault
 (PageFault, RemotePage, CpuTrap) with no effect, or SoftInt after
 completing.
+
+run_blocks interprets a basic block at a time and counts how often each
+starts; a hot block gets a region compiled (translate.py) and installed in
+the env (pmap.AddressSpace.regions, by head), and from then on the
+region's function runs it.  It also keeps regions for reuse by envs
+mapping the same frames and by later kernels, recompiles a region entered
+where it has no head, merges regions that hand control to each other, and
+gives an instruction that keeps restarting a slower inline fallback.
 """
 from __future__ import annotations
 
@@ -185,7 +194,7 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 # -- the block translator's engine ---------------------------------------------------
 
 HOT = 32                 # a block runs this often in the interpreter before it is compiled
-WARM = 64                 # ... with the blocks that ran at least 1/WARM as often
+WARM = 64                # ... with the blocks that ran at least 1/WARM as often
 HOT_KEY = 0x2000         # frame code dict: page offset | HOT_KEY -> runs in the interpreter
 IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer took
 TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) pages) to reuse
