@@ -3,12 +3,15 @@
 
     python3 dev.py demo      # set up .venv on first use, then play the two-node demo
     python3 dev.py test      # set up .venv (with test extras) on first use, then run the tests
+    python3 dev.py test --fast   # the same without the tests marked slow (under a minute)
     python3 dev.py bench     # run every benchmark (bench/run.py)
     python3 dev.py shell     # print the command that activates the venv
 
 The virtual environment lives in ./.venv and is reinstalled when
 pyproject.toml changes.  Extra arguments are passed through, e.g.
-`python3 dev.py test -k cpu -x`.
+`python3 dev.py test -k cpu -x`.  `test --fast` leaves out the tests marked
+`@pytest.mark.slow` (Unicorn differential runs, whole programs in lockstep,
+long programs): the inner loop for development; the CI runs them all.
 """
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ def main(argv: list[str]) -> int:
     if cmd == "demo":
         args = [str(BIN / "jmigctl"), "demo", *rest]
     elif cmd == "test":
+        if "--fast" in rest:
+            # Everything but @pytest.mark.slow (the CI runs all).
+            rest = ["-m", "not slow", *(a for a in rest if a != "--fast")]
         args = [str(BIN / "python"), "-m", "pytest", "-q", *rest]
     elif cmd == "bench":
         args = [str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest]

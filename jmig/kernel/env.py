@@ -46,6 +46,9 @@ class Blocked(Exception):
         self.va = va
 
 
+_NEVER_RAN = Cpu()      # the registers of every slot never allocated (never changed)
+
+
 class Env:
     """One slot of envs[]: JOS's struct Env plus jmig's own bookkeeping."""
 
@@ -64,7 +67,7 @@ class Env:
         self.ipc_value = 0
         self.ipc_from = 0
         self.ipc_perm = 0
-        self.cpu: Cpu = Cpu()            # trapframe registers, eip, eflags
+        self.cpu: Cpu = _NEVER_RAN       # trapframe registers, eip, eflags (env_alloc sets it)
         self.trapno = 0                  # tf_trapno / tf_err of the last trap
         self.err = 0
         self.aspace = None               # AddressSpace (pgdir) while allocated

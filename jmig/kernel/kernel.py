@@ -20,8 +20,9 @@ from typing import Callable, Iterator
 import attrs
 
 from . import events as ev
+from . import syscall
 from .elf import ElfError, parse_elf
-from .env import Blocked as _Blocked  # noqa: F401 (syscall.py raises it)
+from .env import Blocked as _Blocked
 from .env import (
     ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVS_KVA, ENV_SIZE, ENVX,
     ENVGENSHIFT, NENV, STATUS_NAMES, Env,
@@ -30,7 +31,7 @@ from .memlayout import (
     FEC_PR, FEC_U, PGSIZE, PTE_P, PTE_REMOTE, PTE_U, PTE_W, ULIM, UPAGES, USTACKTOP, UTOP,
     UVPT, ROUNDDOWN, ROUNDUP,
 )
-from .pmap import AddressSpace, PhysMem
+from .pmap import AddressSpace, KernelPanic, PageFault, PhysMem
 from .snapshot import EnvHeader, PageInfo, SnapshotMixin  # noqa: F401 (re-exported)
 from .trap import TrapMixin
 from .x86 import cpu as core
@@ -39,7 +40,6 @@ from .x86.cpu import Cpu
 DEFAULT_MEMORY = 64 << 20
 ENGINES = {"blocks": core.run_blocks, "interp": core.run}
 DEFAULT_SLICE = 10_000
-UTF_SIZE = 52
 
 @attrs.frozen
 class RunResult:
@@ -79,7 +79,6 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.events: list = []
         self.waiters: dict[tuple[int, int], list[Env]] = {}   # (owner id, vpn) -> envs
         self.instructions = 0
-        from . import syscall
         self._syscall = syscall.dispatch
 
     # -- events --------------------------------------------------------------------
@@ -287,7 +286,6 @@ class Kernel(TrapMixin, SnapshotMixin):
             first = (va - UTOP) // ENV_SIZE
             last = (va + n - 1 - UTOP) // ENV_SIZE
             if last >= NENV:
-                from .pmap import PageFault
                 raise PageFault(FEC_PR | FEC_U, UTOP + NENV * ENV_SIZE)
             blob = b"".join(self.envs[i].pack(self._env_link(i)) for i in range(first, last + 1))
             off = va - UTOP - first * ENV_SIZE
@@ -599,7 +597,6 @@ class Kernel(TrapMixin, SnapshotMixin):
 
     def check_invariants(self) -> None:
         """Panic if frame refcounts disagree with the mappings (for tests)."""
-        from .pmap import KernelPanic
         counts = [0] * self.phys.nframes
         counts[0] = 1
         for e in self.envs:

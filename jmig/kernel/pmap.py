@@ -34,8 +34,8 @@ import mmap
 from struct import pack_into, unpack_from
 
 from .memlayout import (
-    FEC_PR, FEC_U, FEC_WR, PDX, PGSIZE, PTE_A, PTE_D, PTE_P, PTE_REMOTE, PTE_U,
-    PTE_W, ULIM, UPAGES, UTOP, UVPT,
+    FEC_PR, FEC_U, FEC_WR, NPDENTRIES, NPTENTRIES, PDX, PGSIZE, PTE_A, PTE_D, PTE_P,
+    PTE_REMOTE, PTE_U, PTE_W, ULIM, UPAGES, UTOP, UVPT,
 )
 
 ZERO_PAGE = bytes(PGSIZE)
@@ -79,6 +79,7 @@ class PhysMem:
         self.mem = mmap.mmap(-1, nframes * PGSIZE,
                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
         self.m32 = memoryview(self.mem).cast("I")
+        self.m16 = memoryview(self.mem).cast("H")
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
         # LIFO: pop() takes the highest frame first, page_free pushes back.
@@ -87,8 +88,12 @@ class PhysMem:
         self.code: dict[int, dict] = {}
         # pfn -> bytearray(PGSIZE) with 1 where a decoded instruction lies
         self.codebits: dict[int, bytearray] = {}
-        # pfn -> set of (AddressSpace, vpn) that hold it in a write TLB
+        # pfn -> set of (AddressSpace, page va) that hold it in a write TLB
         self.writers: dict[int, set] = {}
+        # pfn -> set of (AddressSpace, region) installed, or (entry pfn, key)
+        # of a region kept in code[entry pfn] for reuse, compiled from code
+        # in the frame
+        self.region_frames: dict[int, set] = {}
 
     # -- allocation ---------------------------------------------------------
     @property
@@ -140,10 +145,15 @@ class PhysMem:
         if d is None:
             d = self.code[pfn] = {}
             self.codebits[pfn] = bytearray(PGSIZE)
-            for asp, vpn in self.writers.pop(pfn, ()):
-                if asp.wt.get(vpn) == pfn << 12:
-                    del asp.wt[vpn]
+            for asp, page in self.writers.pop(pfn, ()):
+                if asp.wt.get(page) == (pfn << 12) - page:
+                    del asp.wt[page]
         return d
+
+    def mark_code(self, pfn: int, off: int, n: int) -> None:
+        """Record that [off, off+n) of the code frame pfn holds decoded code."""
+        end = min(off + n, PGSIZE)
+        self.codebits[pfn][off:end] = b"\x01" * (end - off)
 
     def drop_code(self, pfn: int) -> None:
         """Forget the frame's decoded code (every env sharing it sees this)."""
@@ -151,14 +161,72 @@ class PhysMem:
         if d is not None:
             d.clear()
             del self.codebits[pfn]
+        for holder, what in self.region_frames.pop(pfn, ()):
+            if isinstance(holder, AddressSpace):
+                holder.drop_region(what)
+            else:
+                kept = self.code.get(holder)
+                if kept is not None:
+                    kept.pop(what, None)
+
+    def note_template(self, entry_pfn: int, key: int, pfns) -> None:
+        """code[entry_pfn][key] holds a region compiled from code in frames
+        pfns: forget it when the code in one of them changes."""
+        for p in pfns:
+            s = self.region_frames.get(p)
+            if s is None:
+                self.region_frames[p] = {(entry_pfn, key)}
+            else:
+                s.add((entry_pfn, key))
+
+
+class _Tlb(dict):
+    """A TLB dictionary (page va -> frame base - page va) that fills itself
+    on a miss for an aligned key, as the MMU's walk does (setting A, and D
+    for writes); anything it cannot answer -- a misaligned key, a fault, a
+    JOS window, a write to a frame holding code -- stays a KeyError, for the
+    translator's restart through the interpreter."""
+    __slots__ = ("asp", "write")
+
+    def __init__(self, asp, write: bool):
+        super().__init__()
+        self.asp = asp
+        self.write = write
+
+    def __missing__(self, key):
+        if key & 0xFFF:
+            raise KeyError(key)
+        asp = self.asp
+        if key >= UTOP:
+            if not self.write and UVPT <= key < ULIM:
+                pfn = asp._uvpt_frame(key)
+                if pfn is not None:
+                    d = (pfn << 12) - key
+                    self[key] = d
+                    return d
+            raise KeyError(key)
+        try:
+            asp.translate(key, self.write)
+        except CpuFault:
+            raise KeyError(key) from None       # the interpreter reports it
+        return dict.__getitem__(self, key)      # not filled: a code frame (KeyError)
 
 
 class AddressSpace:
     """One env's page tables and TLB: JOS's pgdir plus the software MMU.
 
     `window` is a callable (va, n) -> bytes for the kernel's read-only
-    windows at UTOP..ULIM other than UVPT (UENVS, UPAGES); the kernel
-    supplies it.
+    windows UENVS and UPAGES; the kernel supplies it.  UVPT is the
+    address space's own: its page directory and page-table frames hold
+    the PDE and PTE values user code reads there (kept equal to `pte` and
+    `ptpages` on every change), so reading uvpd[] and uvpt[] is an
+    ordinary read of those frames through the TLB.
+
+    The TLB: `rt` (readable pages) and `wt` (writable pages whose D bit is
+    already set and whose frame holds no decoded code) map a page's
+    address (va & 0xfffff000) to `frame base - page address`, so that the
+    physical address of va is `va + delta`.  The translator looks words up
+    with the key `va & 0xfffff003`, which only an aligned address finds.
     """
 
     def __init__(self, phys: PhysMem, window=None, window_word=None):
@@ -166,17 +234,31 @@ class AddressSpace:
         self.window_word = window_word         # (va) -> int | None: fast UENVS words
         self.mem = phys.mem
         self.m32 = phys.m32
+        self.m16 = phys.m16
         self.pte: dict[int, int] = {}          # vpn -> PTE (may carry PTE_REMOTE)
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
         self.window = window
-        self.rt: dict[int, int] = {}           # vpn -> frame base, readable
-        self.wt: dict[int, int] = {}           # vpn -> frame base, writable and dirty
+        self.rt: dict[int, int] = _Tlb(self, False)   # page va -> frame base - page va, readable
+        self.wt: dict[int, int] = _Tlb(self, True)    # the same, writable and dirty
         self.icache: dict[int, dict] = {}      # vpn -> the frame's decoded-code dict
+        # The block translator's (x86/cpu.run_blocks): regions by entry,
+        # and which pages and frames each was compiled from.
+        self.regions: dict[int, object] = {}   # head eip -> region function
+        self.blocks: dict[int, object] = {}    # block start -> the region compiling it
+        self.region_vpns: dict[int, list] = {}  # vpn -> regions with code in that page
+        self.restarts: dict[int, int] = {}     # eip -> TLB-miss restarts in regions
+        self.moves: dict[tuple, int] = {}      # (region, region) -> moves from one to the other
+        self.nota: set[int] = set()            # vpns of region code whose PTE lacks A
+        self.last_entry = 0                    # head the last region was entered at
         pfn = phys.page_alloc()
         if pfn is None:
             raise MemoryError("no frame for a page directory")   # caller maps to -E_NO_MEM
         phys.incref(pfn)
         self.pgdir_pfn = pfn
+        # The kernel's half of the page directory, as uvpd[] shows it.
+        m32 = self.m32
+        for pdx in range(PDX(UTOP), NPDENTRIES):
+            m32[(pfn << 10) | pdx] = self.pde_value(pdx)
 
     # -- JOS page-table operations -------------------------------------------
     def pgdir_walk(self, va: int, create: bool) -> bool:
@@ -192,7 +274,14 @@ class AddressSpace:
             return False
         self.phys.incref(pfn)
         self.ptpages[pdx] = pfn
+        self.m32[(self.pgdir_pfn << 10) | pdx] = (pfn << 12) | PTE_U | PTE_W | PTE_P
         return True
+
+    def _set_pte(self, vpn: int, pte: int) -> None:
+        """pte[vpn] = pte, and the word uvpt[vpn] shows (its table exists)."""
+        self.pte[vpn] = pte
+        self.m32[(self.ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = \
+            pte & PTE_PERM_MASK if pte & PTE_REMOTE else pte
 
     def page_lookup(self, va: int) -> int | None:
         """The PTE mapping va (possibly remote), or None."""
@@ -213,7 +302,7 @@ class AddressSpace:
         old = self.pte.get(vpn)
         if old is not None:
             self._drop(vpn, old)
-        self.pte[vpn] = (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P
+        self._set_pte(vpn, (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P)
         self.invlpg(vpn)
         return True
 
@@ -223,7 +312,7 @@ class AddressSpace:
         if vpn >> 10 not in self.ptpages and not self.pgdir_walk(vpn << 12, True):
             return False
         self.phys.ref[pfn] += 1
-        self.pte[vpn] = (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P
+        self._set_pte(vpn, (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P)
         return True
 
     def page_remove(self, va: int) -> None:
@@ -231,6 +320,7 @@ class AddressSpace:
         vpn = va >> 12
         old = self.pte.pop(vpn, None)
         if old is not None:
+            self.m32[(self.ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = 0
             self._drop(vpn, old)
             self.invlpg(vpn)
 
@@ -239,7 +329,18 @@ class AddressSpace:
         if not self.pgdir_walk(va, True):
             return False
         self.page_remove(va)
-        self.pte[va >> 12] = PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
+        self._set_pte(va >> 12, PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P)
+        return True
+
+    def set_remote_run(self, vpn: int, count: int, perm: int) -> bool:
+        """Mark count unmapped pages from vpn remote with perm (restores).
+        False if out of memory for a page table (nothing marked)."""
+        for pdx in range(vpn >> 10, ((vpn + count - 1) >> 10) + 1):
+            if not self.pgdir_walk(pdx << 22, True):
+                return False
+        pte = PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
+        for v in range(vpn, vpn + count):
+            self._set_pte(v, pte)
         return True
 
     def _drop(self, vpn: int, pte: int) -> None:
@@ -248,18 +349,66 @@ class AddressSpace:
 
     def set_perm(self, vpn: int, pte: int) -> None:
         """Replace a PTE value in place (same frame), flushing the TLB entry."""
-        self.pte[vpn] = pte
+        self._set_pte(vpn, pte)
         self.invlpg(vpn)
 
     def invlpg(self, vpn: int) -> None:
-        self.rt.pop(vpn, None)
-        self.wt.pop(vpn, None)
+        page = vpn << 12
+        self.rt.pop(page, None)
+        self.wt.pop(page, None)
         self.icache.pop(vpn, None)
+        fns = self.region_vpns.pop(vpn, None)
+        if fns:
+            for fn in fns:
+                self.drop_region(fn)
 
     def flush_tlb(self) -> None:
         self.rt.clear()
         self.wt.clear()
         self.icache.clear()
+        for fns in list(self.region_vpns.values()):
+            for fn in fns:
+                self.drop_region(fn)
+        self.region_vpns.clear()
+        self.regions.clear()
+        self.blocks.clear()
+        self.moves.clear()
+        self.nota.clear()
+
+    # -- translated regions ----------------------------------------------------
+    def install_region(self, fn, vpns, pfns) -> None:
+        """Make the region fn (attribute `heads`) run at its heads; it is
+        dropped when one of its pages is remapped or a frame's code changes."""
+        fn.vpns = tuple(vpns)
+        fn.pfns = tuple(pfns)
+        for h in fn.heads:
+            self.regions[h] = fn
+        for b in fn.plan.bbs:
+            self.blocks[b] = fn
+        for v in vpns:
+            self.region_vpns.setdefault(v, []).append(fn)
+        frames = self.phys.region_frames
+        for p in pfns:
+            s = frames.get(p)
+            if s is None:
+                frames[p] = {(self, fn)}
+            else:
+                s.add((self, fn))
+
+    def drop_region(self, fn) -> None:
+        regions = self.regions
+        for h in fn.heads:
+            if regions.get(h) is fn:
+                del regions[h]
+        blocks = self.blocks
+        for b in fn.plan.bbs:
+            if blocks.get(b) is fn:
+                del blocks[b]
+        frames = self.phys.region_frames
+        for p in fn.pfns:
+            s = frames.get(p)
+            if s is not None:
+                s.discard((self, fn))
 
     def free_all(self) -> None:
         """Unmap every page and free the page tables and directory (env_free)."""
@@ -300,6 +449,28 @@ class AddressSpace:
             return (PTE_U | PTE_P) if pdx < PDX(ULIM) else (PTE_W | PTE_P)
         return None
 
+    def _uvpt_frame(self, va: int) -> int | None:
+        """The frame that holds the UVPT page at va, if one does (the page
+        directory, or a page table); None for the kernel's synthetic ones."""
+        pdx = (va - UVPT) >> 12
+        if pdx == PDX(UVPT):
+            return self.pgdir_pfn
+        if pdx < PDX(UTOP):
+            return self.ptpages.get(pdx)
+        return None
+
+    def check_mirror(self) -> None:
+        """Panic unless the page directory and page-table frames hold what
+        pde_value/pte_value say (for tests)."""
+        m32 = self.m32
+        for pdx in range(NPDENTRIES):
+            if m32[(self.pgdir_pfn << 10) | pdx] != self.pde_value(pdx):
+                raise KernelPanic(f"uvpd[{pdx:#x}] differs from the page tables")
+        for pdx, pfn in self.ptpages.items():
+            for k in range(NPTENTRIES):
+                if m32[(pfn << 10) | k] != self.pte_value((pdx << 10) | k):
+                    raise KernelPanic(f"uvpt[{(pdx << 10) | k:#x}] differs from the page tables")
+
     def _uvpt_read(self, va: int, n: int) -> bytes:
         out = bytearray()
         word = va & ~3
@@ -332,20 +503,21 @@ class AddressSpace:
         if not pte & PTE_U or (write and not pte & PTE_W):
             raise PageFault(FEC_PR | FEC_U | (FEC_WR if write else 0), va)
         base = pte & 0xFFFFF000
+        page = vpn << 12
         if write:
             if pte & (PTE_A | PTE_D) != PTE_A | PTE_D:
-                self.pte[vpn] = pte | PTE_A | PTE_D
+                self._set_pte(vpn, pte | PTE_A | PTE_D)
             pfn = base >> 12
             if pfn not in self.phys.code:
-                self.wt[vpn] = base
+                self.wt[page] = base - page
                 w = self.phys.writers.get(pfn)
                 if w is None:
-                    self.phys.writers[pfn] = {(self, vpn)}
+                    self.phys.writers[pfn] = {(self, page)}
                 else:
-                    w.add((self, vpn))
+                    w.add((self, page))
         elif not pte & PTE_A:
-            self.pte[vpn] = pte | PTE_A
-        self.rt[vpn] = base
+            self._set_pte(vpn, pte | PTE_A)
+        self.rt[page] = base - page
         return base
 
     def clear_dirty(self, vpn: int) -> bool:
@@ -353,8 +525,8 @@ class AddressSpace:
         pte = self.pte.get(vpn)
         if pte is None or not pte & PTE_D:
             return False
-        self.pte[vpn] = pte & ~PTE_D
-        self.wt.pop(vpn, None)
+        self._set_pte(vpn, pte & ~PTE_D)
+        self.wt.pop(vpn << 12, None)
         return True
 
     # -- the MMU: reads ------------------------------------------------------
@@ -378,13 +550,20 @@ class AddressSpace:
             if va >= UTOP:
                 out += self._read_window(va, take)
             else:
-                base = self.rt.get(va >> 12)
-                if base is None:
-                    base = self.translate(va, False)
-                out += self.mem[base | off:(base | off) + take]
+                d = self.rt.get(va & 0xFFFFF000)
+                if d is None:
+                    d = self.translate(va, False) - (va & 0xFFFFF000)
+                out += self.mem[va + d:va + d + take]
             va = (va + take) & 0xFFFFFFFF
             n -= take
         return bytes(out)
+
+    def _read_base(self, va: int) -> int:
+        """Frame base for a read of va's page, below UTOP (fills the TLB)."""
+        d = self.rt.get(va & 0xFFFFF000)
+        if d is None:
+            return self.translate(va, False)
+        return d + (va & 0xFFFFF000)
 
     def check_read(self, va: int, n: int) -> None:
         """Raise the fault a read of [va, va+n) would raise (all pages first)."""
@@ -394,36 +573,39 @@ class AddressSpace:
             a = max(page, va)
             if a >= UTOP:
                 self._read_window(a, 1)
-            elif self.rt.get(a >> 12) is None:
+            elif self.rt.get(a & 0xFFFFF000) is None:
                 self.translate(a, False)
             page += PGSIZE
 
     def rd8(self, va: int) -> int:
-        base = self.rt.get(va >> 12)
-        if base is not None:
-            return self.mem[base | (va & 0xFFF)]
+        d = self.rt.get(va & 0xFFFFF000)
+        if d is not None:
+            return self.mem[va + d]
         return self.read(va, 1)[0]
 
     def rd16(self, va: int) -> int:
-        base = self.rt.get(va >> 12)
-        off = va & 0xFFF
-        if base is not None and off != 0xFFF:
-            return unpack_from("<H", self.mem, base | off)[0]
+        d = self.rt.get(va & 0xFFFFF000)
+        if d is not None and va & 0xFFF != 0xFFF:
+            return unpack_from("<H", self.mem, va + d)[0]
         return int.from_bytes(self.read(va, 2), "little")
 
     def rd32(self, va: int) -> int:
-        base = self.rt.get(va >> 12)
-        off = va & 0xFFF
-        if base is not None and off <= 0xFFC:
-            if off & 3:
-                return unpack_from("<I", self.mem, base | off)[0]
-            return self.m32[(base | off) >> 2]
+        d = self.rt.get(va & 0xFFFFF000)
+        if d is not None and va & 0xFFF <= 0xFFC:
+            if va & 3:
+                return unpack_from("<I", self.mem, va + d)[0]
+            return self.m32[(va + d) >> 2]
         if UVPT <= va < ULIM and not va & 3:
-            # uvpt[] / uvpd[] reads, as fork does for every page: no bytes built.
+            # uvpt[] / uvpd[]: a page directory or page-table frame (then in
+            # the TLB from now on), or the kernel's synthetic entries.
+            pfn = self._uvpt_frame(va)
+            if pfn is not None:
+                self.rt[va & 0xFFFFF000] = (pfn << 12) - (va & 0xFFFFF000)
+                return self.m32[(pfn << 10) | ((va & 0xFFF) >> 2)]
             v = self.pte_value((va - UVPT) >> 2)
             if v is None:
                 raise PageFault(FEC_U, va)
-            return v & 0xFFFFFFFF
+            return v
         if UTOP <= va < UPAGES and not va & 3 and self.window_word is not None:
             # envs[i].field reads, as programs poll a child's status.
             v = self.window_word(va)
@@ -433,12 +615,13 @@ class AddressSpace:
 
     # -- the MMU: writes -----------------------------------------------------
     def _write_base(self, va: int) -> int:
+        """Frame base for a write to va's page (fills the write TLB)."""
         if va >= UTOP:
             raise PageFault(FEC_PR | FEC_WR | FEC_U, va)
-        base = self.wt.get(va >> 12)
-        if base is None:
-            base = self.translate(va, True)
-        return base
+        d = self.wt.get(va & 0xFFFFF000)
+        if d is None:
+            return self.translate(va, True)
+        return d + (va & 0xFFFFF000)
 
     def check_write(self, va: int, n: int) -> None:
         """Raise the fault a write of [va, va+n) would raise, before any byte
@@ -473,28 +656,26 @@ class AddressSpace:
             self.phys.drop_code(pfn)
 
     def wr8(self, va: int, v: int) -> None:
-        base = self.wt.get(va >> 12)
-        if base is not None:
-            self.mem[base | (va & 0xFFF)] = v
+        d = self.wt.get(va & 0xFFFFF000)
+        if d is not None:
+            self.mem[va + d] = v
         else:
             self.write(va, bytes((v,)))
 
     def wr16(self, va: int, v: int) -> None:
-        base = self.wt.get(va >> 12)
-        off = va & 0xFFF
-        if base is not None and off != 0xFFF:
-            pack_into("<H", self.mem, base | off, v)
+        d = self.wt.get(va & 0xFFFFF000)
+        if d is not None and va & 0xFFF != 0xFFF:
+            pack_into("<H", self.mem, va + d, v)
         else:
             self.write(va, v.to_bytes(2, "little"))
 
     def wr32(self, va: int, v: int) -> None:
-        base = self.wt.get(va >> 12)
-        off = va & 0xFFF
-        if base is not None and off <= 0xFFC:
-            if off & 3:
-                pack_into("<I", self.mem, base | off, v)
+        d = self.wt.get(va & 0xFFFFF000)
+        if d is not None and va & 0xFFF <= 0xFFC:
+            if va & 3:
+                pack_into("<I", self.mem, va + d, v)
             else:
-                self.m32[(base | off) >> 2] = v
+                self.m32[(va + d) >> 2] = v
         else:
             self.write(va, v.to_bytes(4, "little"))
 
@@ -510,9 +691,7 @@ class AddressSpace:
         n = min(count, (PGSIZE - soff) // size, (PGSIZE - doff) // size)
         if n < 2 or src >= UTOP:
             return 0
-        sbase = self.rt.get(src >> 12)
-        if sbase is None:
-            sbase = self.translate(src, False)
+        sbase = self._read_base(src)
         dbase = self._write_base(dst)
         s = sbase | soff
         d = dbase | doff
@@ -547,20 +726,35 @@ class AddressSpace:
         if eip >= UTOP:
             raise PageFault(FEC_PR | FEC_U, eip)
         vpn = eip >> 12
-        base = self.rt.get(vpn)
-        if base is None:
-            base = self.translate(eip, False)
+        base = self._read_base(eip)
         d = self.phys.code_dict(base >> 12)
         self.icache[vpn] = d
         return d
 
     def fetch(self, eip: int, n: int) -> bytes:
         """Up to n code bytes at eip within its page (the page is checked)."""
-        base = self.rt.get(eip >> 12)
-        if base is None:
-            base = self.translate(eip, False)
+        if eip >= UTOP:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        base = self._read_base(eip)
         off = eip & 0xFFF
         # `base + ...`, not `base | ...`: the end may be PGSIZE itself.
+        return bytes(self.mem[base | off:base + min(off + n, PGSIZE)])
+
+    def peek(self, eip: int, n: int) -> bytes:
+        """fetch without its side effects: the bytes a fetch would read (and
+        the fault it would raise), but A stays as it is and the TLB too --
+        the translator reading code ahead of its execution."""
+        if eip >= UTOP:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        pte = self.pte.get(eip >> 12)
+        if pte is None or not pte & PTE_P:
+            raise PageFault(FEC_U, eip)
+        if pte & PTE_REMOTE:
+            raise RemotePage(0, eip)
+        if not pte & PTE_U:
+            raise PageFault(FEC_PR | FEC_U, eip)
+        base = pte & 0xFFFFF000
+        off = eip & 0xFFF
         return bytes(self.mem[base | off:base + min(off + n, PGSIZE)])
 
     def read_code(self, eip: int, n: int) -> bytes:
@@ -572,9 +766,7 @@ class AddressSpace:
 
     def mark_code(self, eip: int, n: int) -> None:
         """Record that [eip, eip+n) within eip's frame holds decoded code."""
-        base = self.rt.get(eip >> 12)
-        if base is None:
-            base = self.translate(eip, False)
+        base = self._read_base(eip)
         off = eip & 0xFFF
         end = min(off + n, PGSIZE)
         bits = self.phys.codebits.get(base >> 12)

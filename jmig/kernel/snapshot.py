@@ -104,10 +104,8 @@ class SnapshotMixin:
         vpns = range(first, first + count)
         if any(v in a.pte for v in vpns):
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
-        for pdx in range(first >> 10, ((first + count - 1) >> 10) + 1):
-            if not a.pgdir_walk(pdx << 22, True):
-                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
-        a.pte.update(dict.fromkeys(vpns, PTE_REMOTE | perm | PTE_P))
+        if not a.set_remote_run(first, count, perm):
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
 
     def page_data(self, envid: int, va: int) -> memoryview:
         """A view of a local page's 4 KiB (valid until the page changes)."""

@@ -14,13 +14,17 @@ arrives and then executes the `int $0x30` again.
 """
 from __future__ import annotations
 
-from .env import ENV_NOT_RUNNABLE, ENV_RUNNABLE, Env
-from .kernel import Kernel, _Blocked
+from typing import TYPE_CHECKING
+
+from .env import ENV_NOT_RUNNABLE, ENV_RUNNABLE, Blocked as _Blocked, Env
 from .memlayout import (
     E_BAD_ENV, E_INVAL, E_IPC_NOT_RECV, E_NO_FREE_ENV, E_NO_MEM, PGSIZE, PTE_P, PTE_REMOTE,
     PTE_SYSCALL, PTE_U, PTE_W, UTOP,
 )
 from . import events as ev
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 SYS_cputs = 0
 SYS_cgetc = 1
@@ -43,6 +47,9 @@ MAX_SLEEP_MS = 24 * 3600 * 1000
 
 class _Stop(Exception):
     """The caller gives up the CPU (yield, block, destroyed)."""
+
+
+STOP = object()      # returned instead of raising _Stop by the frequent ones
 
 
 def _perm_ok(perm: int) -> bool:
@@ -162,7 +169,7 @@ def sys_env_set_pgfault_upcall(k: Kernel, e: Env, envid: int, func: int, *_):
 
 
 def sys_yield(k, e, *_):
-    raise _Stop                          # eax keeps the syscall number, as on JOS
+    return STOP                          # eax keeps the syscall number, as on JOS
 
 
 def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm: int, *_):
@@ -199,7 +206,7 @@ def sys_ipc_recv(k: Kernel, e: Env, dstva: int, *_):
     e.ipc_recving = 1
     e.ipc_dstva = dstva
     k.set_status(e, ENV_NOT_RUNNABLE)
-    raise _Stop
+    return STOP
 
 
 def sys_time_msec(k: Kernel, e, *_):
@@ -241,6 +248,8 @@ def dispatch(k: Kernel, e: Env) -> bool:
         # Nothing happened yet: run the int $0x30 again once the page is here.
         e.cpu.eip = (e.cpu.eip - 2) & 0xFFFFFFFF
         k._block(e, b.owner, b.va)
+        return False
+    if ret is STOP:
         return False
     r[0] = ret & 0xFFFFFFFF
     return True

@@ -3,11 +3,14 @@ JOS's print_trapframe prints it, then the env destroyed.  A mixin of
 Kernel (kernel.py)."""
 from __future__ import annotations
 
+import struct
+
 from . import events as ev
 from .env import ENVS_KVA, ENV_SIZE, Blocked, Env
 from .memlayout import FEC_PR, FEC_U, FEC_WR, PGSIZE, PTE_W, T_PGFLT, UXSTACKTOP
 
 UTF_SIZE = 52
+_UTF = struct.Struct("<13I")       # struct UTrapframe: fault va, err, regs, eip, eflags, esp
 
 TRAP_NAMES = {
     0: "Divide error", 1: "Debug", 2: "Non-Maskable Interrupt", 3: "Breakpoint",
@@ -53,9 +56,8 @@ class TrapMixin:
             self._block(e, b.owner, b.va)     # the instruction faults again later
             return False
         r = c.r
-        words = (va, err, r[7], r[6], r[5], r[4], r[3], r[2], r[1], r[0],
-                 c.eip, c.eflags, esp)
-        e.aspace.write(utf, b"".join(w.to_bytes(4, "little") for w in words))
+        e.aspace.write(utf, _UTF.pack(va, err, r[7], r[6], r[5], r[4], r[3], r[2], r[1], r[0],
+                                      c.eip, c.eflags, esp))
         c.eip = e.pgfault_upcall
         r[4] = utf
         return True

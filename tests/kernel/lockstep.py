@@ -71,7 +71,7 @@ from jmig.kernel import runner
 from jmig.kernel.env import ENV_SIZE
 from jmig.kernel.memlayout import PGSIZE, PTE_A, PTE_P, PTE_REMOTE, PTE_U, PTE_W, ULIM, UTOP, UVPT
 from jmig.kernel.pmap import CpuFault
-from jmig.kernel.x86.cpu import BUDGET, SYSCALL, Cpu, Stop, fetch_decode
+from jmig.kernel.x86.cpu import BUDGET, SYSCALL, Cpu, Stop, fetch_decode, run_blocks
 from jmig.kernel.x86.insn import SREG
 
 from ..x86.unicorn_ref import (
@@ -543,6 +543,8 @@ class Lockstep:
         self.page_copies = 0
         self.retired_window_maps = 0
         self.differences: list[str] = []
+        self.expect: dict | None = None     # slice count -> (regs, eip, eflags) to pass through
+        self.checked = 0                    # of those, passed through
 
     @property
     def window_maps(self) -> int:
@@ -609,6 +611,8 @@ class Lockstep:
                 self.instructions += calls - 1 + st.count
                 if st.reason == BUDGET:
                     done += calls
+                    if self.expect is not None and done in self.expect:
+                        self._expected(done, cpu)
                     continue
                 result = Stop(st.reason, done + calls - 1 + st.count, st.trapno, st.err, st.va,
                               st.detail)
@@ -619,6 +623,130 @@ class Lockstep:
             _remove_store_recorder(aspace)
         sh.leave(result.reason not in (BUDGET, SYSCALL))
         return result
+
+
+    def _expected(self, done: int, cpu) -> None:
+        want = self.expect[done]
+        got = (tuple(cpu.r), cpu.eip, cpu.eflags)
+        if got != want:
+            names = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+            diff = [f"{n}: interpreter={a:#x} translator={b:#x}"
+                    for n, a, b in zip(names, got[0], want[0]) if a != b]
+            if got[1] != want[1]:
+                diff.append(f"eip: interpreter={got[1]:#x} translator={want[1]:#x}")
+            if got[2] != want[2]:
+                diff.append(f"eflags: interpreter={got[2]:#x} translator={want[2]:#x}")
+            self.fail(f"the translator differs at a block boundary, {done} instructions into "
+                      f"a slice of program {self.program!r}: " + "; ".join(diff))
+        self.checked += 1
+
+
+# -- the block translator against the same ---------------------------------------------------
+
+def _env_state(cpu, aspace) -> tuple:
+    """An env's registers, raw flag state, PTEs and local pages' bytes."""
+    mem = aspace.mem
+    pages = {vpn: bytes(mem[pte & 0xFFFFF000:(pte & 0xFFFFF000) + PGSIZE])
+             for vpn, pte in aspace.pte.items() if vpn < UTOP_VPN and _local(pte)}
+    return (list(cpu.r), cpu.eip, (cpu.fk, cpu.fa, cpu.fb, cpu.fr, cpu.ef), dict(aspace.pte),
+            pages)
+
+
+def _restore(state: tuple, cpu, aspace) -> None:
+    regs, eip, flags, pte, pages = state
+    cpu.r[:] = regs
+    cpu.eip = eip
+    cpu.fk, cpu.fa, cpu.fb, cpu.fr, cpu.ef = flags
+    for vpn, old in pte.items():
+        if aspace.pte.get(vpn) != old:
+            aspace._set_pte(vpn, old)               # A and D bits the slice set
+    mem = aspace.mem
+    for vpn, data in pages.items():
+        base = pte[vpn] & 0xFFFFF000
+        mem[base:base + PGSIZE] = data
+    # The TLB and the fetched-pages cache imply A bits that are clear again.
+    aspace.rt.clear()
+    aspace.wt.clear()
+    aspace.icache.clear()
+    for fn in set(aspace.regions.values()):
+        aspace.nota.update(v for v in fn.vpns if not aspace.pte[v] & PTE_A)
+
+
+class TranslatorLockstep:
+    """The kernel's core run on the block translator, checked against
+    Unicorn.  Each slice runs on the translator (run_blocks, compiling a
+    region once a block has run `hot` times), which records the registers,
+    eip and eflags at every block boundary (each return of a region, each
+    stretch it left to the interpreter); then the env is put back as it
+    was and the same slice runs on Lockstep -- jmig's interpreter and
+    Unicorn, compared after every instruction -- which must pass through
+    every recorded state and end with the translator's stop, registers,
+    flags, page contents and page-table entries (A bits aside: a region
+    sets A on the pages of all its code when it is installed, as a
+    prefetch may).  The kernel goes on from that state."""
+
+    def __init__(self, kernel=None, program: str = "", hot: int = 1):
+        self.ls = Lockstep(kernel, program)
+        self.hot = hot
+        self.slices = 0
+        self.boundaries = 0                 # block boundaries recorded
+
+    @property
+    def kernel(self):
+        return self.ls.kernel
+
+    @kernel.setter
+    def kernel(self, k):
+        self.ls.kernel = k
+
+    @property
+    def program(self) -> str:
+        return self.ls.program
+
+    @program.setter
+    def program(self, name: str) -> None:
+        self.ls.program = name
+
+    def __getattr__(self, name):
+        return getattr(self.ls, name)       # counters, program, differences
+
+    def __call__(self, cpu, aspace, budget: int) -> Stop:
+        before = _env_state(cpu, aspace)
+        seen: dict[int, tuple] = {}
+
+        def observe(n: int, eip: int) -> None:
+            seen[n] = (tuple(cpu.r), eip, cpu.eflags)
+        st_t = run_blocks(cpu, aspace, budget, hot=self.hot, observe=observe)
+        regs_t, eip_t, eflags_t = list(cpu.r), cpu.eip, cpu.eflags
+        pte_t, pages_t = dict(aspace.pte), _env_state(cpu, aspace)[4]
+        _restore(before, cpu, aspace)
+        self.slices += 1
+        self.boundaries += len(seen)
+        self.ls.expect = seen
+        try:
+            st_l = self.ls(cpu, aspace, budget)
+        finally:
+            self.ls.expect = None
+        what = []
+        if tuple(st_t[:5]) != tuple(st_l[:5]):
+            what.append(f"stop: interpreter {st_l} translator {st_t}")
+        if (cpu.r, cpu.eip, cpu.eflags) != (regs_t, eip_t, eflags_t):
+            what.append(f"state at the end: interpreter {cpu.r} eip={cpu.eip:#x} "
+                        f"eflags={cpu.eflags:#x}, translator {regs_t} eip={eip_t:#x} "
+                        f"eflags={eflags_t:#x}")
+        if {v: p & ~PTE_A for v, p in aspace.pte.items()} != \
+                {v: p & ~PTE_A for v, p in pte_t.items()}:
+            what.append("page table entries differ at the end of the slice")
+        pages_l = _env_state(cpu, aspace)[4]
+        for vpn in sorted(set(pages_l) | set(pages_t)):
+            if pages_l.get(vpn) != pages_t.get(vpn):
+                what.append(f"page {vpn << 12:#x} differs at the end of the slice")
+                break
+        if what:
+            self.ls.fail(f"the translator differs from the Unicorn-checked interpreter in a "
+                         f"slice of {budget} instructions of program {self.ls.program!r} "
+                         f"(env eip at the start {before[1]:#x}): " + "; ".join(what))
+        return st_l
 
 
 def run_program_lockstep(ls: Lockstep, elf: bytes, argv, name: str = "", **kw):

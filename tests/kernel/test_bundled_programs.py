@@ -24,6 +24,7 @@ def test_every_source_has_a_bundled_elf():
     assert sorted(manifest["programs"]) == sources
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                     reason="needs gcc and make to rebuild the programs")
 def test_committed_binaries_match_their_sources(tmp_path):

@@ -56,6 +56,28 @@ def test_forktree_visits_every_node_once():
     assert_all_freed(out)
 
 
+@pytest.mark.slow
+def test_scantree_with_the_student_fork_visits_every_node_once():
+    # lib/forkscan.c: a fork reading uvpd/uvpt for every page below USTACKTOP.
+    out = boot("scantree", limit=200_000_000)
+    names = re.findall(r"^([0-9a-f]{4}): I am '([01]*)'$", out.console, re.M)
+    got = sorted(n for _, n in names)
+    want = sorted([""] + [format(i, f"0{d}b") for d in (1, 2, 3) for i in range(2 ** d)])
+    assert got == want
+    assert out.console.count("exiting gracefully") == 15
+    assert out.instructions > 14 * 7_000_000      # each fork walks every page
+    assert_all_freed(out)
+
+
+@pytest.mark.slow
+def test_scansched_children_yield_and_keep_private_counters():
+    out = boot("scansched", "100", limit=400_000_000)
+    ok = re.findall(r"^\[([0-9a-f]{8})\] scansched: 100 yields ok$", out.console, re.M)
+    assert len(ok) == 20 and len(set(ok)) == 20
+    assert "panic" not in out.console
+    assert_all_freed(out)
+
+
 def test_pingpong_exchanges_values_up_to_ten():
     out = boot("pingpong")
     body = [l for l in lines(out) if not l.startswith("[")]
@@ -66,6 +88,7 @@ def test_pingpong_exchanges_values_up_to_ten():
     assert_all_freed(out)
 
 
+@pytest.mark.slow
 def test_primes_prints_the_primes_in_order():
     out = boot("primes", limit=3_000_000)
     got = [int(l) for l in lines(out) if l.isdigit()]
@@ -178,6 +201,7 @@ def test_dumbfork_parent_and_child_run_interleaved():
     assert_all_freed(out)
 
 
+@pytest.mark.slow
 def test_stresssched_on_four_cpus():
     out = boot("stresssched", ncpus=4, limit=80_000_000)
     ls = [l for l in lines(out) if "stresssched on CPU" in l]

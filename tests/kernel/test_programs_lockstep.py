@@ -1,19 +1,24 @@
-"""Every bundled program under the differential harness: each instruction of
-every env it creates runs on jmig's interpreter and on a Unicorn shadow of
-that env in lockstep, compared after each one, with the kernel answering the
-system calls once for both (tests/kernel/lockstep.py explains how; the
-comparison and its exclusions are tests/x86/unicorn_ref.py's).
+"""Every bundled program under the differential harness: each slice of every
+env it creates runs on the block translator (the default engine), whose
+state is recorded at every block boundary; then the same slice runs again
+from the same state on jmig's interpreter and on a Unicorn shadow of that
+env in lockstep, compared after every instruction, and must pass through
+every state the translator recorded and end where it ended -- registers,
+flags, stop, page contents and page tables.  The kernel answers the system
+calls once for both (tests/kernel/lockstep.py explains how; the comparison
+and its exclusions are tests/x86/unicorn_ref.py's).
 
 For each program: the lockstep run must find no difference, and its console
 output and instruction count must equal a normal run's with the same
-instruction limit (the default engine and the interpreter), so the run that
-Unicorn checked is the real one.  Programs that end run to completion; the
-long ones run to an instruction limit that still covers their main loops
-(memtest and printbench get small arguments so that they complete).  Sleeps
-take no time (runner.VirtualClock).
+instruction limit (the default engine and the interpreter, which count
+alike), so the run that Unicorn checked is the real one.  Programs that end
+run to completion; the long ones run to an instruction limit that still
+covers their main loops (memtest and printbench get small arguments so that
+they complete).  Sleeps take no time (runner.VirtualClock).
 
-About a minute in all (Unicorn stepping costs ~20 us an instruction); the
-per-program counts and times are printed (`-s`).
+A few minutes in all (Unicorn stepping costs ~20 us an instruction); the
+per-program counts and times are printed (`-s`).  The long programs are
+marked slow (`python3 dev.py test --fast` leaves them out).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import pytest
 from jmig import programs
 from jmig.kernel.runner import run_program
 
-from .lockstep import Lockstep, run_program_lockstep
+from .lockstep import Lockstep, TranslatorLockstep, run_program_lockstep
 
 
 @attrs.frozen
@@ -64,6 +69,8 @@ CASES = {
     "pingpong": Case(expect=("1001 got 10 from 1000",)),
     "primes": Case(limit=150_000, expect=("\n2\n", "\n3\n", "\n5\n")),
     "printbench": Case(("40",), expect=("printbench: 40 lines, checksum cbf84cda",)),
+    "scansched": Case(limit=200_000),             # forkscan's walk over uvpd/uvpt
+    "scantree": Case(limit=200_000),
     "sleeper": Case(expect=("sleeper: slept",)),
     # int $14: `int n` other than 3 and 0x30 (JOS: #GP, error code (14 << 3) | 2).
     "softint": Case(expect=("  trap 0x0000000d General Protection",), uncompared=("cd0e",)),
@@ -79,20 +86,27 @@ def test_every_bundled_program_has_a_case():
     assert sorted(CASES) == programs.names()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+SLOW = {"cowstress", "forktree", "memtest", "pingpong", "primes", "printbench", "scansched",
+        "scantree", "spin", "stresssched", "dumbfork", "loop", "yield", "faultdie",
+        "faultalloc", "faultbadhandler", "faultevilhandler"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(CASES)])
 def test_program_runs_in_lockstep_with_unicorn(name):
     case = CASES[name]
     elf = programs.load(name)
     argv = [name, *case.args]
     limit = case.limit or COMPLETION_LIMIT
-    ls = Lockstep(program=name)
+    ls = TranslatorLockstep(program=name)
     t0 = time.perf_counter()
     out = run_program_lockstep(ls, elf, argv, name, max_instructions=limit, virtual_time=True)
     seconds = time.perf_counter() - t0
     print(f"\n{name}: {out.instructions} instructions ({out.reason}), {ls.compared} compared "
-          f"steps, {len(ls.uncompared)} uncompared, {ls.shadows} Unicorn shadows, "
-          f"{ls.page_copies} page copies into shadows, {ls.window_maps} JOS window pages "
-          f"mapped; {seconds:.2f} s ({seconds / max(out.instructions, 1) * 1e6:.1f} us/insn)")
+          f"steps, {len(ls.uncompared)} uncompared, {ls.slices} slices, {ls.boundaries} block "
+          f"boundaries, {ls.shadows} Unicorn shadows, {ls.page_copies} page copies into "
+          f"shadows, {ls.window_maps} JOS window pages mapped; {seconds:.2f} s "
+          f"({seconds / max(out.instructions, 1) * 1e6:.1f} us/insn)")
 
     assert ls.differences == []
     assert out.instructions == ls.instructions
@@ -101,24 +115,21 @@ def test_program_runs_in_lockstep_with_unicorn(name):
     assert sorted(b for _, b, _ in ls.uncompared) == sorted(case.uncompared), ls.uncompared
     assert ls.compared + len(ls.uncompared) >= out.instructions
     assert ls.overshoots == 0
+    # Every block boundary inside a slice was passed through (the last one
+    # of a slice is its end, compared as the end).
+    assert ls.checked >= ls.boundaries - ls.slices
     if case.limit is None:
         assert out.reason == "idle", "did not run to completion"
     else:
         assert out.reason == "limit" and out.instructions == case.limit
 
-    # The checked run is the real one: a normal run prints the same.  The
-    # interpreter counts instructions exactly as the lockstep does; the block
-    # translator (the default engine) may run past a limit by up to one block
-    # (translate.py), so it is held to the same result only where the
-    # program ends by itself.
-    interp = run_program(elf, argv, name, max_instructions=limit, virtual_time=True,
-                         engine="interp")
-    assert out.console == interp.console
-    assert out.instructions == interp.instructions
-    if case.limit is None:
-        normal = run_program(elf, argv, name, max_instructions=limit, virtual_time=True)
-        assert out.console == normal.console
-        assert out.instructions == normal.instructions
+    # The checked run is the real one: a normal run on either engine prints
+    # the same and counts the same.
+    for engine in ("interp", "blocks"):
+        normal = run_program(elf, argv, name, max_instructions=limit, virtual_time=True,
+                             engine=engine)
+        assert out.console == normal.console, engine
+        assert out.instructions == normal.instructions, engine
     for want in case.expect:
         assert want in out.console, f"{want!r} not printed"
 
@@ -180,6 +191,25 @@ def test_a_wrong_flag_is_caught(monkeypatch):
     monkeypatch.setattr(core, "_COMPILED", {})
     with pytest.raises(AssertionError, match=r"flag CF: ours=1 unicorn=0"):
         _lockstep_hello()
+
+
+def test_a_wrong_translation_is_caught(monkeypatch):
+    # The translator compiles `cmp` then `je` as one comparison of the two
+    # operands; turn it into the opposite one.
+    from jmig.kernel.x86 import translate
+    real = translate.RegionGen._static_cond
+
+    def wrong(self, c):
+        expr = real(self, c)
+        return f"(not {expr})" if c == 2 and self.fs[0] == "k" and expr else expr
+
+    monkeypatch.setattr(translate.RegionGen, "_static_cond", wrong)
+    monkeypatch.setattr(translate, "_COMPILED", {})
+    monkeypatch.setattr(translate, "_BY_HEAD", {})
+    ls = TranslatorLockstep(program="hello")
+    with pytest.raises(AssertionError, match=r"the translator differs"):
+        run_program_lockstep(ls, programs.load("hello"), ["hello"], "hello",
+                             max_instructions=COMPLETION_LIMIT)
 
 
 # -- the JOS windows, where the shadow needs the kernel's bytes -----------------------------------

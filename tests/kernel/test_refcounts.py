@@ -398,4 +398,4 @@ class RefcountMachine(RuleBasedStateMachine):
 RefcountMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-TestRefcounts = RefcountMachine.TestCase
+TestRefcounts = pytest.mark.slow(RefcountMachine.TestCase)

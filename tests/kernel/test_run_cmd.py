@@ -2,6 +2,8 @@
 JOS's `make run-NAME` does."""
 import io
 
+import pytest
+
 from jmig import programs
 from jmig.ctl.main import main
 
@@ -37,6 +39,7 @@ def test_run_an_elf_by_path(tmp_path):
     assert code == 0 and "hello, world" in out
 
 
+@pytest.mark.slow
 def test_run_with_four_cpus():
     code, out, _ = run("--cpus", "4", "stresssched")
     assert code == 0

@@ -48,6 +48,7 @@ REGS = st.lists(st.one_of(st.integers(0, 2**32 - 1), st.integers(DATA, DATA + 3 
                           st.integers(0, 64)), min_size=8, max_size=8)
 
 
+@pytest.mark.slow
 @_SETTINGS
 @given(st.binary(min_size=1, max_size=200), REGS, st.booleans(), st.integers(0, 0xFFF))
 def test_garbage_never_breaks_the_core(code, regs, writable_code, flags):
@@ -104,6 +105,7 @@ def comparable(insn) -> bool:
     return True
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.binary(min_size=1, max_size=64), REGS, st.integers(0, 0xFFF))
 def test_garbage_agrees_with_unicorn(code, regs, flags):

@@ -92,6 +92,7 @@ def _run(case):
     run_both(machine, steps, pooled=True)
 
 
+@pytest.mark.slow
 @_settings("alu_moves")
 @given(cases({"alu": 4, "incdec": 1, "unary": 1, "mov": 2, "movx": 1, "lea": 1, "xchg": 2,
               "flags": 1, "cond": 1}))
@@ -99,6 +100,7 @@ def test_alu_and_moves(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("muldiv_shifts_bits")
 @given(cases({"unary": 2, "imul": 1, "shift": 3, "shxd": 2, "bits": 3, "alu": 1, "flags": 1,
               "cond": 1}))
@@ -106,24 +108,28 @@ def test_muldiv_shifts_and_bits(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("stack_control")
 @given(cases({"stack": 4, "control": 4, "cond": 2, "alu": 1, "mov": 1, "misc": 1}))
 def test_stack_and_control(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("strings")
 @given(cases({"string": 6, "flags": 1, "alu": 1, "cond": 1, "mov": 1}))
 def test_strings(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("conditions_flags")
 @given(cases({"cond": 5, "flags": 2, "alu": 2, "shift": 1, "unary": 1, "stack": 1, "bits": 1}))
 def test_conditions_and_flags(case):
     _run(case)
 
 
+@pytest.mark.slow
 @_settings("everything")
 @given(cases({f: 1 for f in FAMILIES}, max_blocks=16))
 def test_everything(case):
@@ -132,42 +138,40 @@ def test_everything(case):
 
 # -- the block translator against the interpreter ----------------------------------------------
 
-def _drive(runner, machine, cap):
-    """Run to the end (int3 traps continue); the stops and the final state."""
+def _drive(runner, machine, cap, budget):
+    """Run to the end in slices of at most `budget` (int3 traps continue);
+    the stops and the final state."""
     o = Ours(machine)
     stops = []
     n = 0
     while n < cap:
-        st_ = runner(o.cpu, o.mmu, cap - n)
+        st_ = runner(o.cpu, o.mmu, min(budget, cap - n))
         n += st_.count
         stops.append(st_)
-        if st_.reason == TRAP and st_.trapno == 3:
+        if st_.reason == TRAP and st_.trapno == 3 or st_.reason == "budget":
             continue
-        if st_.reason != "budget":
-            break
+        break
     return stops, n, o.state(), o.pages()
 
 
+@pytest.mark.slow
 @settings(max_examples=max(1, TOTAL // 20), deadline=None,
           suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE)
-@given(cases({f: 1 for f in FAMILIES}, max_blocks=16))
-def test_block_translator_agrees_with_the_interpreter(case):
+@given(cases({f: 1 for f in FAMILIES}, max_blocks=16), st.sampled_from([0, 1]),
+       st.integers(1, 40))
+def test_block_translator_agrees_with_the_interpreter(case, hot, budget):
     """run_blocks (translate.py) from the same random machines: the same
-    stop (reason, trapno, err, va), instruction count and final registers,
-    flags and memory as run(), which the tests above check against Unicorn.
-    Runs that loop until the step limit are not compared (a block may run
-    past a budget)."""
+    stops (reason, count, trapno, err, va) and the same registers, flags
+    and memory as run(), which the tests above check against Unicorn --
+    with regions compiled at the first run of a block (hot=0, all the code
+    statically reachable) or at the second (hot=1, the blocks that ran),
+    and the run cut into slices of `budget` instructions, which both
+    engines must count exactly."""
     machine, cap = build_from_blocks(*case)
-    interp = _drive(run, machine, cap)
-    last = interp[0][-1]
-    if last.reason == "budget" or (last.reason == TRAP and last.trapno == 3):
-        return
-    blocks = _drive(run_blocks, machine, cap)
-    b = blocks[0][-1]
-    assert (b.reason, b.trapno, b.err, b.va) == (last.reason, last.trapno, last.err, last.va), \
-        (blocks[0], interp[0], machine.describe())
-    assert blocks[1:3] == interp[1:3], machine.describe()
-    assert blocks[3] == interp[3], machine.describe()
+    interp = _drive(run, machine, cap, budget)
+    blocks = _drive(lambda c, m, b: run_blocks(c, m, b, hot=hot), machine, cap, budget)
+    assert blocks[0] == interp[0], machine.describe()
+    assert blocks[1:] == interp[1:], machine.describe()
 
 
 # -- what Unicorn cannot model: the core alone ---------------------------------------------

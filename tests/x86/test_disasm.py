@@ -1140,9 +1140,15 @@ def _elf_text_and_symbols(data: bytes) -> tuple[bytes, int, dict[int, str]]:
 ELFS = sorted(PROGRAMS.glob("*.elf"))
 
 
+# A few in the fast runs (they share the library); all of them in the full one.
+FAST_ELFS = {"hello", "printbench", "forktree", "scantree"}
+
+
 @needs_binutils
 @pytest.mark.skipif(not ELFS, reason="no programs in jmig/programs/")
-@pytest.mark.parametrize("path", ELFS, ids=[p.stem for p in ELFS])
+@pytest.mark.parametrize("path", [p if p.stem in FAST_ELFS else
+                                  pytest.param(p, marks=pytest.mark.slow) for p in ELFS],
+                         ids=[p.stem for p in ELFS])
 def test_disasm_matches_objdump_d_on_program(path):
     text, vma, syms = _elf_text_and_symbols(path.read_bytes())
     ours = disasm(text, vma, symbolizer(syms)).splitlines()

@@ -266,6 +266,7 @@ def test_64bit_arithmetic():
     assert out[6] == a % 1000003
 
 
+@pytest.mark.slow
 @needs_binutils
 def test_recursive_fibonacci():
     res = run_program(PROLOGUE + f"""
@@ -431,6 +432,7 @@ C_START = PROLOGUE + f"""
 """
 
 
+@pytest.mark.slow
 @needs_binutils
 @pytest.mark.skipif(not _gcc_works(), reason="gcc -m32 not usable")
 def test_gcc_compiled_functions():

@@ -255,6 +255,7 @@ def test_remote_page_is_precise_and_restartable():
 # -- random programs: every page fault handled and the run resumed ------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(st.sampled_from(FAMILIES), st.integers(0, 2**32 - 1)),
                 min_size=1, max_size=16),

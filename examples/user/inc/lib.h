@@ -76,4 +76,7 @@ envid_t	ipc_find_env(enum EnvType type);
 envid_t	fork(void);
 envid_t	sfork(void);	/* not implemented: panics */
 
+/* lib/forkscan.c: fork() as students write it (scans every page) */
+envid_t	forkscan(void);
+
 #endif /* !JOS_INC_LIB_H */

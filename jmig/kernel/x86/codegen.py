@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 
-from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SUB
+from ..memlayout import FL_CF, FL_ZF
+from .flags import (
+    ADC, ADD, ARITH, BITS, DEC, INC, LOGIC, MASK, MUL, SAR, SBB, SHL, SHR, SIGN, SUB,
+)
 from .insn import IMM, MEM, REG, REL, SREG, EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI, Insn, Operand
 
-MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
-SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000}
-BITS = {1: 8, 2: 16, 4: 32}
 RD = {1: "rd8", 2: "rd16", 4: "rd32"}
 WR = {1: "wr8", 2: "wr16", 4: "wr32"}
 
@@ -30,8 +30,6 @@ WR = {1: "wr8", 2: "wr16", 4: "wr32"}
 # trapframe and fs, gs from env_init_percpu are all GD_UD|3 (flat).
 SEG_VALUES = {0: 0x23, 1: 0x1B, 2: 0x23, 3: 0x23, 4: 0x23, 5: 0x23}
 
-ARITH = 0x8D5
-FL_CF, FL_PF, FL_AF, FL_ZF, FL_SF, FL_DF, FL_OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800
 POPF_MASK = 0x244CD5           # CF PF AF ZF SF DF OF NT AC ID (IF, IOPL, TF kept)
 
 
@@ -276,6 +274,9 @@ def _alu(g: Gen, i: Insn):
             c = g.carry()
             res = g.tmp(f"({a} - {b} - {c}) & {M:#x}")
             kind = g.tmp(f"{SBB << 3 | s} if {c} else {SUB << 3 | s}")
+        elif op == "cmp":
+            res = f"(({a} - {b}) & {M:#x})"         # only the flags see it
+            kind = None
         else:
             res = g.tmp(f"({a} - {b}) & {M:#x}")
             kind = None
@@ -283,6 +284,8 @@ def _alu(g: Gen, i: Insn):
         pyop = {"and": "&", "test": "&", "or": "|", "xor": "^"}[op]
         if op == "xor" and dst == src:
             res = "0"
+        elif op == "test":
+            res = a if dst == src else f"({a} & {b})"
         else:
             res = g.tmp(f"{a} {pyop} {b}")
         kind = None
@@ -798,6 +801,17 @@ def _shift(g: Gen, i: Insn):
         c = str(cnt)
     else:
         c = g.tmp(f"{g.getreg(ECX, 1)} & 31")
+    if cnt_op.kind == IMM:
+        # Flags lazily, from the value and the count (flags.py: SHL SHR SAR).
+        if i.op == "shl":
+            res = g.tmp(f"({v} << {c}) & {M:#x}")
+        elif i.op == "shr":
+            res = g.tmp(f"{v} >> {c}")
+        else:
+            res = g.tmp(f"(sx({v}, {s}) >> {c}) & {M:#x}")
+        g.write(dst, res)
+        g.set_lazy({"shl": SHL, "shr": SHR, "sar": SAR}[i.op], s, v, c, res)
+        return
     if i.op == "shl":
         res = g.tmp(f"({v} << {c}) & {M:#x}")
         cf = g.tmp(f"({v} << {c}) >> {bits} & 1")
@@ -812,13 +826,9 @@ def _shift(g: Gen, i: Insn):
         cf = g.tmp(f"({sv} >> ({c} - 1)) & 1 if {c} else 0")
         of = "0"
     fl = g.tmp(f"{_flags_szp(res, sign)} | {cf} | ({of} << 11)")
-    if cnt_op.kind == IMM:
-        g.write(dst, res)
-        g.set_arith(fl)
-    else:
-        g.write(dst, res)
-        f = g.eflags()
-        g.set_ef(f"(({f} & {~ARITH & 0xFFFFFFFF:#x}) | {fl}) if {c} else {f}")
+    g.write(dst, res)
+    f = g.eflags()
+    g.set_ef(f"(({f} & {~ARITH & 0xFFFFFFFF:#x}) | {fl}) if {c} else {f}")
 
 
 @sem("rol", "ror", "rcl", "rcr")

@@ -1,4 +1,5 @@
-"""CPU state and the interpreter: run(cpu, mmu, budget) -> Stop.
+"""CPU state and the two engines: the interpreter, run(cpu, mmu, budget)
+-> Stop, and the block translator's, run_blocks (same contract).
 
 The interpreter executes one decoded instruction at a time.  Each
 instruction is decoded once and compiled into a small Python function
@@ -11,18 +12,26 @@ An instruction function has the signature f(cpu, r, m) -> next eip, where
 r is cpu.r and m is the env's AddressSpace (the MMU).  It raises CpuFault
 (PageFault, RemotePage, CpuTrap) with no effect, or SoftInt after
 completing.
+
+run_blocks interprets a basic block at a time and counts how often each
+starts; a hot block gets a region compiled (translate.py) and installed in
+the env (pmap.AddressSpace.regions, by head), and from then on the
+region's function runs it.  It also keeps regions for reuse by envs
+mapping the same frames and by later kernels, recompiles a region entered
+where it has no head, merges regions that hand control to each other, and
+gives an instruction that keeps restarting a slower inline fallback.
 """
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
-from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE
+from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_A, PTE_P, PTE_REMOTE, PTE_U
 from ..pmap import CpuFault, PageFault, RemotePage
-from . import codegen, runtime
-from .decode import MAX_LEN, Truncated, decode
+from . import codegen, runtime, translate
 from .flags import eflags_of
 from .insn import Insn
 from .runtime import SoftInt
+from .translate import fetch_decode
 
 # Why run() stopped.
 BUDGET = "budget"          # executed `budget` instructions
@@ -30,10 +39,11 @@ SYSCALL = "syscall"        # int $0x30 (eip is after it)
 TRAP = "trap"              # a fault or trap: trapno, err, va (page faults)
 REMOTE = "remote"          # touched a remote page at va (eip at the insn)
 INTERNAL = "internal"      # a bug in jmig's core (never the guest's doing)
+M32 = 0xFFFFFFFF
 
 
-@attrs.frozen
-class Stop:
+class Stop(NamedTuple):
+    """Why a run stopped (a tuple: made on every system call)."""
     reason: str
     count: int                 # instructions completed
     trapno: int = -1
@@ -92,28 +102,12 @@ def compile_insn(insn: Insn):
     fn = ns["_f"]
     fn.insn = insn
     fn.src = src
+    fn.ends = insn.op in translate.ENDS_BB or translate.is_exit_op(insn)
+    fn.indirect = insn.op in translate.INDIRECT
     if len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.clear()
     _COMPILED[key] = fn
     return fn
-
-
-def fetch_decode(m, eip: int) -> Insn:
-    """Decode the instruction at eip through the MMU (faults like a fetch)."""
-    buf = m.fetch(eip, MAX_LEN)
-    try:
-        return decode(buf, eip)
-    except Truncated:
-        pass
-    # The instruction continues on the next page: fetching it may fault.
-    nxt = (eip + len(buf)) & 0xFFFFFFFF
-    buf += m.fetch(nxt, MAX_LEN - len(buf))
-    try:
-        return decode(buf, eip)
-    except Truncated:
-        # Only possible if the buffer is shorter than 15 bytes, i.e. never
-        # after two pages; treat as undefined.
-        return Insn(addr=eip, length=len(buf), raw=buf, op="(bad)", trap=6)
 
 
 def _stopped(e: Exception, cpu: Cpu, eip: int, n: int) -> Stop:
@@ -142,12 +136,14 @@ def _stopped(e: Exception, cpu: Cpu, eip: int, n: int) -> Stop:
 class _Straddler:
     """An instruction that crosses a page boundary: cached in its first
     frame, it re-checks its bytes (and the second page's mapping) each time."""
-    __slots__ = ("fn", "raw", "insn")
+    __slots__ = ("fn", "raw", "insn", "ends", "indirect")
 
     def __init__(self, fn, insn: Insn):
         self.fn = fn
         self.raw = insn.raw
         self.insn = insn
+        self.ends = fn.ends
+        self.indirect = fn.indirect
 
     def __call__(self, cpu, r, m):
         insn = self.insn
@@ -197,84 +193,271 @@ def run(cpu: Cpu, m, budget: int) -> Stop:
 
 # -- the block translator's engine ---------------------------------------------------
 
-_BLOCKS: dict[tuple[int, bytes], object] = {}
-_BLOCK_AT: dict[int, tuple[bytes, object]] = {}    # eip -> (bytes, block) last translated
+HOT = 32                 # a block runs this often in the interpreter before it is compiled
+WARM = 64                # ... with the blocks that ran at least 1/WARM as often
+HOT_KEY = 0x2000         # frame code dict: page offset | HOT_KEY -> runs in the interpreter
+IND_KEY = 0x4000         # page offset | IND_KEY -> targets an indirect transfer took
+TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) pages) to reuse
+MAX_TARGETS = 16         # targets remembered per indirect transfer
+SLOW_AFTER = 8           # restarts of one instruction before it gets slow memory
+MERGE_AFTER = 64         # moves from one region to another before they become one
+
+SLOW: set[int] = set()   # instruction addresses compiled with slow memory (all envs)
 
 
-def _interp_adapter(fn, addr: int):
-    """Run one interpreter instruction where a block cannot start."""
-    def one(cpu, r, m, budget):
-        try:
-            return fn(cpu, r, m), 1
-        except SoftInt as e:
-            e.count = 1
-            raise
-        except CpuFault as e:
-            e.eip = addr
-            e.count = 0
-            raise
-    return one
+def _seen(m, at_least: int):
+    icache = m.icache
+
+    def seen(a: int) -> bool:
+        d = icache.get(a >> 12)
+        return d is not None and not 0 <= d.get((a & 0xFFF) | HOT_KEY, 0) < at_least
+    return seen
 
 
-def block_slow(m, eip: int):
-    """Decode, translate and cache the block starting at eip."""
-    from .translate import BLOCK_KEY, MAX_BLOCK, NOT_IN_BLOCKS, ends_block, translate
-    d = m.code_page(eip)
-    # The same program loaded again (another env, another frame): reuse the
-    # block if the bytes at eip are the ones it was translated from.
-    known = _BLOCK_AT.get(eip)
-    if known is not None:
-        raw, fn = known
-        if (eip & 0xFFF) + len(raw) <= PGSIZE and m.fetch(eip, len(raw)) == raw:
-            m.mark_code(eip, len(raw))
-            d[(eip & 0xFFF) | 0x1000] = fn
-            return fn
-    insns = []
-    a = eip
-    page = eip & ~0xFFF
-    while len(insns) < MAX_BLOCK:
-        if (a & ~0xFFF) != page:
-            break
-        insn = fetch_decode(m, a)
-        if insn.op in NOT_IN_BLOCKS or (a & 0xFFF) + insn.length > PGSIZE:
-            break
-        insns.append(insn)
-        if ends_block(insn, eip):
-            break
-        a = insn.next
-    if not insns:
-        fn = _interp_adapter(lookup_slow(m, eip), eip)
+def _hot(m):
+    icache = m.icache
+
+    def hot(a: int) -> int:
+        d = icache.get(a >> 12)
+        return d.get((a & 0xFFF) | HOT_KEY, 0) if d is not None else 0
+    return hot
+
+
+def _indirect(m):
+    icache = m.icache
+
+    def indirect(a: int) -> set[int]:
+        d = icache.get(a >> 12)
+        return set(d.get((a & 0xFFF) | IND_KEY, ())) if d is not None else set()
+    return indirect
+
+
+def _frames_match(m, frames) -> bool:
+    """Whether m maps each page (vpn, pfn) of a region to that frame."""
+    pte = m.pte
+    for vpn, pfn in frames:
+        p = pte.get(vpn)
+        if p is None or p & (PTE_P | PTE_U | PTE_REMOTE) != PTE_P | PTE_U or p >> 12 != pfn:
+            return False
+    return True
+
+
+def _install(m, eip: int, static: bool, d: dict) -> bool:
+    """Install a region with a head at eip in m: the one compiled for
+    another env mapping the same frames (fork); else the region compiling
+    the block at eip again with eip as a head; else a new region of the
+    code that has run and no region here compiles.  False if no region
+    can start at eip."""
+    tpl = d.get((eip & 0xFFF) | TPL_KEY)
+    if tpl is not None and not static and _frames_match(m, tpl[1]):
+        _place(m, tpl[0], static, tpl[1])
+        return True
+    old = m.blocks.get(eip)
+    if old is not None:
+        # Entered from outside where it has no head: compile it again with
+        # heads at every block entered so since it was compiled.
+        hot = _hot(m)
+        more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
+        fn = translate.with_heads(old, more, frozenset(SLOW))
+        m.drop_region(old)
     else:
-        raw = b"".join(i.raw for i in insns)
-        key = (eip, raw)
-        fn = _BLOCKS.get(key)
-        if fn is None:
-            fn = translate(insns)
-            if len(_BLOCKS) >= _COMPILED_MAX:
-                _BLOCKS.clear()
-                _BLOCK_AT.clear()
-            _BLOCKS[key] = fn
-        _BLOCK_AT[eip] = (raw, fn)
-        m.mark_code(eip, len(raw))
-    d[(eip & 0xFFF) | BLOCK_KEY] = fn
-    return fn
+        warm = max(1, _hot(m)(eip) // WARM)
+        fn = translate.build(m, eip, _seen(m, warm), _indirect(m), m.blocks.__contains__,
+                             static, frozenset(SLOW))
+    if fn is None:
+        return False
+    _place(m, fn, static)
+    return True
 
 
-def run_blocks(cpu: Cpu, m, budget: int) -> Stop:
-    """Like run(), with the block translator: same contract, faster."""
+def _reuse(m, eip: int) -> bool:
+    """Install a region an earlier run (another kernel) compiled with a
+    head at eip, if the code here is the same."""
+    if eip in m.blocks:
+        return False
+    for fn in translate.known_regions(m, eip):
+        if not any(b in m.blocks for b in fn.plan.bbs):
+            _place(m, fn, False)
+            return True
+    return False
+
+
+def _merge(m, a, b) -> None:
+    """Control moves often between the regions a and b: compile them as one."""
+    if a.size + b.size > translate.MAX_REGION:
+        return
+    m.drop_region(a)
+    m.drop_region(b)
+    _place(m, translate.merged(a, b, frozenset(SLOW)), False)
+
+
+def _place(m, fn, static: bool, frames=None) -> None:
+    """Install the compiled region fn in m (and offer it to envs sharing
+    its frames)."""
+    if frames is None:
+        pages = {}
+        phys = m.phys
+        for bb in fn.plan.bbs.values():
+            # Its frame holds code from now on (never in a write TLB); no
+            # fetch yet: A is set when the code first runs (translate._touch).
+            pfn = m.pte[bb.start >> 12] >> 12 & 0xFFFFF
+            phys.code_dict(pfn)
+            phys.mark_code(pfn, bb.start & 0xFFF, len(bb.raw))
+            pages[bb.start >> 12] = pfn
+        frames = tuple(sorted(pages.items()))
+        if not static:
+            for h in fn.heads:
+                hd = m.icache.get(h >> 12)
+                if hd is not None:
+                    hd[(h & 0xFFF) | TPL_KEY] = (fn, frames)
+                    m.phys.note_template(dict(frames)[h >> 12], (h & 0xFFF) | TPL_KEY,
+                                         [p for _, p in frames])
+    pte = m.pte
+    m.nota.update(vpn for vpn, _ in frames if not pte[vpn] & PTE_A)
+    inst = translate.instance(fn)
+    hot = _hot(m)
+    inst.counts = {b: hot(b) for b in fn.plan.bbs}
+    m.install_region(inst, [v for v, _ in frames], [p for _, p in frames])
+
+
+def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tuple[int, int]:
+    """Count a run of the block at eip (unless execution only resumes
+    there: a new slice, after a restart); compile its region once it is
+    hot, else interpret the block.  Returns (next eip, instructions run)."""
+    d = m.icache.get(eip >> 12)
+    if d is None:
+        d = m.code_page(eip)
+    if count:
+        key = (eip & 0xFFF) | HOT_KEY
+        c = d.get(key, 0) + 1
+        d[key] = c
+        if c == 1 and hot and _reuse(m, eip):
+            return eip, 0
+        if c > hot:
+            if _install(m, eip, hot == 0, d):
+                return eip, 0
+            d[key] = -(1 << 40)        # no region starts here: never try again
+    start = eip
+    k = 0
+    try:
+        while True:
+            fn = d.get(eip & 0xFFF)
+            if fn is None:
+                fn = lookup_slow(m, eip)
+            nxt = fn(cpu, r, m)
+            k += 1
+            if fn.ends or k >= budget or k >= translate.MAX_BB or nxt >> 12 != eip >> 12:
+                if fn.indirect:
+                    tk = (eip & 0xFFF) | IND_KEY
+                    seen = d.get(tk)
+                    if seen is None:
+                        d[tk] = seen = set()
+                    if len(seen) < MAX_TARGETS:
+                        seen.add(nxt)
+                return nxt, k
+            eip = nxt
+            if (eip - start) >> 12:
+                return eip, k
+    except SoftInt as e:
+        e.count = k + 1
+        raise
+    except CpuFault as e:
+        e.eip = eip
+        e.count = k
+        raise
+
+
+def _restarted(m, eip: int) -> None:
+    """The instruction at eip missed the TLB inside a region; one that
+    keeps missing (a window, a page holding code) gets slow memory."""
+    counts = m.restarts
+    c = counts.get(eip, 0) + 1
+    counts[eip] = c
+    if c == SLOW_AFTER:
+        SLOW.add(eip)
+        fn = m.regions.get(m.last_entry)
+        if fn is not None:
+            m.drop_region(fn)
+            entry = fn.plan.entry
+            d = m.icache.get(entry >> 12)
+            if d is not None:
+                d.pop((entry & 0xFFF) | TPL_KEY, None)
+
+
+def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
+    """Like run(), with the block translator: the same contract and the
+    same count (exactly `budget` at most), faster.  hot=0 compiles a
+    region at the first run of a block, from all the code statically
+    reachable (tests); else regions hold the blocks that have run.
+    observe(n, eip), if given, is called at every block boundary: after
+    each return of a region and each stretch the interpreter ran, with
+    the registers and flags in cpu (tests/kernel/lockstep.py)."""
     r = cpu.r
     eip = cpu.eip
     n = 0
-    icache = m.icache
+    regions = m.regions
+    blocks = m.blocks
+    moves = m.moves
+    prev = None
+    # Resuming (a new slice, after a restart): the interpreter runs code a
+    # region compiles without counting it, until control reaches a head.
+    resume = True
     try:
         while n < budget:
-            d = icache.get(eip >> 12)
-            fn = d.get((eip & 0xFFF) | 0x1000) if d is not None else None
-            if fn is None:
-                fn = block_slow(m, eip)
-            eip, k = fn(cpu, r, m, budget - n)
+            fn = regions.get(eip)
+            if fn is not None:
+                if fn is not prev:
+                    if prev is not None and hot:
+                        c = moves.get((prev, fn), 0) + 1
+                        moves[prev, fn] = c
+                        if c == MERGE_AFTER:
+                            _merge(m, prev, fn)
+                            prev = None
+                            continue
+                    prev = fn
+                m.last_entry = eip
+                eip, k = fn(cpu, r, m, budget - n, eip)
+                n += k
+                resume = False
+                if observe is not None:
+                    observe(n, eip & M32)
+                continue
+            if eip > M32:
+                why = eip & translate.EXIT_MASK
+                eip &= M32
+                cpu.eip = eip
+                if why == translate.EXIT_SYSCALL:
+                    return Stop(SYSCALL, n)
+                if why == translate.EXIT_INT3:
+                    return Stop(TRAP, n, 3)
+                if why == translate.EXIT_RESTART:
+                    _restarted(m, eip)
+                    resume = True
+                    st = run(cpu, m, 1)
+                else:
+                    st = run(cpu, m, budget - n)        # the tail of the budget
+                if st.reason != BUDGET:
+                    return Stop(st.reason, n + st.count, st.trapno, st.err, st.va, st.detail)
+                n += st.count
+                eip = cpu.eip
+                if observe is not None:
+                    observe(n, eip)
+                continue
+            eip, k = _tier0(cpu, r, m, eip, budget - n, hot,
+                            not resume or eip not in blocks or hot == 0)
             n += k
+            if observe is not None and k:
+                observe(n, eip)
     except Exception as e:
         return _stopped(e, cpu, eip, n)
+    if eip > M32:
+        # A region used up the budget with its last instruction.
+        why = eip & translate.EXIT_MASK
+        cpu.eip = eip & M32
+        if why == translate.EXIT_SYSCALL:
+            return Stop(SYSCALL, n)
+        if why == translate.EXIT_INT3:
+            return Stop(TRAP, n, 3)
+        return Stop(BUDGET, n)
     cpu.eip = eip
     return Stop(BUDGET, n)

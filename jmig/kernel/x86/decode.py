@@ -167,10 +167,6 @@ def _bad(addr: int, raw: bytes, trap: int, err: int = 0) -> Insn:
     return Insn(addr=addr, length=len(raw), raw=raw, op="(bad)", trap=trap, err=err)
 
 
-def _s32(v: int) -> int:
-    return v - 0x100000000 if v & 0x80000000 else v
-
-
 class _Reader:
     """Bytes of one instruction, bounded by the buffer and by MAX_LEN."""
     __slots__ = ("buf", "pos", "start")

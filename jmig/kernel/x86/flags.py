@@ -19,6 +19,11 @@ and, when `fk == 0`, the arithmetic ones too.
     INC    inc                            fb (CF before)      fa + 1
     DEC    dec                            fb (CF before)      fa - 1
     MUL    mul, imul (all forms)          fb (1 = overflow)   OF = CF; SF ZF PF of fr
+    SHL    shl by an immediate 1..31      bit `size*8` of     fa: the value, fb: the
+                                          fa << fb            count; OF = MSB(fr) ^ CF
+    SHR    shr by an immediate 1..31      bit fb-1 of fa      OF = MSB of fa >> (fb-1)
+    SAR    sar by an immediate 1..31      bit fb-1 of fa,     OF = 0
+                                          sign-extended
 
 Undefined flags (SDM "undefined"), the core's choice, in one place:
   - and/or/xor/test: AF = 0.
@@ -46,10 +51,11 @@ from ..memlayout import FL_AF, FL_CF, FL_OF, FL_PF, FL_SF, FL_ZF
 
 ARITH = FL_CF | FL_PF | FL_AF | FL_ZF | FL_SF | FL_OF      # 0x8d5
 
-ADD, ADC, SUB, SBB, LOGIC, INC, DEC, MUL = range(1, 9)
+ADD, ADC, SUB, SBB, LOGIC, INC, DEC, MUL, SHL, SHR, SAR = range(1, 12)
 
-MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}          # by operand size in bytes
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000}
+BITS = {1: 8, 2: 16, 4: 32}
 
 # PF_TABLE[b] = FL_PF if the byte b has an even number of set bits.
 PF_TABLE = bytes(FL_PF if bin(b).count("1") % 2 == 0 else 0 for b in range(256))
@@ -94,6 +100,13 @@ def compute(fk: int, fa: int, fb: int, fr: int) -> int:
     elif kind == MUL:
         if fb:
             f |= FL_CF | FL_OF
+    elif kind == SHL:
+        cf = (fa << fb) >> BITS[size] & 1
+        f |= cf | ((1 if fr & sign else 0) ^ cf) << 11
+    elif kind == SHR:
+        f |= (fa >> (fb - 1)) & 1 | ((fa >> (fb - 1)) >> (BITS[size] - 1) & 1) << 11
+    elif kind == SAR:
+        f |= ((fa - (sign << 1) if fa & sign else fa) >> (fb - 1)) & 1
     else:
         raise AssertionError(f"bad lazy flags kind {fk:#x}")
     return f
@@ -123,7 +136,9 @@ def cf_of(fk: int, fa: int, fb: int, fr: int, ef: int) -> int:
         return 1 if fa <= fb else 0
     if kind == ADC:
         return 1 if fr <= fa else 0
-    return 1 if fb else 0          # MUL
+    if kind == MUL:
+        return 1 if fb else 0
+    return compute(fk, fa, fb, fr) & FL_CF          # shifts
 
 
 def test_cc(cc: int, fk: int, fa: int, fb: int, fr: int, ef: int) -> bool:

@@ -1,130 +1,466 @@
-"""The block translator: runs of decoded instructions compiled into one
-Python function each.
+"""The block translator: regions of hot code compiled into one Python
+function each.
 
-A block is a straight-line run of instructions within one page, ending
-after a control transfer, a trap (int, int3, undefined) or before an
-instruction the translator leaves to the interpreter (string operations,
-an instruction that straddles a page).  Its function keeps the registers
-and the lazy flag state in locals, computes each flag condition from the
-operation that set it (a `cmp` followed by `jne` becomes one comparison),
-reads and writes memory through inline TLB lookups, and runs a block that
-branches back to its own start as a `while` loop.
+A region is the code reachable from an entry address through direct
+jumps, branches and calls, the return points of its calls and the targets
+its indirect transfers (ret, call *, jmp *) were seen to take, restricted
+to basic blocks that have run (cpu.run_blocks counts them), across pages.
+Its function keeps the registers and the flag state in locals and runs
+until control leaves the region, the budget is spent, or a system call,
+trap or fault:
 
-The same semantic emitters as the interpreter (codegen.py) generate the
-code, so every instruction keeps its contract: reads, then memory writes,
-then register and flag commits.  A fault in instruction k therefore finds
-the locals exactly as after instruction k-1; the function writes them back,
-sets eip to instruction k and re-raises, so faults stay precise and
-restartable.  The budget is kept to within one block: a block (or one loop
-iteration) always completes.
+    while n <= lim:                      # lim = budget - the longest path
+        if pc < 0x800a00:                # a binary search over the heads
+            if pc == 0x8006b7:
+                ...                      # the tree of blocks from this head
+        ...
+        else: break                      # pc is not in the region: leave
 
-    f(cpu, r, m, budget) -> (next eip, instructions executed)
+A *head* is where the search can land: the entry, loop headers, blocks
+with several predecessors, functions, return points and targets of
+indirect transfers.  Every other block has one predecessor and is compiled
+inline after it, so a head's code is a tree: a conditional branch is an
+`if` whose taken side continues inline, a head that branches back to
+itself runs as an inner `while` loop.  A short block with several
+predecessors is copied into each (the increment and test closing a loop
+join the loop's body).  A tree continues into the callee of a call (an
+indirect call: the targets seen, each under a guard) and at the callee's
+`ret` into the code after the call, under a guard that the popped address
+is that one.
 
-Exceptions leave with `.eip` (the instruction to resume at) and `.count`
-(instructions completed) set.  Blocks are cached per physical frame in the
-same dict as the interpreter's instructions (at page offset | 0x1000), so
-they are invalidated exactly as decoded instructions are.
+Flags are symbolic: an instruction that sets them only records, at
+compile time, the kind and the expressions of its operands and result; a
+branch tests those directly (`cmp` then `jne` is one comparison).  They
+are stored into the locals fk/fa/fb/fr only where they may be observed:
+read, seen by a fault, or carried to a head that may read them first or
+out of the region; a move to a head that overwrites them first stores
+which symbolic state holds them (`fid`), evaluated only if the region
+stops there.  Memory goes through the TLB dictionaries inline
+(pmap.AddressSpace: the physical address is va + rt[va & 0xfffff003] for
+an aligned word), which fill themselves on a miss; what they cannot answer
+(a misaligned word, a fault, a JOS window, a store into a frame holding
+code) raises KeyError, and the instruction is restarted by the
+interpreter.  An instruction that keeps restarting is compiled again with
+an inline fallback.
+
+Faults are precise: every instruction reads, then writes memory, then
+commits registers and flags (codegen.py), so at a fault in instruction k
+the locals hold the state before it.  The line of the function where the
+exception passed names the instruction; a table built at compile time
+gives its address, how many instructions the path has completed since
+the count was last updated, and where its flags are.
+
+    f(cpu, r, m, budget, pc) -> (next pc, instructions executed)
+
+Exactly `budget` instructions at most: a path starts only if its longest
+run before the next check fits.  The returned pc carries a reason in the
+bits above 31 (EXIT_*) when the function stopped for one.
 """
 from __future__ import annotations
 
+import functools
+import keyword
+import re
+import sys
+import types
+from collections import deque
+
+from ..memlayout import PGSIZE, UTOP
+from ..pmap import CpuFault, PageFault, RemotePage
 from . import codegen, runtime
 from .codegen import Gen, _is_simple
-from .flags import ADD, DEC, INC, LOGIC, SUB, SIGN, cf_of
-from .insn import Insn
+from .decode import MAX_LEN, Truncated, decode
+from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
+from .insn import MEM, Insn
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-MAX_BLOCK = 64
-BLOCK_KEY = 0x1000
-NOT_IN_BLOCKS = frozenset({"movs", "stos", "lods", "cmps", "scas"})
+M32 = 0xFFFFFFFF
 
-# Flag liveness.  FULL_WRITERS set all six arithmetic flags without reading
-# any; FLAG_NEUTRAL neither read nor write them.  Everything else is treated
-# as reading them (conservative), and so is any instruction that may fault,
-# since a fault must see exact flags.
+# Why a region function returned, in the bits of pc above 31.
+EXIT_SYSCALL = 1 << 32          # after int $0x30 (pc = the next instruction)
+EXIT_INT3 = 2 << 32             # after int3 / int $3 (pc = the next instruction)
+EXIT_TAIL = 4 << 32             # too little budget left for a path (pc = a head)
+EXIT_RESTART = 8 << 32          # interpret the instruction at pc (a TLB miss)
+EXIT_MASK = 0xF << 32
+
+# Limits on what one region compiles.
+MAX_REGION = 2000               # instructions decoded per region
+MAX_STATIC = 256                # ... when all the code reachable is compiled (tests)
+MAX_BB = 64                     # instructions per basic block
+MAX_PATH = 96                   # instructions on a path between budget checks
+MAX_TREE = 400                  # instructions compiled in one head's tree
+MAX_DEPTH = 40                  # nested branches in one tree
+DUP_MAX = 4                     # a block this short is copied, not made a head
+MAX_GUARDS = 4                  # targets of an indirect call or jump compiled in place
+MAX_FOLLOW = 48                 # instructions of heads a tree follows calls and rets into
+
+# Basic-block terminators.
+BRANCHES = frozenset({"jcc", "loop", "loope", "loopne", "jecxz"})
+ENDS_BB = BRANCHES | {"jmp", "jmpi", "call", "calli", "ret", "int", "int3", "(bad)"}
+INDIRECT = frozenset({"jmpi", "calli", "ret"})
+STRING_OPS = frozenset({"movs", "stos", "lods", "cmps", "scas"})
+
+# What an instruction does with the six arithmetic flags (flag_effect).
 FULL_WRITERS = frozenset({"add", "sub", "cmp", "and", "or", "xor", "test", "neg", "xadd",
                           "cmpxchg", "mul", "imul", "imul2", "imul3", "popf"})
-FLAG_NEUTRAL = frozenset({"mov", "movzx", "movsx", "lea", "not", "xchg", "push", "pop",
-                          "call", "calli", "jmp", "jmpi", "ret", "nop", "pause", "cwde", "cdq",
-                          "bswap", "leave", "enter", "pusha", "popa", "jecxz", "loop",
-                          "div", "idiv", "movsr", "xlat", "cld", "std"})
-NEVER_FAULTS = frozenset({"lea", "nop", "pause", "jmp", "jcc", "jecxz", "loop", "loope",
-                          "loopne", "cwde", "cdq", "bswap", "setcc", "cmovcc", "cld", "std",
-                          "clc", "stc", "cmc", "lahf", "sahf", "not", "neg", "inc", "dec",
-                          "mov", "movzx", "movsx", "xchg", "xadd", "cmpxchg", "test", "cmp",
-                          "add", "sub", "and", "or", "xor", "adc", "sbb", "shl", "shr", "sar",
-                          "rol", "ror", "rcl", "rcr", "shld", "shrd", "bt", "bts", "btr", "btc",
-                          "bsf", "bsr", "imul2", "imul3", "mul", "imul"})
+CONSUMERS = frozenset({"jcc", "setcc", "cmovcc", "adc", "sbb", "rcl", "rcr", "pushf", "lahf",
+                       "loope", "loopne"})
+PARTIAL = frozenset({"inc", "dec", "clc", "stc", "cmc", "bt", "bts", "btr", "btc", "bsf", "bsr",
+                     "sahf", "rol", "ror", "shl", "shr", "sar", "shld", "shrd"})
+NO_MEMORY = frozenset({"lea", "nop", "pause", "jmp", "jcc", "jecxz", "loop", "loope",
+                       "loopne", "cwde", "cdq", "bswap", "setcc", "cmovcc", "cld", "std",
+                       "clc", "stc", "cmc", "lahf", "sahf", "not", "neg", "inc", "dec",
+                       "mov", "movzx", "movsx", "xchg", "xadd", "cmpxchg", "test", "cmp",
+                       "add", "sub", "and", "or", "xor", "adc", "sbb", "shl", "shr", "sar",
+                       "rol", "ror", "rcl", "rcr", "shld", "shrd", "bt", "bts", "btr", "btc",
+                       "bsf", "bsr", "imul2", "imul3", "mul", "imul"})
 
 
 def may_fault(insn: Insn) -> bool:
-    if insn.op not in NEVER_FAULTS:
+    """Whether insn can raise (a memory access, a division, a selector)."""
+    if insn.op not in NO_MEMORY:
         return True
-    if insn.op == "lea":
-        return False
-    return any(o.kind == 1 for o in insn.ops)       # a memory operand
+    return insn.op != "lea" and any(o.kind == MEM for o in insn.ops)
 
 
-def dead_flags(insns: list[Insn]) -> list[bool]:
-    """dead[i]: instruction i's flag results are overwritten before anything
-    (a reader, a possible fault, the end of the block) could see them."""
-    dead = [False] * len(insns)
-    live = True                                     # live out of the block
-    for i in range(len(insns) - 1, -1, -1):
-        ins = insns[i]
-        dead[i] = not live
-        op = ins.op
-        full = op in FULL_WRITERS or (op in ("shl", "shr", "sar") and ins.ops[1].kind == 2
-                                      and ins.ops[1].imm & 31)
-        if may_fault(ins):
-            live = True
-        elif full:
-            live = False
-        elif op in FLAG_NEUTRAL:
-            pass
+def flag_effect(insn: Insn) -> str:
+    """'use': needs the flags before it (reads them for its result, or may
+    fault: a fault must see them exact); 'kill': sets all six without
+    reading them; 'pass': sets some from the others, or none."""
+    if may_fault(insn) or insn.op in CONSUMERS:
+        return "use"
+    op = insn.op
+    if op in FULL_WRITERS or (op in ("shl", "shr", "sar") and insn.ops[1].kind == 2
+                              and insn.ops[1].imm & 31):
+        return "kill"
+    return "pass"
+
+
+def is_exit_op(insn: Insn) -> bool:
+    """Instructions a region leaves to the interpreter (they only trap)."""
+    if insn.op == "(bad)":
+        return True
+    return insn.op == "int" and insn.ops[0].imm not in (3, 0x30)
+
+
+# -- decoding ------------------------------------------------------------------------
+
+_DECODED: dict[tuple[int, bytes], Insn] = {}
+
+
+def fetch_decode(m, eip: int, ahead: bool = False) -> Insn:
+    """Decode the instruction at eip through the MMU (faults like a fetch;
+    `ahead`: reading code before it runs, which sets no A bit)."""
+    fetch = m.peek if ahead else m.fetch
+    buf = fetch(eip, MAX_LEN)
+    key = (eip, buf)
+    insn = _DECODED.get(key)
+    if insn is not None:
+        return insn
+    try:
+        insn = decode(buf, eip)
+    except Truncated:
+        # The instruction continues on the next page: fetching it may fault.
+        nxt = (eip + len(buf)) & M32
+        buf2 = buf + fetch(nxt, MAX_LEN - len(buf))
+        try:
+            return decode(buf2, eip)
+        except Truncated:
+            # Only possible if the buffer is shorter than 15 bytes, i.e.
+            # never after two pages; treat as undefined.
+            return Insn(addr=eip, length=len(buf2), raw=buf2, op="(bad)", trap=6)
+    if len(_DECODED) > 200_000:
+        _DECODED.clear()
+    _DECODED[key] = insn
+    return insn
+
+
+class Bb:
+    """A basic block: instructions within one page, ending after a control
+    transfer or trap, or before an instruction that crosses a page."""
+    __slots__ = ("start", "insns", "term", "succ", "dyn", "next", "raw")
+
+    def __init__(self, start: int, insns: list[Insn]):
+        self.start = start
+        self.insns = insns
+        last = insns[-1]
+        self.term = last if last.op in ENDS_BB else None
+        self.next = last.next                  # the address after the block
+        self.raw = b"".join(i.raw for i in insns)
+        self.succ: list[int] = []              # static successors
+        self.dyn = False                       # ends in an indirect transfer or a trap
+        t = self.term
+        if t is None:
+            self.succ = [self.next]
+        elif t.op in BRANCHES:
+            self.succ = [t.ops[0].imm, t.next]
+        elif t.op in ("jmp", "call"):
+            self.succ = [t.ops[0].imm]
         else:
-            live = True
-    return dead
-ENDS_BLOCK = frozenset({"jmp", "jmpi", "call", "calli", "ret", "loop", "loope",
-                        "loopne", "jecxz", "int", "int3", "(bad)"})
+            self.dyn = True
 
 
-def ends_block(insn: Insn, start: int) -> bool:
-    """Whether the block that started at `start` ends after insn (a jcc
-    ends it only when it branches back to the start: a loop)."""
-    if insn.op == "jcc":
-        return start in (insn.ops[0].imm, insn.next)
-    return insn.op in ENDS_BLOCK
+def decode_bb(m, start: int) -> Bb | None:
+    """The basic block at start, or None if it cannot be fetched or its
+    first instruction is one blocks leave to the interpreter."""
+    if start >= UTOP:
+        return None
+    insns = []
+    a = start
+    try:
+        while len(insns) < MAX_BB:
+            insn = fetch_decode(m, a, ahead=True)
+            if (a & 0xFFF) + insn.length > PGSIZE:
+                break                          # straddles a page: the interpreter's
+            if is_exit_op(insn):
+                break                          # the interpreter raises its trap
+            insns.append(insn)
+            if insn.op in ENDS_BB:
+                break
+            a = insn.next
+            if a & 0xFFF == 0:
+                break                          # the next page is another block
+    except (PageFault, RemotePage):
+        pass
+    if not insns:
+        return None
+    return Bb(start, insns)
 
 
-class BlockGen(Gen):
-    """Gen with registers and flags in locals, flag conditions specialized."""
+# -- which code a region holds -------------------------------------------------------
 
-    def __init__(self):
+class Plan:
+    """The blocks of a region, its heads, and where the flags are live."""
+
+    def __init__(self, entry: int, bbs: dict[int, Bb], dyn_targets: set[int],
+                 indirect: dict[int, set[int]] | None = None):
+        self.entry = entry
+        self.bbs = bbs
+        # indirect call/jump address -> targets seen, in the region
+        self.indirect = {a: {x for x in ts if x in bbs} for a, ts in (indirect or {}).items()}
+        preds: dict[int, int] = {s: 0 for s in bbs}
+        for bb in bbs.values():
+            for s in bb.succ:
+                if s in preds:
+                    preds[s] += 1
+        heads = {entry} | {s for s in dyn_targets if s in bbs}
+        # Functions: entered from elsewhere too (compiled into their callers
+        # where they fit, emit_region).
+        heads |= {bb.term.ops[0].imm for bb in bbs.values()
+                  if bb.term is not None and bb.term.op == "call"} & bbs.keys()
+        heads |= _loop_headers(bbs, heads)
+        for s, k in preds.items():
+            if k >= 2 and len(bbs[s].insns) > DUP_MAX:
+                heads.add(s)
+        # A copied block must not lead back to itself without a head on the way.
+        heads |= _loop_headers(bbs, heads)
+        self.heads = heads
+        self.liveness()
+
+    def liveness(self) -> None:
+        """live[s]: at the start of block s the flags may be observed before
+        all six are overwritten -- read, seen by a fault, or carried out of
+        the path (any move to a head, any exit).  dead[s][i]: the flags
+        after instruction i of block s are not observed."""
+        bbs, heads = self.bbs, self.heads
+        live: dict[int, bool] = {}
+        dead: dict[int, list[bool]] = {}
+
+        def settle(s: int) -> None:
+            bb = bbs[s]
+            if bb.dyn:
+                out = True
+            else:
+                out = any(t in heads or t not in bbs or live[t] for t in bb.succ)
+            d = [False] * len(bb.insns)
+            for i in range(len(bb.insns) - 1, -1, -1):
+                d[i] = not out
+                e = flag_effect(bb.insns[i])
+                if e == "use":
+                    out = True
+                elif e == "kill":
+                    out = False
+            live[s] = out
+            dead[s] = d
+
+        # Post-order over the edges to blocks that are not heads (no cycles:
+        # every cycle has a head on it).
+        for root in bbs:
+            if root in live:
+                continue
+            stack = [(root, iter(bbs[root].succ))]
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    settle(node)
+                elif nxt in bbs and nxt not in heads and nxt not in live:
+                    stack.append((nxt, iter(bbs[nxt].succ)))
+        self.live = live
+        self.dead = dead
+
+
+def _loop_headers(bbs: dict[int, Bb], roots: set[int]) -> set[int]:
+    """Targets of back edges of a depth-first search from `roots` over the
+    static edges (a walk ends at the other roots)."""
+    found = set()
+    for root in sorted(roots):
+        on_path = {root}
+        done: set[int] = set()
+        stack = [(root, iter(bbs[root].succ))]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+                continue
+            if nxt not in bbs or nxt in roots and nxt != root:
+                continue
+            if nxt in on_path:
+                found.add(nxt)
+            elif nxt not in done:
+                on_path.add(nxt)
+                stack.append((nxt, iter(bbs[nxt].succ)))
+    return found
+
+
+# -- the code generator --------------------------------------------------------------
+
+# Flag states at compile time (RegionGen.fs):
+LOC = ("loc",)          # in the locals fk, fa, fb, fr, ef
+EF = ("ef",)            # all six in ef (fk is 0 once stored)
+UNK = ("unk",)          # not needed: the head is entered with them dead
+# ("k", kind, a, b, r): lazy with the kind known; ("d", kind_expr, a, b, r): kind
+# computed at run time.  a, b, r are literals, temps, registers or pure
+# expressions of those; a register is copied into a temp before it changes
+# while the flags are still needed.
+
+_CALL = re.compile(r"[A-Za-z_]\w*\s*\(")
+_WORD = re.compile(r"\b[A-Za-z_]\w*")
+
+
+def _pure(v: str) -> bool:
+    """An expression without calls or subscripts (safe to evaluate later)."""
+    return "[" not in v and _CALL.search(v) is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _fs_words(fs: tuple) -> frozenset:
+    """The names a symbolic flag state's expressions use."""
+    return frozenset(w for part in fs[1:] for w in _WORD.findall(str(part)))
+
+
+class Retry(Exception):
+    """Emission found a block that must become a head; plan again."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+
+class RegionGen(Gen):
+    """codegen.Gen with registers in locals, symbolic flags, TLB-inline
+    memory, and the bookkeeping for precise faults."""
+
+    def __init__(self, slow: frozenset):
         super().__init__(None)
-        self.indent = 2
+        self.slow = slow                    # instruction addresses with slow memory
+        self.tags: list[int] = []           # per line: recipe index (-1: none)
+        self.recipes: list[tuple] = []      # (eip, count offset, flags, synced)
+        self.cur = -1
         self.used: set[int] = set()
         self.written: set[int] = set()
-        self.flags_used = False
-        self.kind: int | None = None      # fk at the current instruction, if known
-        self.next_kind: int | None = None
-        self.set_kind = False
-        self.dead = False                 # this instruction's flag results are dead
+        self.fs = LOC
+        self.mat = True                     # the locals fk.. hold fs
+        self.next_fs = None
+        self.dead = False                   # this instruction's flags are not observed
+        self.fids: dict[tuple, int] = {}    # flag state -> the id stored in `fid`
+        self.pool: list[str] = []           # temp names
+        self.busy: set[str] = set()         # taken by the current instruction
+        self.saved: list[tuple] = []        # flag states of branches still to emit
+        self.first = 0                      # the current instruction's first line
+        self.deferred = None                # inc/dec's carry, computed only if needed
 
-    def start(self, insn: Insn, dead: bool = False) -> None:
-        self.dead = dead
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.indent + line)
+        self.tags.append(self.cur)
+
+    # Temps are reused from one instruction to the next (few locals: no
+    # EXTENDED_ARG in the bytecode), except those the flag state refers to.
+    def tmp(self, expr: str | None = None) -> str:
+        pinned = self._pinned()
+        for name in self.pool:
+            if name not in self.busy and name not in pinned:
+                break
+        else:
+            name = f"_t{len(self.pool)}"
+            self.pool.append(name)
+        self.busy.add(name)
+        if expr is not None:
+            self.emit(f"{name} = {expr}")
+        return name
+
+    def _pinned(self) -> set[str]:
+        out = set()
+        for fs in (self.fs, self.next_fs, *self.saved):
+            if fs is not None and len(fs) == 5:
+                out |= _fs_words(fs)
+        return out
+
+    def start(self, insn: Insn, count: int, dead: bool) -> None:
+        self.busy = set()
+        self.first = len(self.lines)
         self.insn = insn
+        self.dead = dead
         self.pending_regs = []
         self.pending_flags = []
         self.next_expr = None
         self.eas = {}
         self.ends = False
-        self.set_kind = False
+        self.next_fs = None
+        self.recipes.append((insn.addr, count, LOC if self.mat else self.fs, False))
+        self.cur = len(self.recipes) - 1
+
+    def synced(self) -> None:
+        """The current instruction keeps its state in r and cpu (helpers)."""
+        eip, count, fl, _ = self.recipes[self.cur]
+        self.recipes[self.cur] = (eip, count, fl, True)
 
     def commit(self) -> None:
+        fs = self.next_fs if self.next_fs is not None else self.fs
+        if not self.dead and len(fs) == 5:
+            # The flags stay needed: copy the registers they refer to first.
+            changing = {REGN[n if size != 1 or n < 4 else n - 4]
+                        for n, size, _ in self.pending_regs}
+            if changing:
+                parts = list(fs)
+                for k in (2, 3, 4):
+                    if changing & set(_WORD.findall(parts[k])):
+                        parts[k] = self.tmp(parts[k])
+                fs = tuple(parts)
+                if self.next_fs is not None:
+                    self.next_fs = fs
+                else:
+                    self.fs = fs
+        pinned = self._pinned()
+        lines = self.lines
+        for n, size, v in self.pending_regs:
+            if size == 4 and v.startswith("_t") and v not in pinned:
+                # `_tN = e` then `reg = _tN`: one assignment if _tN has no other use.
+                head = "    " * self.indent + f"{v} = "
+                mine = lines[self.first:]
+                if mine and mine[-1].startswith(head) and \
+                        sum(len(_WORD.findall(x)) - len([w for w in _WORD.findall(x) if w != v])
+                            for x in mine) == 1:
+                    lines[-1] = "    " * self.indent + f"{REGN[n]} = " + mine[-1][len(head):]
+                    self.pending_regs = [p for p in self.pending_regs if p[2] != v]
         super().commit()
-        if self.set_kind:
-            self.kind = self.next_kind
-            self.set_kind = False
+        if self.next_fs is not None:
+            self.fs = self.next_fs
+            self.mat = self.fs is LOC
+            self.next_fs = None
 
     # -- registers ----------------------------------------------------------------
     def r32(self, n: int) -> str:
@@ -135,211 +471,845 @@ class BlockGen(Gen):
         self.written.add(n if size != 1 or n < 4 else n - 4)
         super().setreg(n, size, expr)
 
+    def read_tmp(self, op) -> str:
+        if op.kind == 0 and op.size == 4:
+            return self.r32(op.reg)          # unchanged until this instruction commits
+        return super().read_tmp(op)
+
+    def ea(self, op, extra: int = 0) -> str:
+        """The address of a memory operand, left unwrapped: a sum past 4 GiB
+        misses the TLB (its key) or indexes past memory, and a negative one
+        (a displacement below -1 MiB is wrapped here) has a key above ULIM,
+        so either restarts in the interpreter, which wraps it.  lea wraps."""
+        disp = (op.disp + extra) & M32
+        if self.insn.op == "lea" or (0x100000 <= disp < 0xFFF00000):
+            return super().ea(op, extra)
+        key = id(op) ^ extra
+        name = self.eas.get(key)
+        if name is not None:
+            return name
+        parts = []
+        if op.base >= 0:
+            parts.append(self.r32(op.base))
+        if op.index >= 0:
+            idx = self.r32(op.index)
+            parts.append(idx if op.scale == 1 else f"{idx} * {op.scale}")
+        if not parts:
+            return hex(disp)
+        expr = " + ".join(parts)
+        if disp >= 0x80000000:
+            expr += f" - {0x100000000 - disp:#x}"
+        elif disp:
+            expr += f" + {disp:#x}"
+        name = expr if expr in REGN else self.tmp(expr)
+        self.eas[key] = name
+        return name
+
     # -- memory -------------------------------------------------------------------
-    def _name(self, addr: str) -> str:
-        return addr if _is_simple(addr) else self.tmp(addr)
+    def _addr(self, addr: str) -> str:
+        return addr if _is_simple(addr) or addr in REGN else self.tmp(addr)
 
     def load(self, addr: str, size: int) -> str:
-        a = self._name(addr)
+        a = self._addr(addr)
+        if self.insn.addr in self.slow:
+            fn = codegen.RD[size]
+            w = f"{a} & 0xFFFFFFFF" if a.startswith("_t") else a      # unwrapped sums
+            if size == 4:
+                return self.tmp(f"M32[({a} + _d) >> 2] if (_d := RD.get({a} & 0xFFFFF003)) "
+                                f"is not None else m.{fn}({w})")
+            if size == 1:
+                return self.tmp(f"MEM[{a} + _d] if (_d := RD.get({a} & 0xFFFFF000)) "
+                                f"is not None else m.{fn}({w})")
+            return self.tmp(f"M16[({a} + _d) >> 1] if (_d := RD.get({a} & 0xFFFFF001)) "
+                            f"is not None else m.{fn}({w})")
         if size == 4:
-            return self.tmp(f"M32[(_p | ({a} & 0xFFF)) >> 2] if not {a} & 3 and "
-                            f"(_p := rt.get({a} >> 12)) is not None else m.rd32({a})")
+            return self.tmp(f"M32[({a} + RD[{a} & 0xFFFFF003]) >> 2]")
         if size == 1:
-            return self.tmp(f"mem[_p | ({a} & 0xFFF)] if (_p := rt.get({a} >> 12)) "
-                            f"is not None else m.rd8({a})")
-        return super().load(a, size)
+            return self.tmp(f"MEM[{a} + RD[{a} & 0xFFFFF000]]")
+        return self.tmp(f"M16[({a} + RD[{a} & 0xFFFFF001]) >> 1]")
 
     def store(self, addr: str, size: int, expr: str) -> None:
-        a = self._name(addr)
+        a = self._addr(addr)
+        if self.insn.addr in self.slow:
+            fn = codegen.WR[size]
+            key = {4: "0xFFFFF003", 1: "0xFFFFF000", 2: "0xFFFFF001"}[size]
+            target = {4: f"M32[({a} + _d) >> 2]", 1: f"MEM[{a} + _d]",
+                      2: f"M16[({a} + _d) >> 1]"}[size]
+            w = f"{a} & 0xFFFFFFFF" if a.startswith("_t") else a
+            self.emit(f"if (_d := WR.get({a} & {key})) is None: m.{fn}({w}, {expr})")
+            self.emit(f"else: {target} = {expr}")
+            return
         if size == 4:
-            self.emit(f"if not {a} & 3 and (_p := wt.get({a} >> 12)) is not None: "
-                      f"M32[(_p | ({a} & 0xFFF)) >> 2] = {expr}")
-            self.emit(f"else: m.wr32({a}, {expr})")
+            self.emit(f"M32[({a} + WR[{a} & 0xFFFFF003]) >> 2] = {expr}")
         elif size == 1:
-            self.emit(f"if (_p := wt.get({a} >> 12)) is not None: mem[_p | ({a} & 0xFFF)] = {expr}")
-            self.emit(f"else: m.wr8({a}, {expr})")
+            self.emit(f"MEM[{a} + WR[{a} & 0xFFFFF000]] = {expr}")
         else:
-            super().store(a, size, expr)
+            self.emit(f"M16[({a} + WR[{a} & 0xFFFFF001]) >> 1] = {expr}")
+
+    def check_write(self, addr: str, n: int) -> None:
+        self.emit(f"m.check_write({addr} & 0xFFFFFFFF, {n})")
 
     # -- flags --------------------------------------------------------------------
-    def _kind_now(self, fk: int | None) -> None:
-        self.next_kind = fk
-        self.set_kind = True
+    def _operand(self, v: str) -> str:
+        if _is_simple(v) or v in REGN or v is self.deferred:
+            return v
+        return f"({v})" if _pure(v) else self.tmp(v)
+
+    def _partial_dead(self) -> bool:
+        """This instruction computes flags from flags nobody will see."""
+        return self.dead and self.insn.op in PARTIAL
+
+    def _need(self) -> tuple:
+        fs = self.fs
+        if fs is UNK:
+            raise AssertionError(f"flags read where they are dead at {self.insn.addr:#x}")
+        return fs
 
     def set_lazy(self, kind: int, size: int, a: str, b: str, res: str) -> None:
         if self.dead:
+            self.next_fs = UNK
             return
-        self.flags_used = True
-        fk = kind << 3 | size
-        self.pending_flags += [f"fk = {fk}", f"fa = {a}", f"fb = {b}", f"fr = {res}"]
-        self._kind_now(fk)
+        self.next_fs = ("k", kind << 3 | size, self._operand(a), self._operand(b),
+                        self._operand(res))
 
     def set_lazy_kind(self, kind: str, a: str, b: str, res: str) -> None:
         if self.dead:
+            self.next_fs = UNK
             return
-        self.flags_used = True
-        self.pending_flags += [f"fk = {kind}", f"fa = {a}", f"fb = {b}", f"fr = {res}"]
-        self._kind_now(None)
+        self.next_fs = ("d", self._operand(kind), self._operand(a), self._operand(b),
+                        self._operand(res))
+
+    def _parts(self):
+        """(fk, fa, fb, fr) expressions of the current flag state."""
+        fs = self._need()
+        if fs is LOC:
+            return "fk", "fa", "fb", "fr"
+        if fs is EF:
+            return "0", "0", "0", "0"
+        return (hex(fs[1]) if fs[0] == "k" else fs[1]), fs[2], fs[3], fs[4]
 
     def eflags(self) -> str:
-        self.flags_used = True
-        return self.tmp("eflags_of(fk, fa, fb, fr, ef)")
+        if self._partial_dead():
+            return "0"                      # only feeds flags nobody sees
+        if self._need() is EF:
+            return self.tmp("ef")
+        k, a, b, r = self._parts()
+        return self.tmp(f"eflags_of({k}, {a}, {b}, {r}, ef)")
 
     def carry(self) -> str:
-        if self.dead and self.insn.op in ("inc", "dec"):
-            return "0"                    # only feeds the (dead) preserved CF
-        self.flags_used = True
-        k = self.kind
-        if k is not None:
-            kind = k >> 3
-            if k == 0:
-                return self.tmp("ef & 1")
+        if self._partial_dead():
+            return "0"
+        if self.insn.op in ("inc", "dec") and self.insn.ops[0].kind != MEM:
+            # Only the flags see it: computed when they are stored or seen.
+            self.deferred = self._carry_expr()
+            return self.deferred
+        return self.tmp(self._carry_expr())
+
+    def _carry_expr(self) -> str:
+        fs = self._need()
+        if fs is EF:
+            return "(ef & 1)"
+        if fs[0] == "k":
+            kind = fs[1] >> 3
+            a, b, r = fs[2], fs[3], fs[4]
             if kind == SUB:
-                return self.tmp("1 if fa < fb else 0")
+                return f"(1 if {a} < {b} else 0)"
             if kind == ADD:
-                return self.tmp("1 if fr < fa else 0")
+                return f"(1 if {r} < {a} else 0)"
             if kind == LOGIC:
                 return "0"
             if kind in (INC, DEC):
-                return self.tmp("fb & 1")
-        return self.tmp("cf_of(fk, fa, fb, fr, ef)")
+                return f"({b} & 1)"
+            if kind == MUL:
+                return f"(1 if {b} else 0)"
+            if kind == SBB:
+                return f"(1 if {a} <= {b} else 0)"
+            if kind == ADC:
+                return f"(1 if {r} <= {a} else 0)"
+        if fs is LOC:
+            # inc/dec (kinds 6 and 7: fk >> 4 == 3) keep CF in fb.
+            return "((fb & 1) if fk >> 4 == 3 else cf_of(fk, fa, fb, fr, ef))"
+        k, a, b, r = self._parts()
+        return f"cf_of({k}, {a}, {b}, {r}, ef)"
 
     def set_arith(self, bits: str, mask: int = codegen.ARITH) -> None:
-        if self.dead and mask == codegen.ARITH:
+        if self.dead:
+            self.next_fs = UNK
             return
-        self.flags_used = True
-        bits = bits if _is_simple(bits) else self.tmp(bits)
+        bits = bits if _is_simple(bits) else self.tmp(bits)    # before registers change
         if mask == codegen.ARITH:
-            # Every arithmetic flag is replaced: no need to materialize the old ones.
-            self.pending_flags += [f"ef = (ef & {~mask & 0xFFFFFFFF:#x}) | {bits}", "fk = 0"]
+            self.pending_flags.append(f"ef = (ef & {~mask & M32:#x}) | {bits}")
         else:
-            self.pending_flags += [f"ef = (eflags_of(fk, fa, fb, fr, ef) & "
-                                   f"{~mask & 0xFFFFFFFF:#x}) | {bits}", "fk = 0"]
-        self._kind_now(0)
+            f = self.eflags()
+            self.pending_flags.append(f"ef = ({f} & {~mask & M32:#x}) | {bits}")
+        self.next_fs = EF
 
     def set_ef(self, expr: str) -> None:
-        self.flags_used = True
-        v = expr if _is_simple(expr) else self.tmp(expr)
-        self.pending_flags += ["fk = 0", f"ef = {v}"]
-        self._kind_now(0)
+        if self.dead and self.insn.op != "popf":
+            self.next_fs = UNK              # only arithmetic flags change
+            return
+        v = self._operand(expr) if _is_simple(expr) else self.tmp(expr)
+        self.pending_flags.append(f"ef = {v}")
+        self.next_fs = EF
 
     def set_df(self, on: bool) -> None:
-        self.flags_used = True
         self.pending_flags.append("ef |= 0x400" if on else "ef &= 0xFFFFFBFF")
 
     def df(self) -> str:
-        self.flags_used = True
         return "(ef & 0x400)"
 
     def cond(self, cc: int) -> str:
-        """A Python expression for condition cc, specialized on the kind of
-        the operation that set the flags when the block knows it."""
-        self.flags_used = True
+        """A Python expression for condition cc from the current flag state."""
         expr = self._static_cond(cc >> 1)
         if expr is None:
-            return f"test_cc({cc}, fk, fa, fb, fr, ef)"
+            k, a, b, r = self._parts()
+            if cc >> 1 == 2 and k == "fk":
+                expr = "((fr == 0) if fk else (ef & 0x40))"
+            else:
+                return f"test_cc({cc}, {k}, {a}, {b}, {r}, ef)"
         return f"(not {expr})" if cc & 1 else expr
 
     def _static_cond(self, c: int) -> str | None:
-        k = self.kind
-        if k is None:
-            return None
-        if k == 0:
+        fs = self._need()
+        if fs is EF:
             f = {0: "ef & 0x800", 1: "ef & 1", 2: "ef & 0x40", 3: "ef & 0x41", 4: "ef & 0x80",
                  5: "ef & 4", 6: "(not (ef & 0x80)) != (not (ef & 0x800))",
                  7: "(ef & 0x40 or (not (ef & 0x80)) != (not (ef & 0x800)))"}[c]
             return f"({f})"
-        kind, size = k >> 3, k & 7
+        if fs[0] != "k":
+            return None
+        kind, size = fs[1] >> 3, fs[1] & 7
+        a, b, r = fs[2], fs[3], fs[4]
         S = SIGN[size]
         if c == 2:
-            return "(fr == 0)"
+            return f"({a} == {b})" if kind == SUB else f"({r} == 0)"
         if c == 4:
-            return f"(fr & {S:#x})"
+            return f"({r} & {S:#x})"
         if kind == SUB:
-            return {1: "(fa < fb)", 3: "(fa <= fb)", 6: f"((fa ^ {S:#x}) < (fb ^ {S:#x}))",
-                    7: f"((fa ^ {S:#x}) <= (fb ^ {S:#x}))"}.get(c)
+            return {1: f"({a} < {b})", 3: f"({a} <= {b})",
+                    6: f"(({a} ^ {S:#x}) < ({b} ^ {S:#x}))",
+                    7: f"(({a} ^ {S:#x}) <= ({b} ^ {S:#x}))"}.get(c)
         if kind == LOGIC:
-            return {0: "False", 1: "False", 3: "(fr == 0)", 6: f"(fr & {S:#x})",
-                    7: f"(fr == 0 or fr & {S:#x})"}.get(c)
+            return {0: "False", 1: "False", 3: f"({r} == 0)", 6: f"({r} & {S:#x})",
+                    7: f"({r} == 0 or {r} & {S:#x})"}.get(c)
         if kind in (INC, DEC) and c == 1:
-            return "(fb & 1)"
+            return f"({b} & 1)"
         return None
 
-
-def _may_fault(lines: list[str]) -> bool:
-    text = "\n".join(lines)
-    return any(s in text for s in ("m.", "raise", "divu(", "divs(", ".get("))
-
-
-def translate(insns: list[Insn]):
-    """Compile a run of decoded instructions into a block function.
-
-    A jcc inside the run is a side exit (taken: leave the block); a jcc at
-    its end that branches back to the start makes the block a loop."""
-    g = BlockGen()
-    start = insns[0].addr
-    last = insns[-1]
-    loop_cond = None
-    dead = dead_flags(insns)
-    g.indent = 3
-    for k, insn in enumerate(insns):
-        g.start(insn, dead[k])
-        mark = len(g.lines)
-        is_last = k == len(insns) - 1
-        if is_last and insn.op == "jcc" and start in (insn.ops[0].imm, insn.next) \
-                and insn.ops[0].imm != insn.next:
-            loop_cond = (g.cond(insn.cond), insn.ops[0].imm == start)
-            g.ends = True
-        elif not is_last and insn.op == "jcc":
-            g.emit(f"if {g.cond(insn.cond)}: _nx = {insn.ops[0].imm:#x}; n += {k + 1}; break")
+    def materialize(self) -> None:
+        """Store the flag state into the locals fk, fa, fb, fr."""
+        if self.mat:
+            return
+        fs = self._need()
+        if fs is EF:
+            self.emit("fk = 0")
         else:
+            k = hex(fs[1]) if fs[0] == "k" else fs[1]
+            if any(_CALL.search(str(x)) or "fk" in str(x) for x in fs[2:]):
+                self.emit(f"fk, fa, fb, fr = {k}, {fs[2]}, {fs[3]}, {fs[4]}")
+            else:
+                self.emit(f"fk = {k}; fa = {fs[2]}; fb = {fs[3]}; fr = {fs[4]}")
+            self.fs = (fs[0], fs[1] if fs[0] == "k" else "fk", "fa", "fb", "fr")
+        self.mat = True
+
+    def fid(self) -> int:
+        """An id for the current flag state, for `fid` (0: in the locals)."""
+        if self.mat:
+            return 0
+        key = self._need()
+        k = self.fids.get(key)
+        if k is None:
+            k = self.fids[key] = len(self.fids) + 1
+        return k
+
+    # -- control ------------------------------------------------------------------
+    def softint(self, trapno: int) -> None:
+        raise AssertionError("int is a block terminator")
+
+    def string_op(self, name: str) -> None:
+        """Call the runtime helper with the state in r and cpu."""
+        i = self.insn
+        self.commit()
+        self.synced()
+        for n in range(8):
+            self.used.add(n)
+            self.written.add(n)
+        self.materialize()
+        self.emit("r[:] = eax, ecx, edx, ebx, esp, ebp, esi, edi")
+        self.emit("cpu.fk = fk; cpu.fa = fa; cpu.fb = fb; cpu.fr = fr; cpu.ef = ef")
+        self.next_expr = self.tmp(f"{name}(cpu, r, m, {i.size}, {i.rep}, {i.addr:#x}, "
+                                  f"{i.next:#x})")
+        self.emit("eax, ecx, edx, ebx, esp, ebp, esi, edi = r")
+        if name in ("cmps", "scas"):
+            self.emit("fk = cpu.fk; fa = cpu.fa; fb = cpu.fb; fr = cpu.fr")
+            self.fs = LOC
+        self.mat = True
+
+
+# -- compiling a region --------------------------------------------------------------
+
+def _emit_region(plan: Plan, slow: frozenset):
+    """The region's body: the dispatch on pc with each head's tree.
+
+    A tree continues into the callee of a call (static, or a target an
+    indirect call was seen to take, under a guard) and, at the callee's
+    ret, into the code after the call (under a guard that the popped
+    address is that one), even where those are heads: a call and its
+    return cost two comparisons instead of two dispatches."""
+    g = RegionGen(slow)
+    bbs = plan.bbs
+    heads = plan.heads
+    maxpath = [1]
+
+    def fits(bb: Bb, cnt: int, t: dict, depth: int) -> bool:
+        return (cnt + len(bb.insns) <= MAX_PATH and depth <= MAX_DEPTH
+                and t["size"] + len(bb.insns) <= MAX_TREE)
+
+    def edge(target: int, cnt: int, t: dict, depth: int, ctx: tuple, inl: frozenset,
+             follow: bool = False) -> None:
+        """Control moves to the static address target after cnt instructions.
+        ctx: return addresses of the calls followed on this path; follow:
+        target is a callee or a return point (compile it here even if it is
+        a head, unless already on this path)."""
+        bb = bbs.get(target)
+        if target == t["head"] and t["loops"]:
+            to_head(target, cnt, t, self_loop=True)
+            return
+        if bb is not None and target not in heads:
+            if not fits(bb, cnt, t, depth):
+                raise Retry(target)
+            t["size"] += len(bb.insns)
+            enter_page(target, t)
+            path(bb, cnt, t, depth, ctx, inl)
+            return
+        if bb is not None and follow and target not in inl and fits(bb, cnt, t, depth) \
+                and t["followed"] + len(bb.insns) <= MAX_FOLLOW:
+            t["size"] += len(bb.insns)
+            t["followed"] += len(bb.insns)
+            enter_page(target, t)
+            path(bb, cnt, t, depth, ctx, inl | {target})
+            return
+        to_head(target, cnt, t, self_loop=False)
+
+    def enter_page(target: int, t: dict) -> None:
+        """Code on another page follows: its first fetch sets A (NOTA: the
+        env's pages of region code whose A is still clear)."""
+        if target >> 12 != t["page"]:
+            g.emit(f"if NOTA: _touch(m, {target >> 12:#x})")
+            t["page"] = target >> 12
+
+    def guarded(expr: str, target: int, cnt: int, t: dict, depth: int, ctx: tuple,
+                inl: frozenset) -> None:
+        """if expr == target: follow it here (the fall-through is emitted next)."""
+        bb = bbs.get(target)
+        if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
+                or t["followed"] + len(bb.insns) > MAX_FOLLOW:
+            return
+        saved = (g.fs, g.mat, t["fid0"], t["page"])
+        g.saved.append(g.fs)
+        g.emit(f"if {expr} == {target:#x}:")
+        g.indent += 1
+        edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
+        g.indent -= 1
+        g.saved.pop()
+        g.fs, g.mat, t["fid0"], t["page"] = saved
+
+    def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
+        maxpath[0] = max(maxpath[0], cnt)
+        jump = "break" if t["loops"] else "continue"
+        dead = target in heads and not plan.live[target]
+        if self_loop:
+            t["back"] = True
+            if dead:
+                fid = g.fid()
+                g.emit(f"n += {cnt}")
+                g.emit(f"if n > lim: pc = {target:#x}; fid = {fid}; break"
+                       if fid or not t["fid0"] else f"if n > lim: pc = {target:#x}; break")
+            else:
+                g.materialize()
+                if not t["fid0"]:
+                    g.emit("fid = 0")
+                    t["fid0"] = True
+                g.emit(f"n += {cnt}")
+                g.emit(f"if n > lim: pc = {target:#x}; break")
+            g.emit("continue")
+            return
+        if dead:
+            fid = g.fid()
+            if fid or not t["fid0"]:
+                g.emit(f"fid = {fid}")
+        else:
+            g.materialize()
+            if not t["fid0"]:
+                g.emit("fid = 0")
+        g.emit(f"pc = {target:#x}; n += {cnt}")
+        g.emit(jump)
+
+    def leave(expr: str, cnt: int, t: dict) -> None:
+        """Control moves to a computed address (or leaves with a reason)."""
+        maxpath[0] = max(maxpath[0], cnt)
+        g.materialize()
+        if not t["fid0"]:
+            g.emit(f"pc = {expr}; n += {cnt}; fid = 0")
+        else:
+            g.emit(f"pc = {expr}; n += {cnt}")
+        g.emit("break" if t["loops"] else "continue")
+
+    def path(bb: Bb, cnt: int, t: dict, depth: int, ctx: tuple, inl: frozenset) -> None:
+        insns = bb.insns
+        term = bb.term
+        dead = plan.dead[bb.start]
+        body = len(insns) - 1 if term is not None else len(insns)
+        for k in range(body):
+            insn = insns[k]
+            g.start(insn, cnt, dead[k])
             codegen.SEMANTICS[insn.op](g, insn)
-            if not g.ends:
+            if insn.op in STRING_OPS:
+                # A rep instruction may stop part-way: then leave at it.
+                nxt = g.next_expr
+                g.next_expr = None
+                if insn.rep:
+                    g.emit(f"if {nxt} != {insn.next:#x}:")
+                    g.indent += 1
+                    saved = (g.fs, g.mat, t["fid0"])
+                    g.saved.append(g.fs)
+                    leave(nxt, cnt + 1, t)
+                    g.saved.pop()
+                    g.fs, g.mat, t["fid0"] = saved
+                    g.indent -= 1
+            else:
                 g.commit()
-        if _may_fault(g.lines[mark:]):
-            g.lines.insert(mark, "    " * g.indent + f"_k = {k}")
-    body = g.lines
-    n = len(insns)
-    regs = sorted(g.used | g.written)
-    src = ["def _b(cpu, r, m, budget):"]
-    src += [f"    {REGN[i]} = r[{i}]" for i in regs]
-    if g.flags_used:
-        src.append("    fk = cpu.fk; fa = cpu.fa; fb = cpu.fb; fr = cpu.fr; ef = cpu.ef")
-    src.append("    rt = m.rt; wt = m.wt; M32 = m.m32; mem = m.mem; n = 0; _k = 0")
-    writeback = [f"r[{i}] = {REGN[i]}" for i in sorted(g.written)]
-    if g.flags_used:
-        writeback.append("cpu.fk = fk; cpu.fa = fa; cpu.fb = fb; cpu.fr = fr; cpu.ef = ef")
-    src += ["    try:", "        while True:"]
-    src += body
-    if loop_cond is not None:
-        cond, taken_loops = loop_cond
-        src.append(f"            n += {n}")
-        if taken_loops:
-            src.append(f"            if not {cond}: _nx = {last.next:#x}; break")
+            cnt += 1
+        if term is None:
+            edge(bb.next, cnt, t, depth, ctx, inl)
+            return
+        g.start(term, cnt, dead[-1])
+        op = term.op
+        cnt += 1
+        if op in BRANCHES:
+            if op == "jcc":
+                cond = g.cond(term.cond)
+            elif op == "jecxz":
+                cond = f"({g.r32(1)} == 0)"
+            else:
+                # loop*: ecx is decremented first; the test reads it after.
+                zf = g.cond(4 if op == "loope" else 5) if op != "loop" else None
+                if zf is not None and not _is_simple(zf):
+                    zf = g.tmp(zf)
+                g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
+                g.commit()
+                cond = "ecx" if zf is None else f"(ecx and {zf})"
+            saved = (g.fs, g.mat, t["fid0"], t["page"])
+            g.saved.append(g.fs)
+            g.emit(f"if {cond}:")
+            g.indent += 1
+            edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
+            g.indent -= 1
+            g.saved.pop()
+            g.fs, g.mat, t["fid0"], t["page"] = saved
+            edge(term.next, cnt, t, depth, ctx, inl)
+            return
+        if op in ("int", "int3"):
+            code = EXIT_SYSCALL if op == "int" and term.ops[0].imm == 0x30 else EXIT_INT3
+            leave(f"{term.next | code:#x}", cnt, t)
+            return
+        codegen.SEMANTICS[op](g, term)
+        nxt = g.next_expr
+        g.commit()
+        if op == "jmp":
+            edge(term.ops[0].imm, cnt, t, depth, ctx, inl)
+        elif op == "call":
+            edge(term.ops[0].imm, cnt, t, depth, ctx + (term.next,), inl, follow=True)
         else:
-            src.append(f"            if {cond}: _nx = {last.ops[0].imm:#x}; break")
-        src.append(f"            if n >= budget: _nx = {start:#x}; break")
-    else:
-        nxt = g.next_expr if g.next_expr is not None else hex(last.next)
-        src.append(f"            _nx = {nxt}; n += {n}; break")
-    src.append("    except SoftInt as _e:")
-    src += ["        " + w for w in writeback]
-    src.append("        _e.count = n + _k + 1")
-    src.append("        raise")
+            if op == "ret" and ctx:
+                guarded(nxt, ctx[-1], cnt, t, depth, ctx[:-1], inl)
+            elif op in ("calli", "jmpi"):
+                more = ctx + (term.next,) if op == "calli" else ctx
+                for target in sorted(plan.indirect.get(term.addr, ()))[:MAX_GUARDS]:
+                    guarded(nxt, target, cnt, t, depth, more, inl)
+            leave(nxt, cnt, t)
+
+    def tree(head: int, loops: bool) -> dict:
+        live = plan.live[head]
+        g.fs, g.mat = (LOC, True) if live else (UNK, False)
+        t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
+             "fid0": live, "followed": 0, "page": head >> 12}
+        path(bbs[head], 0, t, 0, (), frozenset((head,)))
+        return t
+
+    def dispatch(hs: list[int]) -> None:
+        if len(hs) <= 3:
+            for k, h in enumerate(hs):
+                g.emit(f"{'if' if k == 0 else 'elif'} pc == {h:#x}:")
+                g.indent += 1
+                g.emit(f"if NOTA: _touch(m, {h >> 12:#x})")
+                mark = len(g.lines)
+                g.emit("while True:")
+                g.indent += 1
+                t = tree(h, True)
+                g.indent -= 1
+                if not t["back"]:
+                    # No path returns to this head: no loop.
+                    del g.lines[mark:]
+                    del g.tags[mark:]
+                    tree(h, False)
+                g.indent -= 1
+            g.emit("else: break")
+            return
+        mid = len(hs) // 2
+        g.emit(f"if pc < {hs[mid]:#x}:")
+        g.indent += 1
+        dispatch(hs[:mid])
+        g.indent -= 1
+        g.emit("else:")
+        g.indent += 1
+        dispatch(hs[mid:])
+        g.indent -= 1
+
+    g.indent = 3
+    dispatch(sorted(heads))
+    return g, maxpath[0]
+
+
+def _peephole(lines: list[str], tags: list[int], keep: set[str]):
+    """Drop temps nothing reads (pure ones), and fold `_tN = e` followed by
+    `x = _tN` into `x = e` where _tN has no other use.  `keep`: names the
+    fault and exit tables refer to."""
+    uses: dict[str, int] = {}
+    for line in lines:
+        for w in _WORD.findall(line):
+            if w.startswith("_t"):
+                uses[w] = uses.get(w, 0) + 1
+    out, otags = [], []
+    k = 0
+    n = len(lines)
+    while k < n:
+        line = lines[k]
+        body = line.lstrip()
+        if body.startswith("_t") and " = " in body:
+            name, expr = body.split(" = ", 1)
+            if name.isidentifier() and name not in keep and _pure(expr):
+                if uses.get(name, 0) == 1:
+                    k += 1                      # defined, never read
+                    continue
+                if uses.get(name, 0) == 2 and k + 1 < n:
+                    nxt = lines[k + 1]
+                    nb = nxt.lstrip()
+                    if nb.endswith(f" = {name}") and len(nxt) - len(nb) == len(line) - len(body) \
+                            and tags[k + 1] == tags[k]:
+                        target = nb[:-len(f" = {name}")]
+                        out.append(line[:len(line) - len(body)] + f"{target} = {expr}")
+                        otags.append(tags[k])
+                        k += 2
+                        continue
+        out.append(line)
+        otags.append(tags[k])
+        k += 1
+    return out, otags
+
+
+def compile_region(plan: Plan, slow: frozenset = frozenset()):
+    """Compile a planned region; returns the function (attributes: heads,
+    maxpath, src, plan) or raises Retry when a block must become a head."""
+    g, maxpath = _emit_region(plan, slow)
+    keep = set()
+    for _, _, fs, _ in g.recipes:
+        if len(fs) == 5:
+            for part in fs[1:]:
+                keep.update(_WORD.findall(str(part)))
+    for fs in g.fids:
+        for part in fs[1:]:
+            keep.update(_WORD.findall(str(part)))
+    lines, tags = _peephole(g.lines, g.tags, keep)
+    regs = sorted(g.used | g.written)
+    src = ["def _r(cpu, r, m, budget, pc):"]
+    src += [f"    {REGN[i]} = r[{i}]" for i in regs]
+    src.append("    fk = cpu.fk; fa = cpu.fa; fb = cpu.fb; fr = cpu.fr; ef = cpu.ef; fid = 0")
+    src.append("    RD = m.rt; WR = m.wt; M32 = m.m32; M16 = m.m16; MEM = m.mem; NOTA = m.nota")
+    src.append(f"    n = 0; lim = budget - {maxpath}")
+    src.append("    try:")
+    src.append("        while n <= lim:")
+    first = len(src) + 1                    # line number of the first body line
+    src += lines
+    src.append("        else:")
+    src.append("            if pc <= 0xFFFFFFFF: pc |= EXIT_TAIL")
+    state = f"n, ({''.join(REGN[i] + ', ' for i in regs)}), fk, fa, fb, fr, ef, _frame()"
+    src.append("    except (KeyError, IndexError) as _e:")
+    src.append(f"        return _restart(_e, cpu, r, {state})")
     src.append("    except CpuFault as _e:")
-    src += ["        " + w for w in writeback]
-    src.append("        _e.eip = _A[_k]")
-    src.append("        _e.count = n + _k")
+    src.append(f"        _fault(_e, cpu, r, {state})")
     src.append("        raise")
-    src += ["    " + w for w in writeback]
-    src.append("    return _nx, n")
+    for fs, k in sorted(g.fids.items(), key=lambda kv: kv[1]):
+        # The flag state a move to a head left in `fid`, stored at the exit.
+        test = "if" if k == 1 else "elif"
+        if fs is EF:
+            src.append(f"    {test} fid == {k}: fk = 0")
+        else:
+            kind = hex(fs[1]) if fs[0] == "k" else fs[1]
+            src.append(f"    {test} fid == {k}: fk, fa, fb, fr = {kind}, {fs[2]}, {fs[3]}, {fs[4]}")
+    src += [f"    r[{i}] = {REGN[i]}" for i in sorted(g.written)]
+    src.append("    cpu.fk = fk; cpu.fa = fa; cpu.fb = fb; cpu.fr = fr; cpu.ef = ef")
+    src.append("    return pc, n")
     text = "\n".join(src) + "\n"
     ns = dict(runtime.GLOBALS)
-    ns["_A"] = tuple(i.addr for i in insns)
-    ns["CpuFault"] = runtime.CpuFault
-    ns["cf_of"] = cf_of
-    exec(compile(text, f"<block {start:#010x} x{n}>", "exec"), ns)
-    fn = ns["_b"]
+    ns.update(EXIT_TAIL=EXIT_TAIL, CpuFault=CpuFault, cf_of=runtime.cf_of,
+              _restart=_restart, _fault=_fault, _flags=_flags, _frame=sys._getframe,
+              _touch=_touch,
+              _RECIPES=g.recipes, _LINES={first + k: t for k, t in enumerate(tags) if t >= 0},
+              _FIDS={v: k for k, v in g.fids.items()},
+              _REGS=tuple(REGN[i] for i in regs))
+    exec(compile(text, f"<region {plan.entry:#010x}>", "exec"), ns)
+    fn = ns["_r"]
     fn.src = text
-    fn.insns = insns
+    fn.heads = tuple(sorted(plan.heads))
+    fn.maxpath = maxpath
+    fn.plan = plan
+    fn.size = sum(len(bb.insns) for bb in plan.bbs.values())
     return fn
+
+
+# -- faults and restarts inside a region ---------------------------------------------
+
+def _value(x, loc) -> int:
+    """A flag operand (literal, local, or pure expression of locals) now."""
+    if isinstance(x, int):
+        return x
+    v = loc.get(x)
+    if v is not None:
+        return v
+    return eval(x, _EVAL, {k: loc[k] for k in _WORD.findall(x)
+                           if k not in _EVAL and not keyword.iskeyword(k)})
+
+
+def _flags(fs, loc) -> tuple:
+    """(fk, fa, fb, fr, ef) of a compile-time flag state, from the locals."""
+    if fs is UNK:
+        raise AssertionError("flags needed where they were dead")
+    if fs is LOC:
+        return loc["fk"], loc["fa"], loc["fb"], loc["fr"], loc["ef"]
+    if fs is EF:
+        return 0, 0, 0, 0, loc["ef"]
+    k = fs[1] if fs[0] == "k" else _value(fs[1], loc)
+    return k, _value(fs[2], loc), _value(fs[3], loc), _value(fs[4], loc), loc["ef"]
+
+
+def _touch(m, vpn: int) -> None:
+    """The first fetch from page vpn in this env: set its A bit."""
+    if vpn in m.nota:
+        m.nota.discard(vpn)
+        m._read_base(vpn << 12)
+
+
+_EVAL = {"cf_of": runtime.cf_of, "eflags_of": runtime.eflags_of, "sx": runtime.sx,
+         "__builtins__": {}}
+
+
+class _Locals:
+    """The locals a fault recipe needs: the registers, n and the flag locals
+    as the handler passed them, the rest from the frame (only if asked)."""
+    __slots__ = ("known", "frame", "all")
+
+    def __init__(self, known: dict, frame):
+        self.known = known
+        self.frame = frame
+        self.all = None
+
+    def get(self, name, default=None):
+        v = self.known.get(name)
+        if v is not None:
+            return v
+        if self.all is None:
+            self.all = self.frame.f_locals
+        return self.all.get(name, default)
+
+    def __getitem__(self, name):
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def keys(self):
+        if self.all is None:
+            self.all = self.frame.f_locals
+        return self.all.keys()
+
+
+def _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame):
+    """Put the state before the faulting instruction into r and cpu;
+    returns (its eip, instructions completed)."""
+    tb = e.__traceback__
+    g = tb.tb_frame.f_globals
+    k = g["_LINES"].get(tb.tb_lineno)
+    if k is None:
+        raise AssertionError(f"no instruction at line {tb.tb_lineno}") from e
+    eip, offset, fs, synced = g["_RECIPES"][k]
+    if not synced:
+        names = g["_REGS"]
+        for name, v in zip(names, regs):
+            r[REGN.index(name)] = v
+        loc = dict(zip(names, regs), fk=fk, fa=fa, fb=fb, fr=fr, ef=ef)
+        cpu.fk, cpu.fa, cpu.fb, cpu.fr, cpu.ef = _flags(fs, _Locals(loc, frame))
+    return eip, n + offset
+
+
+def _restart(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame):
+    """A TLB miss: state before the instruction, and the interpreter's turn."""
+    eip, count = _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame)
+    return eip | EXIT_RESTART, count
+
+
+def _fault(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame) -> None:
+    """A fault: state before the instruction, eip and count on the exception."""
+    eip, count = _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame)
+    e.eip = eip
+    e.count = count
+
+
+# -- building regions ----------------------------------------------------------------
+
+_COMPILED: dict[tuple, object] = {}
+_COMPILED_MAX = 5_000
+
+
+def plan_region(m, entry: int, seen, indirect, taken, static: bool) -> Plan | None:
+    """Decide the blocks of the region at entry.  seen(a): the block at a
+    has run; indirect(a): targets the indirect transfer at a took;
+    taken(a): a is a head of another region large enough to end this one
+    (a small one's code is compiled again into this one)."""
+    first = decode_bb(m, entry)
+    if first is None:
+        return None
+    bbs = {entry: first}
+    dyn: set[int] = set()
+    ind: dict[int, set[int]] = {}
+    work = deque([first])
+    total = len(first.insns)
+    while work:
+        bb = work.popleft()
+        targets = list(bb.succ)
+        t = bb.term
+        if t is not None:
+            if t.op in ("call", "calli") or t.op in ("int", "int3") and not static:
+                targets.append(t.next)
+                dyn.add(t.next)
+            if t.op in INDIRECT:
+                seen_targets = indirect(t.addr)
+                targets += sorted(seen_targets)
+                dyn |= seen_targets
+                ind[t.addr] = seen_targets
+        for a in targets:
+            if a in bbs or a >= UTOP or taken(a):
+                continue
+            if not static and not seen(a):
+                continue
+            if total >= (MAX_STATIC if static else MAX_REGION):
+                continue
+            nb = decode_bb(m, a)
+            if nb is None:
+                continue
+            bbs[a] = nb
+            total += len(nb.insns)
+            work.append(nb)
+    return Plan(entry, bbs, dyn, ind)
+
+
+def build(m, entry: int, seen, indirect, taken, static: bool, slow: frozenset):
+    """Plan and compile (or reuse) the region at entry; None if there is
+    no code a region can start with there.  Its `plan` has the blocks (and
+    heads) it was compiled from."""
+    plan = plan_region(m, entry, seen, indirect, taken, static)
+    if plan is None:
+        return None
+    fn = _compile(plan, slow)
+    _remember(fn, {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in plan.bbs}})
+    return fn
+
+
+def _remember(fn, pages: dict) -> None:
+    """Keep fn for later kernels, with the pages it was compiled from,
+    whole: a kernel running the same program finds them equal with one
+    comparison each."""
+    if hasattr(fn, "pages"):
+        return
+    fn.pages = pages
+    for h in fn.heads:
+        known = _BY_HEAD.setdefault(h, [])
+        if len(known) >= 8:
+            del known[0]
+        known.append(fn)
+
+
+def _compile(plan: Plan, slow: frozenset):
+    """Compile a plan (or reuse the function compiled from the same code,
+    heads and slow instructions)."""
+    key_code = tuple((s, bb.raw) for s, bb in sorted(plan.bbs.items()))
+    slow_here = frozenset(a for a in slow if any(
+        bb.start <= a < bb.next for bb in plan.bbs.values()))
+    key = (plan.entry, key_code, tuple(sorted(plan.heads)), slow_here)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        while True:
+            try:
+                fn = compile_region(plan, slow_here)
+                break
+            except Retry as r:
+                plan.heads.add(r.start)
+                plan.liveness()
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+            _BY_HEAD.clear()
+        _COMPILED[key] = fn
+    return fn
+
+
+_BY_HEAD: dict[int, list] = {}      # head address -> regions compiled with it
+
+
+def known_regions(m, eip: int) -> list:
+    """Regions compiled before (in any kernel of this process) with a head
+    at eip whose pages m holds byte for byte, the largest first (merged
+    regions come after the ones they merged)."""
+    out = []
+    for fn in sorted(_BY_HEAD.get(eip, ()), key=lambda f: -f.size):     # largest first
+        try:
+            if all(m.peek(vpn << 12, PGSIZE) == page for vpn, page in fn.pages.items()):
+                out.append(fn)
+        except (PageFault, RemotePage):
+            pass
+    return out
+
+
+def with_heads(old, more: set[int], slow: frozenset):
+    """The region `old` compiled again with more heads."""
+    plan = old.plan
+    new = Plan(plan.entry, plan.bbs, set(plan.heads) | more, {})
+    new.indirect = plan.indirect
+    fn = _compile(new, slow)
+    if hasattr(old, "pages"):
+        _remember(fn, old.pages)
+    return fn
+
+
+def merged(a, b, slow: frozenset):
+    """One region of the blocks and heads of the regions a and b."""
+    plan = Plan(a.plan.entry, {**a.plan.bbs, **b.plan.bbs},
+                set(a.plan.heads) | set(b.plan.heads), {})
+    plan.indirect = {**a.plan.indirect, **b.plan.indirect}
+    fn = _compile(plan, slow)
+    if hasattr(a, "pages") and hasattr(b, "pages"):
+        _remember(fn, {**a.pages, **b.pages})
+    return fn
+
+
+def instance(fn):
+    """A copy of a compiled region to install: one function object per
+    installation, so that dropping one drops exactly that one."""
+    inst = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__)
+    inst.heads = fn.heads
+    inst.maxpath = fn.maxpath
+    inst.plan = fn.plan
+    inst.src = fn.src
+    inst.size = fn.size
+    if hasattr(fn, "pages"):
+        inst.pages = fn.pages
+    return inst

@@ -1,0 +1,70 @@
+"""The read-only windows as user code reads them quickly: uvpd[] and uvpt[]
+come straight from the page directory and page-table frames, which the
+address space keeps equal to its page tables on every change."""
+import pytest
+
+from jmig import programs
+from jmig.kernel.kernel import Kernel
+from jmig.kernel.memlayout import PTE_A, PTE_D, PTE_P, PTE_U, PTE_W, UVPD, UVPT
+from jmig.kernel.pmap import KernelPanic
+from jmig.kernel.runner import VirtualClock
+
+
+def run_checking_mirrors(name, *args, engine=None, slice_=3000, limit=3_000_000):
+    """Run a program, checking every live env's page-table frames after
+    every slice of `slice_` instructions."""
+    k = Kernel(clock=VirtualClock(), engine=engine, slice=slice_)
+    k.env_create(programs.load(name), [name, *args], name=name)
+    checked = total = 0
+    while total < limit:
+        r = k.run(slice_)
+        total += r.executed
+        for e in k.live_envs():
+            e.aspace.check_mirror()
+            checked += 1
+        if r.idle:
+            break
+    return k, checked
+
+
+@pytest.mark.parametrize("name,args", [pytest.param("cowstress", ("1",), marks=pytest.mark.slow),
+                                       pytest.param("forktree", (), marks=pytest.mark.slow),
+                                       ("scantree", ())])
+@pytest.mark.parametrize("engine", ["blocks", "interp"])
+def test_page_table_frames_follow_fork_cow_faults_and_unmaps(name, args, engine):
+    k, checked = run_checking_mirrors(name, *args, engine=engine,
+                                      limit=400_000 if name == "scantree" else 3_000_000)
+    assert checked > 20
+
+
+def test_uvpt_reads_see_accessed_and_dirty_bits_and_remote_pages():
+    k = Kernel(clock=VirtualClock())
+    e = k.env_create(programs.load("hello"), ["hello"], name="hello", paused=True)
+    a = e.aspace
+    va = 0x500000
+    pfn = k.phys.page_alloc()
+    assert a.page_insert(pfn, va, PTE_U | PTE_W)
+    word = UVPT + (va >> 12) * 4
+    assert a.rd32(word) == (pfn << 12) | PTE_U | PTE_W | PTE_P
+    assert (word & ~0xFFF) in a.rt, "the page-table frame is in the TLB after a read"
+    a.rd8(va)
+    assert a.rd32(word) == (pfn << 12) | PTE_A | PTE_U | PTE_W | PTE_P
+    a.wr8(va, 1)
+    assert a.rd32(word) == (pfn << 12) | PTE_D | PTE_A | PTE_U | PTE_W | PTE_P
+    assert a.set_remote_run(0x600, 3, PTE_U | PTE_P)
+    assert [a.rd32(UVPT + v * 4) for v in (0x600, 0x601, 0x602, 0x603)] == [5, 5, 5, 0]
+    assert a.rd32(UVPD + (va >> 22) * 4) == a.pde_value(va >> 22)
+    a.page_remove(va)
+    assert a.rd32(word) == 0
+    a.check_mirror()
+
+
+def test_a_stale_page_table_frame_is_caught():
+    k = Kernel(clock=VirtualClock())
+    e = k.env_create(programs.load("hello"), ["hello"], name="hello")
+    a = e.aspace
+    a.check_mirror()
+    pdx, pfn = next(iter(a.ptpages.items()))
+    k.phys.m32[(pfn << 10) | 5] ^= PTE_W
+    with pytest.raises(KernelPanic, match=r"uvpt\[0x"):
+        a.check_mirror()
