@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     import abuse
     import cpu
     import migration
+    import scale
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
                "machine": platform.machine()}
     print("== core: guest instructions per second ==")
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
     results.update(migration.main(["--quick"] if a.quick else ["--sizes", a.sizes]))
     print("\n== abuse: ps latency and memory under attack ==")
     results.update(abuse.main(["--quick"] if a.quick else []))
+    print("\n== scale: 16 nodes, a full node, 100 migrations at once ==")
+    results.update(scale.main(["--quick"] if a.quick else []))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

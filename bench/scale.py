@@ -36,6 +36,7 @@ from jmig.node import secret as secret_file                # noqa: E402
 
 MIB = 1 << 20
 NENV = 1024
+FULL_MEMORY = "64M"    # the last node, which holds NENV envs (a loop takes 9 pages)
 PASS_RE = re.compile(r"memtest: pass (\d+) ok")
 
 
@@ -63,7 +64,8 @@ class Cluster:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
                  "--name", f"n{i}", "--data-dir", str(tmp / f"n{i}"), "--secret-file",
-                 str(tmp / "secret"), "--memory", memory, "--log-level", "warning",
+                 str(tmp / "secret"), "--memory", memory if i < n - 1 else FULL_MEMORY,
+                 "--log-level", "warning",
                  "--log-format", "json", "--no-console"],
                 stdout=subprocess.DEVNULL, stderr=open(tmp / f"n{i}.log", "w")))
 

@@ -31,6 +31,7 @@ overlaps a decoded instruction.
 from __future__ import annotations
 
 import mmap
+from array import array
 from struct import pack_into, unpack_from
 
 from .memlayout import (
@@ -236,6 +237,10 @@ class AddressSpace:
         self.m32 = phys.m32
         self.m16 = phys.m16
         self.pte: dict[int, int] = {}          # vpn -> PTE (may carry PTE_REMOTE)
+        # When not None: the vpns whose PTE changed other than by gaining A
+        # (mapped, unmapped, remapped, made dirty) since pre-copy last took
+        # them (track_changes / take_changes).
+        self.changes: set[int] | None = None
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
         self.window = window
         self.rt: dict[int, int] = _Tlb(self, False)   # page va -> frame base - page va, readable
@@ -279,6 +284,11 @@ class AddressSpace:
 
     def _set_pte(self, vpn: int, pte: int) -> None:
         """pte[vpn] = pte, and the word uvpt[vpn] shows (its table exists)."""
+        if self.changes is not None and (pte ^ self.pte.get(vpn, 0)) & ~PTE_A:
+            self.changes.add(vpn)
+        self._store_pte(vpn, pte)
+
+    def _store_pte(self, vpn: int, pte: int) -> None:
         self.pte[vpn] = pte
         self.m32[(self.ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = \
             pte & PTE_PERM_MASK if pte & PTE_REMOTE else pte
@@ -320,6 +330,8 @@ class AddressSpace:
         vpn = va >> 12
         old = self.pte.pop(vpn, None)
         if old is not None:
+            if self.changes is not None:
+                self.changes.add(vpn)
             self.m32[(self.ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = 0
             self._drop(vpn, old)
             self.invlpg(vpn)
@@ -339,8 +351,17 @@ class AddressSpace:
             if not self.pgdir_walk(pdx << 22, True):
                 return False
         pte = PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
-        for v in range(vpn, vpn + count):
-            self._set_pte(v, pte)
+        vpns = range(vpn, vpn + count)
+        if self.changes is not None:
+            self.changes.update(vpns)
+        self.pte.update(dict.fromkeys(vpns, pte))
+        shown = array("I", [pte & PTE_PERM_MASK])       # what uvpt[] shows for each
+        v, end = vpn, vpn + count
+        while v < end:                                   # one slice per page table
+            stop = min(end, (v | 0x3FF) + 1)
+            base = self.ptpages[v >> 10] << 10
+            self.m32[base | (v & 0x3FF):base + (stop - (v & ~0x3FF))] = shown * (stop - v)
+            v = stop
         return True
 
     def _drop(self, vpn: int, pte: int) -> None:
@@ -521,13 +542,30 @@ class AddressSpace:
         return base
 
     def clear_dirty(self, vpn: int) -> bool:
-        """Clear D on vpn's PTE (pre-copy); True if it was set."""
+        """Clear D on vpn's PTE (pre-copy); True if it was set.  Not a
+        change: the next write sets D again, and that is one."""
         pte = self.pte.get(vpn)
         if pte is None or not pte & PTE_D:
             return False
-        self._set_pte(vpn, pte & ~PTE_D)
+        self._store_pte(vpn, pte & ~PTE_D)
         self.wt.pop(vpn << 12, None)
         return True
+
+    def track_changes(self) -> None:
+        """Start logging changed pages (pre-copy): every D bit is cleared,
+        so that the first write to any page from now on is seen."""
+        for vpn, pte in self.pte.items():
+            if pte & PTE_D:
+                self.clear_dirty(vpn)
+        self.changes = set()
+
+    def take_changes(self) -> set[int]:
+        """The vpns changed since tracking began or the last take, with
+        their D bits cleared again; O(changes)."""
+        changed, self.changes = self.changes or set(), set()
+        for vpn in changed:
+            self.clear_dirty(vpn)
+        return changed
 
     # -- the MMU: reads ------------------------------------------------------
     def _read_window(self, va: int, n: int) -> bytes:

@@ -9,9 +9,8 @@ import attrs
 from . import events as ev
 from .env import ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVGENSHIFT, ENVX, Env
 from .memlayout import (
-    FL_IF, FL_RESERVED1, PGSIZE, PTE_D, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, UTOP,
+    FL_IF, FL_RESERVED1, PGSIZE, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, UTOP,
 )
-from .pmap import ZERO_PAGE
 
 
 @attrs.frozen
@@ -147,15 +146,22 @@ class SnapshotMixin:
             return None
         return (pte >> 12 & 0xFFFFF, pte & PTE_SYSCALL)
 
-    def collect_dirty(self, envid: int) -> set[int]:
-        """The vpns whose D bit is set, clearing D (and the write TLB entry,
-        so the core sets D again on the next write)."""
-        e = self._env(envid)
-        a = e.aspace
-        dirty = {vpn for vpn, pte in a.pte.items() if pte & PTE_D and vpn < (UTOP >> 12)}
-        for vpn in dirty:
-            a.clear_dirty(vpn)
-        return dirty
+    def track_changes(self, envid: int) -> None:
+        """Start logging which of the env's pages change (pre-copy): from
+        now on, take_changes returns every vpn mapped, unmapped, remapped
+        or written since the previous take.  O(pages) once."""
+        self._env(envid).aspace.track_changes()
+
+    def take_changes(self, envid: int) -> set[int]:
+        """The vpns below UTOP changed since track_changes or the last
+        take; O(changes)."""
+        top = UTOP >> 12
+        return {v for v in self._env(envid).aspace.take_changes() if v < top}
+
+    def stop_tracking(self, envid: int) -> None:
+        e = self.envs[envid & 0x3FF]
+        if e.env_id == envid and e.status:
+            e.aspace.changes = None
 
     def set_registers(self, e: Env, h: EnvHeader) -> None:
         """Overwrite an incoming env's registers and metadata from a header."""

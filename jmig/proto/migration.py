@@ -168,14 +168,21 @@ class Pages:
 
 
 @message("final", header=_map, map=_bytes(6 << 20, 6), remote=_bytes(4 << 20, 4),
+         drops=_bytes(4 << 20, 4), pages=_int(0, 1 << 20),
          pager=_optional(_addr), token=_optional(_bytes(TOKEN_LEN, exact=TOKEN_LEN)),
          push=_optional(_bool), prefetch=_optional(_int(0, MAX_PREFETCH)))
 class Final:
-    """Pre-copy's stop: the registers, the whole page map (u32 vpn, u16 perm
-    each) and the pages left remote (u32 vpn each) with where to get them."""
+    """Pre-copy's stop, proportional to what changed in the last round: the
+    registers; `map`, the pages of the last round (u32 vpn, u16 perm each:
+    sent just before, or, those in `remote` (u32 vpn each), left on the
+    source to be fetched on demand from `pager`); `drops`, pages sent in
+    earlier rounds and unmapped since (u32 vpn each); `pages`, how many
+    pages the process has in all, for the destination to check."""
     header: dict
     map: bytes
     remote: bytes
+    drops: bytes
+    pages: int
     pager: tuple | None = None
     token: bytes | None = None
     push: bool | None = None
@@ -186,6 +193,9 @@ class Final:
 
     def remote_vpns(self) -> list[int]:
         return unpack_vpns(self.remote)
+
+    def drop_vpns(self) -> list[int]:
+        return unpack_vpns(self.drops)
 
 
 @message("prepared", envid=_envid)

@@ -110,6 +110,26 @@ async def test_precopy_that_cannot_converge_stops_after_max_rounds_and_completes
     no_mismatch(a, b)
 
 
+async def test_the_stop_phase_of_a_paused_process_sends_no_page(cluster):
+    """The stop phase is proportional to the pages changed in the last round:
+    a paused memtest changes none, so after one round the Final carries no
+    page, and the destination still holds every page, verified."""
+    a = await start(cluster, "a")
+    b = await start(cluster, "b")
+    env, _ = await _running_memtest(cluster, a, 1024, 64)
+    await call(cluster, a, "pause", {"envid": env})
+    npages = len(a.kernel.env_pages(env))
+    last = last_pass(a, env)
+    mark = b.rec.mark()
+    r = await call(cluster, a, "migrate", {"envid": env, "to": cluster.addr(b),
+                                           "method": "precopy", "max_rounds": 5})
+    assert r["rounds"] == 1 and r["final_pages"] == 0 and r["pages"] == npages
+    assert r["pages_sent"] == npages
+    await call(cluster, b, "resume", {"envid": r["new_envid"]})
+    await _verifies_on(b, r["new_envid"], last, mark)
+    no_mismatch(a, b)
+
+
 class _GoAway(Exception):
     pass
 

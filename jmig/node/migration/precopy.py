@@ -2,20 +2,22 @@
 it only for the last dirty pages (QEMU's default, CRIU's pre-dump).
 
 Round 1 sends every page while the env keeps running; each later round
-sends the pages changed since the previous one: D bit set (the kernel
-clears D after each round and the core's TLB sets it again on the next
-write), or a different frame or permission behind the same address
-(copy-on-write, page_map), or a page that is new.  When the pages left
-could be sent within the downtime limit at the bandwidth measured so far,
-or after max rounds, the env is paused and the rest is sent with its
-registers and final page map.  With `then: pgfault` the final dirty pages
-are not sent at all: they become remote pages that the destination
-fetches on demand from this node (origin.py), the hybrid that QEMU and
-CRIU offer.
+sends the pages that changed during the one before.  The kernel keeps the
+log (AddressSpace.track_changes): a page written (its D bit is cleared
+after each round, so the core's next write sets it again and logs it),
+mapped, unmapped or remapped (copy-on-write, page_map).  When the pages
+dirtied during a round could be sent within the downtime limit at the
+bandwidth measured so far, or after max rounds, the env is paused and only
+those are sent: their pages, the registers, and a Final naming them, the
+pages to drop and the total, so the stop phase costs O(pages changed),
+not O(process).  With `then: pgfault` the final pages are not sent at
+all: they become remote pages that the destination fetches on demand
+from this node (origin.py), the hybrid that QEMU and CRIU offer.
 
 On the destination's P:
 
-    source -> dest   Begin{header} Pages{b, round}* Final{header, map, remote, pager?, ...}
+    source -> dest   Begin{header} Pages{b, round}* Final{header, map, remote, drops,
+                                                          pages, pager?, ...}
 
 then session.py's steps.  Until the decision the env runs here (if it was
 running); an abort leaves it exactly so.
@@ -58,12 +60,13 @@ class PrecopySend:
         self.destination_addr = destination_addr
         self.token = os.urandom(16)
         self.paused_here = False
-        self.snap: dict[int, tuple[int, int]] = {}
+        self.snap: dict[int, tuple[int, int]] = {}   # vpn -> (pfn, perm) as sent
+        self.gone: set[int] = set()      # sent, since unmapped: the destination drops them
         self.rounds: list[dict] = []
         self.sent = 0
         self.final: list[int] = []
         self.remote: list[int] = []
-        self.page_map: list[tuple[int, int]] = []
+        self.pages = 0                   # the process's pages at the stop
         self.dest_name = ""
 
     async def hold(self, out) -> None:
@@ -82,9 +85,11 @@ class PrecopySend:
         await link.send(m.Begin(mid=out.mid, method="precopy", src=node.name,
                                 src_addr=node.address_for(link), incarnation=node.incarnation,
                                 resume=out.resume, header=header))
-        self.snap = snap = k.page_snapshot(self.envid)
-        k.collect_dirty(self.envid)
-        to_send = sorted(snap)
+        # The kernel logs every page that changes from here on (written,
+        # mapped, unmapped, remapped): each round sends what changed during
+        # the one before, and the stop phase only what changed in the last.
+        k.track_changes(self.envid)
+        to_send = sorted(k.page_snapshot(self.envid))
         sent_bytes, send_time, rnd = 0, 0.0, 0
         while True:
             rnd += 1
@@ -94,41 +99,60 @@ class PrecopySend:
             sent_bytes += n * PAGE_RECORD
             send_time += dt
             failpoint("precopy.src.after_round")
-            changed = self._changed()
+            changed = k.take_changes(self.envid)
             bandwidth = sent_bytes / send_time if send_time > 0 else float("inf")
             estimate_ms = len(changed) * PAGE_RECORD / bandwidth * 1000 if bandwidth else 0
             self.rounds.append({"round": rnd, "pages": n, "seconds": dt, "dirty": len(changed),
                                 "dirty_rate_pps": len(changed) / dt if dt > 0 else 0.0})
             out.log.info("pre-copy round", round=rnd, pages=n, dirty=len(changed),
                          estimate_ms=round(estimate_ms, 2))
+            # Stop when the pages dirtied during this round could be sent
+            # within the downtime limit at the bandwidth measured so far, or
+            # at max rounds.
             if estimate_ms <= self.limit_ms or rnd >= self.max_rounds:
                 break
             to_send = sorted(changed)
-        # Stop the process for the rest.
+        # Stop the process for the rest: O(pages changed in the last round).
         e = k.get_env(self.envid)
         if not e.paused:
             k.pause(self.envid)
             self.paused_here = True
         out.paused_now()
         e.frozen = Hold.MIGRATING
-        self.final = sorted(changed | self._changed())
+        changed |= k.take_changes(self.envid)
+        k.stop_tracking(self.envid)
+        final = []
+        for vpn in sorted(changed):
+            info = k.page_info(self.envid, vpn)
+            if info is not None:
+                final.append(vpn)
+                self.snap[vpn] = info
+                self.gone.discard(vpn)
+            elif self.snap.pop(vpn, None) is not None:
+                self.gone.add(vpn)
+        drops = sorted(self.gone)
+        self.final = final
         if self.then == "pgfault":
-            self.remote = self.final
+            self.remote = final
         else:
-            await self._send_pages(out, link, self.final, rnd + 1)
-        self.page_map = [(vpn, perm) for vpn, (pfn, perm) in sorted(snap.items())]
+            await self._send_pages(out, link, final, rnd + 1)
+        self.pages = len(self.snap)
         header = pstream.header_fields(k.header(self.envid), node=node.name,
-                                       jmig_version=node.version, pages=len(self.page_map),
+                                       jmig_version=node.version, pages=self.pages,
                                        method="precopy")
         extra = {}
         if self.remote:
             extra = {"pager": (node.advertised_host(link.fs), node.ports["pager"]),
                      "token": self.token, "push": self.push, "prefetch": self.prefetch}
-        await link.send(m.Final(header=header, map=m.pack_map(self.page_map),
-                                remote=m.pack_vpns(self.remote), **extra))
+        await link.send(m.Final(header=header,
+                                map=m.pack_map((v, self.snap[v][1]) for v in final),
+                                remote=m.pack_vpns(self.remote), drops=m.pack_vpns(drops),
+                                pages=self.pages, **extra))
 
     async def _send_pages(self, out, link, vpns, rnd) -> int:
-        """Send the current contents of vpns (recording frame and perm)."""
+        """Send the current contents of vpns (recording frame and perm in
+        snap, what the destination holds); pages unmapped meanwhile are
+        skipped (the change log has them)."""
         k = self.node.kernel
         n = 0
         for i in range(0, len(vpns), BATCH_PAGES):
@@ -136,9 +160,12 @@ class PrecopySend:
             for vpn in vpns[i:i + BATCH_PAGES]:
                 info = k.page_info(self.envid, vpn)
                 if info is None:
-                    continue                       # unmapped meanwhile
+                    if self.snap.pop(vpn, None) is not None:
+                        self.gone.add(vpn)
+                    continue
                 pfn, perm = info
                 self.snap[vpn] = info
+                self.gone.discard(vpn)
                 batch.append((vpn << 12, perm, k.phys.frame(pfn)))
             if batch:
                 await link.send_raw({"t": "pages", "b": encode_pages(batch), "round": rnd})
@@ -146,15 +173,6 @@ class PrecopySend:
                 self.sent += len(batch)
                 out.progress(done=n, total=len(vpns), bytes=self.sent * PAGE_RECORD, round=rnd)
         return n
-
-    def _changed(self) -> set[int]:
-        """Pages to (re)send: dirty, remapped, new; pages gone leave snap."""
-        k = self.node.kernel
-        dirty = k.collect_dirty(self.envid)
-        now = k.page_snapshot(self.envid)
-        for vpn in [v for v in self.snap if v not in now]:
-            del self.snap[vpn]
-        return {vpn for vpn, info in now.items() if vpn in dirty or self.snap.get(vpn) != info}
 
     def prepared(self, out) -> None:
         if self.remote:
@@ -184,13 +202,14 @@ class PrecopySend:
         e = k.envs[self.envid & 0x3FF]
         if e.env_id != self.envid or not e.status:
             return
+        k.stop_tracking(self.envid)
         e.frozen = ""
         if self.paused_here and e.paused:
             k.resume(self.envid)
             node.poke()
 
     def stats(self, out) -> dict:
-        return {"then": self.then, "pages": len(self.page_map), "bytes": self.sent * PAGE_RECORD,
+        return {"then": self.then, "pages": self.pages, "bytes": self.sent * PAGE_RECORD,
                 "pages_sent": self.sent, "rounds": len(self.rounds), "round_stats": self.rounds,
                 "final_pages": len(self.final), "postcopy_pages": len(self.remote),
                 "dirty_rate_pps": self.rounds[-1]["dirty_rate_pps"] if self.rounds else 0.0,
@@ -229,21 +248,29 @@ class PrecopyReceive:
         return env
 
     def _apply_final(self, env, final: m.Final) -> None:
+        """The stop phase here: O(pages in the Final), not O(process)."""
         k = self.node.kernel
-        page_map = dict(final.page_map())
+        page_map = final.page_map()
         remote = set(final.remote_vpns())
         if remote and (final.pager is None or final.token is None):
             raise MigrationError("bad-request", "remote pages without a page server")
-        for vpn in [v for v in env.aspace.pte if v not in page_map]:
+        if not remote <= {vpn for vpn, _ in page_map}:
+            raise StreamError("the final message names remote pages outside its page map")
+        pte = env.aspace.pte
+        for vpn in final.drop_vpns():
+            if vpn not in pte:
+                raise StreamError(f"page {vpn << 12:#010x} is to be dropped but never arrived")
             k.drop_page(env, vpn << 12)
-        for vpn, perm in page_map.items():
+        for vpn, perm in page_map:
             pstream.check_page(vpn << 12, perm)
             if vpn in remote:
                 k.restore_page(env, vpn << 12, perm, None, replace=True)
             elif env.aspace.page_lookup(vpn << 12) is None:
                 raise StreamError(f"page {vpn << 12:#010x} is in the final map but never arrived")
-            elif (env.aspace.pte[vpn] & 0xFFF & ~0x60) != (perm | 1):
+            elif (pte[vpn] & 0xFFF & ~0x60) != (perm | 1):
                 raise StreamError(f"page {vpn << 12:#010x} has other permissions than announced")
+        if len(pte) != final.pages:
+            raise StreamError(f"the process has {final.pages} pages but {len(pte)} arrived")
         k.set_registers(env, pstream.env_header(final.header))
 
     async def committed(self, inb, env) -> None:
