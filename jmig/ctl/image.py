@@ -78,9 +78,6 @@ def verify(ctx) -> int:
     path = ctx.args.file
     scan, error = _read(path)
     if error:
-        if ctx.json:
-            ctx.emit(_summary(path, scan, error))
-            return 1
         raise CtlError(f"{path}: invalid image: {error}", code="bad-image")
     if ctx.json:
         ctx.emit(_summary(path, scan, None))

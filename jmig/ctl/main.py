@@ -261,10 +261,12 @@ async def cmd_ps(ctx: Ctx):
     rows, errors = await gather_ps(ctx, nodes)
     if errors and not multi:
         raise errors[0][1]
-    for n, err in errors:
-        ctx.note(f"jmigctl: {n}: {err.message}")
-    if ctx.json:
-        ctx.emit(rows)
+    if not ctx.json:
+        for n, err in errors:
+            ctx.note(f"jmigctl: {n}: {err.message}")
+    if ctx.json:         # the rows, and an {node, error} for each node that failed
+        ctx.emit(rows + [{"node": n, "error": {"code": err.code, "message": err.message}}
+                         for n, err in errors])
     elif ctx.args.quiet:
         for e in rows:
             ctx.say(f"{e['node']} {e['envid']}" if multi else str(e["envid"]))
@@ -472,8 +474,6 @@ def check_method_options(a) -> str:
     kind = a.method + ("+pgfault" if a.method == "precopy" and a.then == "pgfault" else "")
     bad = [flag for dest, flag, default, kinds in METHOD_OPTIONS
            if getattr(a, dest) != default and kind not in kinds]
-    if kind == "precopy+pgfault" and a.keep:
-        bad.append("--keep")
     if bad:
         why = {"normal": "a normal migration", "pgfault": "a pgfault migration",
                "precopy": "a precopy migration without --then pgfault",

@@ -64,6 +64,8 @@ SPECS = {
     "info": ([], "the node"),
     "stats": ([], "the node's statistics"),
     "spawn": (["PROGRAM", "ARGS..."], "start a program"),
+    "console": (["[on|off]"], "the node's recent console; on: show it between the prompts "
+                "as it comes (with trace on, the node's trace lines too), off: stop"),
     "migrate_send_normal": (["ENV", "REMOTE_IP", "REMOTE_PORT", "LOCAL_IP"],
                             "copy every page to the destination (the source copy stays, paused)"),
     "migrate_recv_normal": ([], "wait for a migration to arrive here"),
@@ -267,6 +269,9 @@ class Shell:
             raise UsageError("trace takes on or off (usage: trace on|off)")
         self.trace = rest == ["on"]
         self.ctx.say(f"trace is {rest[0]}")
+        if self.follower is not None:             # the console follows the trace too, or not
+            self._console_off()
+            self._console_on(quiet=True)
         return EXIT_OK
 
     def _call(self, op: str, args: dict | None = None, on_push=None, node: str | None = None):
@@ -339,7 +344,7 @@ class Shell:
                 out.write(text + "\n")
             out.flush()
 
-    def _console_on(self) -> int:
+    def _console_on(self, quiet: bool = False) -> int:
         if self.follower is not None:
             self.ctx.say("console is on already")
             return EXIT_OK
@@ -362,7 +367,8 @@ class Shell:
                 try:
                     async with await ControlClient.open(node, self.ctx.secret(), timeout=5) as c:
                         ready.set()
-                        await c.request("console", {"follow": True, "lines": 0}, on_push)
+                        await c.request("console", {"follow": True, "lines": 0,
+                                                    "trace": self.trace}, on_push)
                 except Exception as exc:
                     if not ready.is_set():
                         failure.append(exc)
@@ -386,7 +392,8 @@ class Shell:
         if failure:
             self.follower = None
             raise ctlmain.classify(failure[0], self.ctx, node)
-        self.ctx.say(f"console of {node} is on (console off to stop)")
+        if not quiet:
+            self.ctx.say(f"console of {node} is on (console off to stop)")
         return EXIT_OK
 
     def _console_off(self, say: bool = False) -> int:

@@ -260,6 +260,14 @@ class ControlSession:
         if recent:
             await self.push(rid, "console", {"text": recent})
         chan = hub.follow()
+        tracer = self.node.tracer
+
+        def sink(line: str) -> None:
+            hub.inject(chan, line + "\n")
+        # trace: the node's trace lines too (unless they are on its console already).
+        traced = _bool(args, "trace") and tracer.console is None
+        if traced:
+            tracer.subscribers.add(sink)
         try:
             async with open_nursery() as nursery:
                 async def watch_peer():
@@ -276,6 +284,7 @@ class ControlSession:
                         text = dropped_notice(dropped) + text
                     await self.push(rid, "console", {"text": text, "envid": envid})
         finally:
+            tracer.subscribers.discard(sink)
             hub.unfollow(chan)
         return {"text": ""}
 
