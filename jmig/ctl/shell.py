@@ -160,6 +160,10 @@ class Shell:
                 if not line or line.startswith("#"):
                     continue
                 if line.split()[0] in ("exit", "quit"):
+                    if self.interactive and readline is not None:     # not worth recalling
+                        n = readline.get_current_history_length()
+                        if n:
+                            readline.remove_history_item(n - 1)
                     return 0
                 try:
                     self.execute(line)

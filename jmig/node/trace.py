@@ -26,6 +26,11 @@ TRACE_ITEMS = 32          # pages, entries, faults or requests shown per migrati
 SEQUENCES = (1, 2, 3, 4)  # the original sent a page as four 1 KiB chunks
 
 
+def address(node) -> str:
+    """HOST:P of a node, as the original named machines (by address)."""
+    return f"{node.cfg.host}:{node.cfg.port or node.ports.get('normal', 0)}"
+
+
 def page_lines(verb: str, va: int) -> list[str]:
     return [f"{verb} Page: {va:#010x}, Sequence: {s}" for s in SEQUENCES]
 
@@ -90,7 +95,8 @@ class MigrationTrace:
     def outbound(self, out, kw: dict) -> None:
         if not self.began:
             self.began = True
-            self.emit(f"Migration: From {out.node.name}, To {out.target}, Env ID: {out.envid}")
+            self.emit(f"Migration: From {address(out.node)}, To {out.target}, "
+                      f"Env ID: {out.envid}")
         done = kw.get("done")
         if done is None:
             return
@@ -131,8 +137,9 @@ class MigrationTrace:
                 self.item(page_lines("Recv", vpn << 12))
         self.summary("page table entries" if remote else "pages")
 
-    def arrived(self, inb, node_name: str, envid: int) -> None:
-        self.emit(f"Migration: From {inb.begin.src}, To {node_name}, Env ID: {envid}")
+    def arrived(self, inb, node, envid: int) -> None:
+        host, port = inb.begin.src_addr
+        self.emit(f"Migration: From {host}:{port}, To {address(node)}, Env ID: {envid}")
 
     # -- demand paging (pager, page server) ----------------------------------------------
     def fault(self, envid: int, va: int) -> None:

@@ -433,7 +433,7 @@ class Inbound:
                 k.resume(env.env_id)
             self._arrive(Arrival.RUNNING)
             if self.tracer is not None:
-                self.tracer.arrived(self, node.name, env.env_id)
+                self.tracer.arrived(self, node, env.env_id)
             self.method.started(self, env)
             node.dispatch_events()
             node.poke()
