@@ -143,4 +143,7 @@ def test_stats_and_migration_summaries_read_well(pair):
     r = run(b, "migrate", str(moved), "--to", a.addr, "--method", "precopy", "--max-rounds", "1")
     assert "1 round" in r.stdout and "1 rounds" not in r.stdout
     back = int(re.search(r"New Env: (\d+)", r.stdout).group(1))
+    # A finished pre-copy job (its rounds nested in its result) lists fine.
+    assert js(b, "jobs")[0]["result"]["round_stats"][0]["round"] == 1
+    assert "precopy" in run(b, "jobs").stdout
     run(a, "kill", str(back))
