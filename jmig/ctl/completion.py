@@ -51,7 +51,7 @@ autoload -U +X bashcompinit && bashcompinit
 BASH = r"""# jmigctl completion for bash: `source <(jmigctl completion bash)`
 _jmigctl_nodes() {
     local n
-    for n in ${JMIG_NODES//,/ } $JMIG_NODE; do echo "$n"; done
+    for n in ${JMIG_NODES//,/ } $JMIG_NODE; do echo "$n"; done | sort -u
 }
 _jmigctl() {
     local cur prev cmd sub i node_opt=()
