@@ -860,8 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after N refreshes (default: until Ctrl-C on a terminal, 1 "
                     "otherwise)")
     sp = add("completion", cmd_completion, "print a shell completion script",
-             ["source <(jmigctl completion bash)",
-              "jmigctl completion zsh > ~/.zfunc/_jmigctl"])
+             ["jmigctl completion bash > ~/.local/share/bash-completion/completions/jmigctl",
+              "jmigctl completion zsh > ~/.zfunc/_jmigctl",
+              "source <(jmigctl completion bash)"])
     sp.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
     sp = add("shell", cmd_shell, "an interactive prompt with the original project's commands",
              ["jmigctl shell", "jmigctl --node 127.0.0.3:50001 shell",
