@@ -16,6 +16,7 @@ import structlog
 from .spool import Spool
 
 LEVELS = ("debug", "info", "warning", "error")
+FORMAT = "console"     # set by configure(): "console" or "json"
 DEBUG = False          # set by configure(): per-chunk events cost a call each, so
                        # the hot paths emit them only when someone will see them
 
@@ -27,11 +28,12 @@ def configure(fmt: str | None = None, level: str = "info", stream=None,
               spool: bool = False) -> None:
     """spool: write through a spool thread that never blocks the caller
     (a daemon); close() at exit writes what is left."""
-    global DEBUG, _spool
+    global DEBUG, FORMAT, _spool
     DEBUG = level == "debug"
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
+    FORMAT = fmt
     close()
     out = stream
     if spool:

@@ -12,6 +12,7 @@ back to node 1.  Both consoles are shown as they print, and each claim
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import trio
 
 from ..node import secret as secret_file
 from .client import ControlClient, RemoteError
+from .exits import UsageError
+from .render import plural
 
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)")
 
@@ -143,7 +146,8 @@ class Demo:
         saved = self.counter(n1, 4100)
         self.say("  Process 4100 is paused.")
         res = await self.call(n1, "save", {"envid": 4100, "name": "my_image"})
-        self.say(f"  Save Image Successful: my_image ({res['pages']} pages, {res['bytes']} bytes)")
+        self.say(f"  Save Image Successful: my_image ({plural(res['pages'], 'page')}, "
+                 f"{res['bytes']} bytes)")
         ls = await self.call(n1, "ls")
         self.check(any(i["name"] == "my_image" for i in ls["images"]), "ls shows my_image")
 
@@ -202,7 +206,7 @@ class Demo:
                                               "method": "precopy", "resume": True})
         back = res["new_envid"]
         self.say(f"  Process Migration Finished, New Env {back} is running on node 1")
-        self.say(f"  ({res['rounds']} rounds, downtime {res['downtime_s'] * 1000:.1f} ms, "
+        self.say(f"  ({plural(res['rounds'], 'round')}, downtime {res['downtime_s'] * 1000:.1f} ms, "
                  f"total {res['total_s'] * 1000:.1f} ms)")
         last = self.counter(n2, moved)
         c = await self.wait_counter(n1, back, None)
@@ -211,7 +215,7 @@ class Demo:
         self.say("\nThe walkthrough is complete.")
 
     async def run(self, tmp: Path) -> None:
-        host = "127.0.0.1"
+        host = self.ctx.args.host
         p1 = self.ctx.args.base_port or free_port_block(host, 50001)
         p2 = free_port_block(host, p1 + 10)
         self.secret = secret_file.create(tmp / "secret")
@@ -262,6 +266,16 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def demo(ctx) -> int:
+    try:
+        ipaddress.ip_address(ctx.args.host)
+    except ValueError:
+        raise UsageError(f"--host {ctx.args.host!r} is not an IP address; use a loopback "
+                         "address such as 127.0.0.5") from None
+    try:
+        with socket.socket() as s:
+            s.bind((ctx.args.host, 0))
+    except OSError as exc:
+        raise UsageError(f"cannot use --host {ctx.args.host}: {exc.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="jmig-demo-") as d:
         dm = Demo(ctx, ctx.args.fast)
         try:
@@ -279,5 +293,8 @@ def demo(ctx) -> int:
             return 1
         except RemoteError as exc:
             print(f"jmigctl demo: FAILED: a node refused: {exc.message} [{exc.code}]", file=ctx.err)
+            return 1
+        except OSError as exc:
+            print(f"jmigctl demo: FAILED: {exc.strerror or exc}", file=ctx.err)
             return 1
     return 0

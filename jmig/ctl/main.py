@@ -2,15 +2,22 @@
 
     jmigctl [--node HOST:P] [--secret-file F] COMMAND ...
 
-The node is --node or $JMIG_NODE (default 127.0.0.1:50001); the secret is
---secret-file, $JMIG_SECRET_FILE, or ~/.config/jmig/secret (which a local
-node creates), so a local cluster needs no set-up.
+The node is --node or $JMIG_NODE (default 127.0.0.1:50001); `ps` and `top`
+take several (--nodes A,B or $JMIG_NODES).  The secret is --secret-file,
+$JMIG_SECRET_FILE, or ~/.config/jmig/secret (which a local node creates),
+so a local cluster needs no set-up.
+
+Every command takes --json: its result as JSON on stdout, and a failure as
+{"error": {"code": CODE, "message": TEXT}}.  Tables on a terminal are
+rich's; piped, they are plain text, one row per line, columns in a fixed
+order (-o wide adds some, -o json is --json).
 
 Exit codes: 0 ok; 1 the node refused or the operation failed; 2 bad
-command line; 3 the node cannot be reached; 4 authentication failed (wrong
-secret, or a secret file others can read); 5 protocol error (incompatible
-or garbled peer); 6 the node is busy (too many unauthenticated
-connections: try again).
+command line; 3 a node cannot be reached (or went away); 4 authentication
+failed (wrong secret, or a secret file others can read); 5 protocol error
+(incompatible or garbled peer); 6 the node is busy (too many
+unauthenticated connections: try again).  Output cut short because the
+reader closed the pipe (`jmigctl ps | head -1`) is not a failure.
 """
 from __future__ import annotations
 
@@ -20,22 +27,28 @@ import inspect
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import trio
 from rich.console import Console
 
 import jmig
+from ..errors import Error
 from ..node.secret import SecretError, read_secret, resolve_path
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
-from ..proto.wire import ConnectionClosed
+from ..proto.wire import ConnectionClosed, parse_node
 from . import render
-from .client import DEFAULT_NODE, ControlClient, RemoteError, parse_node
+from .client import DEFAULT_NODE, ControlClient, RemoteError
+from .exits import (EXIT_AUTH, EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, EXIT_TEXT,
+                    EXIT_UNREACHABLE, EXIT_USAGE, CtlError, Unreachable, UsageError)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_PROTOCOL, EXIT_BUSY = range(7)
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNREACHABLE",
+           "EXIT_AUTH", "EXIT_PROTOCOL", "EXIT_BUSY", "UsageError", "CtlError"]
+
 MAX_UPLOAD = 8 << 20
-
+MAX_PREFETCH = 64
 
 # What to do about a refusal, where the node's message does not say.
 REFUSAL_HINTS = {
@@ -43,10 +56,6 @@ REFUSAL_HINTS = {
     "no-such-image": "`jmigctl ls` lists the node's images",
     "bad-elf": "spawn takes a 32-bit JOS ELF executable (see examples/user)",
 }
-
-
-class UsageError(Exception):
-    pass
 
 
 def parse_env(text: str) -> int:
@@ -60,22 +69,104 @@ def parse_env(text: str) -> int:
     return v
 
 
+def node_address(text: str) -> str:
+    """A node as HOST:P, checked (argparse type)."""
+    try:
+        parse_node(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(_bad_node(text)) from None
+    return text
+
+
+def _bad_node(text: str) -> str:
+    hint = ""
+    if text and ":" not in text:
+        hint = f" (add the base port: {text}:50001)"
+    return f"bad node address {text!r}: use HOST:PORT with PORT 1..65532, e.g. 127.0.0.1:50001{hint}"
+
+
+def int_range(lo: int, hi: int, what: str = "a number"):
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range ({lo}..{hi})")
+        return v
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0.1 .. 3600 seconds)")
+    return v
+
+
 class Ctx:
     """What every command gets: where to connect, how to print."""
 
-    def __init__(self, args, environ, out, err):
+    def __init__(self, args, environ, out, err, prog: str = "jmigctl"):
         self.args = args
         self.environ = environ
         self.out = out
         self.err = err
+        self.prog = prog                    # "jmigctl", or "" inside the shell
         self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.errconsole = Console(file=err, highlight=False, soft_wrap=True)
-        self.json = getattr(args, "json", False)
         self.job_id: str | None = None      # the job a command started, once the node names it
 
     @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False) or getattr(self.args, "output", None) == "json")
+
+    @property
+    def wide(self) -> bool:
+        return getattr(self.args, "output", None) == "wide"
+
+    @property
     def node(self) -> str:
-        return self.args.node or self.environ.get("JMIG_NODE") or DEFAULT_NODE
+        if self.args.node:
+            return self.args.node
+        env = self.environ.get("JMIG_NODE")
+        if env:
+            try:
+                parse_node(env)
+            except ValueError:
+                raise UsageError(f"$JMIG_NODE: {_bad_node(env)}") from None
+            return env
+        return DEFAULT_NODE
+
+    def nodes(self) -> list[str]:
+        """The nodes of a cluster-wide command: --nodes, else --node, else
+        $JMIG_NODES, else $JMIG_NODE (or the default)."""
+        given = getattr(self.args, "nodes", None)
+        source = "--nodes"
+        if not given and not self.args.node and self.environ.get("JMIG_NODES"):
+            given, source = self.environ["JMIG_NODES"], "$JMIG_NODES"
+        if not given:
+            return [self.node]
+        out = []
+        for n in given.replace(" ", ",").split(","):
+            if not n:
+                continue
+            try:
+                parse_node(n)
+            except ValueError:
+                raise UsageError(f"{source}: {_bad_node(n)}") from None
+            if n not in out:
+                out.append(n)
+        if not out:
+            raise UsageError(f"{source} names no node: use e.g. 127.0.0.2:50001,127.0.0.3:50001")
+        return out
+
+    def cmd(self, text: str) -> str:
+        """How to write a command in hints: `jmigctl ps`, or `ps` in the shell."""
+        return f"`{self.prog} {text}`" if self.prog else f"`{text}`"
 
     def secret(self) -> bytes:
         path, _ = resolve_path(self.args.secret_file, self.environ)
@@ -89,6 +180,10 @@ class Ctx:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def note(self, text: str) -> None:
+        """A line for people that is not the command's output (stderr)."""
+        print(text, file=self.err, flush=True)
+
     def emit(self, data) -> None:
         print(json.dumps(data, indent=2, sort_keys=True), file=self.out, flush=True)
 
@@ -96,33 +191,92 @@ class Ctx:
         async with await ControlClient.open(node or self.node, self.secret()) as c:
             return await c.request(op, args, on_push)
 
-    async def job(self, op: str, args: dict, label: str):
-        """Start a job (migrate, save, load) and watch it with a progress bar;
-        its result.  The job's id is kept, so that an interrupted watch can
-        say how to pick it up again."""
+    def show_trace(self, lines) -> None:
+        for line in lines:
+            if self.json:
+                self.note(line)
+            else:
+                self.say(line)
+
+    async def job(self, op: str, args: dict, label: str, trace: bool = False):
+        """Start a job (migrate, save, load) and watch it with a progress bar
+        (or its trace lines); its result.  The job's id is kept, so that an
+        interrupted watch can say how to pick it up again."""
         def on_push(kind, data):
             if kind == "job" and isinstance(data, dict):
                 self.job_id = data.get("id")
+            elif kind == "trace" and isinstance(data, dict):
+                self.show_trace(data.get("lines") or [])
             bar.update(kind, data)
-        with render.ProgressBar(self.errconsole, label) as bar:
-            return await self.call(op, args, on_push=on_push)
+        with render.ProgressBar(None if trace else self.errconsole, label) as bar:
+            return await self.call(op, {**args, "trace": True} if trace else args,
+                                   on_push=on_push)
 
 
-# -- commands ------------------------------------------------------------------------
+# -- processes -------------------------------------------------------------------------
+
+def env_row(e: dict, node: str | None = None) -> dict:
+    """One env as jmigctl shows it (JSON): the node's fields, with
+    `program` (its program's name) and, cluster-wide, `node`."""
+    row = dict(e)
+    row["program"] = e.get("program") or e.get("name") or ""
+    if node is not None:
+        row["node"] = node
+    return row
+
+
+def env_cells(e: dict, wide: bool) -> list:
+    pages = e["pages"] if not e.get("remote_pages") else f"{e['pages']} ({e['remote_pages']} remote)"
+    cells = [e["envid"], f"{e['envid']:08x}", e["parent"], e["status"], e["program"] or "-",
+             pages, e["runs"]]
+    if wide:
+        cells += [e.get("cpu", "-"), f"{e['eip']:08x}" if isinstance(e.get("eip"), int) else "-"]
+    return cells + [e["state"] or "-"]
+
+
+ENV_COLUMNS = ["ENV", "ID", "PARENT", "STATUS", "PROGRAM", "PAGES", "RUNS"]
+WIDE_COLUMNS = ["CPU", "EIP"]
+
+
+async def gather_ps(ctx: Ctx, nodes: list[str]) -> tuple[list[dict], list[tuple[str, CtlError]]]:
+    """ps of every node at once: (rows with `node`, [(node, error)])."""
+    results: dict[str, list] = {}
+    errors: list[tuple[str, CtlError]] = []
+
+    async def one(n):
+        try:
+            res = await ctx.call("ps", node=n)
+            results[n] = [env_row(e, n) for e in res["envs"]]
+        except Exception as exc:                    # reported per node, the others shown
+            errors.append((n, classify(exc, ctx, n)))
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            nursery.start_soon(one, n)
+    return [r for n in nodes for r in results.get(n, [])], errors
+
 
 async def cmd_ps(ctx: Ctx):
-    res = await ctx.call("ps")
-    envs = res["envs"]
-    if ctx.json:
-        return ctx.emit(envs)
-    if ctx.args.quiet:
-        for e in envs:
-            ctx.say(str(e["envid"]))
-        return
-    render.table(ctx.console, ["ENV", "ID", "PARENT", "STATUS", "PROGRAM", "PAGES", "RUNS", "STATE"],
-                 [[e["envid"], f"{e['envid']:08x}", e["parent"], e["status"], e["name"],
-                   e["pages"] if not e["remote_pages"] else f"{e['pages']} ({e['remote_pages']} remote)",
-                   e["runs"], e["state"]] for e in envs])
+    nodes = ctx.nodes()
+    multi = len(nodes) > 1 or bool(getattr(ctx.args, "nodes", None))
+    rows, errors = await gather_ps(ctx, nodes)
+    if errors and not multi:
+        raise errors[0][1]
+    if not ctx.json:
+        for n, err in errors:
+            ctx.note(f"jmigctl: {n}: {err.message}")
+    if ctx.json:         # the rows, and an {node, error} for each node that failed
+        ctx.emit(rows + [{"node": n, "error": {"code": err.code, "message": err.message}}
+                         for n, err in errors])
+    elif ctx.args.quiet:
+        for e in rows:
+            ctx.say(f"{e['node']} {e['envid']}" if multi else str(e["envid"]))
+    else:
+        cols = (["NODE"] if multi else []) + ENV_COLUMNS + (WIDE_COLUMNS if ctx.wide else []) \
+            + ["STATE"]
+        render.table(ctx.console, cols, [([e["node"]] if multi else []) + env_cells(e, ctx.wide)
+                                         for e in rows])
+    if errors:
+        return max(err.exit for _, err in errors)
 
 
 async def cmd_spawn(ctx: Ctx):
@@ -139,23 +293,27 @@ async def cmd_spawn(ctx: Ctx):
         args["program"] = (path.name[:-4] if path.name.endswith(".elf") else path.name)[:64] or "elf"
     res = await ctx.call("spawn", args)
     if ctx.json:
-        return ctx.emit(res)
+        return ctx.emit({"new_envid": res["envid"], "program": res.get("program", args["program"])})
     ctx.say(f"New Env Created: {res['envid']}")
 
 
+async def _simple(ctx: Ctx, op: str, word: str):
+    res = await ctx.call(op, {"envid": ctx.args.env})
+    if ctx.json:
+        return ctx.emit({"envid": ctx.args.env, **(res or {})})
+    ctx.say(f"Process {ctx.args.env} is {word}.")
+
+
 async def cmd_pause(ctx: Ctx):
-    await ctx.call("pause", {"envid": ctx.args.env})
-    ctx.say(f"Process {ctx.args.env} is paused.")
+    await _simple(ctx, "pause", "paused")
 
 
 async def cmd_resume(ctx: Ctx):
-    await ctx.call("resume", {"envid": ctx.args.env})
-    ctx.say(f"Process {ctx.args.env} is resumed.")
+    await _simple(ctx, "resume", "resumed")
 
 
 async def cmd_kill(ctx: Ctx):
-    await ctx.call("kill", {"envid": ctx.args.env})
-    ctx.say(f"Process {ctx.args.env} is killed.")
+    await _simple(ctx, "kill", "killed")
 
 
 async def cmd_copy(ctx: Ctx):
@@ -163,18 +321,21 @@ async def cmd_copy(ctx: Ctx):
         ctx.say(f"Copying from Env: {ctx.args.env}")
     res = await ctx.call("copy", {"envid": ctx.args.env})
     if ctx.json:
-        return ctx.emit(res)
+        return ctx.emit({"envid": res["envid"], "new_envid": res["new_envid"]})
     ctx.say(f"New Env Created: {res['new_envid']}")
 
 
 async def cmd_ls(ctx: Ctx):
     res = await ctx.call("ls")
+    items = [{"name": i["name"], "kind": "image", "size": i["size"]} for i in res["images"]]
+    items += [{"name": p["name"], "kind": "program", "size": p["size"]} for p in res["programs"]]
+    items += [{"name": n, "kind": "bundled", "size": None} for n in res["bundled"]]
     if ctx.json:
         return ctx.emit(res)
-    rows = [[i["name"], "image", render.size(i["size"])] for i in res["images"]]
-    rows += [[p["name"], "program", render.size(p["size"])] for p in res["programs"]]
-    rows += [[n, "program (bundled)", ""] for n in res["bundled"]]
-    render.table(ctx.console, ["NAME", "KIND", "SIZE"], rows)
+    kinds = {"image": "image", "program": "program (uploaded)", "bundled": "program (bundled)"}
+    render.table(ctx.console, ["NAME", "KIND", "SIZE"],
+                 [[i["name"], kinds[i["kind"]], render.size(i["size"]) if i["size"] is not None
+                   else "-"] for i in items])
 
 
 async def cmd_info(ctx: Ctx):
@@ -208,13 +369,34 @@ async def cmd_console(ctx: Ctx):
     a = ctx.args
 
     def show(kind, data):
-        if kind == "console":
+        if kind != "console" or not isinstance(data, dict):
+            return
+        if ctx.json:      # one JSON object per line while following
+            print(json.dumps({"envid": data.get("envid", 0), "text": data.get("text", "")}),
+                  file=ctx.out, flush=True)
+        else:
             ctx.out.write(data.get("text", ""))
             ctx.out.flush()
-    res = await ctx.call("console", {"follow": a.follow, "lines": a.lines}, on_push=show)
+    try:
+        res = await ctx.call("console", {"follow": a.follow, "lines": a.lines}, on_push=show)
+    except ConnectionClosed:
+        if a.follow:
+            raise Unreachable(f"{ctx.node} closed the connection (the node stopped?); "
+                              "no more console output") from None
+        raise
     if not a.follow:
+        if ctx.json:
+            return ctx.emit({"text": res["text"]})
         ctx.out.write(res["text"])
         ctx.out.flush()
+
+
+def _stat_value(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
 
 
 async def cmd_stats(ctx: Ctx):
@@ -222,14 +404,13 @@ async def cmd_stats(ctx: Ctx):
     if ctx.json:
         return ctx.emit(res)
     info = res["info"]
-    ctx.say(f"{info['name']}: {info['envs']} envs, {info['instructions']} instructions, "
-            f"{info['connections']} connections, {info['refused']} refused")
+    ctx.say(f"{info['name']}: {render.plural(info['envs'], 'env')}, "
+            f"{info['instructions']} instructions, "
+            f"{render.plural(info['connections'], 'connection')}, {info['refused']} refused")
     pager = dict(res.get("pager", {}))
     migrations = pager.pop("migrations_in", [])
     for k, v in sorted(pager.items()):
-        if isinstance(v, float):
-            v = f"{v:.3f}"
-        ctx.say(f"  {k:24} {v}")
+        ctx.say(f"  {k:24} {_stat_value(v)}")
     if migrations:
         render.table(ctx.console, ["ENV", "FROM", "STATE", "FAULTS", "FETCHED", "PUSHED",
                                    "RELEASED AFTER"],
@@ -238,15 +419,17 @@ async def cmd_stats(ctx: Ctx):
                      title="demand-paging migrations received")
 
 
+# -- jobs: save, load, migrate ----------------------------------------------------------
+
 async def cmd_save(ctx: Ctx):
     a = ctx.args
     args = {"envid": a.env, "name": a.name, "force": a.force, "pause": a.pause}
     if a.detach:
         return show_detached(ctx, await ctx.call("save", {**args, "detach": True}))
-    res = await ctx.job("save", args, f"save {a.env}")
+    res = await ctx.job("save", args, f"save {a.env}", trace=a.trace)
     if ctx.json:
-        return ctx.emit(res)
-    ctx.say(f"Save Image Successful: {a.name} ({res['pages']} pages, "
+        return ctx.emit(job_result(res))
+    ctx.say(f"Save Image Successful: {a.name} ({render.plural(res['pages'], 'page')}, "
             f"{render.size(res['bytes'])}, {res['mib_per_s']:.1f} MiB/s)")
 
 
@@ -255,39 +438,77 @@ async def cmd_load(ctx: Ctx):
     args = {"name": a.name, "resume": a.resume}
     if a.detach:
         return show_detached(ctx, await ctx.call("load", {**args, "detach": True}))
-    res = await ctx.job("load", args, f"load {a.name}")
+    res = await ctx.job("load", args, f"load {a.name}", trace=a.trace)
     if ctx.json:
-        return ctx.emit(res)
+        return ctx.emit(job_result(res))
     if a.resume:
-        ctx.say(f"Load Image Successful, New Env {res['envid']} is running.")
+        ctx.say(f"Load Image Successful, New Env {res['new_envid']} is running.")
     else:
-        ctx.say(f"Load Image Successful, You can resume New Env: {res['envid']}")
+        ctx.say(f"Load Image Successful, You can resume New Env: {res['new_envid']}")
+
+
+def job_result(res: dict) -> dict:
+    """A job's result with jmigctl's field names: envid is the env the job
+    acted on (none for a load), new_envid the one it created."""
+    out = dict(res)
+    if "image" in out and "to" not in out and out.get("new_envid") is not None:
+        out.pop("envid", None)                # a load: it created new_envid, acted on none
+    return out
+
+
+# Options of migrate that belong to some methods only: (dest, flag, default, methods).
+METHOD_OPTIONS = (
+    ("keep", "--keep", False, ("normal", "precopy")),
+    ("push", "--push/--no-push", None, ("pgfault", "precopy+pgfault")),
+    ("prefetch", "--prefetch", None, ("pgfault", "precopy+pgfault")),
+    ("page_server", "--page-server", None, ("pgfault", "precopy+pgfault")),
+    ("max_rounds", "--max-rounds", None, ("precopy", "precopy+pgfault")),
+    ("downtime_limit", "--downtime-limit", None, ("precopy", "precopy+pgfault")),
+    ("then", "--then", None, ("precopy", "precopy+pgfault")),
+)
+
+
+def check_method_options(a) -> str:
+    """The migration's kind (normal, pgfault, precopy or precopy+pgfault);
+    UsageError naming every option that does not apply to it."""
+    kind = a.method + ("+pgfault" if a.method == "precopy" and a.then == "pgfault" else "")
+    bad = [flag for dest, flag, default, kinds in METHOD_OPTIONS
+           if getattr(a, dest) != default and kind not in kinds]
+    if bad:
+        why = {"normal": "a normal migration", "pgfault": "a pgfault migration",
+               "precopy": "a precopy migration without --then pgfault",
+               "precopy+pgfault": "--then pgfault (the origin keeps the pages until they "
+                                  "have all moved)"}[kind]
+        raise UsageError(f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
+                         f"{why}; see `jmigctl migrate -h` for what each method takes")
+    return kind
 
 
 def _migrate_args(a) -> dict:
+    kind = check_method_options(a)
     args = {"envid": a.env, "to": a.to, "method": a.method, "keep": a.keep, "resume": a.resume}
     if a.timeout is not None:
         args["timeout"] = a.timeout
-    if a.method == "pgfault" or a.then == "pgfault":
-        args["push"] = a.push
-        args["prefetch"] = a.prefetch
+    if kind in ("pgfault", "precopy+pgfault"):
+        args["push"] = True if a.push is None else a.push
+        args["prefetch"] = a.prefetch or 0
+        if a.page_server:
+            args["page_server"] = a.page_server
     if a.method == "precopy":
-        args.update({"max_rounds": a.max_rounds, "downtime_limit_ms": a.downtime_limit,
+        args.update({"max_rounds": 8 if a.max_rounds is None else a.max_rounds,
+                     "downtime_limit_ms": 50 if a.downtime_limit is None else a.downtime_limit,
                      "then": a.then or "stop"})
     return args
 
 
 async def cmd_migrate(ctx: Ctx):
     a = ctx.args
-    try:
-        parse_node(a.to)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    args = _migrate_args(a)
     if a.detach:
-        return show_detached(ctx, await ctx.call("migrate", {**_migrate_args(a), "detach": True}))
-    res = await ctx.job("migrate", _migrate_args(a), f"migrate {a.env}")
+        return show_detached(ctx, await ctx.call("migrate", {**args, "detach": True}))
+    res = await ctx.job("migrate", args, f"migrate {a.env}", trace=a.trace)
     if ctx.json:
-        return ctx.emit(res)
+        return ctx.emit(job_result(res))
     show_migration(ctx, res, a.to)
 
 
@@ -296,33 +517,36 @@ def show_detached(ctx: Ctx, job: dict) -> None:
         return ctx.emit(job)
     what = f"{job['kind']} of env {job['envid']}" if job.get("envid") else job["kind"]
     ctx.say(f"Job {job['id']} started: {what} ({job['target']}); "
-            f"`jmigctl jobs watch {job['id']}` follows it")
+            f"{ctx.cmd('jobs watch ' + job['id'])} follows it")
 
 
 async def cmd_jobs(ctx: Ctx):
     a = ctx.args
     if a.action == "watch":
         if not a.id:
-            raise UsageError("jobs watch needs a job id (`jmigctl jobs` lists them)")
+            raise UsageError(f"jobs watch needs a job id ({ctx.cmd('jobs')} lists them)")
         ctx.job_id = a.id
+
         def on_push(kind, data):
+            if kind == "trace" and isinstance(data, dict):
+                ctx.show_trace(data.get("lines") or [])
             bar.update(kind, data)
         with render.ProgressBar(ctx.errconsole, f"job {a.id}") as bar:
             res = await ctx.call("watch", {"job": a.id}, on_push=on_push)
         if ctx.json:
-            return ctx.emit(res)
+            return ctx.emit(job_result(res))
         ctx.say(f"Job {a.id} finished: " + ", ".join(
             f"{k} {v}" for k, v in res.items() if k in ("envid", "new_envid", "image", "to")))
         return
-    if a.action is not None:
+    if a.action is not None or a.id is not None:
         raise UsageError(f"unknown jobs action {a.action!r}: use `jobs` or `jobs watch ID`")
     jobs = (await ctx.call("jobs"))["jobs"]
     if ctx.json:
         return ctx.emit(jobs)
     render.table(ctx.console, ["JOB", "KIND", "ENV", "TARGET", "METHOD", "STATE", "PROGRESS"],
                  [[j["id"], j["kind"], j["envid"] or "-", j["target"], j["method"] or "-",
-                   j["state"] if not j.get("error") else f"{j['state']}: {j['error']['message']}",
-                   _progress_text(j)] for j in jobs])
+                   j["state"], _progress_text(j) if not j.get("error")
+                   else j["error"]["message"]] for j in jobs])
 
 
 def _progress_text(j: dict) -> str:
@@ -346,19 +570,28 @@ async def cmd_cancel(ctx: Ctx):
 
 
 def show_migration(ctx: Ctx, res: dict, to: str) -> None:
+    ctx.say(f"You have successfully moved Env {res['envid']} to {to}.")
     if res.get("resumed"):
         ctx.say(f"Process Migration Finished, New Env {res['new_envid']} is running on {to}.")
     else:
         ctx.say(f"Process Migration Finished, You can resume New Env: {res['new_envid']}")
-    parts = [f"method {res['method']}", f"{res['pages']} pages", render.size(res["bytes"]),
-             f"total {render.duration(res['total_s'])}"]
+    method = res["method"]
+    parts = [f"method {method}"]
+    if method == "pgfault":
+        parts.append(f"{render.plural(res['pages'], 'page table entry')} "
+                     f"({render.size(res['bytes'])}); the pages follow on demand")
+    else:
+        parts += [render.plural(res["pages"], "page"), render.size(res["bytes"])]
+    parts.append(f"total {render.duration(res['total_s'])}")
     if res.get("downtime_s") is not None:
         parts.append(f"downtime {render.duration(res['downtime_s'])}")
-    if res.get("mib_per_s"):
+    if res.get("mib_per_s") and method != "pgfault" and res["bytes"] >= 1 << 20:
         parts.append(f"{res['mib_per_s']:.1f} MiB/s")
     if res.get("rounds") is not None:
-        parts.append(f"{res['rounds']} rounds")
-    ctx.say("  " + ", ".join(parts))
+        parts.append(render.plural(res["rounds"], "round"))
+    if res.get("postcopy_pages"):
+        parts.append(f"{render.plural(res['postcopy_pages'], 'page')} left to demand paging")
+    ctx.say("  " + ", ".join(parts).replace("page table entrys", "page table entries"))
 
 
 async def cmd_recover(ctx: Ctx):
@@ -369,11 +602,12 @@ async def cmd_recover(ctx: Ctx):
     ctx.say(f"Env {ctx.args.env}: {found}{res['outcome']}")
 
 
+# -- the rest ---------------------------------------------------------------------------
+
 def cmd_image(ctx: Ctx):
-    from .image import inspect, verify
-    if ctx.args.image_cmd == "inspect":
-        return inspect(ctx)
-    return verify(ctx)
+    from .image import COMMANDS
+    fn = COMMANDS[ctx.args.image_cmd]
+    return trio.run(fn, ctx) if inspect.iscoroutinefunction(fn) else fn(ctx)
 
 
 def cmd_run(ctx: Ctx):
@@ -391,165 +625,403 @@ def cmd_demo(ctx: Ctx):
     return demo(ctx)
 
 
+def cmd_top(ctx: Ctx):
+    from .top import top
+    return top(ctx)
+
+
+def cmd_completion(ctx: Ctx):
+    from .completion import script
+    ctx.out.write(script(ctx.args.shell, build_parser()))
+    ctx.out.flush()
+
+
 # -- the parser ----------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jmigctl", description="Drive jmig nodes: processes, "
-                                "images and migration.", epilog="Exit codes: 0 ok, 1 refused "
-                                "or failed, 2 usage, 3 unreachable, 4 authentication, 5 protocol, "
-                                "6 node busy.")
-    p.add_argument("--node", help=f"node HOST:P (default $JMIG_NODE or {DEFAULT_NODE})")
-    p.add_argument("--secret-file", help="cluster secret (default $JMIG_SECRET_FILE or "
-                   "~/.config/jmig/secret)")
-    p.add_argument("--version", action="version", version=f"jmigctl {jmig.__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so that errors
+    follow --json and the shell goes on."""
 
-    def add(name, fn, help, json_flag=True):
-        sp = sub.add_parser(name, help=help, description=help)
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)      # `ps --node X` must not mean --nodes
+        super().__init__(*args, **kw)
+
+    def error(self, message: str):
+        exc = UsageError(f"{message} (`{self.prog} -h` for help)")
+        exc.usage = self.format_usage().rstrip()
+        raise exc
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="jmigctl", description="Drive jmig nodes: processes, images and "
+               "migration.", formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=_examples("jmigctl --node 127.0.0.2:50001 ps",
+                                "jmigctl migrate 4100 --to 127.0.0.3:50001 --method pgfault",
+                                "jmigctl ps --nodes 127.0.0.2:50001,127.0.0.3:50001 -o wide",
+                                "jmigctl shell")
+               + f"\n\nexit codes: {EXIT_TEXT}")
+    p.add_argument("--node", type=node_address, metavar="HOST:P",
+                   help=f"the node to talk to (default $JMIG_NODE or {DEFAULT_NODE})")
+    p.add_argument("--secret-file", metavar="FILE", help="cluster secret (default "
+                   "$JMIG_SECRET_FILE or ~/.config/jmig/secret)")
+    p.add_argument("--version", action="version", version=f"jmigctl {jmig.__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+
+    def add(name, fn, help, examples, output=False):
+        sp = sub.add_parser(name, help=help, description=help,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=_examples(*examples) + f"\n\nexit codes: {EXIT_TEXT}")
         sp.set_defaults(fn=fn)
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print JSON")
+        sp.add_argument("--json", action="store_true",
+                        help="print the result (or the error) as JSON")
+        _connection_options(sp)
+        if output:
+            sp.add_argument("-o", "--output", choices=("table", "wide", "json"),
+                            default="table", help="table (default), wide: more columns, "
+                            "json: as --json")
         return sp
 
-    sp = add("ps", cmd_ps, "list envs")
+    def env_arg(sp, help="the env: decimal (4100) or hex (0x1004)"):
+        sp.add_argument("env", type=parse_env, metavar="ENV", help=help)
+
+    sp = add("ps", cmd_ps, "list envs (of several nodes with --nodes or $JMIG_NODES)",
+             ["jmigctl ps", "jmigctl ps -q", "jmigctl ps | awk '$5 == \"loop\" {print $1}'",
+              "jmigctl ps --nodes 127.0.0.2:50001,127.0.0.3:50001",
+              "JMIG_NODES=127.0.0.2:50001,127.0.0.3:50001 jmigctl ps --json"], output=True)
     sp.add_argument("-q", "--quiet", action="store_true", help="print env ids only")
+    sp.add_argument("--nodes", metavar="A,B,...", help="nodes HOST:P to list, comma-separated, "
+                    "with a NODE column (default $JMIG_NODES when --node is not given)")
     sp = add("spawn", cmd_spawn, "start a program (bundled, on the node's disk, or a local "
-             "ELF); options go before PROGRAM, everything after it is the program's")
-    sp.add_argument("program")
-    sp.add_argument("args", nargs=argparse.REMAINDER)
+             "ELF, which is uploaded and kept on the node's disk); options go before PROGRAM, "
+             "everything after it is the program's",
+             ["jmigctl spawn loop", "jmigctl spawn --paused memtest 256 32",
+              "jmigctl spawn ./examples/user/hello.elf"])
     sp.add_argument("--paused", action="store_true", help="create it paused")
-    for name, fn, h in (("pause", cmd_pause, "pause an env"), ("resume", cmd_resume, "resume an env"),
+    sp.add_argument("program", metavar="PROGRAM", help="a program name (`jmigctl ls`) or a "
+                    "path to a JOS ELF")
+    sp.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                    help="the program's arguments")
+    for name, fn, h in (("pause", cmd_pause, "pause an env"),
+                        ("resume", cmd_resume, "resume an env"),
                         ("kill", cmd_kill, "kill an env")):
-        sp = add(name, fn, h, json_flag=False)
-        sp.add_argument("env", type=parse_env)
-    sp = add("copy", cmd_copy, "clone an env (the copy starts paused)")
-    sp.add_argument("env", type=parse_env)
-    add("ls", cmd_ls, "programs and images on the node's disk")
-    add("info", cmd_info, "the node: name, ports, memory, envs, uptime")
-    sp = add("vmmap", cmd_vmmap, "an env's mapped memory")
-    sp.add_argument("env", type=parse_env)
-    sp = add("console", cmd_console, "show the node's console", json_flag=False)
-    sp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
-    sp.add_argument("--lines", type=int, default=200, help="recent chunks to show first")
-    add("stats", cmd_stats, "node and pager statistics")
-    sp = add("save", cmd_save, "save a paused env to an image on the node's disk")
-    sp.add_argument("env", type=parse_env)
-    sp.add_argument("name")
+        sp = add(name, fn, h, [f"jmigctl {name} 4100", f"jmigctl {name} 0x1004"])
+        env_arg(sp)
+    sp = add("copy", cmd_copy, "clone an env (the copy starts paused)",
+             ["jmigctl copy 4100", "jmigctl copy --json 4100"])
+    env_arg(sp)
+    add("ls", cmd_ls, "images, uploaded programs and bundled programs on the node",
+        ["jmigctl ls", "jmigctl ls --json"], output=True)
+    add("info", cmd_info, "the node: name, ports, memory, envs, uptime",
+        ["jmigctl info", "jmigctl --node 127.0.0.3:50001 info --json"])
+    sp = add("vmmap", cmd_vmmap, "an env's mapped memory", ["jmigctl vmmap 4100"], output=True)
+    env_arg(sp)
+    sp = add("console", cmd_console, "show the node's console (what its programs printed)",
+             ["jmigctl console", "jmigctl console -f", "jmigctl console --json --lines 10"])
+    sp.add_argument("-f", "--follow", action="store_true",
+                    help="keep printing new output (--json: one object per line); exits 3 "
+                    "when the node goes away")
+    sp.add_argument("--lines", type=int_range(0, 4096), default=200, metavar="N",
+                    help="recent output chunks to show first (default 200)")
+    add("stats", cmd_stats, "node and pager statistics", ["jmigctl stats", "jmigctl stats --json"])
+
+    sp = add("save", cmd_save, "save a paused env to an image on the node's disk (a job)",
+             ["jmigctl save 4100 my_image", "jmigctl save --pause --force 4100 my_image",
+              "jmigctl save --trace 4100 my_image"])
+    env_arg(sp)
+    sp.add_argument("name", metavar="NAME", help="the image's name (letters, digits, . _ -)")
     sp.add_argument("--force", action="store_true", help="replace an existing image")
     sp.add_argument("--pause", action="store_true", help="pause a running env for the save")
-    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
-    sp = add("load", cmd_load, "restore an image as a new paused env")
-    sp.add_argument("name")
+    _job_options(sp)
+    sp = add("load", cmd_load, "restore an image as a new paused env (a job)",
+             ["jmigctl load my_image", "jmigctl load --resume my_image"])
+    sp.add_argument("name", metavar="NAME", help="the image (`jmigctl ls` lists them)")
     sp.add_argument("--resume", action="store_true", help="resume it at once")
-    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
+    _job_options(sp)
+
     sp = add("migrate", cmd_migrate, "move an env to another node (a job of this node: "
-             "Ctrl-C stops watching it, not the job)")
-    sp.add_argument("env", type=parse_env)
-    sp.add_argument("--to", required=True, metavar="HOST:P", help="destination node")
-    sp.add_argument("--method", choices=("normal", "pgfault", "precopy"), default="normal")
-    sp.add_argument("--keep", action="store_true", help="keep the source copy, paused")
+             "Ctrl-C stops watching it, not the job)",
+             ["jmigctl migrate 4100 --to 127.0.0.3:50001",
+              "jmigctl migrate 4100 --to 127.0.0.3:50001 --method pgfault --prefetch 4",
+              "jmigctl migrate 4100 --to 127.0.0.3:50001 --method precopy --then pgfault",
+              "jmigctl migrate 4100 --to 127.0.0.3:50001 --trace",
+              "jmigctl migrate 4100 --to 127.0.0.3:50001 --detach"])
+    env_arg(sp)
+    sp.add_argument("--to", required=True, type=node_address, metavar="HOST:P",
+                    help="the destination node (its base port P)")
+    sp.add_argument("--method", choices=("normal", "pgfault", "precopy"), default="normal",
+                    help="normal: copy every page, then run there (default); pgfault: send "
+                    "the page table only, pages follow on demand; precopy: copy while it runs")
+    sp.add_argument("--keep", action="store_true",
+                    help="normal, precopy: keep the source copy, paused")
     sp.add_argument("--resume", action="store_true", help="resume it on the destination")
-    sp.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
+    sp.add_argument("--push", action=argparse.BooleanOptionalAction, default=None,
                     help="pgfault: push the remaining pages in the background (default on)")
-    sp.add_argument("--prefetch", type=int, default=0, metavar="N",
-                    help="pgfault: also send the next N pages with each fault")
-    sp.add_argument("--max-rounds", type=int, default=8, help="precopy: most copy rounds")
-    sp.add_argument("--downtime-limit", type=int, default=50, metavar="MS",
-                    help="precopy: stop when the rest can be sent within MS")
-    sp.add_argument("--then", choices=("pgfault",), help="precopy: finish by demand paging")
-    sp.add_argument("--detach", action="store_true", help="start the job and return at once")
-    sp.add_argument("--timeout", type=float, metavar="S",
+    sp.add_argument("--prefetch", type=int_range(0, MAX_PREFETCH), metavar="N",
+                    help=f"pgfault: also send the next N pages with each fault (0..{MAX_PREFETCH})")
+    sp.add_argument("--page-server", metavar="HOST", help="pgfault: the address the "
+                    "destination reaches this node's page server at (default: the address "
+                    "this node connects from)")
+    sp.add_argument("--max-rounds", type=int_range(1, 1000), metavar="N",
+                    help="precopy: most copy rounds (1..1000, default 8)")
+    sp.add_argument("--downtime-limit", type=int_range(0, 3_600_000), metavar="MS",
+                    help="precopy: stop when the rest can be sent within MS (default 50)")
+    sp.add_argument("--then", choices=("pgfault",),
+                    help="precopy: leave the last dirty pages to demand paging")
+    _job_options(sp)
+    sp.add_argument("--timeout", type=seconds, metavar="S",
                     help="give up (and roll back) after S seconds without progress (default 10)")
-    sp = add("jobs", cmd_jobs, "migrate, save and load jobs: in flight and the last finished")
+
+    sp = add("jobs", cmd_jobs, "migrate, save and load jobs: in flight and the last finished",
+             ["jmigctl jobs", "jmigctl jobs watch 3fa2c1", "jmigctl jobs --json"], output=True)
     sp.add_argument("action", nargs="?", choices=("watch",), help="watch: follow one job")
-    sp.add_argument("id", nargs="?", help="the job to watch")
-    sp = add("cancel", cmd_cancel, "stop a job before its commit; the env stays as it was")
-    sp.add_argument("id", help="the job (`jmigctl jobs` lists them)")
-    sp = add("recover", cmd_recover, "settle an env left by a failed migration")
-    sp.add_argument("env", type=parse_env)
+    sp.add_argument("id", nargs="?", metavar="ID", help="the job to watch")
+    sp = add("cancel", cmd_cancel, "stop a job before its commit; the env stays as it was",
+             ["jmigctl cancel 3fa2c1"])
+    sp.add_argument("id", metavar="ID", help="the job (`jmigctl jobs` lists them)")
+    sp = add("recover", cmd_recover, "settle an env left by a failed migration",
+             ["jmigctl recover 4100", "jmigctl recover --force 4100"])
+    env_arg(sp)
     sp.add_argument("--force", action="store_true",
-                    help="the destination is gone for good: release the env here")
-    sp = sub.add_parser("image", help="inspect or verify an image file (offline)")
-    isub = sp.add_subparsers(dest="image_cmd", metavar="ACTION")
+                    help="the other node is gone for good: settle the env here")
+
+    sp = sub.add_parser("image", help="images: inspect or verify a file, export, import or "
+                        "copy between nodes", description="Images: read a file offline, or "
+                        "move an image between a node's disk, a local file and another node.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=_examples("jmigctl image inspect my_image.img",
+                                         "jmigctl image export my_image my_image.img",
+                                         "jmigctl image import my_image.img other_name",
+                                         "jmigctl image copy my_image --to 127.0.0.3:50001"))
+    isub = sp.add_subparsers(dest="image_cmd", metavar="ACTION", parser_class=Parser)
     isub.required = True
-    ip = isub.add_parser("inspect", help="header, page map and checksum of an image")
-    ip.add_argument("file")
-    ip.add_argument("--json", action="store_true")
-    ip.set_defaults(fn=cmd_image)
-    ip = isub.add_parser("verify", help="check an image completely")
-    ip.add_argument("file")
-    ip.set_defaults(fn=cmd_image)
-    sp = add("run", cmd_run, "run a program on an in-process kernel and print its console",
-             json_flag=False)
-    sp.add_argument("program", help="a bundled program name or a path to a JOS ELF")
-    sp.add_argument("args", nargs=argparse.REMAINDER)
-    sp.add_argument("--cpus", type=int, default=1)
-    sp.add_argument("--max-instructions", type=int, default=100_000_000)
-    sp.add_argument("--memory", default="64M")
-    add("shell", cmd_shell, "an interactive prompt with the original project's commands",
-        json_flag=False)
+
+    def iadd(name, help, examples):
+        ip = isub.add_parser(name, help=help, description=help,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=_examples(*examples) + f"\n\nexit codes: {EXIT_TEXT}")
+        ip.add_argument("--json", action="store_true",
+                        help="print the result (or the error) as JSON")
+        _connection_options(ip)
+        ip.set_defaults(fn=cmd_image)
+        return ip
+    ip = iadd("inspect", "header, page map and checksum of an image file (offline)",
+              ["jmigctl image inspect my_image.img", "jmigctl image inspect --json x.img"])
+    ip.add_argument("file", metavar="FILE", help="an image file")
+    ip = iadd("verify", "check an image file completely (offline)",
+              ["jmigctl image verify my_image.img"])
+    ip.add_argument("file", metavar="FILE", help="an image file")
+    ip = iadd("export", "copy an image from the node's disk to a local file, verified",
+              ["jmigctl image export my_image my_image.img"])
+    ip.add_argument("name", metavar="NAME", help="the image on the node (`jmigctl ls`)")
+    ip.add_argument("file", metavar="FILE", help="the local file to write")
+    ip.add_argument("--force", action="store_true", help="replace an existing FILE")
+    ip = iadd("import", "copy a local image file to the node's disk (checked before and "
+              "after)", ["jmigctl image import my_image.img", "jmigctl image import x.img y"])
+    ip.add_argument("file", metavar="FILE", help="the local image file")
+    ip.add_argument("name", nargs="?", metavar="NAME",
+                    help="its name on the node (default: FILE's name without .img)")
+    ip.add_argument("--force", action="store_true", help="replace an image of that name")
+    ip = iadd("copy", "copy an image from this node's disk to another node's",
+              ["jmigctl image copy my_image --to 127.0.0.3:50001",
+               "jmigctl image copy my_image --to 127.0.0.3:50001 --as saved"])
+    ip.add_argument("name", metavar="NAME", help="the image on this node")
+    ip.add_argument("--to", required=True, type=node_address, metavar="HOST:P",
+                    help="the other node")
+    ip.add_argument("--as", dest="as_name", metavar="NAME", help="its name there (default NAME)")
+    ip.add_argument("--force", action="store_true", help="replace an image of that name there")
+
+    sp = add("run", cmd_run, "run a program on an in-process kernel and print its console "
+             "(no node needed); options go before PROGRAM, everything after it is the "
+             "program's", ["jmigctl run hello", "jmigctl run --cpus 2 primes",
+                           "jmigctl run --json --max-instructions 100000 spin"])
+    sp.add_argument("--cpus", type=int_range(1, 64), default=1, metavar="N",
+                    help="virtual CPUs (1..64, default 1)")
+    sp.add_argument("--max-instructions", type=int_range(1, 10**12), default=100_000_000,
+                    metavar="N", help="stop after N instructions (default 100000000)")
+    sp.add_argument("--memory", default="64M", metavar="SIZE",
+                    help="physical memory (default 64M)")
+    sp.add_argument("program", metavar="PROGRAM",
+                    help="a bundled program name or a path to a JOS ELF")
+    sp.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                    help="the program's arguments (everything after PROGRAM)")
+    sp = add("top", cmd_top, "a live view of one or more nodes: envs, CPU share, pages, "
+             "state, jobs in flight", ["jmigctl top",
+                                       "jmigctl top --nodes 127.0.0.2:50001,127.0.0.3:50001",
+                                       "jmigctl top --interval 0.5 --iterations 10"])
+    sp.add_argument("--nodes", metavar="A,B,...",
+                    help="nodes HOST:P to watch (default $JMIG_NODES, or --node)")
+    sp.add_argument("--interval", type=seconds, default=1.0, metavar="S",
+                    help="seconds between refreshes (default 1)")
+    sp.add_argument("--iterations", type=int_range(1, 10**9), metavar="N",
+                    help="stop after N refreshes (default: until Ctrl-C on a terminal, 1 "
+                    "otherwise)")
+    sp = add("completion", cmd_completion, "print a shell completion script",
+             ["jmigctl completion bash > ~/.local/share/bash-completion/completions/jmigctl",
+              "jmigctl completion zsh > ~/.zfunc/_jmigctl",
+              "source <(jmigctl completion bash)"])
+    sp.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
+    sp = add("shell", cmd_shell, "an interactive prompt with the original project's commands",
+             ["jmigctl shell", "jmigctl --node 127.0.0.3:50001 shell",
+              "echo ps | jmigctl shell"])
+    sp.add_argument("--trace", action="store_true", help="start with trace on")
     sp = add("demo", cmd_demo, "start two local nodes and play the original walkthrough",
-             json_flag=False)
+             ["jmigctl demo", "jmigctl demo --fast --host 127.0.0.5"])
     sp.add_argument("--fast", action="store_true", help="no pauses between steps")
-    sp.add_argument("--base-port", type=int, default=0,
+    sp.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                    help="the loopback address both nodes bind (default 127.0.0.1)")
+    sp.add_argument("--base-port", type=int_range(1, 65000), default=0, metavar="P",
                     help="first node's P (default: find free ports near 50001)")
     return p
 
 
-def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None) -> int:
+def _connection_options(sp) -> None:
+    """--node and --secret-file after the command too (`jmigctl ps --node X`)."""
+    sp.add_argument("--node", type=node_address, metavar="HOST:P", default=argparse.SUPPRESS,
+                    help="the node to talk to (as before the command)")
+    sp.add_argument("--secret-file", metavar="FILE", default=argparse.SUPPRESS,
+                    help="cluster secret (as before the command)")
+
+
+def _job_options(sp) -> None:
+    sp.add_argument("--detach", action="store_true", help="start the job and return at once "
+                    "(`jmigctl jobs watch ID` follows it)")
+    sp.add_argument("--trace", action="store_true", help="print the original project's "
+                    "per-step lines (Send Page: 0x00800000, Sequence: 1, ...) instead of a "
+                    "progress bar")
+
+
+# -- errors ----------------------------------------------------------------------------
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def classify(exc: BaseException, ctx: Ctx, node: str | None = None) -> CtlError:
+    """Any failure as a CtlError: exit code, error code, message."""
+    exc = _leaf(exc)
+    if isinstance(exc, CtlError):
+        return exc
+    try:
+        where = node or ctx.node
+    except UsageError:
+        where = "the node"
+    if isinstance(exc, SecretError):
+        return CtlError(str(exc), code="secret", exit=EXIT_AUTH)
+    if isinstance(exc, RemoteError):
+        hint = REFUSAL_HINTS.get(exc.code)
+        msg = f"{exc.message} [{exc.code}]" + (f"; {hint}" if hint else "")
+        return CtlError(msg, code=exc.code, exit=EXIT_FAILED)
+    if isinstance(exc, AuthError):
+        if exc.code == "busy":
+            return CtlError(f"{where}: {exc.message}", code="busy", exit=EXIT_BUSY)
+        if exc.code == "auth":
+            return CtlError(f"{where}: {exc.message}", code="auth", exit=EXIT_AUTH)
+        return CtlError(f"{where}: {exc.message}", code="protocol", exit=EXIT_PROTOCOL)
+    if isinstance(exc, ConnectionClosed):
+        return Unreachable(f"{where} closed the connection before answering (did the node "
+                           "stop?)")
+    if isinstance(exc, ProtocolError):
+        return CtlError(f"{where}: protocol error: {exc}", code="protocol", exit=EXIT_PROTOCOL)
+    if isinstance(exc, (OSError, trio.TooSlowError)):
+        return Unreachable(f"cannot reach node {where}: "
+                           f"{getattr(exc, 'strerror', None) or exc or 'timed out'} "
+                           "(is jmig-node running there? see --node / JMIG_NODE)")
+    if isinstance(exc, Error):
+        return CtlError(exc.message, code=exc.code, exit=EXIT_FAILED)
+    return CtlError(f"internal error: {type(exc).__name__}: {exc} (a bug in jmigctl; "
+                    "JMIG_DEBUG=1 shows where)", code="internal", exit=EXIT_FAILED)
+
+
+def report(ctx_json: bool, err: CtlError, out, errout, prog: str = "jmigctl") -> int:
+    message = err.message
+    usage = getattr(err, "usage", None)
+    if not prog:                             # inside the shell: hints in its own words
+        message = message.replace("jmigctl ", "")
+        usage = usage and usage.replace("jmigctl ", "")
+    if ctx_json:
+        print(json.dumps({"error": {"code": err.code, "message": message}}), file=out,
+              flush=True)
+    else:
+        print(f"{prog or 'error'}: {message}" + (f"\n{usage}" if usage else ""), file=errout,
+              flush=True)
+    return err.exit
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv or any(a in ("-ojson", "--output=json") for a in argv) or any(
+        a in ("-o", "--output") and b == "json" for a, b in zip(argv, argv[1:]))
+
+
+def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None,
+         prog: str = "jmigctl") -> int:
+    """Run one jmigctl command line; its exit code.  prog "" means the
+    shell runs it (messages and hints in the shell's words)."""
     environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else list(argv)
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
     try:
-        # argparse prints usage errors, --help and --version to sys.stderr /
-        # sys.stdout: send them to the streams this call was given.
+        # argparse prints --help and --version to sys.stdout: send them to
+        # the streams this call was given.
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    except UsageError as exc:
+        return report(_wants_json(argv), exc, out, err, prog)
+    except BrokenPipeError:
+        return _pipe_closed(out)
     if not getattr(args, "fn", None):
         parser.print_help(err)
         return EXIT_USAGE
-    ctx = Ctx(args, environ, out, err)
-
-    def fail(code: int, msg: str) -> int:
-        print(f"jmigctl: {msg}", file=err, flush=True)
-        return code
-
+    ctx = Ctx(args, environ, out, err, prog)
     try:
         if inspect.iscoroutinefunction(args.fn):
             result = trio.run(args.fn, ctx)
         else:
             result = args.fn(ctx)
         return result if isinstance(result, int) else EXIT_OK
-    except UsageError as exc:
-        return fail(EXIT_USAGE, str(exc))
-    except SecretError as exc:
-        return fail(EXIT_AUTH, str(exc))
-    except RemoteError as exc:
-        hint = REFUSAL_HINTS.get(exc.code)
-        return fail(EXIT_FAILED, f"{exc.message} [{exc.code}]" + (f"; {hint}" if hint else ""))
-    except AuthError as exc:
-        if exc.code == "busy":
-            return fail(EXIT_BUSY, f"{ctx.node}: {exc.message}")
-        if exc.code == "auth":
-            return fail(EXIT_AUTH, f"{ctx.node}: {exc.message}")
-        return fail(EXIT_PROTOCOL, f"{ctx.node}: {exc.message}")
-    except (OSError, trio.TooSlowError) as exc:
-        return fail(EXIT_UNREACHABLE, f"cannot reach node {ctx.node}: "
-                    f"{getattr(exc, 'strerror', None) or exc or 'timed out'} "
-                    "(is jmig-node running there? see --node / JMIG_NODE)")
-    except ConnectionClosed as exc:
-        return fail(EXIT_PROTOCOL, f"{ctx.node} closed the connection: {exc}")
-    except ProtocolError as exc:
-        return fail(EXIT_PROTOCOL, f"{ctx.node}: protocol error: {exc}")
     except KeyboardInterrupt:
         if ctx.job_id:
-            print(f"jmigctl: detached: the job goes on; `jmigctl jobs watch {ctx.job_id}` "
-                  "follows it", file=err, flush=True)
+            ctx.note(f"{prog or 'note'}: detached: the job goes on; "
+                     f"{ctx.cmd('jobs watch ' + ctx.job_id)} follows it")
             return EXIT_OK
-        return fail(EXIT_FAILED, "interrupted")
+        return report(ctx.json, CtlError("interrupted"), out, err, prog)
+    except BaseException as exc:              # every failure: a message and an exit code
+        leaf = _leaf(exc)
+        if isinstance(leaf, BrokenPipeError):
+            return _pipe_closed(out)
+        if isinstance(leaf, KeyboardInterrupt):
+            return report(ctx.json, CtlError("interrupted"), out, err, prog)
+        if isinstance(leaf, SystemExit):
+            raise
+        failure = classify(leaf, ctx)
+        if failure.code == "internal" and environ.get("JMIG_DEBUG"):
+            traceback.print_exception(leaf, file=err)
+        try:
+            return report(ctx.json, failure, out, err, prog)
+        except BrokenPipeError:
+            return _pipe_closed(out)
+
+
+def _pipe_closed(out) -> int:
+    """The reader of our output went away (`| head`): stop quietly.  The
+    rest of the output goes nowhere, so that Python's final flush does not
+    complain either."""
+    try:
+        if out is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,11 +11,29 @@ PERM_BITS = ((0x1, "p"), (0x2, "w"), (0x4, "u"), (0x800, "cow"), (0x400, "share"
 
 
 def table(console: Console, columns: list[str], rows: list[list], title: str | None = None) -> None:
+    """A table: rich's on a terminal; otherwise plain text that never wraps,
+    one row per line, columns padded with spaces in a fixed order (the last
+    column, free text, unpadded), for grep, awk and cut."""
+    cells = [["-" if c is None or c == "" else str(c) for c in r] for r in rows]
+    if not console.is_terminal:
+        out = console.file
+        if title:
+            out.write(f"# {title}\n")
+        widths = [max([len(columns[i])] + [len(r[i]) for r in cells]) for i in range(len(columns))]
+        for r in [columns, *cells]:
+            line = "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths[:-1]))
+            out.write((line + "  " + r[-1] if len(r) > 1 else r[0]).rstrip() + "\n")
+        out.flush()
+        return
     t = Table(*columns, box=None, show_edge=False, pad_edge=False, header_style="bold",
               title=title)
-    for r in rows:
-        t.add_row(*[str(c) for c in r])
+    for r in cells:
+        t.add_row(*r)
     console.print(t)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def size(n: float) -> str:
@@ -44,8 +62,8 @@ def duration(s: float | None) -> str:
 class ProgressBar:
     """A rich progress bar of pages done, with MiB/s; silent when not a TTY."""
 
-    def __init__(self, console: Console, label: str):
-        self.enabled = console.is_terminal
+    def __init__(self, console: Console | None, label: str):
+        self.enabled = console is not None and console.is_terminal
         self.t0 = time.perf_counter()
         self.task = None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -68,7 +86,10 @@ class ProgressBar:
             return
         dt = max(time.perf_counter() - self.t0, 1e-6)
         rate = f"{data.get('bytes', 0) / (1 << 20) / dt:.1f} MiB/s"
+        label = self.label
+        if data.get("round"):
+            label = f"{label}, round {data['round']}"       # done/total count this round's pages
         if self.task is None:
-            self.task = self.progress.add_task(self.label, total=data.get("total", 0), rate=rate)
-        self.progress.update(self.task, completed=data.get("done", 0),
+            self.task = self.progress.add_task(label, total=data.get("total", 0), rate=rate)
+        self.progress.update(self.task, completed=data.get("done", 0), description=label,
                              total=data.get("total", 0), rate=rate)

@@ -57,6 +57,17 @@ class ConsoleHub:
         recv._jmig_send = send           # so unfollow can find it
         return recv
 
+    def inject(self, recv, text: str) -> None:
+        """Text for one follower only (its trace lines), never waiting."""
+        send = getattr(recv, "_jmig_send", None)
+        try:
+            if send is not None:
+                send.send_nowait((0, text))
+        except trio.WouldBlock:
+            self.dropped[send] = self.dropped.get(send, 0) + len(text)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     def unfollow(self, recv) -> None:
         send = getattr(recv, "_jmig_send", None)
         if send is not None:

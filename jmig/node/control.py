@@ -18,21 +18,49 @@ link-lost, cancelled, in-doubt, no-such-job, failed, internal).
 """
 from __future__ import annotations
 
+import os
+
+import attrs
 import trio
 
 from .. import programs
 from ..errors import Error
 from ..kernel import events as ev
+from ..proto.image import max_image_bytes, scan_file
 from ..proto.migration import MAX_PREFETCH
+from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
 from .console import dropped_notice
-from .disk import check_name
+from .disk import DiskError, check_name, fsync_dir
 from .migration import Job, JobState
 from .migration.jobs import PROGRESS_INTERVAL
 from .tasks import nursery as open_nursery
 
 MAX_ARGS = 64
 MAX_ARG_LEN = 1024
+EXPORT_CHUNK = 512 << 10          # image bytes per push (control replies hold 1 MiB bins)
+MAX_UPLOADS = 4                   # image imports open at once on one connection
+
+
+@attrs.define(eq=False)
+class Upload:
+    """An image arriving over this connection (image_import_*): written to a
+    hidden file beside its final name, checked whole, then renamed."""
+    name: str
+    path: object
+    tmp: object
+    file: object
+    force: bool
+    size: int
+    written: int = 0
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
 
 
 class BadRequest(Error):
@@ -73,8 +101,17 @@ class ControlSession:
     def __init__(self, node, fs: FramedStream):
         self.node = node
         self.fs = fs
+        self.uploads: dict[str, Upload] = {}
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            for up in self.uploads.values():       # the client went away mid-import
+                up.discard()
+            self.uploads.clear()
+
+    async def _serve(self) -> None:
         while True:
             req = await self.fs.receive()
             rid = req.get("id")
@@ -109,13 +146,19 @@ class ControlSession:
         """Push a job's progress (at most every PROGRESS_INTERVAL s) until it
         ends; its result, or its error raised."""
         await self.push(rid, "job", job.summary())
+        shown = 0                                 # trace lines pushed so far
         while not job.done.is_set():
             await job.next_change()
+            if len(job.lines) > shown:
+                await self.push(rid, "trace", {"lines": job.lines[shown:]})
+                shown = len(job.lines)
             if job.done.is_set():
                 break
             await self.push(rid, "progress", dict(job.progress))
             with trio.move_on_after(PROGRESS_INTERVAL):       # at most so often
                 await job.done.wait()
+        if len(job.lines) > shown:
+            await self.push(rid, "trace", {"lines": job.lines[shown:]})
         if job.progress:
             await self.push(rid, "progress", dict(job.progress))
         if job.state is not JobState.SUCCEEDED:
@@ -131,6 +174,7 @@ class ControlSession:
     async def op_ps(self, rid, args):
         envs = self.node.kernel.ps()
         for e in envs:
+            e["program"] = e["name"]
             extra = self.node.migrations.annotate(e["envid"])
             if extra:
                 e["state"] = f"{e['state']}, {extra}" if e["state"] else extra
@@ -151,7 +195,15 @@ class ControlSession:
         if elf is None:
             check_name(name, "program name")
         e = self.node.spawn(name, argv, elf=elf, envid=envid, paused=_bool(args, "paused"))
-        return {"envid": e.env_id, "program": name}
+        if elf is not None:
+            # Uploaded: kept on the node's disk, so that ls shows it and spawn NAME runs it.
+            try:
+                check_name(name, "program name")
+                self.node.disk.write_program(name, elf)
+            except (DiskError, OSError) as exc:
+                self.node.log.warning("uploaded program not kept", program=name,
+                                      error=str(exc))
+        return {"envid": e.env_id, "new_envid": e.env_id, "program": name}
 
     async def op_pause(self, rid, args):
         envid = _envid(args)
@@ -209,6 +261,14 @@ class ControlSession:
         if recent:
             await self.push(rid, "console", {"text": recent})
         chan = hub.follow()
+        tracer = self.node.tracer
+
+        def sink(line: str) -> None:
+            hub.inject(chan, line + "\n")
+        # trace: the node's trace lines too (unless they are on its console already).
+        traced = _bool(args, "trace") and tracer.console is None
+        if traced:
+            tracer.subscribers.add(sink)
         try:
             async with open_nursery() as nursery:
                 async def watch_peer():
@@ -225,6 +285,7 @@ class ControlSession:
                         text = dropped_notice(dropped) + text
                     await self.push(rid, "console", {"text": text, "envid": envid})
         finally:
+            tracer.subscribers.discard(sink)
             hub.unfollow(chan)
         return {"text": ""}
 
@@ -237,12 +298,13 @@ class ControlSession:
         envid = _envid(args)
         name = check_name(_str(args, "name", 64), "image name")
         job = self.node.migrations.save(envid, name, force=_bool(args, "force"),
-                                        pause=_bool(args, "pause"))
+                                        pause=_bool(args, "pause"), trace=_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_load(self, rid, args):
         name = check_name(_str(args, "name", 64), "image name")
-        job = self.node.migrations.load(name, resume=_bool(args, "resume"))
+        job = self.node.migrations.load(name, resume=_bool(args, "resume"),
+                                        trace=_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_migrate(self, rid, args):
@@ -266,7 +328,7 @@ class ControlSession:
             prefetch=_int(args, "prefetch", 0, 0, MAX_PREFETCH),
             max_rounds=_int(args, "max_rounds", 8, 1, 1000),
             downtime_limit_ms=_int(args, "downtime_limit_ms", 50, 0, 3_600_000), then=then,
-            timeout=timeout, page_server=page_server)
+            timeout=timeout, page_server=page_server, trace=_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_jobs(self, rid, args):
@@ -282,8 +344,126 @@ class ControlSession:
         return job.summary()
 
     async def op_wait_arrival(self, rid, args):
-        """Block until the next migration arrives here (any method)."""
-        return await self.node.wait_arrival()
+        """Block until the next migration arrives here (any method); with
+        trace, push this node's trace lines meanwhile (kind "trace")."""
+        if not _bool(args, "trace"):
+            return await self.node.wait_arrival()
+        send, recv = trio.open_memory_channel(1024)
+
+        def sink(line: str) -> None:
+            try:
+                send.send_nowait(line)
+            except trio.WouldBlock:
+                pass                              # a slow watcher loses trace lines, not the node
+        tracer = self.node.tracer
+        tracer.subscribers.add(sink)
+        try:
+            async with open_nursery() as nursery:
+                async def forward():
+                    async for line in recv:
+                        lines = [line]
+                        while True:
+                            try:
+                                lines.append(recv.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await self.push(rid, "trace", {"lines": lines})
+                nursery.start_soon(forward)
+                info = await self.node.wait_arrival()
+                await trio.sleep(0.05)            # the lines of the arrival itself
+                nursery.cancel_scope.cancel()
+        finally:
+            tracer.subscribers.discard(sink)
+        while True:
+            try:
+                lines = [recv.receive_nowait()]
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            await self.push(rid, "trace", {"lines": lines})
+        return info
+
+    # -- images moving between nodes and files ----------------------------------------------
+    def _image(self, args) -> tuple[str, object]:
+        name = check_name(_str(args, "name", 64), "image name")
+        return name, self.node.disk.image_path(name)
+
+    async def op_image_export(self, rid, args):
+        """An image's bytes, as `data` pushes of EXPORT_CHUNK bytes; the
+        response gives the total."""
+        name, path = self._image(args)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise DiskError("no-such-image", f"no image {name} on {self.node.name} "
+                            "(see `jmigctl ls`)") from None
+        size = 0
+        with f:
+            while data := await trio.to_thread.run_sync(f.read, EXPORT_CHUNK):
+                await self.push(rid, "data", {"b": data})
+                size += len(data)
+        return {"name": name, "size": size}
+
+    async def op_image_import_begin(self, rid, args):
+        name, path = self._image(args)
+        force = _bool(args, "force")
+        limit = max_image_bytes(self.node.kernel.phys.nframes)
+        size = _int(args, "size", -1, 1, limit)
+        if path.exists() and not force:
+            raise DiskError("exists", f"image {name} already exists on {self.node.name}; "
+                            "use --force to replace it")
+        if len(self.uploads) >= MAX_UPLOADS:
+            raise BadRequest(f"at most {MAX_UPLOADS} imports at once on one connection")
+        uid = os.urandom(4).hex()
+        tmp = path.with_name(f".{path.name}.upload-{uid}")
+        self.uploads[uid] = Upload(name, path, tmp, open(tmp, "wb"), force, size)
+        return {"upload": uid}
+
+    def _upload(self, args) -> tuple[str, Upload]:
+        uid = args.get("upload")
+        up = self.uploads.get(uid) if isinstance(uid, str) else None
+        if up is None:
+            raise BadRequest(f"no import {uid!r} on this connection")
+        return uid, up
+
+    async def op_image_import_data(self, rid, args):
+        uid, up = self._upload(args)
+        data = args.get("b")
+        if not isinstance(data, bytes):
+            raise BadRequest("b must be bytes")
+        if up.written + len(data) > up.size:
+            self.uploads.pop(uid).discard()
+            raise BadRequest(f"more than the {up.size} bytes announced; import abandoned")
+        await trio.to_thread.run_sync(up.file.write, data)
+        up.written += len(data)
+        return {"written": up.written}
+
+    async def op_image_import_end(self, rid, args):
+        """Check the whole image, then put it in place (atomically)."""
+        uid, up = self._upload(args)
+        del self.uploads[uid]
+        try:
+            if up.written != up.size:
+                raise BadRequest(f"{up.written} of the {up.size} bytes announced arrived")
+            f = up.file
+            await trio.to_thread.run_sync(lambda: (f.flush(), os.fsync(f.fileno())))
+            f.close()
+            try:
+                scan = await trio.to_thread.run_sync(scan_file, up.tmp,
+                                                     self.node.kernel.phys.nframes)
+            except StreamError as exc:
+                raise DiskError("bad-image", f"image {up.name} rejected: {exc.message}") from None
+            if up.path.exists() and not up.force:
+                raise DiskError("exists", f"image {up.name} appeared on {self.node.name} "
+                                "meanwhile; use --force to replace it")
+            os.replace(up.tmp, up.path)
+            fsync_dir(up.path.parent)
+        except BaseException:
+            up.discard()
+            raise
+        h = scan.header or {}
+        self.node.log.info("image imported", image=up.name, bytes=up.size, envid=h.get("envid"))
+        return {"name": up.name, "size": up.size, "pages": scan.pages, "envid": h.get("envid"),
+                "program": h.get("name"), "checksum": f"{scan.trailer.crc:08x}"}
 
     async def op_recover(self, rid, args):
         return await self.node.migrations.recover(_envid(args), _bool(args, "force"))

@@ -1,8 +1,12 @@
 """jmig-node: run one simulated JOS machine as a daemon.
 
 Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 unexpected error,
-2 bad command line, 3 a port cannot be bound, 4 secret file problem,
-5 data directory unusable.
+2 bad command line (a --boot program that does not exist included),
+3 a port cannot be bound, 4 secret file problem, 5 data directory unusable.
+
+Logs go to stderr: with --log-format json (the default when stderr is not
+a terminal) every line is a JSON object, the reasons for a failed start
+included; with console, plain lines.
 """
 from __future__ import annotations
 
@@ -14,14 +18,15 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
 import trio
 
 import jmig
-from .. import logs
+from .. import logs, programs
 from ..kernel.events import KernelError
 from ..kernel.kernel import DEFAULT_SLICE
 from ..proto.handshake import MAX_NAME
-from .disk import DataDir
+from .disk import NAME_RE, DataDir
 from .node import BootSpec, Node, NodeConfig
 from .secret import SecretError, load_or_create
 
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=logs.LEVELS, default="info")
     p.add_argument("--no-console", action="store_true",
                    help="do not copy user programs' output to stdout")
+    p.add_argument("--trace", action="store_true",
+                   help="print the original project's per-step lines (Send Page: 0x00800000, "
+                   "Sequence: 1; Recv Page Table Entry: ...; Handle User Page Fault, ...) on the "
+                   "console for every migration, save and load through this node")
     p.add_argument("--version", action="version", version=f"jmig-node {jmig.__version__}")
     return p
 
@@ -104,31 +113,48 @@ def main(argv: list[str] | None = None) -> int:
         logs.close()
 
 
+_NAME = ""                 # the node's name, for fail()
+
+
+def fail(code: int, message: str) -> int:
+    """Say why the node stops: a plain line on a console log, an error
+    event in a JSON log (so that a JSON log stays JSON)."""
+    if logs.FORMAT == "json":
+        structlog.get_logger("jmig.node").error(message, exit_code=code, node=_NAME)
+    else:
+        logs.say(f"jmig-node: {message}")
+    return code
+
+
 def _main(args) -> int:
+    global _NAME
+    _NAME = args.name or f"{args.host}:{args.port}"
     if not 0 < args.port < 65533:
-        logs.say(f"jmig-node: port {args.port} out of range (1..65532)")
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, f"port {args.port} out of range (1..65532)")
     if len(args.name) > MAX_NAME:
-        logs.say(f"jmig-node: --name is longer than {MAX_NAME} characters")
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, f"--name is longer than {MAX_NAME} characters")
     if not 1 <= args.cpus <= 64 or args.slice < 1:
-        logs.say("jmig-node: --cpus must be 1..64 and --slice at least 1")
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, "--cpus must be 1..64 and --slice at least 1")
+    for b in args.boot:
+        if not programs.exists(b.program) and not (
+                args.data_dir and NAME_RE.match(b.program)
+                and (args.data_dir / "programs" / b.program).is_file()):
+            return fail(EXIT_USAGE, f"--boot: no program {b.program!r} (bundled: "
+                        f"{', '.join(programs.names())}; or one uploaded to the data directory)")
     try:
         secret = load_or_create(args.secret_file)
     except SecretError as exc:
-        logs.say(f"jmig-node: {exc}")
-        return EXIT_SECRET
+        return fail(EXIT_SECRET, str(exc))
     data_dir = args.data_dir or default_data_dir(args.host, args.port)
     cfg = NodeConfig(data_dir=data_dir, host=args.host, port=args.port, name=args.name,
                      memory=args.memory, cpus=args.cpus, slice=args.slice,
-                     boot=tuple(args.boot), echo=not args.no_console)
+                     boot=tuple(args.boot), echo=not args.no_console, trace=args.trace)
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         DataDir(cfg.data_dir).prepare()
     except OSError as exc:
-        logs.say(f"jmig-node: data directory {data_dir} is unusable: {exc.strerror or exc}")
-        return EXIT_DATADIR
+        return fail(EXIT_DATADIR, f"data directory {data_dir} is unusable: "
+                    f"{exc.strerror or exc}")
     try:
         return trio.run(_run, cfg, secret)
     except KeyboardInterrupt:
@@ -137,12 +163,15 @@ def _main(args) -> int:
         leaf = _leaf(exc)
         if isinstance(leaf, OSError) and leaf.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
                                                         errno.EACCES):
-            logs.say(f"jmig-node: cannot listen on {args.host}:{args.port}..{args.port + 3}: "
-                     f"{leaf.strerror}")
-            return EXIT_BIND
+            return fail(EXIT_BIND, f"cannot listen on {args.host}:{args.port}..{args.port + 3}: "
+                        f"{leaf.strerror}")
         if isinstance(leaf, KeyboardInterrupt):
             return EXIT_OK
-        raise
+        if isinstance(leaf, (SystemExit, GeneratorExit)):
+            raise
+        # A bug: its traceback goes to the log as an event, not bare to stderr.
+        structlog.get_logger("jmig.node").error("unexpected error", exc_info=leaf, node=_NAME)
+        return fail(EXIT_ERROR, f"unexpected error: {type(leaf).__name__}: {leaf}")
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -159,11 +188,12 @@ async def _run(cfg: NodeConfig, secret: bytes) -> int:
             try:
                 await nursery.start(node.serve)
             except KernelError as exc:
-                logs.say(f"jmig-node: cannot boot: {exc.message}")
                 nursery.cancel_scope.cancel()
-                return EXIT_ERROR
-            logs.say(f"jmig-node {node.name}: listening on {cfg.host} ports "
-                     f"{cfg.port}..{cfg.port + 3}")
+                return fail(EXIT_USAGE if exc.code in ("no-such-program", "bad-elf")
+                            else EXIT_ERROR, f"cannot boot: {exc.message}")
+            if logs.FORMAT != "json":          # a JSON log has its "node listening" event
+                logs.say(f"jmig-node {node.name}: listening on {cfg.host} ports "
+                         f"{cfg.port}..{cfg.port + 3}")
             async for sig in signals:
                 node.log.info("shutting down", signal=signal.Signals(sig).name)
                 break
@@ -179,10 +209,10 @@ async def _shut_down(node: Node, signals) -> None:
         async def second_signal():
             async for sig in signals:
                 lost = node.migrations.abandoned()
-                node.log.warning("second signal: exiting at once", signal=signal.Signals(sig).name,
-                                 abandons=lost)
-                logs.say("jmig-node: exiting at once" + (
-                    "; this abandons " + "; ".join(lost) if lost else ""))
+                what = "exiting at once" + ("; this abandons " + "; ".join(lost) if lost else "")
+                node.log.warning(what, signal=signal.Signals(sig).name, abandons=lost)
+                if logs.FORMAT != "json":
+                    logs.say(f"jmig-node: {what}")
                 nursery.cancel_scope.cancel()
                 return
         nursery.start_soon(second_signal)

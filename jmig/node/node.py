@@ -38,6 +38,7 @@ from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
 from .migration import Migrations
+from .trace import Tracer
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
 QUANTUM_SECONDS = 0.005          # kernel time between checkpoints
@@ -68,6 +69,7 @@ class NodeConfig:
     boot: tuple[BootSpec, ...] = ()
     echo: bool = True                  # user output to stdout
     prefault: bool = True              # commit physical memory at start (jmig-node)
+    trace: bool = False                # the original's per-page lines on the console
 
     def port_of(self, kind: str) -> int:
         return self.port + PORT_KINDS.index(kind)
@@ -84,6 +86,7 @@ class Node:
                              clock=self._clock_ms, prefault=cfg.prefault)
         self.disk = DataDir(cfg.data_dir)
         self.console = ConsoleHub(echo=cfg.echo)
+        self.tracer = Tracer(self.console if cfg.trace else None)
         self.log = structlog.get_logger("jmig.node").bind(node=self.name)
         self.started = time.time()
         self.ports: dict[str, int] = {}
@@ -150,10 +153,10 @@ class Node:
                 self.migrations.pager.env_gone(e.envid)
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
-                                 err=e.err, va=f"{e.va:08x}", eip=f"{e.eip:08x}")
+                                 err=e.err, va=f"{e.va:#010x}", eip=f"{e.eip:#010x}")
             elif isinstance(e, ev.EnvBlocked):
                 self.log.debug("env blocked on remote page", envid=e.envid,
-                               owner=e.owner, va=f"{e.va:08x}")
+                               owner=e.owner, va=f"{e.va:#010x}")
                 self.migrations.pager.on_blocked(e)
 
     # -- programs -------------------------------------------------------------------

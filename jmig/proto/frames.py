@@ -61,7 +61,7 @@ CONTROL_REQUEST = Limits(frame=16 << 20, bin=16 << 20, str=64 << 10, array=1024,
                          depth=4)
 # The node's answers: ps of every env (NENV = 1024), a vmmap, console text.
 CONTROL_REPLY = Limits(frame=16 << 20, bin=1 << 20, str=8 << 20, array=1 << 16, map=256,
-                       depth=6)
+                       depth=8)        # jobs: resp, result, jobs, job, result, rounds, round
 # Migration and page-server ports: batches of page records and vpn lists
 # (every user page of an address space is 978,944 u32s = 3.7 MiB).
 DATA = Limits(frame=4 << 20, bin=4 << 20, str=4096, array=64, map=64, depth=4)

@@ -244,7 +244,7 @@ async def test_a_finished_job_cannot_be_cancelled(cluster):
 def test_sigterm_of_a_pgfault_origin_pushes_the_rest_first_and_loses_nothing(daemons):
     a = daemons("a")
     b = daemons("b")
-    env = ctl_json(a, "spawn", "memtest", "4096", "256")["envid"]     # 16 MiB
+    env = ctl_json(a, "spawn", "memtest", "4096", "256")["new_envid"]     # 16 MiB
     first = wait_dpass(a, timeout=240)
     r = ctl_json(a, "migrate", str(env), "--to", b.addr, "--method", "pgfault", "--no-push",
                  "--resume")
@@ -262,7 +262,7 @@ def test_sigterm_of_a_pgfault_origin_pushes_the_rest_first_and_loses_nothing(dae
 def test_a_second_signal_exits_at_once_naming_what_it_abandons(daemons):
     a = daemons("a")
     b = daemons("b")
-    env = ctl_json(a, "spawn", "memtest", "1024", "64")["envid"]
+    env = ctl_json(a, "spawn", "memtest", "1024", "64")["new_envid"]
     wait_dpass(a, timeout=240)
     ctl_json(a, "migrate", str(env), "--to", b.addr, "--method", "pgfault", "--no-push")
     b.proc.send_signal(signal.SIGSTOP)                    # it will never take the pages

@@ -32,7 +32,7 @@ MEMTEST = ["memtest", "256", "64"]       # ~1 MiB, a pass in well under a second
 
 
 def _spawn_memtest(d) -> int:
-    envid = ctl_json(d, "spawn", *MEMTEST)["envid"]
+    envid = ctl_json(d, "spawn", *MEMTEST)["new_envid"]
     wait_dpass(d)
     return envid
 

@@ -200,7 +200,7 @@ MEMTEST = ["memtest", "256", "64"]
 def test_origin_killed_and_restarted_destroys_env_with_message_naming_lost_pages(daemons):
     a = daemons("a")
     b = daemons("b")
-    envid = ctl_json(a, "spawn", *MEMTEST)["envid"]
+    envid = ctl_json(a, "spawn", *MEMTEST)["new_envid"]
     wait_dpass(a)
     free_b = dfree(b)
     r = ctl_json(a, "migrate", str(envid), "--to", b.addr, "--method", "pgfault",
@@ -226,7 +226,7 @@ def test_origin_killed_and_restarted_destroys_env_with_message_naming_lost_pages
 def test_destination_killed_then_recover_on_origin_brings_the_process_back_intact(daemons):
     a = daemons("a")
     b = daemons("b")
-    envid = ctl_json(a, "spawn", *MEMTEST)["envid"]
+    envid = ctl_json(a, "spawn", *MEMTEST)["new_envid"]
     wait_dpass(a)
     ctl_ok(a, "pause", str(envid))
     ctl_ok(a, "save", str(envid), "before")

@@ -228,7 +228,7 @@ def _runs_on_then_moves(daemons, a, env):
 def test_source_killed_after_a_round_leaves_no_partial_env_on_destination(daemons):
     a = daemons("a", env={"JMIG_FAILPOINTS": "precopy.src.after_round"})
     b = daemons("b")
-    env = ctl_json(a, "spawn", "memtest", "256", "64", "0")["envid"]
+    env = ctl_json(a, "spawn", "memtest", "256", "64", "0")["new_envid"]
     wait_dpass(a)
     free_b = dfree(b)
     code, out, err = a.ctl("migrate", str(env), "--to", b.addr, "--method", "precopy")

@@ -73,7 +73,7 @@ def victim(daemons):
 def test_an_idle_flood_from_many_addresses_locks_out_neither_jmigctl_nor_a_migration(
         daemons, victim):
     src = daemons("src")
-    envid = ctl_json(src, "spawn", "memtest", "256", "32", "20")["envid"]
+    envid = ctl_json(src, "spawn", "memtest", "256", "32", "20")["new_envid"]
     wait_dpass(src, 0)
     with attack(victim, "idle", "--conns", "500", "--sources", "50"):
         ps_works(victim)

@@ -159,7 +159,7 @@ def test_json_output_parses_and_has_the_fields(a):
     assert vm["envid"] == 4100 and vm["ranges"][0]["start"] == 0x00800000
     assert {"start", "end", "pages", "perm", "state"} == set(vm["ranges"][0])
     spawned = json.loads(ok(a, "spawn", "--json", "hello"))
-    assert spawned["program"] == "hello" and spawned["envid"] > 0
+    assert spawned["program"] == "hello" and spawned["new_envid"] > 0 and "envid" not in spawned
     ok(a, "pause", "4100")
     copied = json.loads(ok(a, "copy", "--json", "4100"))
     assert copied["envid"] == 4100 and copied["new_envid"] in ps(a)
@@ -268,14 +268,14 @@ def test_an_unknown_env_exits_1(a, cmd):
 
 
 def test_pausing_a_paused_env_exits_1(a):
-    envid = json.loads(ok(a, "spawn", "--json", "--paused", "loop", "20"))["envid"]
+    envid = json.loads(ok(a, "spawn", "--json", "--paused", "loop", "20"))["new_envid"]
     code, out, err = a.ctl("pause", str(envid))
     assert code == 1 and f"env {envid} is already paused" in err and "[bad-state]" in err
     ok(a, "kill", str(envid))
 
 
 def test_resuming_a_dead_env_exits_1(a):
-    envid = json.loads(ok(a, "spawn", "--json", "hello"))["envid"]
+    envid = json.loads(ok(a, "spawn", "--json", "hello"))["new_envid"]
     wait_until(lambda: f"[{envid:08x}] free env {envid:08x}" in a.console(), what="hello's exit")
     r = a.ctl_subprocess("resume", str(envid))
     assert r.returncode == 1 and f"no env {envid}" in r.stderr and r.stdout == ""
@@ -285,7 +285,7 @@ def test_resuming_a_dead_env_exits_1(a):
     (["pause", "abc"], "bad env id 'abc'"),
     (["kill", "0xZZ"], "bad env id"),
     (["resume", "-5"], "out of range"),
-    (["pause"], "the following arguments are required: env"),
+    (["pause"], "the following arguments are required: ENV"),
     (["vmmap"], "required"),
     (["migrate", "4100"], "--to"),
     (["frobnicate"], "invalid choice"),
@@ -337,7 +337,7 @@ def test_two_nodes_on_distinct_addresses_with_the_original_ports(pair):
     a, b = pair
     assert a.host != b.host and a.port == b.port == 50001
     assert 4100 in ps(a) and 4100 not in ps(b)
-    envid = json.loads(ok(b, "spawn", "--json", "loop", "50"))["envid"]
+    envid = json.loads(ok(b, "spawn", "--json", "loop", "50"))["new_envid"]
     wait_counters(b, envid, 2)
     assert set(ps(b)) == {envid}
     assert {e for e, _ in COUNTER.findall(b.console())} == {str(envid)}
@@ -357,8 +357,11 @@ def test_node_exits_3_when_its_port_is_in_use(pair, daemons):
     d = daemons("dup", host=a.host, wait=False)
     code, err = _exit_of(d)
     assert code == 3
+    # The log is JSON: the reason is an error event, and nothing else is written.
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"jmig-node: cannot listen on {a.host}:50001..50004")
+    event = json.loads(err)
+    assert event["level"] == "error" and event["exit_code"] == 3 and event["node"] == "dup"
+    assert event["event"].startswith(f"cannot listen on {a.host}:50001..50004")
     assert 4100 in ps(a)                                       # the first node is unharmed
 
 

@@ -1,5 +1,6 @@
 """The original project's per-chunk lines become debug-level log events."""
 import json
+import re
 
 
 
@@ -19,6 +20,12 @@ def test_normal_migration_logs_each_chunk_at_debug_level_only(daemons):
     assert {e["level"] for e in sent} == {"debug"}
     assert {(e["va"], e["sequence"]) for e in sent} == {(e["va"], e["sequence"]) for e in got}
     assert ("0x00800000", 1) in {(e["va"], e["sequence"]) for e in sent}
+    # Every event names its node and env, and every va is written one way.
+    assert {e["node"] for e in sent} == {"dbg-a"} and {e["node"] for e in got} == {"dbg-b"}
+    assert {e["envid"] for e in sent} == {int(envid)} == {e["envid"] for e in got}
+    events = [json.loads(l) for d in (a, b) for l in d.log().splitlines()]
+    assert all(re.fullmatch(r"0x[0-9a-f]{8}", e["va"]) for e in events if "va" in e)
+    assert all("node" in e for e in events)
 
 
 def test_at_info_level_no_chunk_events_are_written(daemons):

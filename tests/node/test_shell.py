@@ -79,8 +79,10 @@ def test_unknown_commands_print_a_hint_and_the_shell_goes_on(pair):
     r = shell(a, "frobnicate 4100\nmigrate_send_normal 4100\nps -q\n")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert lines[0] == "unknown command 'frobnicate'; type help"
-    assert lines[1] == "unknown command 'migrate_send_normal'; type help"   # too few arguments
+    assert lines[0] == "error: unknown command 'frobnicate'; type help"
+    # Too few arguments: the shell names what is missing.
+    assert lines[1] == ("error: migrate_send_normal: missing REMOTE_IP REMOTE_PORT LOCAL_IP "
+                        "(usage: migrate_send_normal ENV REMOTE_IP REMOTE_PORT LOCAL_IP)")
     assert "4100" in lines[2:]
 
 
@@ -90,10 +92,11 @@ def test_errors_are_shown_and_the_shell_goes_on(pair):
                  "exit\npause 4100\n")
     assert r.returncode == 0
     out = r.stdout
-    assert "jmigctl: no env 99999" in out
+    assert "error: no env 99999" in out and "`ps` lists the node's envs" in out
+    assert "jmigctl" not in out                  # hints in the shell's own words
     assert "bad env id 'abc'" in out
     assert "No closing quotation" in out
-    assert "usage: node HOST:P" in out
+    assert f"{a.addr}\n" in out                  # node alone shows the node
     assert re.search(r"^4100$", out, re.M)
     assert "is paused" not in out                  # nothing after exit ran
 

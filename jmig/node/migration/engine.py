@@ -79,7 +79,8 @@ class Migrations:
     def migrate(self, envid: int, to: str, method: str = "normal", *, keep: bool = False,
                 resume: bool = False, push: bool = True, prefetch: int = 0,
                 max_rounds: int = 8, downtime_limit_ms: int = 50, then: str = "stop",
-                timeout: float | None = None, page_server: str | None = None) -> Job:
+                timeout: float | None = None, page_server: str | None = None,
+                trace: bool = False) -> Job:
         node = self.node
         try:
             host, port = parse_node(to)
@@ -111,14 +112,16 @@ class Migrations:
             return Link(fs, timeout) if timeout else Link(fs)
 
         async def run(job: Job) -> dict:
-            out = Outbound(node, sender, envid, to, connect, resume=resume, report=job.report)
+            out = Outbound(node, sender, envid, to, connect, resume=resume, report=job.report,
+                           tracer=node.tracer.migration(job.trace_line if trace else None))
             job.session = out
             with node.io():
                 return await out.run()
 
         return self.jobs.start("migrate", envid, to, run, method=method)
 
-    def save(self, envid: int, name: str, *, force: bool = False, pause: bool = False) -> Job:
+    def save(self, envid: int, name: str, *, force: bool = False, pause: bool = False,
+             trace: bool = False) -> Job:
         node = self.node
         path = node.disk.image_path(name)
         if path.exists() and not force:
@@ -131,7 +134,8 @@ class Migrations:
             return SaveLink(path, envid)
 
         async def run(job: Job) -> dict:
-            out = Outbound(node, sender, envid, f"image {name}", connect, report=job.report)
+            out = Outbound(node, sender, envid, f"image {name}", connect, report=job.report,
+                           tracer=node.tracer.migration(job.trace_line if trace else None))
             job.session = out
             stats = await out.run()
             return {"envid": envid, "image": name, "pages": stats["pages"],
@@ -141,7 +145,7 @@ class Migrations:
 
         return self.jobs.start("save", envid, name, run)
 
-    def load(self, name: str, *, resume: bool = False) -> Job:
+    def load(self, name: str, *, resume: bool = False, trace: bool = False) -> Job:
         node = self.node
         path = node.disk.image_path(name)
         if not path.is_file():
@@ -158,7 +162,8 @@ class Migrations:
                             src_addr=(node.cfg.host or "127.0.0.1", node.cfg.port or 1),
                             incarnation=node.incarnation, resume=resume)
             receiver = StreamReceive(node)
-            inb = Inbound(node, receiver, begin, link, announce=False)
+            inb = Inbound(node, receiver, begin, link, announce=False,
+                          tracer=node.tracer.migration(job.trace_line if trace else None))
             try:
                 await inb.serve()
             finally:
@@ -200,6 +205,11 @@ class Migrations:
         if self.node.stopping:
             await link.refuse("refused", f"{self.node.name} is shutting down")
             return
+        if first.incarnation == self.node.incarnation:
+            # Another name of this very node (an alias, 0.0.0.0, a port forward).
+            await link.refuse("bad-request", f"{self.node.name} is the env's own node; "
+                              "migrate to another one")
+            return
         expected = ("pgfault",) if kind == "pgfault" else ("normal", "precopy")
         if first.method not in expected:
             await link.refuse("protocol", f"a {first.method} migration does not belong on the "
@@ -207,7 +217,7 @@ class Migrations:
             return
         receiver = {"normal": StreamReceive, "pgfault": PgfaultReceive,
                     "precopy": PrecopyReceive}[first.method](self.node)
-        await Inbound(self.node, receiver, first, link).serve()
+        await Inbound(self.node, receiver, first, link, tracer=self.node.tracer.migration()).serve()
 
     # -- settling --------------------------------------------------------------------------
     async def recover(self, envid: int, force: bool = False) -> dict:

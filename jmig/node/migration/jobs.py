@@ -31,6 +31,7 @@ from .session import Decision
 
 FINISHED_KEPT = 100
 PROGRESS_INTERVAL = 0.1             # watchers hear of progress at most this often
+TRACE_KEPT = 10_000                 # trace lines a job keeps for its watchers
 
 
 class JobState(enum.StrEnum):
@@ -55,6 +56,7 @@ class Job:
     started: float = attrs.Factory(time.time)
     finished: float | None = None
     session: object = None          # the Outbound, once it exists
+    lines: list = attrs.Factory(list)   # trace lines (--trace), for watchers
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     changed: trio.Event = attrs.Factory(trio.Event)
     done: trio.Event = attrs.Factory(trio.Event)
@@ -67,6 +69,11 @@ class Job:
     def report(self, progress: dict) -> None:
         self.progress.update(progress)
         self.changed.set()
+
+    def trace_line(self, text: str) -> None:
+        if len(self.lines) < TRACE_KEPT:
+            self.lines.append(text)
+            self.changed.set()
 
     def summary(self) -> dict:
         return {"id": self.id, "kind": self.kind, "envid": self.envid, "target": self.target,

@@ -102,7 +102,7 @@ class StreamReceive:
 
     async def receive(self, inb, link):
         r = self.restorer = StreamRestorer(self.node.kernel, keep_id=True,
-                                           allow_remote=self.allow_remote)
+                                           allow_remote=self.allow_remote, node=self.node.name)
         try:
             await link.receive_stream(r)
             r.finish()

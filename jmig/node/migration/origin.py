@@ -64,6 +64,7 @@ class Outgoing:
     channels: set = attrs.Factory(set)            # channels attached now
     pushing: trio.Event = attrs.Factory(trio.Event)   # set: push (asked for, or draining)
     released: trio.Event = attrs.Factory(trio.Event)
+    trace: object = None                          # trace.MigrationTrace of its requests, or None
 
     def __attrs_post_init__(self):
         self.starts = [r[0] for r in self.runs]
@@ -136,6 +137,7 @@ class PageServer:
         """The destination has the migration prepared: let its pager attach
         (it does so as soon as it commits, to be ready when the env runs),
         but serve nothing before serve(mid)."""
+        out.trace = self.node.tracer.migration()
         self.outgoing[out.mid] = out
         self.by_env[out.envid] = out
 
@@ -204,6 +206,8 @@ class PageServer:
                 return
             if out.perm_of(msg.vpn) is None:
                 continue
+            if out.trace is not None:
+                out.trace.request(msg.vpn << 12)
             batch = [msg.vpn] + [v for v in out.following(msg.vpn, msg.n) if v not in out.sent]
             out.sent.update(batch)
             await link.send_raw({"t": "page-batch", "b": encode_pages(
@@ -238,6 +242,8 @@ class PageServer:
     async def _release(self, link: Link, out: Outgoing) -> None:
         """Every page is on the destination: the origin's copy goes."""
         self.forget(out.mid)
+        if out.trace is not None:
+            out.trace.summary("requests")
         k = self.node.kernel
         e = k.envs[out.envid & 0x3FF]
         if e.env_id == out.envid and e.status:

@@ -67,6 +67,7 @@ class Incoming:
     attached: trio.Event = attrs.Factory(trio.Event)    # both channels attached (once)
     go: trio.Event = attrs.Factory(trio.Event)   # the source handed the env over
     remote: int = -1                 # pages still remote (counted down as they arrive)
+    trace: object = None             # trace.MigrationTrace of its faults, or None
 
 
 class Pager:
@@ -120,6 +121,7 @@ class Pager:
         inc = Incoming(mid=mid, envid=0, origin=origin, addr=addr, token=token,
                        prefetch=prefetch)
         inc.requests, inc.requests_recv = trio.open_memory_channel(math.inf)
+        inc.trace = self.node.tracer.migration()
         self.incoming[mid] = inc
         self._nursery.start_soon(self._link, inc)
 
@@ -154,12 +156,14 @@ class Pager:
         inc = self.by_env.get(e.owner)
         if inc is None:
             self.node.log.error("env blocked on a remote page of no migration",
-                                envid=e.envid, owner=e.owner, va=f"{e.va:08x}")
+                                envid=e.envid, owner=e.owner, va=f"{e.va:#010x}")
             return
         vpn = e.va >> 12
         if vpn in inc.pending:
             return
         inc.pending[vpn] = time.perf_counter()
+        if inc.trace is not None:
+            inc.trace.fault(e.envid, e.va)
         inc.faults_taken += 1
         self.totals["remote_faults"] += 1
         link = inc.faults
@@ -368,6 +372,8 @@ class Pager:
 
     def _released(self, inc: Incoming) -> None:
         inc.state = "released"
+        if inc.trace is not None:
+            inc.trace.summary("faults")
         inc.released_after = time.perf_counter() - inc.started
         inc.all_in.set()
         self.by_env.pop(inc.envid, None)

@@ -160,6 +160,7 @@ class Outbound:
     connect: object                                 # async () -> Link
     resume: bool = False
     report: object = None                           # progress callback(dict), or None
+    tracer: object = None                           # trace.MigrationTrace, or None
     mid: str = attrs.Factory(new_mid)
     stage: Stage = Stage.STARTING
     decision: Decision = Decision.PENDING
@@ -170,6 +171,8 @@ class Outbound:
     log: object = None
 
     def progress(self, **kw) -> None:
+        if self.tracer is not None:
+            self.tracer.outbound(self, kw)
         if self.report is not None:
             self.report({"stage": str(self.stage), **kw})
 
@@ -320,6 +323,7 @@ class Inbound:
     begin: m.Begin
     link: Link
     announce: bool = True               # tell whoever waits for arrivals (not for a load)
+    tracer: object = None               # trace.MigrationTrace, or None
     state: Arrival = Arrival.RECEIVING
     env: object = None
     t0: float = attrs.Factory(time.perf_counter)
@@ -370,6 +374,8 @@ class Inbound:
     async def _receive_and_commit(self) -> None:
         k = self.node.kernel
         self.env = await self.method.receive(self, self.link)
+        if self.tracer is not None:
+            self.tracer.received(self, self.env)
         failpoint(f"{self.method.name}.dst.before_prepared")
         self._arrive(Arrival.PREPARED)
         await self.link.send(m.Prepared(self.env.env_id))
@@ -426,6 +432,8 @@ class Inbound:
             if self.begin.resume:
                 k.resume(env.env_id)
             self._arrive(Arrival.RUNNING)
+            if self.tracer is not None:
+                self.tracer.arrived(self, node, env.env_id)
             self.method.started(self, env)
             node.dispatch_events()
             node.poke()

@@ -54,7 +54,7 @@ class StreamWriter:
             self.pages = kernel.page_frames(envid)    # [(va, perm, pfn)]
             self.npages = len(self.pages)
         self.enc = StreamEncoder()
-        self.log = structlog.get_logger("jmig.stream")
+        self.log = structlog.get_logger("jmig.stream").bind(node=node, envid=envid)
         self.header = pstream.header_fields(
             kernel.header(envid), node=node, jmig_version=jmig.__version__,
             pages=self.npages, method=method, extra=extra)
@@ -122,7 +122,7 @@ class StreamRestorer:
     """
 
     def __init__(self, kernel: Kernel | None, keep_id: bool = True, allow_remote: bool = False,
-                 create: bool = True):
+                 create: bool = True, node: str = ""):
         self.kernel = kernel
         self.keep_id = keep_id
         self.allow_remote = allow_remote
@@ -130,7 +130,7 @@ class StreamRestorer:
         self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
                                  else pstream.MAX_RUN, allow_remote=allow_remote)
         self.env = None
-        self.log = structlog.get_logger("jmig.stream")
+        self.log = structlog.get_logger("jmig.stream").bind(node=node)
         self.header: dict | None = None
         self.pages = 0
         self.total = 0
@@ -174,6 +174,7 @@ class StreamRestorer:
                         raise ev.KernelError(ev.NO_MEMORY, f"the process needs {self.total} pages; "
                                              f"{k.phys.nfree} are free here")
                     self.env = k.create_from(h, keep_id=self.keep_id)
+                self.log = self.log.bind(envid=self.env.env_id if self.env else h.envid)
             elif isinstance(e, pstream.Page):              # a ZERO record
                 self.pages += 1
                 if self.env is not None:
