@@ -167,6 +167,7 @@ class Demo:
         res = await self.call(n1, "migrate", {"envid": loaded, "to": self.nodes[n2],
                                               "method": "normal"})
         moved = res["new_envid"]
+        self.say(f"  You have successfully moved Env {loaded} to {self.nodes[n2]}.")
         self.say(f"  Process Migration Finished, You can resume New Env: {moved}")
         self.say(f"  ({res['pages']} pages, {res['bytes']} bytes in "
                  f"{res['total_s'] * 1000:.1f} ms)")
@@ -190,6 +191,7 @@ class Demo:
         res = await self.call(n1, "migrate", {"envid": copy, "to": self.nodes[n2],
                                               "method": "pgfault", "push": False})
         moved = res["new_envid"]
+        self.say(f"  You have successfully moved Env {copy} to {self.nodes[n2]}.")
         self.say(f"  Process Migration Finished, You can resume New Env: {moved}")
         self.say(f"  (sent {res['pages']} page table entries and no page contents, "
                  f"runnable after {res['downtime_s'] * 1000:.1f} ms)")
@@ -212,7 +214,6 @@ class Demo:
         c = await self.wait_counter(n1, back, None)
         self.check(c == last + 1, f"back on node 1 the counter continues: {last} -> {c}")
         await self.pause(0.6)
-        self.say("\nThe walkthrough is complete.")
 
     async def run(self, tmp: Path) -> None:
         host = self.ctx.args.host
@@ -238,6 +239,8 @@ class Demo:
                 await self.walkthrough()
                 await trio.sleep(0.3)
                 nursery.cancel_scope.cancel()
+            # Said once the consoles are no longer followed: the last line.
+            self.say("\nThe walkthrough is complete.")
         finally:
             for p in procs:
                 p.terminate()

@@ -989,6 +989,8 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None,
             result = args.fn(ctx)
         return result if isinstance(result, int) else EXIT_OK
     except KeyboardInterrupt:
+        if getattr(args, "follow", False):        # console -f: Ctrl-C is how it ends
+            return EXIT_OK
         if ctx.job_id:
             ctx.note(f"{prog or 'note'}: detached: the job goes on; "
                      f"{ctx.cmd('jobs watch ' + ctx.job_id)} follows it")

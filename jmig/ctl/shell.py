@@ -93,10 +93,13 @@ def check_args(cmd: str, words: list[str]) -> list[str]:
     """The positional words of a command line (options, -x, are left to
     jmigctl); UsageError naming what is missing or extra."""
     params = SPECS[cmd][0]
-    if params and params[-1].endswith("..."):
-        return words                                    # the rest is the program's
+    need = [p for p in params if not p.startswith("[") and not p.endswith("...")]
+    if params and params[-1].endswith("..."):           # the rest is the program's
+        if len(words) < len(need):
+            raise UsageError(f"{cmd}: missing {' '.join(need[len(words):])} "
+                             f"(usage: {usage_of(cmd)})")
+        return words
     pos = [w for w in words if not w.startswith("-") or _is_number(w)]
-    need = [p for p in params if not p.startswith("[")]
     if len(pos) < len(need):
         missing = " ".join(need[len(pos):])
         raise UsageError(f"{cmd}: missing {missing} (usage: {usage_of(cmd)})")
@@ -230,8 +233,12 @@ class Shell:
             return self.jmigctl([cmd, *rest, *self._trace_flag()])
         return self.jmigctl([cmd, *rest])
 
+    def _traced_by_console(self) -> bool:
+        """The console follower shows this node's trace lines already."""
+        return self.trace and self.follower is not None
+
     def _trace_flag(self) -> list[str]:
-        return ["--trace"] if self.trace else []
+        return ["--trace"] if self.trace and not self._traced_by_console() else []
 
     def jmigctl(self, argv: list[str]) -> int:
         ctx = self.ctx
@@ -328,7 +335,9 @@ class Shell:
                 for text in data.get("lines") or []:
                     self.show(text)
         try:
-            res = self._call("wait_arrival", {"trace": self.trace}, on_push=on_push)
+            res = self._call("wait_arrival", {"trace": self.trace
+                                              and not self._traced_by_console()},
+                             on_push=on_push)
         except KeyboardInterrupt:
             ctx.say("stopped waiting")
             return EXIT_FAILED

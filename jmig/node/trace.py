@@ -138,6 +138,8 @@ class MigrationTrace:
         self.summary("page table entries" if remote else "pages")
 
     def arrived(self, inb, node, envid: int) -> None:
+        if not inb.announce:
+            return                     # a load: from an image, not from a machine
         host, port = inb.begin.src_addr
         self.emit(f"Migration: From {host}:{port}, To {address(node)}, Env ID: {envid}")
 
