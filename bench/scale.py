@@ -133,22 +133,22 @@ async def full_node(c: Cluster, node: str) -> dict:
 async def migrations(c: Cluster, count: int) -> dict:
     rnd = random.Random(100)
     nodes = c.nodes
-    where: dict[int, str] = {}
+    where: list[tuple[int, str]] = []          # (envid, node): ids repeat across nodes
     # memtest 64 pages, rewriting 8 a pass, 300 ms apart: a light load each.
     for i in range(count):
         node = nodes[i % len(nodes)]
         env = (await c.call(node, "spawn", {"program": "memtest",
                                             "args": ["64", "8", "300"]}))["envid"]
-        where[env] = node
+        where.append((env, node))
     with trio.fail_after(600):
-        for env, node in where.items():
+        for env, node in where:
             while not PASS_RE.search(await c.console(node, env)):
                 await trio.sleep(0.2)
     idle = c.rss_all()
     methods = [{"method": "normal"}, {"method": "pgfault", "push": True},
                {"method": "pgfault", "push": False}, {"method": "precopy", "max_rounds": 4}]
     plan = []
-    for i, (env, node) in enumerate(where.items()):
+    for i, (env, node) in enumerate(where):
         dest = rnd.choice([n for n in nodes if n != node])
         plan.append((env, node, dest, methods[i % len(methods)]))
     peak = list(idle)

@@ -7,7 +7,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-PERM_BITS = ((0x1, "p"), (0x2, "w"), (0x4, "u"), (0x800, "cow"), (0x400, "share"))
 
 
 def table(console: Console, columns: list[str], rows: list[list], title: str | None = None) -> None:

@@ -511,8 +511,15 @@ class Kernel(TrapMixin, SnapshotMixin):
             w.blocked_on = None
 
     def remote_pages(self, envid: int) -> list[int]:
+        """The vas of the env's remote pages, in order (O(pages))."""
         e = self._env(envid)
+        if not e.aspace.nremote:
+            return []
         return sorted((vpn << 12) for vpn, pte in e.aspace.pte.items() if pte & PTE_REMOTE)
+
+    def remote_count(self, envid: int) -> int:
+        """How many of the env's pages are remote (O(1))."""
+        return self._env(envid).aspace.nremote
 
     # -- operations for the node -----------------------------------------------------------
     def _env(self, envid: int) -> Env:

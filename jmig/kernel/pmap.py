@@ -134,11 +134,6 @@ class PhysMem:
         base = pfn << 12
         return memoryview(self.mem)[base:base + PGSIZE]
 
-    def write_frame(self, pfn: int, data) -> None:
-        base = pfn << 12
-        self.mem[base:base + PGSIZE] = data
-        self.drop_code(pfn)
-
     # -- decoded code -------------------------------------------------------
     def code_dict(self, pfn: int) -> dict:
         """The frame's decoded-code dict, making the frame a code frame."""
@@ -241,6 +236,7 @@ class AddressSpace:
         # (mapped, unmapped, remapped, made dirty) since pre-copy last took
         # them (track_changes / take_changes).
         self.changes: set[int] | None = None
+        self.nremote = 0                       # PTEs with PTE_REMOTE
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
         self.window = window
         self.rt: dict[int, int] = _Tlb(self, False)   # page va -> frame base - page va, readable
@@ -284,8 +280,12 @@ class AddressSpace:
 
     def _set_pte(self, vpn: int, pte: int) -> None:
         """pte[vpn] = pte, and the word uvpt[vpn] shows (its table exists)."""
-        if self.changes is not None and (pte ^ self.pte.get(vpn, 0)) & ~PTE_A:
-            self.changes.add(vpn)
+        diff = pte ^ self.pte.get(vpn, 0)
+        if diff & ~PTE_A:
+            if self.changes is not None:
+                self.changes.add(vpn)
+            if diff & PTE_REMOTE:
+                self.nremote += 1 if pte & PTE_REMOTE else -1
         self._store_pte(vpn, pte)
 
     def _store_pte(self, vpn: int, pte: int) -> None:
@@ -325,6 +325,27 @@ class AddressSpace:
         self._set_pte(vpn, (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P)
         return True
 
+    def insert_fresh_run(self, pfns: list[int], vpns: list[int], perms: list[int]) -> bool:
+        """insert_fresh for many pages at once (restore): frame pfns[i] at
+        vpns[i] with perms[i]; the vpns are unmapped and the env has not run.
+        False (nothing mapped; page tables made meanwhile stay) if a page
+        table could not be allocated."""
+        ptpages = self.ptpages
+        for pdx in {v >> 10 for v in vpns}:
+            if pdx not in ptpages and not self.pgdir_walk(pdx << 22, True):
+                return False
+        ref = self.phys.ref
+        for pfn in pfns:
+            ref[pfn] += 1
+        vals = [(pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P for pfn, perm in zip(pfns, perms)]
+        self.pte.update(zip(vpns, vals))
+        if self.changes is not None:
+            self.changes.update(vpns)
+        m32 = self.m32
+        for vpn, val in zip(vpns, vals):                # the UVPT mirror
+            m32[(ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = val
+        return True
+
     def page_remove(self, va: int) -> None:
         """Unmap whatever is at va (silently nothing if unmapped)."""
         vpn = va >> 12
@@ -332,6 +353,8 @@ class AddressSpace:
         if old is not None:
             if self.changes is not None:
                 self.changes.add(vpn)
+            if old & PTE_REMOTE:
+                self.nremote -= 1
             self.m32[(self.ptpages[vpn >> 10] << 10) | (vpn & 0x3FF)] = 0
             self._drop(vpn, old)
             self.invlpg(vpn)
@@ -355,6 +378,7 @@ class AddressSpace:
         if self.changes is not None:
             self.changes.update(vpns)
         self.pte.update(dict.fromkeys(vpns, pte))
+        self.nremote += count
         shown = array("I", [pte & PTE_PERM_MASK])       # what uvpt[] shows for each
         v, end = vpn, vpn + count
         while v < end:                                   # one slice per page table
@@ -436,6 +460,7 @@ class AddressSpace:
         for vpn, pte in self.pte.items():
             self._drop(vpn, pte)
         self.pte.clear()
+        self.nremote = 0
         for pfn in self.ptpages.values():
             self.phys.decref(pfn)
         self.ptpages.clear()

@@ -5,6 +5,7 @@ abort).  A mixin of Kernel (kernel.py)."""
 from __future__ import annotations
 
 import attrs
+import numpy as np
 
 from . import events as ev
 from .env import ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVGENSHIFT, ENVX, Env
@@ -76,22 +77,26 @@ class SnapshotMixin:
 
     def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
         """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
-        consecutive pages with equal permissions, in address order."""
+        consecutive pages with equal permissions, in address order (a few
+        array operations over the page table, not a loop per page)."""
         pte = self._env(envid).aspace.pte
-        top = UTOP >> 12
-        runs: list[list[int]] = []
-        last = None
-        for vpn in sorted(pte):
-            v = pte[vpn]
-            if vpn >= top or not v & 1:
-                continue
-            perm = v & 0xE07
-            if last is not None and last[2] == perm and last[0] + last[1] == vpn:
-                last[1] += 1
-            else:
-                last = [vpn, 1, perm]
-                runs.append(last)
-        return [tuple(r) for r in runs]
+        n = len(pte)
+        if not n:
+            return []
+        vpns = np.fromiter(pte.keys(), np.int64, n)
+        vals = np.fromiter(pte.values(), np.int64, n)
+        keep = (vpns < (UTOP >> 12)) & (vals & PTE_P != 0)
+        order = np.argsort(vpns[keep], kind="stable")
+        vpns = vpns[keep][order]
+        perms = (vals[keep][order] & PTE_SYSCALL)
+        if not len(vpns):
+            return []
+        # A run starts where the vpn is not the last one's + 1 or the perm changes.
+        start = np.ones(len(vpns), bool)
+        start[1:] = (np.diff(vpns) != 1) | (perms[1:] != perms[:-1])
+        firsts = np.flatnonzero(start)
+        counts = np.diff(np.append(firsts, len(vpns)))
+        return list(zip(vpns[firsts].tolist(), counts.tolist(), perms[firsts].tolist()))
 
     def restore_remote_run(self, e: Env, va: int, count: int, perm: int) -> None:
         """Mark count consecutive pages of an incoming env remote at once."""
@@ -101,7 +106,7 @@ class SnapshotMixin:
         a = e.aspace
         first = va >> 12
         vpns = range(first, first + count)
-        if any(v in a.pte for v in vpns):
+        if not a.pte.keys().isdisjoint(vpns):
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
         if not a.set_remote_run(first, count, perm):
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
@@ -241,25 +246,38 @@ class SnapshotMixin:
     def restore_batch(self, e: Env, vas, perms) -> list[memoryview]:
         """Map a batch of pages into an incoming env, each at its va with its
         perm (already checked: aligned, below UTOP, within PTE_SYSCALL,
-        unique), on fresh frames; returns the frames' views, for the
-        caller to fill with the pages' data.  Raises KernelError NO_MEMORY
-        (the env is then aborted by the caller)."""
+        unique), on fresh frames; returns views of those frames in the
+        pages' order, for the caller to fill with the pages' data: one view
+        per run of consecutive frames (on a fresh node, one per batch).
+        Raises KernelError NO_MEMORY (the env is then aborted by the
+        caller) or BAD_SNAPSHOT."""
         a = e.aspace
-        pte = a.pte
+        n = len(vas)
+        vpns = [va >> 12 for va in vas]
+        if not a.pte.keys().isdisjoint(vpns):
+            twice = next(v for v in vpns if v in a.pte)
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {twice << 12:08x} appears twice")
         free = self.phys.free
-        frame = self.phys.frame
+        if len(free) < n:
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
+        # The next n frames pop() would give, in ascending order: consecutive
+        # frames, so the batch's data lands in few contiguous runs.
+        pfns = free[-n:]
+        del free[-n:]
+        if n > 1 and pfns[0] > pfns[1]:
+            pfns.reverse()                  # (frames freed high to low)
+        if not a.insert_fresh_run(pfns, vpns, list(perms)):
+            free.extend(pfns)
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+        mem = memoryview(self.phys.mem)
         out = []
-        for va, perm in zip(vas, perms):
-            vpn = va >> 12
-            if vpn in pte:
-                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
-            if not free:
-                raise ev.KernelError(ev.NO_MEMORY, "out of memory restoring pages")
-            pfn = free.pop()
-            if not a.insert_fresh(pfn, vpn, perm):
-                free.append(pfn)
-                raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
-            out.append(frame(pfn))
+        start = prev = pfns[0]
+        for pfn in pfns[1:]:
+            if pfn != prev + 1:
+                out.append(mem[start << 12:(prev + 1) << 12])
+                start = pfn
+            prev = pfn
+        out.append(mem[start << 12:(prev + 1) << 12])
         return out
 
     def _fill_frame(self, pfn: int, data, chunks) -> None:

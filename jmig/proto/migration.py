@@ -56,6 +56,12 @@ def _int(lo: int, hi: int):
     return check
 
 
+def _seconds(t, f, v):
+    if not isinstance(v, float) or not 0.0 <= v <= 1e6:
+        _fail(t, f, "is not a number of seconds")
+    return v
+
+
 def _bool(t, f, v):
     if not isinstance(v, bool):
         _fail(t, f, "is not true or false")
@@ -167,6 +173,20 @@ class Pages:
     round: int
 
 
+@message("round-end", round=_int(1, 100_000))
+class RoundEnd:
+    """Pre-copy: every page of this round has been sent."""
+    round: int
+
+
+@message("round-applied", round=_int(1, 100_000))
+class RoundApplied:
+    """Pre-copy: the destination has installed every page sent before the
+    round's RoundEnd (so the source stops the process only once the
+    destination has caught up, and measures the bandwidth end to end)."""
+    round: int
+
+
 @message("final", header=_map, map=_bytes(6 << 20, 6), remote=_bytes(4 << 20, 4),
          drops=_bytes(4 << 20, 4), pages=_int(0, 1 << 20),
          pager=_optional(_addr), token=_optional(_bytes(TOKEN_LEN, exact=TOKEN_LEN)),
@@ -226,11 +246,14 @@ class Abort:
     reason: str
 
 
-@message("started", envid=_envid, resumed=_bool)
+@message("started", envid=_envid, resumed=_bool, after_s=_optional(_seconds))
 class Started:
-    """The destination took the process over (and resumed it if asked)."""
+    """The destination took the process over (and resumed it if asked);
+    after_s: how long ago, in its own clock, it made the env runnable (so
+    the source can end the downtime there, not when this arrives)."""
     envid: int
     resumed: bool
+    after_s: float | None = None
 
 
 @message("error", code=_str(64), message=_str(MAX_TEXT))
@@ -306,7 +329,8 @@ class Released:
 # -- which messages may arrive where ---------------------------------------------------------
 
 SOURCE_OPENS = frozenset({Begin, Status})            # first frame on a migration port
-FROM_SOURCE_PRECOPY = frozenset({Pages, Final, ErrorReply})
+FROM_SOURCE_PRECOPY = frozenset({Pages, RoundEnd, Final})
+ROUND_APPLIED = frozenset({RoundApplied})
 FROM_SOURCE_DECISION = frozenset({Commit, Go, Abort, ErrorReply})
 FROM_DESTINATION = frozenset({Prepared, Committed, Started, ErrorReply})
 STATUS_REPLY = frozenset({StatusReply, ErrorReply})

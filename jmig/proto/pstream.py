@@ -356,17 +356,21 @@ class StreamDecoder:
 
     # -- page data -------------------------------------------------------------------
     def sink(self, views) -> None:
-        """Where the current batch's pages go: one 4096-byte writable buffer
-        per page (None: check them and drop them).  Buffered bytes are
-        copied there at once."""
+        """Where the current batch's pages go: writable buffers whose sizes
+        are multiples of 4096 and add up to the batch's pages, in order
+        (None: check them and drop them).  Buffered bytes are copied there
+        at once."""
         if self.state != "data":
             raise StreamError("no batch is waiting for its pages")
         if views is None:
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(BATCH_MAX * PGSIZE))
             views = [self._scratch[:self._left]]
-        elif len(views) * PGSIZE != self._left:
-            raise StreamError(f"{len(views)} pages given for {self._left // PGSIZE}")
+        else:
+            views = [memoryview(v).cast("B") for v in views]
+            given = sum(len(v) for v in views)
+            if given != self._left:
+                raise StreamError(f"{given // PGSIZE} pages given for {self._left // PGSIZE}")
         self._views = [memoryview(v).cast("B") for v in views]
         self._drain_into_sink()
 

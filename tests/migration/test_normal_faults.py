@@ -190,7 +190,7 @@ def _committed_len(envid):
 
 
 def _started_len(envid):
-    return len(encode_frame({"t": "started", "envid": envid, "resumed": False}))
+    return len(encode_frame({"t": "started", "envid": envid, "resumed": False, "after_s": 0.0}))
 
 
 # where: (direction, limit from the byte counts of a whole migration)

@@ -36,7 +36,7 @@ class StreamSend:
         node, k = self.node, self.node.kernel
         e = k.get_env(self.envid)
         node.migrations.check_free(self.envid)
-        if k.remote_pages(self.envid):
+        if k.remote_count(self.envid):
             await node.migrations.pager.pull_all(self.envid)
         self.was_paused = e.paused
         if not e.paused:
@@ -63,16 +63,25 @@ class StreamSend:
     def prepared(self, out) -> None:
         """The destination holds the env, verified (before the commit)."""
 
+    give_up = False                 # GO decided: destroy ours once the destination is told
+
     def hand_over(self, out) -> None:
-        """GO: the destination has it; give ours up (--keep: leave it paused)."""
-        k = self.node.kernel
-        e = k.get_env(self.envid)
+        """GO: the destination has it; give ours up (--keep: leave it
+        paused).  Ours stays frozen until released(), after the destination
+        was told, so freeing its frames is not part of the downtime."""
         if self.keep:
-            e.frozen = ""
+            self.node.kernel.get_env(self.envid).frozen = ""
             self.node.log.info("migration kept source copy", envid=self.envid)
+            self.node.dispatch_events()
         else:
-            k.env_destroy(e, 0, f"migrated to {out.target}")
-        self.node.dispatch_events()
+            self.give_up = True
+
+    def released(self, out) -> None:
+        """After the hand-over (whether or not the destination answered)."""
+        if self.give_up:
+            k = self.node.kernel
+            k.env_destroy(k.get_env(self.envid), 0, f"migrated to {out.target}")
+            self.node.dispatch_events()
 
     def roll_back(self, out) -> None:
         """ABORT: the env is ours again, as it was before."""

@@ -218,8 +218,12 @@ class Pager:
                 await inc.committed.wait()
                 if inc.state == "lost":
                     return                            # it never committed here
-                need = self._remote_vpns(inc) if self._env_alive(inc) else []
-                inc.remote = len(need)
+                # The origin serves nothing before the go, so until then it has
+                # sent nothing this side could lack: the list of pages still
+                # needed (O(pages)) is only for an attach after the go.
+                alive = self._env_alive(inc)
+                need = self._remote_vpns(inc) if alive and inc.go.is_set() else []
+                inc.remote = self.node.kernel.remote_count(inc.envid) if alive else 0
                 await self._attach(inc, faults, "faults", need)
                 await self._attach(inc, push, "push", need)
                 inc.attached.set()
@@ -406,7 +410,7 @@ class Pager:
         inc = self.by_env.get(envid)
         k = self.node.kernel
         if inc is None:
-            if k.remote_pages(envid):
+            if k.remote_count(envid):
                 raise ev.KernelError(ev.BAD_STATE, f"env {envid} has remote pages but no "
                                      "migration to fetch them from")
             return
@@ -414,7 +418,7 @@ class Pager:
         inc.requests.send_nowait(None)
         with trio.move_on_after(300):
             await inc.all_in.wait()
-        if inc.state == "lost" or k.remote_pages(envid):
+        if inc.state == "lost" or k.remote_count(envid):
             raise ev.KernelError(ev.BAD_STATE, f"could not fetch the pages of env {envid} "
                                  f"from {inc.origin}")
 

@@ -16,8 +16,14 @@ from this node (origin.py), the hybrid that QEMU and CRIU offer.
 
 On the destination's P:
 
-    source -> dest   Begin{header} Pages{b, round}* Final{header, map, remote, drops,
-                                                          pages, pager?, ...}
+    source -> dest   Begin{header}
+                     ( Pages{b, round}* RoundEnd{round}  <- RoundApplied{round} )+
+                     Final{header, map, remote, drops, pages, pager?, ...}
+
+A round ends with RoundEnd, which the destination answers once it has
+installed every page before it: the source stops the process only when
+the destination has caught up (the stop phase does not wait behind a
+backlog), and the bandwidth it measures is end to end.
 
 then session.py's steps.  Until the decision the env runs here (if it was
 running); an abort leaves it exactly so.
@@ -67,13 +73,14 @@ class PrecopySend:
         self.final: list[int] = []
         self.remote: list[int] = []
         self.pages = 0                   # the process's pages at the stop
+        self.give_up = False             # GO decided: destroy ours after telling the destination
         self.dest_name = ""
 
     async def hold(self, out) -> None:
         node, k = self.node, self.node.kernel
         k.get_env(self.envid)
         node.migrations.check_free(self.envid)
-        if k.remote_pages(self.envid):
+        if k.remote_count(self.envid):
             await node.migrations.pager.pull_all(self.envid)
         node.migrations.busy[self.envid] = "migrating (pre-copy)"
 
@@ -95,6 +102,8 @@ class PrecopySend:
             rnd += 1
             r0 = time.perf_counter()
             n = await self._send_pages(out, link, to_send, rnd)
+            await link.send(m.RoundEnd(round=rnd))
+            await link.receive(m.ROUND_APPLIED)
             dt = time.perf_counter() - r0
             sent_bytes += n * PAGE_RECORD
             send_time += dt
@@ -192,8 +201,14 @@ class PrecopySend:
             e.frozen = ""
             node.log.info("migration kept source copy", envid=self.envid)
         else:
-            k.env_destroy(e, 0, f"migrated to {out.target}")
+            self.give_up = True             # released() destroys it, after the Go
         node.dispatch_events()
+
+    def released(self, out) -> None:
+        if self.give_up:
+            k = self.node.kernel
+            k.env_destroy(k.get_env(self.envid), 0, f"migrated to {out.target}")
+            self.node.dispatch_events()
 
     def roll_back(self, out) -> None:
         node, k = self.node, self.node.kernel
@@ -233,6 +248,9 @@ class PrecopyReceive:
                 msg = await link.receive(m.FROM_SOURCE_PRECOPY)
                 if isinstance(msg, m.Final):
                     break
+                if isinstance(msg, m.RoundEnd):
+                    await link.send(m.RoundApplied(round=msg.round))
+                    continue
                 if len(msg.b) // PAGE_RECORD + 1 > k.phys.nfree:
                     raise ev.KernelError(ev.NO_MEMORY, "out of memory receiving pages")
                 for p in decode_pages(msg.b):

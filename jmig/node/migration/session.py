@@ -150,8 +150,9 @@ async def ask(node, addr: tuple[str, int], kind: str, mid: str) -> m.StatusReply
 @attrs.define(eq=False)
 class Outbound:
     """One migration (or save) as the source runs it.  The method supplies
-    hold / begin_fields / transfer / hand_over / roll_back; `connect`
-    opens the link (to a node, or a file).  run() returns the statistics
+    hold / begin_fields / transfer / hand_over / roll_back, and may supply
+    released (after the destination was told to run it); `connect` opens
+    the link (to a node, or a file).  run() returns the statistics
     or raises MigrationError (the env is then back as it was)."""
     node: object
     method: object
@@ -167,6 +168,7 @@ class Outbound:
     new_envid: int | None = None
     t0: float = 0.0
     t_pause: float | None = None
+    t_end: float | None = None                      # the destination made it runnable
     link: Link | None = None
     log: object = None
 
@@ -197,8 +199,12 @@ class Outbound:
             self.method.hand_over(self)
             with trio.CancelScope(shield=True):
                 await self._hand_over()
+            stats = self.stats()                # the downtime ends with the destination told
+            released = getattr(self.method, "released", None)
+            if released is not None:
+                released(self)
             self.set_stage(Stage.DONE)
-            return self.stats()
+            return stats
         except BaseException as exc:
             if self.decision is Decision.PENDING:
                 with trio.CancelScope(shield=True):
@@ -269,7 +275,8 @@ class Outbound:
         self.set_stage(Stage.HANDING_OVER)
         try:
             await self.link.send(m.Go(), timeout=HANDOVER_TIMEOUT)
-            await self.link.receive(frozenset({m.Started}), timeout=HANDOVER_TIMEOUT)
+            started = await self.link.receive(frozenset({m.Started}), timeout=HANDOVER_TIMEOUT)
+            self.t_end = time.perf_counter() - (started.after_s or 0.0)
         except (MigrationError, ProtocolError) as exc:
             self.log.warning("destination not told to run the env yet; it will ask",
                              error=str(exc))
@@ -299,9 +306,12 @@ class Outbound:
     def stats(self) -> dict:
         t = time.perf_counter()
         t_pause = self.t_pause if self.t_pause is not None else self.t0
+        # The downtime ends when the destination made the env runnable (the
+        # Started message says how long before it was sent), else now.
+        t_end = self.t_end if self.t_end is not None else t
         out = {"envid": self.envid, "new_envid": self.new_envid, "method": self.method.name,
                "to": self.target, "mid": self.mid, "total_s": t - self.t0,
-               "setup_s": t_pause - self.t0, "downtime_s": t - t_pause,
+               "setup_s": t_pause - self.t0, "downtime_s": max(0.0, t_end - t_pause),
                "resumed": self.resume}
         if self.link is not None:
             out["wire_bytes"] = self.link.bytes_sent + self.link.bytes_received
@@ -327,6 +337,7 @@ class Inbound:
     state: Arrival = Arrival.RECEIVING
     env: object = None
     t0: float = attrs.Factory(time.perf_counter)
+    t_runnable: float = 0.0             # when settle() made the env runnable
 
     @property
     def mid(self) -> str:
@@ -367,7 +378,9 @@ class Inbound:
         self.settle(decision)
         if decision is Decision.GO:
             try:
-                await self.link.send(m.Started(self.env.env_id, self.begin.resume), timeout=1.0)
+                after = min(1e6, max(0.0, time.perf_counter() - self.t_runnable))
+                await self.link.send(m.Started(self.env.env_id, self.begin.resume, after),
+                                     timeout=1.0)
             except Error:
                 pass
 
@@ -431,6 +444,7 @@ class Inbound:
             env.frozen = ""
             if self.begin.resume:
                 k.resume(env.env_id)
+            self.t_runnable = time.perf_counter()
             self._arrive(Arrival.RUNNING)
             if self.tracer is not None:
                 self.tracer.arrived(self, node, env.env_id)

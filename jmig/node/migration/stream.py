@@ -45,7 +45,7 @@ class StreamWriter:
         self.kernel = kernel
         self.envid = envid
         self.remote = remote
-        if kernel.remote_pages(envid):
+        if kernel.remote_count(envid):
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} still has pages on another node")
         if remote:
             self.runs = kernel.page_runs(envid)       # [(first vpn, count, perm)]
