@@ -52,6 +52,19 @@ class ClosedMidFrame(ConnectionClosed, RemoteProtocolError):
     protocol violation, whichever the caller cares about."""
 
 
+def advance(views: list, n: int) -> None:
+    """Drop the first n bytes of a list of buffers (after a scatter/gather
+    write of n bytes), in place."""
+    while n:
+        k = len(views[0])
+        if n >= k:
+            views.pop(0)
+            n -= k
+        else:
+            views[0] = views[0][n:]
+            n = 0
+
+
 class FramedStream:
     """Frames over a trio stream.  One task sends and one receives at a time.
 
@@ -123,14 +136,7 @@ class FramedStream:
                 while views:
                     n = await sock.sendmsg(views[:IOV_MAX])
                     self.bytes_sent += n
-                    while n:
-                        k = len(views[0])
-                        if n >= k:
-                            views.pop(0)
-                            n -= k
-                        else:
-                            views[0] = views[0][n:]
-                            n = 0
+                    advance(views, n)
             except OSError as exc:
                 raise ConnectionClosed(f"connection lost while sending: {exc}") from exc
 

@@ -24,9 +24,8 @@ import trio
 from ...proto import migration as m
 from ...proto.image import READ_CHUNK, max_image_bytes
 from ...proto.pstream import StreamError
+from ...proto.wire import IOV_MAX, advance
 from ..disk import fsync_dir
-
-IOV_MAX = 1024
 
 
 class _NoStream:
@@ -60,14 +59,7 @@ class SaveLink:
         while views:
             n = os.writev(self._fd, views[:IOV_MAX])
             self.bytes_sent += n
-            while n:
-                k = len(views[0])
-                if n >= k:
-                    views.pop(0)
-                    n -= k
-                else:
-                    views[0] = views[0][n:]
-                    n = 0
+            advance(views, n)
         await trio.sleep(0)
 
     async def send(self, msg, timeout: float | None = None) -> None:
