@@ -32,6 +32,7 @@ class SaveSend(StreamSend):
     """Save: a normal stream to an image file; the env stays here (paused,
     or running again if it was paused just for the save)."""
     name = "image"
+    holds_as = Hold.SAVING
 
     def __init__(self, node, envid: int, pause: bool):
         super().__init__(node, envid, keep=True)
@@ -43,7 +44,6 @@ class SaveSend(StreamSend):
             raise ev.KernelError(ev.BAD_STATE, f"env {self.envid} is running; pause it first "
                                  "(or save with --pause to pause it just for the save)")
         await super().hold(out)
-        e.frozen = Hold.SAVING
 
     def hand_over(self, out) -> None:
         self.roll_back(out)                 # saved: the env is as it was before

@@ -18,7 +18,10 @@ from .stream import StreamRestorer, StreamWriter
 
 class StreamSend:
     """The source's part of a migration whose data is a process stream:
-    the env is paused (if it was not) and held for the whole exchange."""
+    the env is paused (if it was not) once the link to the destination is
+    up, and held for the rest of the exchange.  While the link is being
+    opened it keeps running, marked busy (kill and other moves refused)."""
+    holds_as = Hold.MIGRATING
     name = "normal"
     port_kind = "normal"
     remote = False                          # pgfault: page table entries only
@@ -30,25 +33,35 @@ class StreamSend:
         self.keep = keep
         self.destination_addr = destination_addr     # (host, P) of the destination
         self.was_paused = False
+        self.paused_here = False                     # this migration paused it
         self.writer: StreamWriter | None = None
 
     async def hold(self, out) -> None:
         node, k = self.node, self.node.kernel
-        e = k.get_env(self.envid)
+        k.get_env(self.envid)
         node.migrations.check_free(self.envid)
         if k.remote_count(self.envid):
             await node.migrations.pager.pull_all(self.envid)
+        node.migrations.busy[self.envid] = str(self.holds_as)
+
+    def stop(self, out) -> None:
+        """Pause and hold the env: the downtime starts here."""
+        k = self.node.kernel
+        e = k.get_env(self.envid)
+        self.node.migrations.busy.pop(self.envid, None)
         self.was_paused = e.paused
         if not e.paused:
             k.pause(self.envid)
+            self.paused_here = True
         out.paused_now()
-        e.frozen = Hold.MIGRATING
+        e.frozen = self.holds_as
 
     def begin_fields(self, out, link) -> dict:
         return {}
 
     async def transfer(self, out, link) -> None:
         node = self.node
+        self.stop(out)
         self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
                                        remote=self.remote)
         await link.send(m.Begin(mid=out.mid, method=self.name, src=node.name,
@@ -86,11 +99,12 @@ class StreamSend:
     def roll_back(self, out) -> None:
         """ABORT: the env is ours again, as it was before."""
         k = self.node.kernel
+        self.node.migrations.busy.pop(self.envid, None)
         e = k.envs[self.envid & 0x3FF]
         if e.env_id != self.envid or not e.status:
             return
         e.frozen = ""
-        if not self.was_paused and e.paused:
+        if self.paused_here and e.paused:
             k.resume(self.envid)
             self.node.poke()
 

@@ -3,7 +3,7 @@
 instead of contents, to the destination's P+1); the origin keeps the
 pages and serves them (origin.py) to the destination's pager (pager.py).
 
-    source -> dest   Begin{pages, pager, token, push, prefetch} Data{b}* End
+    source -> dest   Begin{pages, pager, token, push, prefetch} <process stream of RUN records>
 """
 from __future__ import annotations
 
