@@ -371,7 +371,7 @@ class StreamDecoder:
             given = sum(len(v) for v in views)
             if given != self._left:
                 raise StreamError(f"{given // PGSIZE} pages given for {self._left // PGSIZE}")
-        self._views = [memoryview(v).cast("B") for v in views]
+        self._views = views
         self._drain_into_sink()
 
     def data_views(self) -> list:

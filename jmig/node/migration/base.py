@@ -31,3 +31,42 @@ class Hold(enum.StrEnum):
     ARRIVING = "arriving"                  # committed here, waiting for the source's go
     SERVING = "serving pages"              # a pgfault origin: the pages live here
     SAVING = "saving"
+
+
+class SourceCopy:
+    """The source's own copy of the env, for the methods that stop it here
+    (normal, pgfault, pre-copy): what the hand-over and a roll back do with
+    it.  The method has node, envid, keep and paused_here (it paused the
+    env itself)."""
+    give_up = False                 # GO decided: destroy ours once the destination is told
+
+    def keep_or_give_up(self) -> None:
+        """GO: --keep leaves ours paused and free; otherwise it stays frozen
+        until released(), after the destination was told, so freeing its
+        frames is not part of the downtime."""
+        if self.keep:
+            self.node.kernel.get_env(self.envid).frozen = ""
+            self.node.log.info("migration kept source copy", envid=self.envid)
+        else:
+            self.give_up = True
+
+    def released(self, out) -> None:
+        """After the hand-over (whether or not the destination answered)."""
+        if self.give_up:
+            k = self.node.kernel
+            k.env_destroy(k.get_env(self.envid), 0, f"migrated to {out.target}")
+            self.node.dispatch_events()
+
+    def give_back(self):
+        """ABORT: the env is ours again, as it was before (resumed if this
+        migration paused it).  Returns it, or None if it is gone."""
+        node, k = self.node, self.node.kernel
+        node.migrations.busy.pop(self.envid, None)
+        e = k.envs[self.envid & 0x3FF]
+        if e.env_id != self.envid or not e.status:
+            return None
+        e.frozen = ""
+        if self.paused_here and e.paused:
+            k.resume(self.envid)
+            node.poke()
+        return e

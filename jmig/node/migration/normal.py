@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from ...proto import migration as m
 from ..failpoints import failpoint
-from .base import Hold, MigrationError
+from .base import Hold, MigrationError, SourceCopy
 from .stream import StreamRestorer, StreamWriter
 
 
-class StreamSend:
+class StreamSend(SourceCopy):
     """The source's part of a migration whose data is a process stream:
     the env is paused (if it was not) once the link to the destination is
     up, and held for the rest of the exchange.  While the link is being
@@ -76,37 +76,15 @@ class StreamSend:
     def prepared(self, out) -> None:
         """The destination holds the env, verified (before the commit)."""
 
-    give_up = False                 # GO decided: destroy ours once the destination is told
-
     def hand_over(self, out) -> None:
-        """GO: the destination has it; give ours up (--keep: leave it
-        paused).  Ours stays frozen until released(), after the destination
-        was told, so freeing its frames is not part of the downtime."""
+        """GO: the destination has it; give ours up (--keep: leave it paused)."""
+        self.keep_or_give_up()
         if self.keep:
-            self.node.kernel.get_env(self.envid).frozen = ""
-            self.node.log.info("migration kept source copy", envid=self.envid)
-            self.node.dispatch_events()
-        else:
-            self.give_up = True
-
-    def released(self, out) -> None:
-        """After the hand-over (whether or not the destination answered)."""
-        if self.give_up:
-            k = self.node.kernel
-            k.env_destroy(k.get_env(self.envid), 0, f"migrated to {out.target}")
             self.node.dispatch_events()
 
     def roll_back(self, out) -> None:
         """ABORT: the env is ours again, as it was before."""
-        k = self.node.kernel
-        self.node.migrations.busy.pop(self.envid, None)
-        e = k.envs[self.envid & 0x3FF]
-        if e.env_id != self.envid or not e.status:
-            return
-        e.frozen = ""
-        if self.paused_here and e.paused:
-            k.resume(self.envid)
-            self.node.poke()
+        self.give_back()
 
     def stats(self, out) -> dict:
         w = self.writer

@@ -38,14 +38,14 @@ from ...proto import migration as m
 from ...proto import pstream
 from ...proto.pstream import StreamError, decode_pages, encode_pages
 from ..failpoints import failpoint
-from .base import Hold, MigrationError
+from .base import Hold, MigrationError, SourceCopy
 from .origin import Outgoing, runs_of
 
 BATCH_PAGES = 64
 PAGE_RECORD = 4111
 
 
-class PrecopySend:
+class PrecopySend(SourceCopy):
     name = "precopy"
     port_kind = "normal"
 
@@ -73,7 +73,6 @@ class PrecopySend:
         self.final: list[int] = []
         self.remote: list[int] = []
         self.pages = 0                   # the process's pages at the stop
-        self.give_up = False             # GO decided: destroy ours after telling the destination
         self.dest_name = ""
 
     async def hold(self, out) -> None:
@@ -192,36 +191,18 @@ class PrecopySend:
                 runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
 
     def hand_over(self, out) -> None:
-        node, k = self.node, self.node.kernel
+        node = self.node
         node.migrations.busy.pop(self.envid, None)
-        e = k.get_env(self.envid)
         if self.remote:
             node.migrations.origin.serve(out.mid)
-        elif self.keep:
-            e.frozen = ""
-            node.log.info("migration kept source copy", envid=self.envid)
         else:
-            self.give_up = True             # released() destroys it, after the Go
+            self.keep_or_give_up()
         node.dispatch_events()
 
-    def released(self, out) -> None:
-        if self.give_up:
-            k = self.node.kernel
-            k.env_destroy(k.get_env(self.envid), 0, f"migrated to {out.target}")
-            self.node.dispatch_events()
-
     def roll_back(self, out) -> None:
-        node, k = self.node, self.node.kernel
-        node.migrations.busy.pop(self.envid, None)
-        node.migrations.origin.forget(out.mid)
-        e = k.envs[self.envid & 0x3FF]
-        if e.env_id != self.envid or not e.status:
-            return
-        k.stop_tracking(self.envid)
-        e.frozen = ""
-        if self.paused_here and e.paused:
-            k.resume(self.envid)
-            node.poke()
+        self.node.migrations.origin.forget(out.mid)
+        if self.give_back() is not None:
+            self.node.kernel.stop_tracking(self.envid)
 
     def stats(self, out) -> dict:
         return {"then": self.then, "pages": self.pages, "bytes": self.sent * PAGE_RECORD,
