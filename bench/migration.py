@@ -12,8 +12,10 @@ of two jmig-node processes on loopback; then
     on B), next to sending the same bytes over a trio TCP stream in 64 KiB
     writes;
   - pgfault migration: time from pause to runnable on the destination, the
-    remote fault latency p50/p99, and the time until the origin is
-    released, with background push on and off;
+    remote fault latency p50/p99 (next to the p50/p99 of a raw round trip:
+    a 16-byte request answered by 4 KiB from another process over trio TCP
+    on loopback), and the time until the origin is released, with
+    background push on and off;
   - precopy (and the precopy-then-pgfault hybrid) on the running process,
     which rewrites 1/8 of its pages every pass: total time, downtime, rounds,
     and downtime as a fraction of normal migration's.
@@ -123,6 +125,43 @@ def raw_file(tmp: Path, nbytes: int) -> tuple[float, float]:
     return tw, tr
 
 
+RTT_SERVER = """
+import sys, trio
+async def serve(stream):
+    while await stream.receive_some(64):
+        await stream.send_all(bytes(4096 + 24))
+async def main():
+    async with trio.open_nursery() as n:
+        ls = await n.start(trio.serve_tcp, serve, 0, host="127.0.0.1")
+        print(ls[0].socket.getsockname()[1], flush=True)
+trio.run(main)
+"""
+
+
+async def raw_round_trip(n: int = 2000) -> tuple[float, float]:
+    """p50, p99 seconds of a 16-byte request answered by 4 KiB (a page and
+    its head) from another process over trio TCP on loopback: the floor
+    under a remote fault, which adds the two nodes' own work to this."""
+    p = subprocess.Popen([sys.executable, "-c", RTT_SERVER], stdout=subprocess.PIPE)
+    try:
+        port = int(p.stdout.readline())
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await s.send_all(b"g" * 16)
+            got = 0
+            while got < 4096 + 24:
+                got += len(await s.receive_some(65536))
+            lat.append(time.perf_counter() - t)
+        await s.aclose()
+    finally:
+        p.kill()
+        p.wait()
+    lat.sort()
+    return lat[n // 2], lat[min(n - 1, int(n * 0.99))]
+
+
 async def raw_stream(nbytes: int) -> float:
     """Seconds to send nbytes over a trio TCP stream on loopback in 64 KiB writes."""
     chunk = os.urandom(64 * 1024)
@@ -212,6 +251,9 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
         this = st["migrations_in"][-1]                  # this migration's own faults
         out[f"pgfault_{key}_fault_p50_ms"] = this["fault_p50_ms"]
         out[f"pgfault_{key}_fault_p99_ms"] = this["fault_p99_ms"]
+        rtt50, rtt99 = await raw_round_trip()
+        out[f"pgfault_{key}_raw_rtt_p50_ms"] = rtt50 * 1000
+        out[f"pgfault_{key}_raw_rtt_p99_ms"] = rtt99 * 1000
         out[f"pgfault_{key}_faults"] = this["faults"]
         out[f"pgfault_{key}_fetched"] = st["pages_fetched"] - before["pages_fetched"]
         out[f"pgfault_{key}_pushed"] = st["pages_pushed"] - before["pages_pushed"]
@@ -297,11 +339,16 @@ def show(results: list[dict]) -> None:
               f"{r['pgfault_push_until_release_s']:>19.2f} s")
     print("  (without push the origin is released only once every page was touched or pulled)")
     print()
-    print(f"{'size':>6} {'remote faults':>14} {'p50':>9} {'p99':>9} {'faults':>7}")
+    print(f"{'size':>6} {'remote faults':>14} {'p50':>9} {'p99':>9} {'faults':>7} "
+          f"{'raw rtt p50':>11} {'p99':>9}")
     for r in results:
         for key, label in (("nopush", "without push"), ("push", "with push")):
             print(f"{r['size_mib']:>4}Mi {label:>14} {_ms(r[f'pgfault_{key}_fault_p50_ms']):>9} "
-                  f"{_ms(r[f'pgfault_{key}_fault_p99_ms']):>9} {r[f'pgfault_{key}_faults']:>7}")
+                  f"{_ms(r[f'pgfault_{key}_fault_p99_ms']):>9} {r[f'pgfault_{key}_faults']:>7} "
+                  f"{_ms(r.get(f'pgfault_{key}_raw_rtt_p50_ms')):>11} "
+                  f"{_ms(r.get(f'pgfault_{key}_raw_rtt_p99_ms')):>9}")
+    print("  (raw rtt: a 16-byte request answered by 4 KiB from another process over trio")
+    print("   TCP on loopback, measured right after: the floor under a remote fault)")
     print()
     print(f"{'size':>6} {'method':>10} {'downtime':>10} {'vs normal':>9} {'total':>9} "
           f"{'rounds':>6}")

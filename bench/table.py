@@ -13,6 +13,14 @@ def ms(v):
     return "-" if v is None else f"{v * 1000:.1f} ms"
 
 
+def floor(m: dict) -> str:
+    """The raw round trip measured in the same run, if it was."""
+    if m.get("pgfault_push_raw_rtt_p50_ms") is None:
+        return ""
+    return (f"; raw 4 KiB round trip between two processes p50/p99 "
+            f"{m['pgfault_push_raw_rtt_p50_ms']:.2f}/{m['pgfault_push_raw_rtt_p99_ms']:.2f} ms")
+
+
 def render(r: dict) -> str:
     out = ["| core (M guest instructions/s) | interpreter | block translator | Unicorn | "
            "translator / Unicorn |", "|---|---|---|---|---|"]
@@ -45,7 +53,7 @@ def render(r: dict) -> str:
                    f"latency p50/p99 {m['pgfault_nopush_fault_p50_ms']:.2f}/"
                    f"{m['pgfault_nopush_fault_p99_ms']:.2f} ms without push, "
                    f"{m['pgfault_push_fault_p50_ms']:.2f}/{m['pgfault_push_fault_p99_ms']:.2f} "
-                   f"ms with push ({m['pgfault_push_faults']} faults) |")
+                   f"ms with push ({m['pgfault_push_faults']} faults){floor(m)} |")
         out.append(f"| {s} | precopy | {ms(m['precopy_downtime_s'])} | "
                    f"{vs(m, 'precopy_downtime_s')} | {ms(m['precopy_total_s'])} "
                    f"| {m['precopy_rounds']} round(s) |")

@@ -105,8 +105,10 @@ class SnapshotMixin:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page run {va:#x}+{count} perm {perm:#x}")
         a = e.aspace
         first = va >> 12
-        vpns = range(first, first + count)
-        if not a.pte.keys().isdisjoint(vpns):
+        end = first + count
+        # Look through the smaller side (an incoming env's table starts empty).
+        if any(first <= v < end for v in a.pte) if len(a.pte) < count \
+                else not a.pte.keys().isdisjoint(range(first, end)):
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
         if not a.set_remote_run(first, count, perm):
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")

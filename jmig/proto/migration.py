@@ -11,6 +11,7 @@ no other module looks into a raw frame.
 A migration (source -> destination, on the destination's P or P+1):
 
     Begin  (<process stream> | Pages* Final)  -> Prepared
+           (pgfault: Begin -> Ready, then the process stream)
     Commit                             -> Committed
     Go | Abort                         -> Started (after Go)
     any time, either way:  ErrorReply
@@ -149,9 +150,10 @@ class Begin:
     the destination asks about this migration if the link breaks;
     incarnation names the source process (a restarted source is another).
     normal/pgfault: the process stream follows, raw (not in frames: it is
-    self-delimiting); `pages` is its page count; pgfault also names
-    the origin's page server (`pager`), the migration's `token`, `push` and
-    `prefetch`.  precopy: `header` is the env's header at the start."""
+    self-delimiting); `pages` is its page count (normal; pgfault's Begin
+    comes before the process stops, so only the stream's header has it);
+    pgfault also names the origin's page server (`pager`), the migration's
+    `token`, `push` and `prefetch`.  precopy: `header` is the env's header at the start."""
     mid: str
     method: str
     src: str
@@ -216,6 +218,12 @@ class Final:
 
     def drop_vpns(self) -> list[int]:
         return unpack_vpns(self.drops)
+
+
+@message("ready")
+class Ready:
+    """pgfault: the destination's pager is attached to the origin's page
+    server; the source may stop the process and send its stream."""
 
 
 @message("prepared", envid=_envid)
@@ -332,7 +340,7 @@ SOURCE_OPENS = frozenset({Begin, Status})            # first frame on a migratio
 FROM_SOURCE_PRECOPY = frozenset({Pages, RoundEnd, Final})
 ROUND_APPLIED = frozenset({RoundApplied})
 FROM_SOURCE_DECISION = frozenset({Commit, Go, Abort, ErrorReply})
-FROM_DESTINATION = frozenset({Prepared, Committed, Started, ErrorReply})
+FROM_DESTINATION = frozenset({Ready, Prepared, Committed, Started, ErrorReply})
 STATUS_REPLY = frozenset({StatusReply, ErrorReply})
 PAGER_OPENS = frozenset({Attach})
 FROM_PAGER = frozenset({Get, Release})

@@ -71,7 +71,6 @@ _TRAILER = struct.Struct(">IQI")
 _ENTRY_DTYPE = np.dtype([("va", ">u4"), ("perm", ">u2"), ("seq", "u1", (4,))])
 _SEQ_ROW = np.frombuffer(SEQS, np.uint8)
 ZERO_PAGE = bytes(PGSIZE)
-_ONES = memoryview(b"\x01" * MAX_RUN)     # marks a run of pages seen
 
 TAG_HEADER, TAG_BATCH, TAG_ZERO, TAG_REMOTE, TAG_TRAILER = b"H", b"B", b"Z", b"R", b"T"
 TAG_RUN = b"M"
@@ -166,13 +165,15 @@ def _check_entries(vas: np.ndarray, perms: np.ndarray) -> None:
 
 
 class _Seen:
-    """Which user pages a stream has named: one byte per page, constant memory."""
+    """Which user pages a stream has named: one byte per page, constant
+    memory (zeroed lazily by the OS: only the parts a stream names are
+    ever touched, so a small stream costs little)."""
 
     def __init__(self):
-        self.map = bytearray(MAX_RUN)
+        self.map = np.zeros(MAX_RUN, np.uint8)
 
     def add_many(self, vpns: np.ndarray, what: str) -> None:
-        m = np.frombuffer(self.map, np.uint8)
+        m = self.map
         if m[vpns].any() or len(np.unique(vpns)) != len(vpns):
             dup = next(int(v) for i, v in enumerate(vpns)
                        if m[v] or int(v) in set(int(x) for x in vpns[:i]))
@@ -185,9 +186,10 @@ class _Seen:
         self.map[vpn] = 1
 
     def add_run(self, vpn: int, count: int, what: str) -> None:
-        if self.map.find(1, vpn, vpn + count) != -1:
+        run = self.map[vpn:vpn + count]
+        if run.any():
             raise StreamError(f"run at {vpn << 12:#010x} {what}")
-        self.map[vpn:vpn + count] = _ONES[:count]
+        run[:] = 1
 
 
 class StreamEncoder:

@@ -314,3 +314,33 @@ async def test_page_server_refuses_clients_that_are_not_the_destination_or_lack_
     await call(cluster, b, "resume", {"envid": r["new_envid"]})
     await wait_pass(b, r["new_envid"], last, since=mark)
     assert a.migrations.origin.totals["pages_served"] > 0
+
+
+async def test_destination_that_cannot_reach_the_page_server_refuses_before_the_process_stops(
+        cluster):
+    """The destination's pager attaches to the origin's page server before
+    the source stops the process (Begin, then Ready): when it cannot, the
+    migration is refused and the process ran on throughout, never paused."""
+    a = await start(cluster, "a")
+    b = await start(cluster, "b")
+    free_b = free(b)
+    env = (await call(cluster, a, "spawn", {"program": "memtest", "args": ["64", "8"]}))["envid"]
+    last = await wait_pass(a, env)
+    nowhere = next_host()                           # a loopback address nothing listens on
+    with trio.fail_after(30):
+        with pytest.raises(RemoteError) as exc:
+            await call(cluster, a, "migrate", {"envid": env, "to": cluster.addr(b),
+                                               "method": "pgfault", "page_server": nowhere})
+    assert exc.value.code == "unreachable", exc.value
+    assert f"cannot attach to the page server of {a.name} at {nowhere}:" in exc.value.message
+    assert "still here, running" in exc.value.message
+    # It ran all along (memtest kept passing during the 5 s attempt), runs on.
+    during = last_pass(a, env)
+    assert during > last + 1, (last, during)
+    assert ps_entry(a, env)["state"] == ""          # not paused, not held by a migration
+    await wait_pass(a, env, during)
+    # Nothing of it stays on B or in either side's pager tables.
+    assert env_ids(b) == [] and free(b) == free_b
+    assert (await stats(cluster, b))["incoming_active"] == 0
+    assert a.migrations.origin.outgoing == {} and a.migrations.origin.by_env == {}
+    no_mismatch(a, b)

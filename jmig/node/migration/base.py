@@ -40,6 +40,9 @@ class SourceCopy:
     env itself)."""
     give_up = False                 # GO decided: destroy ours once the destination is told
 
+    def prepared(self, out) -> None:
+        """The destination holds the env, verified (before the commit)."""
+
     def keep_or_give_up(self) -> None:
         """GO: --keep leaves ours paused and free; otherwise it stays frozen
         until released(), after the destination was told, so freeing its

@@ -71,6 +71,23 @@ class Link:
         except (ConnectionClosed, trio.TooSlowError) as exc:
             raise self._lost(exc, f"sending {frame.get('t')}") from None
 
+    async def send_first(self, frame: dict) -> None:
+        """send_raw for a reply someone waits on: written to the socket at
+        once from this task when it takes it (no trip through the
+        scheduler, where other tasks would run first)."""
+        if not self.fs.send_now(frame):
+            await self.send_raw(frame)
+        elif self.fs.unsent:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send what a send_now left unsent."""
+        try:
+            with trio.fail_after(self.timeout):
+                await self.fs.send_raw(b"")
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            raise self._lost(exc, "sending") from None
+
     async def send_stream(self, parts) -> None:
         """Process-stream bytes (heads and frames), raw on the connection."""
         try:

@@ -61,20 +61,28 @@ class StreamSend(SourceCopy):
 
     async def transfer(self, out, link) -> None:
         node = self.node
-        self.stop(out)
-        self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
-                                       remote=self.remote)
-        await link.send(m.Begin(mid=out.mid, method=self.name, src=node.name,
-                                src_addr=node.address_for(link), incarnation=node.incarnation,
-                                resume=out.resume, pages=w.npages,
-                                **self.begin_fields(out, link)))
+        if self.remote:
+            # Begin first, the process still running: the destination's pager
+            # attaches to our page server before the downtime starts.
+            await self._begin(out, link, None)
+            await link.receive(frozenset({m.Ready}))
+            self.stop(out)
+            self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
+                                           remote=True)
+        else:
+            self.stop(out)
+            self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name)
+            await self._begin(out, link, w.npages)
         failpoint(f"{self.name}.src.after_begin")
         for parts in w.parts():
             await link.send_stream(parts)
             out.progress(done=w.progress.done, total=w.progress.total, bytes=w.progress.nbytes)
 
-    def prepared(self, out) -> None:
-        """The destination holds the env, verified (before the commit)."""
+    async def _begin(self, out, link, pages: int | None) -> None:
+        node = self.node
+        await link.send(m.Begin(mid=out.mid, method=self.name, src=node.name,
+                                src_addr=node.address_for(link), incarnation=node.incarnation,
+                                resume=out.resume, pages=pages, **self.begin_fields(out, link)))
 
     def hand_over(self, out) -> None:
         """GO: the destination has it; give ours up (--keep: leave it paused)."""
@@ -115,7 +123,7 @@ class StreamReceive:
         env, r.env = r.env, None
         return env
 
-    async def committed(self, inb, env) -> None:
+    def committed(self, inb, env) -> None:
         """The env is committed here (held): get ready for it to start."""
 
     def started(self, inb, env) -> None:

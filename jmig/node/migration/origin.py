@@ -67,7 +67,11 @@ class Outgoing:
     trace: object = None                          # trace.MigrationTrace of its requests, or None
 
     def __attrs_post_init__(self):
-        self.starts = [r[0] for r in self.runs]
+        self.set_runs(self.runs)
+
+    def set_runs(self, runs: list) -> None:
+        self.runs = runs
+        self.starts = [r[0] for r in runs]
 
     @property
     def npages(self) -> int:
@@ -134,8 +138,8 @@ class PageServer:
 
     # -- the table -------------------------------------------------------------------
     def expect(self, out: Outgoing) -> None:
-        """The destination has the migration prepared: let its pager attach
-        (it does so as soon as it commits, to be ready when the env runs),
+        """A migration to out.dest begins: let its pager attach (it does so
+        while the process stream arrives, to be ready when the env runs),
         but serve nothing before serve(mid)."""
         out.trace = self.node.tracer.migration()
         self.outgoing[out.mid] = out
@@ -210,7 +214,7 @@ class PageServer:
                 out.trace.request(msg.vpn << 12)
             batch = [msg.vpn] + [v for v in out.following(msg.vpn, msg.n) if v not in out.sent]
             out.sent.update(batch)
-            await link.send_raw({"t": "page-batch", "b": encode_pages(
+            await link.send_first({"t": "page-batch", "b": encode_pages(
                 [self._page(out, v) for v in batch]), "push": False})
             out.served += len(batch)
             self.totals["pages_served"] += len(batch)

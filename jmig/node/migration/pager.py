@@ -1,10 +1,12 @@
 """The destination of a demand-paging migration: the pager (the original
 project's "super process") fetches the pages that are still on the origin.
 
-Once the migration is handed over (session.py's Go), the pager connects
-two channels to the origin's page server (origin.py): on `faults` it asks
-for each page an env blocks on (with up to `prefetch` following pages), on
-`push` it takes whatever the origin sends by itself.  The env alone waits
+As soon as a migration begins here, before the source stops the process
+(pgfault.py: Begin, then Ready), the pager connects and attaches two
+channels to the origin's page server (origin.py), so that none of that is
+downtime; once the migration is handed over (session.py's Go) it asks on
+`faults` for each page an env blocks on (with up to `prefetch` following
+pages), and takes on `push` whatever the origin sends by itself.  The env alone waits
 for its page; everything else runs.  When no page is remote any more (or
 the env died) it releases the origin.  A broken link leaves the env
 "waiting for pages"; the pager reconnects with backoff and asks again for
@@ -33,7 +35,7 @@ from .base import MigrationError
 from .link import Link
 
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
-ATTACH_WAIT = 5.0                  # how long a commit waits for the channels to attach
+ATTACH_WAIT = 5.0                  # how long a migration waits for the channels to attach
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 
@@ -125,17 +127,24 @@ class Pager:
         self.incoming[mid] = inc
         self._nursery.start_soon(self._link, inc)
 
-    async def commit(self, mid: str, envid: int, timeout: float = ATTACH_WAIT) -> None:
-        """It committed here as envid: attach the channels (the origin, which
-        sent the commit, knows the migration now) and wait, at most
-        timeout, until they are, so that the env's first faults find them
-        ready; ask for nothing before go()."""
+    async def attached(self, mid: str, timeout: float = ATTACH_WAIT) -> None:
+        """Wait until both channels are attached to the origin's page server
+        (before the source stops the process, so that none of this is
+        downtime); MigrationError if that takes longer than timeout."""
+        inc = self.incoming[mid]
+        with trio.move_on_after(timeout):
+            await inc.attached.wait()
+        if not inc.attached.is_set():
+            host, port = inc.addr
+            raise MigrationError("unreachable", f"{self.node.name} cannot attach to the page "
+                                 f"server of {inc.origin} at {host}:{port}")
+
+    def commit(self, mid: str, envid: int) -> None:
+        """It committed here as envid; ask for nothing before go()."""
         inc = self.incoming[mid]
         inc.envid = envid
         self.by_env[envid] = inc
         inc.committed.set()
-        with trio.move_on_after(timeout):
-            await inc.attached.wait()
 
     def go(self, mid: str) -> None:
         """The source handed the env over: fetch its pages."""
@@ -215,18 +224,19 @@ class Pager:
             try:
                 faults = await self._open(inc)
                 push = await self._open(inc)
-                await inc.committed.wait()
-                if inc.state == "lost":
-                    return                            # it never committed here
                 # The origin serves nothing before the go, so until then it has
                 # sent nothing this side could lack: the list of pages still
                 # needed (O(pages)) is only for an attach after the go.
-                alive = self._env_alive(inc)
-                need = self._remote_vpns(inc) if alive and inc.go.is_set() else []
-                inc.remote = self.node.kernel.remote_count(inc.envid) if alive else 0
+                need = self._remote_vpns(inc) \
+                    if inc.go.is_set() and self._env_alive(inc) else []
                 await self._attach(inc, faults, "faults", need)
                 await self._attach(inc, push, "push", need)
-                inc.attached.set()
+                inc.attached.set()                    # ready before it commits here
+                await inc.committed.wait()
+                if inc.state == "lost":
+                    return                            # it never committed here
+                inc.remote = self.node.kernel.remote_count(inc.envid) \
+                    if self._env_alive(inc) else 0
                 await inc.go.wait()                   # ready before the env runs
                 if inc.state == "lost":
                     return                            # the source kept the env
@@ -315,7 +325,7 @@ class Pager:
                         await self._request_all(faults, inc)
                     await maybe_release()
                 elif isinstance(vpn, bytes):
-                    await faults.fs.send_raw(vpn)      # the rest of a send_now frame
+                    await faults.flush()               # the rest of a send_now frame
                 elif vpn in inc.pending and vpn not in inc.asked:
                     inc.asked.add(vpn)
                     await faults.send_raw({"t": "get", "vpn": vpn, "n": inc.prefetch})

@@ -3,12 +3,15 @@
 instead of contents, to the destination's P+1); the origin keeps the
 pages and serves them (origin.py) to the destination's pager (pager.py).
 
-    source -> dest   Begin{pages, pager, token, push, prefetch} <process stream of RUN records>
+    source -> dest   Begin{pager, token, push, prefetch}
+    dest -> source   Ready                 (its pager attached to the origin's page server)
+    source -> dest   <process stream of RUN records>   (the process stops just before)
 """
 from __future__ import annotations
 
 import os
 
+from ...proto import migration as m
 from ...proto.migration import MAX_PREFETCH
 from .base import MigrationError
 from .normal import StreamReceive, StreamSend
@@ -32,16 +35,20 @@ class PgfaultSend(StreamSend):
         self.dest_name = ""
 
     def begin_fields(self, out, link) -> dict:
+        """The destination's pager may attach from now on (before the
+        process stops: the destination answers Ready once it has); pages are
+        served only after the hand-over."""
         self.dest_name = link.peer
+        self.node.migrations.origin.expect(Outgoing(
+            mid=out.mid, envid=self.envid, dest=self.dest_name, dest_addr=self.destination_addr,
+            token=self.token, push=self.push, prefetch=self.prefetch, runs=[]))
         host = self.page_server or self.node.advertised_host(link.fs)
         return {"pager": (host, self.node.ports["pager"]), "token": self.token,
                 "push": self.push, "prefetch": self.prefetch}
 
     def prepared(self, out) -> None:
-        """The destination holds it: its pager may attach now."""
-        self.node.migrations.origin.expect(Outgoing(
-            mid=out.mid, envid=self.envid, dest=self.dest_name, dest_addr=self.destination_addr,
-            token=self.token, push=self.push, prefetch=self.prefetch, runs=self.writer.runs))
+        """The destination holds it: the pages to serve are the ones sent as remote."""
+        self.node.migrations.origin.outgoing[out.mid].set_runs(self.writer.runs)
 
     def hand_over(self, out) -> None:
         """GO: keep the pages and serve them until the destination has them all."""
@@ -64,11 +71,14 @@ class PgfaultReceive(StreamReceive):
         if b.pager is None or b.token is None:
             raise MigrationError("bad-request", "a pgfault migration must name the page server "
                                  "and carry a token")
-        self.node.migrations.pager.prepare(b.mid, b.src, b.pager, b.token, b.prefetch or 0)
+        pager = self.node.migrations.pager
+        pager.prepare(b.mid, b.src, b.pager, b.token, b.prefetch or 0)
+        await pager.attached(b.mid)
+        await link.send(m.Ready())
         return await super().receive(inb, link)
 
-    async def committed(self, inb, env) -> None:
-        await self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
+    def committed(self, inb, env) -> None:
+        self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
 
     def started(self, inb, env) -> None:
         self.node.migrations.pager.go(inb.begin.mid)

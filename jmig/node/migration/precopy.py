@@ -150,6 +150,13 @@ class PrecopySend(SourceCopy):
                                        method="precopy")
         extra = {}
         if self.remote:
+            # The destination's pager may attach from now on; pages are
+            # served only after the hand-over.
+            self.node.migrations.origin.expect(Outgoing(
+                mid=out.mid, envid=self.envid, dest=self.dest_name,
+                dest_addr=self.destination_addr, token=self.token, push=self.push,
+                prefetch=self.prefetch,
+                runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
             extra = {"pager": (node.advertised_host(link.fs), node.ports["pager"]),
                      "token": self.token, "push": self.push, "prefetch": self.prefetch}
         await link.send(m.Final(header=header,
@@ -181,14 +188,6 @@ class PrecopySend(SourceCopy):
                 self.sent += len(batch)
                 out.progress(done=n, total=len(vpns), bytes=self.sent * PAGE_RECORD, round=rnd)
         return n
-
-    def prepared(self, out) -> None:
-        if self.remote:
-            self.node.migrations.origin.expect(Outgoing(
-                mid=out.mid, envid=self.envid, dest=self.dest_name,
-                dest_addr=self.destination_addr, token=self.token, push=self.push,
-                prefetch=self.prefetch,
-                runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
 
     def hand_over(self, out) -> None:
         node = self.node
@@ -239,8 +238,10 @@ class PrecopyReceive:
             self.final = msg
             self._apply_final(env, msg)
             if msg.remote:
-                self.node.migrations.pager.prepare(inb.begin.mid, inb.begin.src, msg.pager,
-                                                   msg.token, msg.prefetch or 0)
+                pager = self.node.migrations.pager
+                pager.prepare(inb.begin.mid, inb.begin.src, msg.pager, msg.token,
+                              msg.prefetch or 0)
+                await pager.attached(inb.begin.mid)
         except BaseException:
             k.abort_incoming(env)
             raise
@@ -272,9 +273,9 @@ class PrecopyReceive:
             raise StreamError(f"the process has {final.pages} pages but {len(pte)} arrived")
         k.set_registers(env, pstream.env_header(final.header))
 
-    async def committed(self, inb, env) -> None:
+    def committed(self, inb, env) -> None:
         if self.final is not None and self.final.remote:
-            await self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
+            self.node.migrations.pager.commit(inb.begin.mid, env.env_id)
 
     def started(self, inb, env) -> None:
         if self.final is not None and self.final.remote:

@@ -169,6 +169,7 @@ class Outbound:
     t0: float = 0.0
     t_pause: float | None = None
     t_end: float | None = None                      # the destination made it runnable
+    marks: dict = attrs.Factory(dict)               # step -> perf_counter() when reached
     link: Link | None = None
     log: object = None
 
@@ -180,6 +181,7 @@ class Outbound:
 
     def set_stage(self, stage: Stage) -> None:
         self.stage = stage
+        self.marks[str(stage)] = time.perf_counter()
         self.progress()
 
     def paused_now(self) -> None:
@@ -276,7 +278,8 @@ class Outbound:
         try:
             await self.link.send(m.Go(), timeout=HANDOVER_TIMEOUT)
             started = await self.link.receive(frozenset({m.Started}), timeout=HANDOVER_TIMEOUT)
-            self.t_end = time.perf_counter() - (started.after_s or 0.0)
+            self.marks["started"] = time.perf_counter()
+            self.t_end = self.marks["started"] - (started.after_s or 0.0)
         except (MigrationError, ProtocolError) as exc:
             self.log.warning("destination not told to run the env yet; it will ask",
                              error=str(exc))
@@ -303,6 +306,13 @@ class Outbound:
             return f"env {self.envid} is gone"
         return f"env {self.envid} is still here, {'paused' if e.paused else 'running'}"
 
+    def _steps_ms(self, t_pause: float) -> dict:
+        """When each step began, in ms after the pause (negative: before it;
+        the downtime's profile): copying, preparing, committing, handing
+        over, started (the Started reply arrived)."""
+        return {k: round((v - t_pause) * 1000, 3) for k, v in self.marks.items()
+                if k != str(Stage.STARTING)}
+
     def stats(self) -> dict:
         t = time.perf_counter()
         t_pause = self.t_pause if self.t_pause is not None else self.t0
@@ -312,7 +322,7 @@ class Outbound:
         out = {"envid": self.envid, "new_envid": self.new_envid, "method": self.method.name,
                "to": self.target, "mid": self.mid, "total_s": t - self.t0,
                "setup_s": t_pause - self.t0, "downtime_s": max(0.0, t_end - t_pause),
-               "resumed": self.resume}
+               "resumed": self.resume, "steps_ms": self._steps_ms(t_pause)}
         if self.link is not None:
             out["wire_bytes"] = self.link.bytes_sent + self.link.bytes_received
         out.update(self.method.stats(self))
@@ -400,7 +410,7 @@ class Inbound:
         self.env.frozen = Hold.ARRIVING
         self._arrive(Arrival.COMMITTED)
         self.node.migrations.arriving[self.env.env_id] = self
-        await self.method.committed(self, self.env)
+        self.method.committed(self, self.env)
 
     def _drop(self) -> None:
         """Failed before the commit: nothing of the env stays here."""
