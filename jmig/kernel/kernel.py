@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_right, insort
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import attrs
@@ -41,6 +42,17 @@ DEFAULT_MEMORY = 64 << 20
 ENGINES = {"blocks": core.run_blocks, "interp": core.run}
 DEFAULT_SLICE = 10_000
 
+_COMPILER: ThreadPoolExecutor | None = None
+
+
+def _compiler() -> ThreadPoolExecutor:
+    """The process's one thread for compiling regions in the background."""
+    global _COMPILER
+    if _COMPILER is None:
+        _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmig-compile")
+    return _COMPILER
+
+
 @attrs.frozen
 class RunResult:
     executed: int                  # instructions run
@@ -51,11 +63,17 @@ class RunResult:
 class Kernel(TrapMixin, SnapshotMixin):
     def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
                  slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None,
-                 engine: str | None = None, prefault: bool = False):
+                 engine: str | None = None, prefault: bool = False,
+                 background_compile: bool = False):
         """engine: "blocks" (the block translator, default) or "interp" (the
         reference interpreter); $JMIG_ENGINE sets the default.  prefault:
         commit all physical memory now (a node: restoring a page then pays
-        no first-touch zero-fill), rather than as frames are first used."""
+        no first-touch zero-fill), rather than as frames are first used.
+        background_compile: the block translator compiles regions in a
+        worker thread (one per process) and interprets meanwhile, so that
+        run() never holds its caller for a large region's compile (a node:
+        its event loop); the default compiles in run(), deterministically
+        (the tests that compare engines step by step)."""
         if memory < 16 * PGSIZE:
             raise ValueError(f"memory must be at least {16 * PGSIZE} bytes")
         if not 1 <= ncpus <= 64:
@@ -68,6 +86,8 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.engine = engine
         self._core_run = ENGINES[engine]
         self.phys = PhysMem(memory // PGSIZE, prefault=prefault)
+        if background_compile:
+            self.phys.compiler = _compiler()
         self.ncpus = ncpus
         self.slice = slice
         self.clock = clock or (lambda: time.monotonic() * 1000.0)

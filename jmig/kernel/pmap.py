@@ -95,6 +95,9 @@ class PhysMem:
         # of a region kept in code[entry pfn] for reuse, compiled from code
         # in the frame
         self.region_frames: dict[int, set] = {}
+        # Where the block translator compiles regions: None, in the calling
+        # thread; else a concurrent.futures executor (Kernel: background_compile).
+        self.compiler = None
 
     # -- allocation ---------------------------------------------------------
     @property
@@ -235,6 +238,7 @@ class AddressSpace:
         # When not None: the vpns whose PTE changed other than by gaining A
         # (mapped, unmapped, remapped, made dirty) since pre-copy last took
         # them (track_changes / take_changes).
+        self.compiling = None             # cpu.py: (what, regions, future) compiling elsewhere
         self.changes: set[int] | None = None
         self.nremote = 0                       # PTEs with PTE_REMOTE
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page

@@ -32,14 +32,16 @@ class RunOutcome:
 def run_program(elf: bytes, argv: list[str] | None, name: str = "", *, ncpus: int = 1,
                 max_instructions: int = 100_000_000, memory: int = DEFAULT_MEMORY,
                 slice: int = DEFAULT_SLICE, virtual_time: bool = True, engine: str | None = None,
-                on_console: Callable[[str], None] | None = None) -> RunOutcome:
+                on_console: Callable[[str], None] | None = None,
+                background_compile: bool = False) -> RunOutcome:
     """Boot `elf` as the first env and run until no env can ever run again
     or `max_instructions` have run.  Raises KernelError for a bad ELF.
 
     With virtual_time, sleeping envs wake as soon as nothing else can run
     (the clock jumps); otherwise the caller really waits."""
     clock = VirtualClock() if virtual_time else None
-    k = Kernel(memory=memory, ncpus=ncpus, slice=slice, clock=clock, engine=engine)
+    k = Kernel(memory=memory, ncpus=ncpus, slice=slice, clock=clock, engine=engine,
+               background_compile=background_compile)
     k.env_create(elf, argv, name=name)
     out: list[str] = []
     total = 0

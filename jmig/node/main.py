@@ -31,6 +31,7 @@ from .node import BootSpec, Node, NodeConfig
 from .secret import SecretError, load_or_create
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BIND, EXIT_SECRET, EXIT_DATADIR = 0, 1, 2, 3, 4, 5
+GIL_SWITCH_SECONDS = 0.0005     # see _main
 
 
 def parse_size(text: str) -> int:
@@ -155,6 +156,11 @@ def _main(args) -> int:
     except OSError as exc:
         return fail(EXIT_DATADIR, f"data directory {data_dir} is unusable: "
                     f"{exc.strerror or exc}")
+    # The kernel compiles code regions in a worker thread (Kernel's
+    # background_compile); the event loop waits at most this long for the
+    # GIL after each system call while a compile runs (Python's default,
+    # 5 ms, would add that to every step of every request meanwhile).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         return trio.run(_run, cfg, secret)
     except KeyboardInterrupt:

@@ -83,7 +83,8 @@ class Node:
         self.version = jmig.__version__
         self.incarnation = os.urandom(8).hex()      # this process; a restart is another
         self.kernel = Kernel(memory=cfg.memory, ncpus=cfg.cpus, slice=cfg.slice,
-                             clock=self._clock_ms, prefault=cfg.prefault)
+                             clock=self._clock_ms, prefault=cfg.prefault,
+                             background_compile=True)
         self.disk = DataDir(cfg.data_dir)
         self.console = ConsoleHub(echo=cfg.echo)
         self.tracer = Tracer(self.console if cfg.trace else None)

@@ -20,6 +20,10 @@ region's function runs it.  It also keeps regions for reuse by envs
 mapping the same frames and by later kernels, recompiles a region entered
 where it has no head, merges regions that hand control to each other, and
 gives an instruction that keeps restarting a slower inline fallback.
+With a compiler (m.phys.compiler, a node's kernel) regions compile in a
+worker thread while their blocks keep being interpreted (_compile_for,
+_compiled): a large region takes tens of milliseconds to compile, which
+must not hold a node's event loop.
 """
 from __future__ import annotations
 
@@ -201,6 +205,7 @@ TPL_KEY = 0x8000         # page offset | TPL_KEY -> (region, its (vpn, pfn) page
 MAX_TARGETS = 16         # targets remembered per indirect transfer
 SLOW_AFTER = 8           # restarts of one instruction before it gets slow memory
 MERGE_AFTER = 64         # moves from one region to another before they become one
+ASK_AGAIN = 16           # runs (or moves) before asking again while a region compiles elsewhere
 
 SLOW: set[int] = set()   # instruction addresses compiled with slow memory (all envs)
 
@@ -242,32 +247,84 @@ def _frames_match(m, frames) -> bool:
     return True
 
 
-def _install(m, eip: int, static: bool, d: dict) -> bool:
+def _install(m, eip: int, static: bool, d: dict) -> bool | None:
     """Install a region with a head at eip in m: the one compiled for
     another env mapping the same frames (fork); else the region compiling
     the block at eip again with eip as a head; else a new region of the
     code that has run and no region here compiles.  False if no region
-    can start at eip."""
+    can start at eip; None if it is being compiled in the background
+    (m.phys.compiler; see _compiled): ask again later."""
     tpl = d.get((eip & 0xFFF) | TPL_KEY)
     if tpl is not None and not static and _frames_match(m, tpl[1]):
         _place(m, tpl[0], static, tpl[1])
         return True
+    executor = None if static else m.phys.compiler
+    if executor is not None and m.compiling is not None:
+        return None                       # one compile at a time per address space
     old = m.blocks.get(eip)
     if old is not None:
         # Entered from outside where it has no head: compile it again with
         # heads at every block entered so since it was compiled.
         hot = _hot(m)
         more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
+        if executor is not None:
+            return _compile_for(m, executor, translate.plan_with_heads(old, more), (old,))
         fn = translate.with_heads(old, more, frozenset(SLOW))
         m.drop_region(old)
     else:
         warm = max(1, _hot(m)(eip) // WARM)
+        if executor is not None:
+            plan = translate.plan_region(m, eip, _seen(m, warm), _indirect(m),
+                                         m.blocks.__contains__, False)
+            return False if plan is None else _compile_for(m, executor, plan, ())
         fn = translate.build(m, eip, _seen(m, warm), _indirect(m), m.blocks.__contains__,
                              static, frozenset(SLOW))
     if fn is None:
         return False
     _place(m, fn, static)
     return True
+
+
+def _compile_for(m, executor, plan, olds: tuple) -> bool | None:
+    """The region of plan for m, replacing the regions olds (none: a new
+    one): installed now if it was compiled before (True), else compiled
+    by executor and installed by _compiled once done (None)."""
+    fn = translate.lookup(plan, frozenset(SLOW))
+    if fn is None:
+        m.compiling = (olds, executor.submit(translate.compile_job, plan, frozenset(SLOW)))
+        return None
+    _adopted(m, fn, olds)
+    return True
+
+
+def _adopted(m, fn, olds: tuple) -> None:
+    if olds:
+        translate.remember_rebuilt(fn, *olds)
+        for o in olds:
+            m.drop_region(o)
+    else:
+        translate.remember_built(m, fn)
+    _place(m, fn, False)
+
+
+def _compiled(m) -> None:
+    """Install the region m's background compile made, once it is done,
+    if it still applies: the code it was compiled from unchanged, the
+    regions it replaces still installed, no region at its entry yet."""
+    olds, job = m.compiling
+    if not job.done():
+        return
+    m.compiling = None
+    fn = translate.adopt(*job.result())      # kept for reuse either way (keyed by its code)
+    if not translate.same_code(m, fn) or not all(_installed(m, o) for o in olds):
+        return
+    if not olds and fn.plan.entry in m.regions:
+        return
+    _adopted(m, fn, olds)
+
+
+def _installed(m, fn) -> bool:
+    return any(m.regions.get(h) is fn for h in fn.heads)
 
 
 def _reuse(m, eip: int) -> bool:
@@ -282,13 +339,20 @@ def _reuse(m, eip: int) -> bool:
     return False
 
 
-def _merge(m, a, b) -> None:
-    """Control moves often between the regions a and b: compile them as one."""
+def _merge(m, a, b) -> bool:
+    """Control moves often between the regions a and b: compile them as
+    one.  False if that waits for a compile in the background: ask again."""
     if a.size + b.size > translate.MAX_REGION:
-        return
+        return True
+    executor = m.phys.compiler
+    if executor is not None:
+        if m.compiling is not None:
+            return False
+        return bool(_compile_for(m, executor, translate.plan_merged(a, b), (a, b)))
     m.drop_region(a)
     m.drop_region(b)
     _place(m, translate.merged(a, b, frozenset(SLOW)), False)
+    return True
 
 
 def _place(m, fn, static: bool, frames=None) -> None:
@@ -334,9 +398,12 @@ def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tupl
         if c == 1 and hot and _reuse(m, eip):
             return eip, 0
         if c > hot:
-            if _install(m, eip, hot == 0, d):
+            done = _install(m, eip, hot == 0, d)
+            if done:
                 return eip, 0
-            d[key] = -(1 << 40)        # no region starts here: never try again
+            # None: compiling in the background, ask again; False: no region
+            # starts here, never try again.
+            d[key] = hot - ASK_AGAIN if done is None else -(1 << 40)
     start = eip
     k = 0
     try:
@@ -403,6 +470,8 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
     # region compiles without counting it, until control reaches a head.
     resume = True
     try:
+        if m.compiling is not None:
+            _compiled(m)
         while n < budget:
             fn = regions.get(eip)
             if fn is not None:
@@ -411,7 +480,8 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
                         c = moves.get((prev, fn), 0) + 1
                         moves[prev, fn] = c
                         if c == MERGE_AFTER:
-                            _merge(m, prev, fn)
+                            if not _merge(m, prev, fn):
+                                moves[prev, fn] = MERGE_AFTER - ASK_AGAIN
                             prev = None
                             continue
                     prev = fn

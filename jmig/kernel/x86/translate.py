@@ -1220,8 +1220,12 @@ def build(m, entry: int, seen, indirect, taken, static: bool, slow: frozenset):
     plan = plan_region(m, entry, seen, indirect, taken, static)
     if plan is None:
         return None
-    fn = _compile(plan, slow)
-    _remember(fn, {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in plan.bbs}})
+    return remember_built(m, _compile(plan, slow))
+
+
+def remember_built(m, fn):
+    """Keep a newly built region fn for later kernels (its pages as m holds them)."""
+    _remember(fn, {v: m.peek(v << 12, PGSIZE) for v in {b >> 12 for b in fn.plan.bbs}})
     return fn
 
 
@@ -1242,24 +1246,60 @@ def _remember(fn, pages: dict) -> None:
 def _compile(plan: Plan, slow: frozenset):
     """Compile a plan (or reuse the function compiled from the same code,
     heads and slow instructions)."""
+    fn = lookup(plan, slow)
+    if fn is None:
+        fn = adopt(*compile_job(plan, slow))
+    return fn
+
+
+# Compiling in another thread (cpu.py, when m.phys.compiler is set): the
+# caller plans (plan_region, plan_with_heads, plan_merged), looks the plan
+# up, and if it was never compiled runs compile_job in the worker; once
+# done, it checks same_code and calls adopt, all but compile_job in its
+# own thread.
+
+def _key(plan: Plan, slow: frozenset) -> tuple:
+    """What a compiled region depends on: entry, code, heads, slow instructions."""
     key_code = tuple((s, bb.raw) for s, bb in sorted(plan.bbs.items()))
     slow_here = frozenset(a for a in slow if any(
         bb.start <= a < bb.next for bb in plan.bbs.values()))
-    key = (plan.entry, key_code, tuple(sorted(plan.heads)), slow_here)
-    fn = _COMPILED.get(key)
-    if fn is None:
-        while True:
-            try:
-                fn = compile_region(plan, slow_here)
-                break
-            except Retry as r:
-                plan.heads.add(r.start)
-                plan.liveness()
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.clear()
-            _BY_HEAD.clear()
-        _COMPILED[key] = fn
+    return (plan.entry, key_code, tuple(sorted(plan.heads)), slow_here)
+
+
+def lookup(plan: Plan, slow: frozenset):
+    """The function compiled before from this plan's code and heads, or None."""
+    return _COMPILED.get(_key(plan, slow))
+
+
+def compile_job(plan: Plan, slow: frozenset) -> tuple:
+    """(key, function) for a plan: compile_region, with the heads it asks
+    for added.  Touches nothing but plan (the caller's own): safe in a
+    worker thread."""
+    key = _key(plan, slow)
+    while True:
+        try:
+            return key, compile_region(plan, key[3])
+        except Retry as r:
+            plan.heads.add(r.start)
+            plan.liveness()
+
+
+def adopt(key: tuple, fn):
+    """Keep a compiled function for reuse; returns it."""
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()
+        _BY_HEAD.clear()
+    _COMPILED[key] = fn
     return fn
+
+
+def same_code(m, fn) -> bool:
+    """Whether m still holds the code of every block fn was compiled from
+    (it may have changed while fn compiled in another thread)."""
+    try:
+        return all(m.peek(bb.start, len(bb.raw)) == bb.raw for bb in fn.plan.bbs.values())
+    except (PageFault, RemotePage):
+        return False
 
 
 _BY_HEAD: dict[int, list] = {}      # head address -> regions compiled with it
@@ -1279,25 +1319,37 @@ def known_regions(m, eip: int) -> list:
     return out
 
 
-def with_heads(old, more: set[int], slow: frozenset):
-    """The region `old` compiled again with more heads."""
+def plan_with_heads(old, more: set[int]) -> Plan:
     plan = old.plan
     new = Plan(plan.entry, plan.bbs, set(plan.heads) | more, {})
     new.indirect = plan.indirect
-    fn = _compile(new, slow)
-    if hasattr(old, "pages"):
-        _remember(fn, old.pages)
-    return fn
+    return new
+
+
+def with_heads(old, more: set[int], slow: frozenset):
+    """The region `old` compiled again with more heads."""
+    return remember_rebuilt(_compile(plan_with_heads(old, more), slow), old)
+
+
+def plan_merged(a, b) -> Plan:
+    plan = Plan(a.plan.entry, {**a.plan.bbs, **b.plan.bbs},
+                set(a.plan.heads) | set(b.plan.heads), {})
+    plan.indirect = {**a.plan.indirect, **b.plan.indirect}
+    return plan
 
 
 def merged(a, b, slow: frozenset):
     """One region of the blocks and heads of the regions a and b."""
-    plan = Plan(a.plan.entry, {**a.plan.bbs, **b.plan.bbs},
-                set(a.plan.heads) | set(b.plan.heads), {})
-    plan.indirect = {**a.plan.indirect, **b.plan.indirect}
-    fn = _compile(plan, slow)
-    if hasattr(a, "pages") and hasattr(b, "pages"):
-        _remember(fn, {**a.pages, **b.pages})
+    return remember_rebuilt(_compile(plan_merged(a, b), slow), a, b)
+
+
+def remember_rebuilt(fn, *olds):
+    """Keep fn, compiled from the regions olds, with their pages."""
+    if all(hasattr(o, "pages") for o in olds):
+        pages = {}
+        for o in olds:
+            pages.update(o.pages)
+        _remember(fn, pages)
     return fn
 
 

@@ -1,0 +1,97 @@
+"""The block translator compiling regions in a worker thread (a node's
+kernel: Kernel(background_compile=True)): programs give exactly the output
+they give when regions compile in run(), and a region whose code changed
+while it compiled is never installed."""
+import concurrent.futures
+
+import pytest
+
+from jmig import programs
+from jmig.kernel import kernel as kmod
+from jmig.kernel.kernel import Kernel
+from jmig.kernel.runner import run_program
+from jmig.kernel.x86 import translate
+
+LIMIT = 3_000_000           # instructions (primes forks forever: its output up to here)
+
+
+@pytest.fixture
+def jobs(monkeypatch):
+    """Every compile the background thread is given, counted; nothing
+    compiled before (another test's regions would be found, not compiled)."""
+    monkeypatch.setattr(translate, "_COMPILED", {})
+    monkeypatch.setattr(translate, "_BY_HEAD", {})
+    seen = []
+    real = kmod._compiler()
+
+    class Counting:
+        def submit(self, fn, *args):
+            seen.append(args)
+            return real.submit(fn, *args)
+
+    monkeypatch.setattr(kmod, "_compiler", lambda: Counting())
+    return seen
+
+
+@pytest.mark.parametrize("name,args", [("primes", []), ("forktree", []), ("pingpong", []),
+                                       ("memtest", ["64", "8", "0", "3"]), ("scantree", [])])
+def test_programs_give_the_same_output_with_regions_compiled_in_the_background(
+        jobs, name, args):
+    background = run_program(programs.load(name), [name, *args], name,
+                             max_instructions=LIMIT, background_compile=True)
+    assert jobs, "no region was compiled in the background: the test proves nothing"
+    here = run_program(programs.load(name), [name, *args], name, max_instructions=LIMIT)
+    assert background.console == here.console
+    assert background.reason == here.reason
+
+
+class Held:
+    """An executor that runs a job only when told to (so the test can
+    change the code while the region 'compiles')."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, fn, *args):
+        fut = concurrent.futures.Future()
+        self.jobs.append((fut, fn, args))
+        return fut
+
+    def finish(self):
+        fut, fn, args = self.jobs.pop()
+        fut.set_result(fn(*args))
+        return args[0]                      # the plan
+
+
+def _until_compiling(k, held):
+    for _ in range(10_000):
+        if held.jobs:
+            return
+        k.run(1_000)
+    raise AssertionError("no region was asked for")
+
+
+def _installed(env, plan) -> bool:
+    return any(fn.plan is plan for fn in env.aspace.regions.values())
+
+
+@pytest.mark.parametrize("change", [False, True])
+def test_a_region_is_installed_when_done_unless_its_code_changed_meanwhile(
+        monkeypatch, change):
+    monkeypatch.setattr(translate, "_COMPILED", {})
+    monkeypatch.setattr(translate, "_BY_HEAD", {})
+    k = Kernel(background_compile=True)
+    held = Held()
+    k.phys.compiler = held
+    env = k.env_create(programs.load("primes"), ["primes"], name="primes")
+    _until_compiling(k, held)
+    assert env.aspace.compiling is not None
+    plan = held.finish()
+    if change:
+        bb = next(iter(plan.bbs.values()))
+        m = env.aspace
+        frame = k.phys.frame(m.pte[bb.start >> 12] >> 12 & 0xFFFFF)
+        frame[bb.start & 0xFFF] ^= 0xFF
+    k.run(1)
+    assert env.aspace.compiling is None
+    assert _installed(env, plan) is not change
