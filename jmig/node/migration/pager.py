@@ -237,6 +237,10 @@ class Pager:
                     return                            # it never committed here
                 inc.remote = self.node.kernel.remote_count(inc.envid) \
                     if self._env_alive(inc) else 0
+                # Faults ask on this link from now on (none can come before the
+                # go: the env does not run), even before _exchange starts.
+                inc.asked = set()
+                inc.faults = faults
                 await inc.go.wait()                   # ready before the env runs
                 if inc.state == "lost":
                     return                            # the source kept the env
@@ -255,6 +259,7 @@ class Pager:
             except (Error, OSError, trio.TooSlowError) as exc:
                 self._link_down(inc, exc)
             finally:
+                inc.faults = None
                 for link in (faults, push):
                     if link is not None:
                         await link.aclose()
@@ -330,22 +335,19 @@ class Pager:
                     inc.asked.add(vpn)
                     await faults.send_raw({"t": "get", "vpn": vpn, "n": inc.prefetch})
 
-        inc.asked = set()
-        inc.faults = faults
-        try:
-            # Ask again for every page an env is blocked on (asked on the last link).
-            for vpn in list(inc.pending):
+        # Ask for every page an env is blocked on and this link was not asked
+        # for yet (asked on the last link, or before the link was up).
+        for vpn in list(inc.pending):
+            if vpn not in inc.asked:
                 inc.asked.add(vpn)
                 await faults.send(m.Get(vpn, inc.prefetch))
-            if inc.pull:
-                await self._request_all(faults, inc)
-            async with open_nursery() as nursery:
-                nursery.start_soon(fault_reader)
-                nursery.start_soon(push_reader)
-                nursery.start_soon(asker)
-                await maybe_release()
-        finally:
-            inc.faults = None
+        if inc.pull:
+            await self._request_all(faults, inc)
+        async with open_nursery() as nursery:
+            nursery.start_soon(fault_reader)
+            nursery.start_soon(push_reader)
+            nursery.start_soon(asker)
+            await maybe_release()
 
     def _install(self, inc: Incoming, msg: m.PageBatch) -> None:
         k = self.node.kernel
