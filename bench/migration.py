@@ -126,13 +126,14 @@ def raw_file(tmp: Path, nbytes: int) -> tuple[float, float]:
 
 
 RTT_SERVER = """
-import sys, trio
+from functools import partial
+import trio
 async def serve(stream):
     while await stream.receive_some(64):
         await stream.send_all(bytes(4096 + 24))
 async def main():
     async with trio.open_nursery() as n:
-        ls = await n.start(trio.serve_tcp, serve, 0, host="127.0.0.1")
+        ls = await n.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
         print(ls[0].socket.getsockname()[1], flush=True)
 trio.run(main)
 """
