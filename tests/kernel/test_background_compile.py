@@ -19,8 +19,8 @@ LIMIT = 3_000_000           # instructions (primes forks forever: its output up 
 def jobs(monkeypatch):
     """Every compile the background thread is given, counted; nothing
     compiled before (another test's regions would be found, not compiled)."""
-    monkeypatch.setattr(translate, "_COMPILED", {})
-    monkeypatch.setattr(translate, "_BY_HEAD", {})
+    for table in ("_COMPILED", "_BY_HEAD", "_INFLIGHT"):
+        monkeypatch.setattr(translate, table, {})
     seen = []
     real = kmod._compiler()
 
@@ -78,8 +78,8 @@ def _installed(env, plan) -> bool:
 @pytest.mark.parametrize("change", [False, True])
 def test_a_region_is_installed_when_done_unless_its_code_changed_meanwhile(
         monkeypatch, change):
-    monkeypatch.setattr(translate, "_COMPILED", {})
-    monkeypatch.setattr(translate, "_BY_HEAD", {})
+    for table in ("_COMPILED", "_BY_HEAD", "_INFLIGHT"):
+        monkeypatch.setattr(translate, table, {})
     k = Kernel(background_compile=True)
     held = Held()
     k.phys.compiler = held
@@ -95,3 +95,28 @@ def test_a_region_is_installed_when_done_unless_its_code_changed_meanwhile(
     k.run(1)
     assert env.aspace.compiling is None
     assert _installed(env, plan) is not change
+
+
+def test_envs_running_the_same_code_share_one_compile(monkeypatch):
+    """A thousand envs of one program must not queue a thousand compiles."""
+    for table in ("_COMPILED", "_BY_HEAD", "_INFLIGHT"):
+        monkeypatch.setattr(translate, table, {})
+    k = Kernel(background_compile=True)
+    held = Held()
+    k.phys.compiler = held
+    envs = [k.env_create(programs.load("spin"), ["spin"], name="spin") for _ in range(4)]
+    for _ in range(10_000):
+        if all(e.aspace.compiling is not None for e in envs):
+            break
+        k.run(1_000)
+    assert all(e.aspace.compiling is not None for e in envs)
+    assert len(held.jobs) == 1
+    assert len({id(e.aspace.compiling[1]) for e in envs}) == 1
+    shared = envs[0].aspace.compiling[1]
+    held.finish()
+    taken = set()                           # envs that took the one compile's result
+    for _ in range(len(envs) * 2):
+        k.run(10_000)                       # a slice for each env, twice
+        taken |= {i for i, e in enumerate(envs)
+                  if e.aspace.compiling is None or e.aspace.compiling[1] is not shared}
+    assert taken == set(range(len(envs)))

@@ -291,7 +291,7 @@ def _compile_for(m, executor, plan, olds: tuple) -> bool | None:
     by executor and installed by _compiled once done (None)."""
     fn = translate.lookup(plan, frozenset(SLOW))
     if fn is None:
-        m.compiling = (olds, executor.submit(translate.compile_job, plan, frozenset(SLOW)))
+        m.compiling = (olds, translate.compile_elsewhere(executor, plan, frozenset(SLOW)))
         return None
     _adopted(m, fn, olds)
     return True

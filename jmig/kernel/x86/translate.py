@@ -1284,6 +1284,21 @@ def compile_job(plan: Plan, slow: frozenset) -> tuple:
             plan.liveness()
 
 
+_INFLIGHT: dict[tuple, object] = {}     # key -> Future of a compile under way elsewhere
+
+
+def compile_elsewhere(executor, plan: Plan, slow: frozenset):
+    """A future of compile_job(plan) run by executor; a plan of the same
+    key already compiling there (another env running the same program)
+    shares its future instead of compiling again."""
+    key = _key(plan, slow)
+    job = _INFLIGHT.get(key)
+    if job is None:
+        job = _INFLIGHT[key] = executor.submit(compile_job, plan, slow)
+        job.add_done_callback(lambda _: _INFLIGHT.pop(key, None))
+    return job
+
+
 def adopt(key: tuple, fn):
     """Keep a compiled function for reuse; returns it."""
     if len(_COMPILED) >= _COMPILED_MAX:
