@@ -36,6 +36,7 @@ from .pmap import AddressSpace, KernelPanic, PageFault, PhysMem
 from .snapshot import EnvHeader, PageInfo, SnapshotMixin  # noqa: F401 (re-exported)
 from .trap import TrapMixin
 from .x86 import cpu as core
+from .x86 import translate
 from .x86.cpu import Cpu
 
 DEFAULT_MEMORY = 64 << 20
@@ -100,6 +101,10 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.waiters: dict[tuple[int, int], list[Env]] = {}   # (owner id, vpn) -> envs
         self.instructions = 0
         self._syscall = syscall.dispatch
+
+    def compiles_in_flight(self) -> int:
+        """Regions being compiled in the background (background_compile)."""
+        return translate.compiles_in_flight() if self.phys.compiler is not None else 0
 
     # -- events --------------------------------------------------------------------
     def take_events(self) -> list:

@@ -445,6 +445,7 @@ class Node:
                     "total": mem["total_pages"] * 4096, "used": mem["used_pages"] * 4096,
                     "free": mem["free_pages"] * 4096},
                 "envs": len(envs), "instructions": self.kernel.instructions,
+                "compiling": self.kernel.compiles_in_flight(),
                 "incarnation": self.incarnation,
                 "console_dropped": self.console.dropped_bytes,
                 "connections": self.admission.sessions, "handshakes": self.admission.preauth,

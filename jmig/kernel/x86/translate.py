@@ -1299,6 +1299,11 @@ def compile_elsewhere(executor, plan: Plan, slow: frozenset):
     return job
 
 
+def compiles_in_flight() -> int:
+    """Compiles under way in worker threads (this process)."""
+    return len(_INFLIGHT)
+
+
 def adopt(key: tuple, fn):
     """Keep a compiled function for reuse; returns it."""
     if len(_COMPILED) >= _COMPILED_MAX:
