@@ -44,6 +44,7 @@ PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
 QUANTUM_SECONDS = 0.005          # kernel time between checkpoints
 IO_QUANTUM_SECONDS = 0.0005      # ... while a migration moves data through this node
 TURN_AWAY_SECONDS = 0.2          # how long a refused peer gets to read why
+TURN_AWAY_BYTES = 64 << 10       # ... and what it may still send meanwhile
 BLOCKLIST_INTERVAL = 0.5         # how often the kernel's blocklist follows drained penalties
 BLOCKLIST_BATCH = 0.01           # ... and how soon it follows new ones
 _BUSY_FRAME = encode_frame({"t": "error", "code": "busy", "message": BUSY})
@@ -348,13 +349,19 @@ class Node:
     @staticmethod
     async def _turn_away(fs: FramedStream, code: str, message: str) -> None:
         """Tell the peer why, then half-close and read what it still sends
-        (briefly), so that the close cannot overtake the message as a reset."""
+        (briefly, and at most TURN_AWAY_BYTES: an honest peer has sent a
+        hello at most), so that the close cannot overtake the message as a
+        reset."""
         with trio.move_on_after(TURN_AWAY_SECONDS):
             await send_error(fs, code, message)
             try:
                 await fs.stream.send_eof()
-                while await fs.stream.receive_some(65536):
-                    pass
+                left = TURN_AWAY_BYTES
+                while left > 0:
+                    data = await fs.stream.receive_some(left)
+                    if not data:
+                        break
+                    left -= len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
