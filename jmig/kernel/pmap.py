@@ -238,8 +238,9 @@ class AddressSpace:
         # When not None: the vpns whose PTE changed other than by gaining A
         # (mapped, unmapped, remapped, made dirty) since pre-copy last took
         # them (track_changes / take_changes).
-        self.compiling = None             # cpu.py: (what, regions, future) compiling elsewhere
         self.changes: set[int] | None = None
+        # cpu.py: (regions it replaces, future) of a region compiling elsewhere
+        self.compiling = None
         self.nremote = 0                       # PTEs with PTE_REMOTE
         self.ptpages: dict[int, int] = {}      # pdx -> pfn of its page-table page
         self.window = window

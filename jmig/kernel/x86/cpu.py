@@ -289,9 +289,9 @@ def _compile_for(m, executor, plan, olds: tuple) -> bool | None:
     """The region of plan for m, replacing the regions olds (none: a new
     one): installed now if it was compiled before (True), else compiled
     by executor and installed by _compiled once done (None)."""
-    fn = translate.lookup(plan, frozenset(SLOW))
+    key, fn = translate.lookup(plan, frozenset(SLOW))
     if fn is None:
-        m.compiling = (olds, translate.compile_elsewhere(executor, plan, frozenset(SLOW)))
+        m.compiling = (olds, translate.compile_elsewhere(executor, plan, key))
         return None
     _adopted(m, fn, olds)
     return True

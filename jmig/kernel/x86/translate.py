@@ -1246,9 +1246,9 @@ def _remember(fn, pages: dict) -> None:
 def _compile(plan: Plan, slow: frozenset):
     """Compile a plan (or reuse the function compiled from the same code,
     heads and slow instructions)."""
-    fn = lookup(plan, slow)
+    key, fn = lookup(plan, slow)
     if fn is None:
-        fn = adopt(*compile_job(plan, slow))
+        fn = adopt(*compile_job(plan, key))
     return fn
 
 
@@ -1266,16 +1266,17 @@ def _key(plan: Plan, slow: frozenset) -> tuple:
     return (plan.entry, key_code, tuple(sorted(plan.heads)), slow_here)
 
 
-def lookup(plan: Plan, slow: frozenset):
-    """The function compiled before from this plan's code and heads, or None."""
-    return _COMPILED.get(_key(plan, slow))
-
-
-def compile_job(plan: Plan, slow: frozenset) -> tuple:
-    """(key, function) for a plan: compile_region, with the heads it asks
-    for added.  Touches nothing but plan (the caller's own): safe in a
-    worker thread."""
+def lookup(plan: Plan, slow: frozenset) -> tuple:
+    """(the plan's key, the function compiled before from its code and
+    heads or None)."""
     key = _key(plan, slow)
+    return key, _COMPILED.get(key)
+
+
+def compile_job(plan: Plan, key: tuple) -> tuple:
+    """(key, function) for a plan and its key: compile_region, with the
+    heads it asks for added.  Touches nothing but plan (the caller's own):
+    safe in a worker thread."""
     while True:
         try:
             return key, compile_region(plan, key[3])
@@ -1287,14 +1288,13 @@ def compile_job(plan: Plan, slow: frozenset) -> tuple:
 _INFLIGHT: dict[tuple, object] = {}     # key -> Future of a compile under way elsewhere
 
 
-def compile_elsewhere(executor, plan: Plan, slow: frozenset):
-    """A future of compile_job(plan) run by executor; a plan of the same
-    key already compiling there (another env running the same program)
-    shares its future instead of compiling again."""
-    key = _key(plan, slow)
+def compile_elsewhere(executor, plan: Plan, key: tuple):
+    """A future of compile_job(plan, key) run by executor; a plan of the
+    same key already compiling there (another env running the same
+    program) shares its future instead of compiling again."""
     job = _INFLIGHT.get(key)
     if job is None:
-        job = _INFLIGHT[key] = executor.submit(compile_job, plan, slow)
+        job = _INFLIGHT[key] = executor.submit(compile_job, plan, key)
         job.add_done_callback(lambda _: _INFLIGHT.pop(key, None))
     return job
 

@@ -6,8 +6,8 @@ As soon as a migration begins here, before the source stops the process
 channels to the origin's page server (origin.py), so that none of that is
 downtime; once the migration is handed over (session.py's Go) it asks on
 `faults` for each page an env blocks on (with up to `prefetch` following
-pages), and takes on `push` whatever the origin sends by itself.  The env alone waits
-for its page; everything else runs.  When no page is remote any more (or
+pages), and takes on `push` whatever the origin sends by itself.  The env
+alone waits for its page; everything else runs.  When no page is remote any more (or
 the env died) it releases the origin.  A broken link leaves the env
 "waiting for pages"; the pager reconnects with backoff and asks again for
 what it still needs.  An origin that no longer knows the migration (it
