@@ -126,6 +126,18 @@ def test_a_16_mib_unauthenticated_frame_is_refused_without_reading_it(victim):
     assert err["t"] == "error" and err["code"] == "protocol" and "exceeds" in err["message"]
 
 
+def test_a_turned_away_peer_cannot_go_on_streaming_into_the_node(victim):
+    # After refusing a 16 MiB length prefix the node reads at most 64 KiB
+    # more (so that its refusal is not overtaken by a reset), then closes:
+    # the rest of the frame cannot be sent (it was read, all of it, before).
+    s = socket.create_connection((victim.host, victim.port + 3), timeout=5)
+    s.sendall((16 << 20).to_bytes(4, "big"))
+    with pytest.raises(OSError):
+        s.sendall(bytes(16 << 20))
+    s.close()
+    ps_works(victim)
+
+
 def test_a_huge_count_frame_from_an_authenticated_peer_costs_no_memory(victim):
     before = rss(victim)
     with attack(victim, "authed-hugecount", "--secret-file", str(victim.secret_file)):
