@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import shlex
 import signal
@@ -200,12 +201,23 @@ async def _run(cfg: NodeConfig, secret: bytes) -> int:
             if logs.FORMAT != "json":          # a JSON log has its "node listening" event
                 logs.say(f"jmig-node {node.name}: listening on {cfg.host} ports "
                          f"{cfg.port}..{cfg.port + 3}")
+            _settle_heap()
             async for sig in signals:
                 node.log.info("shutting down", signal=signal.Signals(sig).name)
                 break
             await _shut_down(node, signals)
             nursery.cancel_scope.cancel()
     return EXIT_OK
+
+
+def _settle_heap() -> None:
+    """Once booted: collect, then put every object the boot made (modules,
+    programs, the kernel's tables) out of the cyclic collector's sight.  A
+    full collection stops every port of the node while it walks the heap;
+    it then walks only what came later (45-120 ms -> about 13 ms measured
+    on a node in the middle of a migration)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _shut_down(node: Node, signals) -> None:
