@@ -21,11 +21,14 @@ with the proxy's address; the proxy listens there on the page-server port
 through the proxy.
 """
 import re
+import select
+import socket
 
 import pytest
 import trio
 
 from jmig.ctl.client import RemoteError
+from jmig.node.migration.origin import Outgoing
 from jmig.proto.handshake import AuthError
 from jmig.proto.wire import connect
 from tests.node.cluster import next_host
@@ -344,3 +347,24 @@ async def test_destination_that_cannot_reach_the_page_server_refuses_before_the_
     assert (await stats(cluster, b))["incoming_active"] == 0
     assert a.migrations.origin.outgoing == {} and a.migrations.origin.by_env == {}
     no_mismatch(a, b)
+
+
+def test_the_origin_sees_a_fault_request_waiting_on_its_socket_before_reading_it():
+    """The push gives way to a fault (origin.py's _push) only while a
+    request sits unread on the faults connection: Outgoing.fault_waiting
+    tells exactly that, and nothing once the faults channel is gone."""
+    out = Outgoing(mid="m", envid=4096, dest="b", dest_addr=("127.0.0.1", 1), token=b"t" * 16,
+                   push=True, prefetch=0, runs=[(0x800, 4, 7)])
+    assert not out.fault_waiting()                 # no faults channel attached
+    origin, dest = socket.socketpair()
+    with origin, dest:
+        out.faults_poll = select.poll()
+        out.faults_poll.register(origin.fileno(), select.POLLIN)
+        assert not out.fault_waiting()
+        dest.send(b"\x00\x00\x00\x10get 0x800")
+        assert out.fault_waiting()
+        origin.recv(100)
+        assert not out.fault_waiting()
+        out.faults_poll = None
+        dest.send(b"more")
+        assert not out.fault_waiting()

@@ -25,6 +25,7 @@ shutting down (`drain`), so that an orderly shutdown loses no page.
 from __future__ import annotations
 
 import hmac
+import select
 import time
 from bisect import bisect_right
 from itertools import chain
@@ -42,6 +43,7 @@ from .link import Link
 from .session import ask
 
 PUSH_BATCH = 16                    # pages per pushed frame
+GIVE_WAY_STEPS = 8                 # scheduler rounds a push batch waits for a fault's reply
 ATTACH_TIMEOUT = 120.0             # from a page-server connection to its Attach
 
 
@@ -62,6 +64,7 @@ class Outgoing:
     pushed: int = 0
     served: int = 0
     channels: set = attrs.Factory(set)            # channels attached now
+    faults_poll: object = None                    # select.poll of the faults socket, attached
     pushing: trio.Event = attrs.Factory(trio.Event)   # set: push (asked for, or draining)
     released: trio.Event = attrs.Factory(trio.Event)
     trace: object = None                          # trace.MigrationTrace of its requests, or None
@@ -100,6 +103,10 @@ class Outgoing:
             n -= len(take)
             i += 1
         return out
+
+    def fault_waiting(self) -> bool:
+        """A request has reached the faults socket and is not read yet."""
+        return self.faults_poll is not None and bool(self.faults_poll.poll(0))
 
     def unsent(self, size: int):
         """The pages not sent yet, in address order, size at a time (checked
@@ -191,11 +198,15 @@ class PageServer:
             out.sent -= need
             await link.send(m.Attached(len(need)))
             if msg.channel == "faults":
+                out.faults_poll = select.poll()
+                out.faults_poll.register(link.fs.stream.socket.fileno(), select.POLLIN)
                 await self._faults(link, out)
             else:
                 await self._push(link, out)
         finally:
             out.channels.discard(msg.channel)
+            if msg.channel == "faults":
+                out.faults_poll = None
 
     def _page(self, out: Outgoing, vpn: int):
         va = vpn << 12
@@ -235,6 +246,15 @@ class PageServer:
                 nursery.cancel_scope.cancel()
                 return
             for batch in out.unsent(PUSH_BATCH):
+                # Faults first: a request waiting on the faults socket is read
+                # and answered (by _faults, in one step) before this batch.
+                for _ in range(GIVE_WAY_STEPS):
+                    if not out.fault_waiting():
+                        break
+                    await trio.sleep(0)
+                batch = [v for v in batch if v not in out.sent]
+                if not batch:
+                    continue
                 out.sent.update(batch)
                 await link.send_raw({"t": "page-batch", "b": encode_pages(
                     [self._page(out, v) for v in batch]), "push": True})

@@ -38,6 +38,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 ATTACH_WAIT = 5.0                  # how long a migration waits for the channels to attach
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
+FAULTS_FIRST = 0.005               # longest a pushed batch waits for a fault's reply
 
 
 @attrs.define(eq=False)
@@ -54,6 +55,7 @@ class Incoming:
     requests_recv: object = None
     faults: Link | None = None       # the faults channel, while connected
     pending: dict = attrs.Factory(dict)   # vpn -> when the env blocked on it
+    unblocked: trio.Event = attrs.Factory(trio.Event)   # set while pending is empty
     asked: set = attrs.Factory(set)       # vpns asked for on the current faults channel
     state: str = "connecting"        # connecting / active / waiting / released / lost
     all_in: trio.Event = attrs.Factory(trio.Event)
@@ -123,6 +125,7 @@ class Pager:
         inc = Incoming(mid=mid, envid=0, origin=origin, addr=addr, token=token,
                        prefetch=prefetch)
         inc.requests, inc.requests_recv = trio.open_memory_channel(math.inf)
+        inc.unblocked.set()
         inc.trace = self.node.tracer.migration()
         self.incoming[mid] = inc
         self._nursery.start_soon(self._link, inc)
@@ -170,6 +173,8 @@ class Pager:
         vpn = e.va >> 12
         if vpn in inc.pending:
             return
+        if not inc.pending:
+            inc.unblocked = trio.Event()
         inc.pending[vpn] = time.perf_counter()
         if inc.trace is not None:
             inc.trace.fault(e.envid, e.va)
@@ -190,6 +195,8 @@ class Pager:
         inc = self.by_env.get(envid)
         if inc is not None and inc.state not in ("released", "lost"):
             inc.pull = False
+            inc.pending.clear()
+            inc.unblocked.set()
             inc.all_in.set()
             try:
                 inc.requests.send_nowait(None)
@@ -305,7 +312,7 @@ class Pager:
                     self._released(inc)
                     nursery.cancel_scope.cancel()
                     return
-                self._install(inc, msg)
+                self._install(inc, decode_pages(msg.b), msg.push)
                 if inc.remote <= 0:
                     inc.all_in.set()
                     await maybe_release()
@@ -314,11 +321,17 @@ class Pager:
             try:
                 while True:
                     msg = await push.receive(frozenset({m.PageBatch}), timeout=math.inf)
-                    self._install(inc, msg)
+                    pages = decode_pages(msg.b)
+                    if inc.pending and not any(p.va >> 12 in inc.pending for p in pages):
+                        # An env waits for a page this batch lacks: this node
+                        # stays free to take its reply the moment it arrives.
+                        with trio.move_on_after(FAULTS_FIRST):
+                            await inc.unblocked.wait()
+                    self._install(inc, pages, True)
                     if inc.remote <= 0:
                         inc.all_in.set()
                         await maybe_release()
-                    await trio.sleep(0)      # a fault's page, arriving meanwhile, goes first
+                    await trio.sleep(0)
             except MigrationError:
                 await trio.sleep(PUSH_GRACE)    # the origin closes push on release, maybe first
                 raise
@@ -349,10 +362,10 @@ class Pager:
             nursery.start_soon(asker)
             await maybe_release()
 
-    def _install(self, inc: Incoming, msg: m.PageBatch) -> None:
+    def _install(self, inc: Incoming, pages, push: bool) -> None:
         k = self.node.kernel
         now = time.perf_counter()
-        for p in decode_pages(msg.b):
+        for p in pages:
             vpn = p.va >> 12
             try:
                 installed = k.install_page(inc.envid, p.va, p.data)
@@ -370,12 +383,14 @@ class Pager:
                 self.totals["duplicates"] += 1
                 continue
             inc.remote -= 1
-            if msg.push:
+            if push:
                 inc.pushed += 1
                 self.totals["pages_pushed"] += 1
             else:
                 inc.fetched += 1
                 self.totals["pages_fetched"] += 1
+        if not inc.pending:
+            inc.unblocked.set()
         self.node.poke()
 
     async def _request_all(self, faults: Link, inc: Incoming) -> None:
