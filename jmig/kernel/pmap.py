@@ -30,7 +30,9 @@ overlaps a decoded instruction.
 """
 from __future__ import annotations
 
+import itertools
 import mmap
+import weakref
 from array import array
 from struct import pack_into, unpack_from
 
@@ -89,8 +91,12 @@ class PhysMem:
         self.code: dict[int, dict] = {}
         # pfn -> bytearray(PGSIZE) with 1 where a decoded instruction lies
         self.codebits: dict[int, bytearray] = {}
-        # pfn -> set of (AddressSpace, page va) that hold it in a write TLB
-        self.writers: dict[int, set] = {}
+        # pfn -> who holds it in a write TLB: one key (AddressSpace.sid << 20
+        # | vpn), or a set of keys when several do.  Ints, not (space, va)
+        # tuples: one container per written page was most of what Python's
+        # cyclic collector walked in a full collection on a busy node.
+        self.writers: dict[int, int | set] = {}
+        self.spaces = weakref.WeakValueDictionary()    # sid -> AddressSpace
         # pfn -> set of (AddressSpace, region) installed, or (entry pfn, key)
         # of a region kept in code[entry pfn] for reuse, compiled from code
         # in the frame
@@ -144,8 +150,11 @@ class PhysMem:
         if d is None:
             d = self.code[pfn] = {}
             self.codebits[pfn] = bytearray(PGSIZE)
-            for asp, page in self.writers.pop(pfn, ()):
-                if asp.wt.get(page) == (pfn << 12) - page:
+            w = self.writers.pop(pfn, None)
+            for key in () if w is None else (w,) if type(w) is int else w:
+                asp = self.spaces.get(key >> 20)
+                page = (key & 0xFFFFF) << 12
+                if asp is not None and asp.wt.get(page) == (pfn << 12) - page:
                     del asp.wt[page]
         return d
 
@@ -211,6 +220,9 @@ class _Tlb(dict):
         return dict.__getitem__(self, key)      # not filled: a code frame (KeyError)
 
 
+_SPACE_IDS = itertools.count(1)
+
+
 class AddressSpace:
     """One env's page tables and TLB: JOS's pgdir plus the software MMU.
 
@@ -230,6 +242,8 @@ class AddressSpace:
 
     def __init__(self, phys: PhysMem, window=None, window_word=None):
         self.phys = phys
+        self.sid = next(_SPACE_IDS)            # names it in phys.writers
+        phys.spaces[self.sid] = self
         self.window_word = window_word         # (va) -> int | None: fast UENVS words
         self.mem = phys.mem
         self.m32 = phys.m32
@@ -561,11 +575,16 @@ class AddressSpace:
             pfn = base >> 12
             if pfn not in self.phys.code:
                 self.wt[page] = base - page
-                w = self.phys.writers.get(pfn)
+                key = self.sid << 20 | vpn
+                writers = self.phys.writers
+                w = writers.get(pfn)
                 if w is None:
-                    self.phys.writers[pfn] = {(self, page)}
+                    writers[pfn] = key
+                elif type(w) is int:
+                    if w != key:
+                        writers[pfn] = {w, key}
                 else:
-                    w.add((self, page))
+                    w.add(key)
         elif not pte & PTE_A:
             self._set_pte(vpn, pte | PTE_A)
         self.rt[page] = base - page
