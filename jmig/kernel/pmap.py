@@ -81,8 +81,9 @@ class PhysMem:
         populate = getattr(mmap, "MAP_POPULATE", 0) if prefault else 0
         self.mem = mmap.mmap(-1, nframes * PGSIZE,
                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-        self.m32 = memoryview(self.mem).cast("I")
-        self.m16 = memoryview(self.mem).cast("H")
+        self.m8 = memoryview(self.mem)
+        self.m32 = self.m8.cast("I")
+        self.m16 = self.m8.cast("H")
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
         # LIFO: pop() takes the highest frame first, page_free pushes back.
@@ -141,7 +142,7 @@ class PhysMem:
     def frame(self, pfn: int) -> memoryview:
         """A view of one frame's 4 KiB (valid until the frame is freed)."""
         base = pfn << 12
-        return memoryview(self.mem)[base:base + PGSIZE]
+        return self.m8[base:base + PGSIZE]
 
     # -- decoded code -------------------------------------------------------
     def code_dict(self, pfn: int) -> dict:

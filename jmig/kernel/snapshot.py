@@ -63,34 +63,22 @@ class SnapshotMixin:
     def page_frames(self, envid: int) -> list[tuple[int, int, int]]:
         """(va, perm, pfn) of the env's mapped pages below UTOP, all local,
         in address order (the stream writer reads the frames directly)."""
-        pte = self._env(envid).aspace.pte
-        top = UTOP >> 12
-        out = []
-        for vpn in sorted(pte):
-            v = pte[vpn]
-            if vpn < top and v & 1:
-                if v & PTE_REMOTE:
-                    raise ev.KernelError(ev.BAD_STATE, f"page {vpn << 12:08x} of env {envid} "
-                                         "is on another node")
-                out.append((vpn << 12, v & PTE_SYSCALL, v >> 12 & 0xFFFFF))
-        return out
+        vpns, vals = _present(self._env(envid).aspace.pte)
+        remote = np.flatnonzero(vals & PTE_REMOTE)
+        if len(remote):
+            raise ev.KernelError(ev.BAD_STATE, f"page {int(vpns[remote[0]]) << 12:08x} of env "
+                                 f"{envid} is on another node")
+        return list(zip((vpns << 12).tolist(), (vals & PTE_SYSCALL).tolist(),
+                        (vals >> 12 & 0xFFFFF).tolist()))
 
     def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
         """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
         consecutive pages with equal permissions, in address order (a few
         array operations over the page table, not a loop per page)."""
-        pte = self._env(envid).aspace.pte
-        n = len(pte)
-        if not n:
-            return []
-        vpns = np.fromiter(pte.keys(), np.int64, n)
-        vals = np.fromiter(pte.values(), np.int64, n)
-        keep = (vpns < (UTOP >> 12)) & (vals & PTE_P != 0)
-        order = np.argsort(vpns[keep], kind="stable")
-        vpns = vpns[keep][order]
-        perms = (vals[keep][order] & PTE_SYSCALL)
+        vpns, vals = _present(self._env(envid).aspace.pte)
         if not len(vpns):
             return []
+        perms = vals & PTE_SYSCALL
         # A run starts where the vpn is not the last one's + 1 or the perm changes.
         start = np.ones(len(vpns), bool)
         start[1:] = (np.diff(vpns) != 1) | (perms[1:] != perms[:-1])
@@ -325,3 +313,14 @@ class SnapshotMixin:
             raise
         return self.commit_incoming(e)
 
+
+def _present(pte: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(vpns, PTEs) of a page table's present entries below UTOP, in
+    address order, as arrays."""
+    n = len(pte)
+    vpns = np.fromiter(pte.keys(), np.int64, n)
+    vals = np.fromiter(pte.values(), np.int64, n)
+    keep = (vpns < (UTOP >> 12)) & (vals & PTE_P != 0)
+    vpns, vals = vpns[keep], vals[keep]
+    order = np.argsort(vpns, kind="stable")
+    return vpns[order], vals[order]

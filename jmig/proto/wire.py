@@ -52,6 +52,13 @@ class ClosedMidFrame(ConnectionClosed, RemoteProtocolError):
     protocol violation, whichever the caller cares about."""
 
 
+def byte_views(parts) -> list:
+    """Byte-addressed views of buffers, for scatter/gather writes (a frame's
+    view is one already; bytes and other buffers get one)."""
+    return [p if type(p) is memoryview and p.format == "B" else memoryview(p).cast("B")
+            for p in parts]
+
+
 def advance(views: list, n: int) -> None:
     """Drop the first n bytes of a list of buffers (after a scatter/gather
     write of n bytes), in place."""
@@ -131,7 +138,7 @@ class FramedStream:
             if self._unsent:
                 parts = [self._unsent, *parts]
                 self._unsent = b""
-            views = [memoryview(p).cast("B") for p in parts]
+            views = byte_views(parts)
             try:
                 while views:
                     n = await sock.sendmsg(views[:IOV_MAX])

@@ -24,7 +24,7 @@ import trio
 from ...proto import migration as m
 from ...proto.image import READ_CHUNK, max_image_bytes
 from ...proto.pstream import StreamError
-from ...proto.wire import IOV_MAX, advance
+from ...proto.wire import IOV_MAX, advance, byte_views
 from ..disk import fsync_dir
 
 
@@ -33,10 +33,6 @@ class _NoStream:
     peer = ""
     bytes_sent = 0
     bytes_received = 0
-
-
-def _views(parts) -> list:
-    return [memoryview(p).cast("B") for p in parts]
 
 
 class SaveLink:
@@ -55,7 +51,7 @@ class SaveLink:
         self.committed = False
 
     async def send_stream(self, parts) -> None:
-        views = _views(parts)
+        views = byte_views(parts)
         while views:
             n = os.writev(self._fd, views[:IOV_MAX])
             self.bytes_sent += n

@@ -13,8 +13,6 @@ checksum before the env can be committed; an incoming env never runs.
 """
 from __future__ import annotations
 
-import zlib
-
 import attrs
 import structlog
 
@@ -23,7 +21,7 @@ from ... import logs
 from ...kernel import events as ev
 from ...kernel.kernel import Kernel
 from ...proto import pstream
-from ...proto.pstream import (BATCH_MAX, ZERO_PAGE, ZERO_PAGE_CRC, StreamDecoder,
+from ...proto.pstream import (BATCH_MAX, ZERO_PAGE, StreamDecoder,
                               StreamEncoder, StreamError)
 
 
@@ -79,19 +77,17 @@ class StreamWriter:
         pages = self.pages
         for i in range(0, len(pages), BATCH_MAX):
             chunk = pages[i:i + BATCH_MAX]
-            vas, perms, views, crcs = [], [], [], []
+            vas, perms, views = [], [], []
             for va, perm, pfn in chunk:
                 view = frame(pfn)
-                c = zlib.crc32(view)
-                if c == ZERO_PAGE_CRC and view.tobytes() == ZERO_PAGE:
+                if view == ZERO_PAGE:          # memcmp, ending at the first nonzero byte
                     out.append(enc.zero(va, perm))
                     continue
                 vas.append(va)
                 perms.append(perm)
                 views.append(view)
-                crcs.append(c)
             if views:
-                out += enc.batch(vas, perms, views, crcs)
+                out += enc.batch(vas, perms, views)
             if logs.DEBUG:
                 log_chunks(self.log, "send page", chunk)
             self.progress.done += len(chunk)
