@@ -34,28 +34,19 @@ import trio
 from rich.console import Console
 
 import jmig
-from ..errors import Error
 from ..node.secret import SecretError, read_secret, resolve_path
-from ..proto.frames import ProtocolError
-from ..proto.handshake import AuthError
 from ..proto.wire import ConnectionClosed, parse_node
 from . import render
-from .client import DEFAULT_NODE, ControlClient, RemoteError
+from .client import DEFAULT_NODE, ControlClient
 from .exits import (EXIT_AUTH, EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, EXIT_TEXT,
                     EXIT_UNREACHABLE, EXIT_USAGE, CtlError, Unreachable, UsageError)
+from .failures import bad_node, classify, leaf, report
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNREACHABLE",
            "EXIT_AUTH", "EXIT_PROTOCOL", "EXIT_BUSY", "UsageError", "CtlError"]
 
 MAX_UPLOAD = 8 << 20
 MAX_PREFETCH = 64
-
-# What to do about a refusal, where the node's message does not say.
-REFUSAL_HINTS = {
-    "no-such-env": "`jmigctl ps` lists the node's envs",
-    "no-such-image": "`jmigctl ls` lists the node's images",
-    "bad-elf": "spawn takes a 32-bit JOS ELF executable (see examples/user)",
-}
 
 
 def parse_env(text: str) -> int:
@@ -74,15 +65,8 @@ def node_address(text: str) -> str:
     try:
         parse_node(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(_bad_node(text)) from None
+        raise argparse.ArgumentTypeError(bad_node(text)) from None
     return text
-
-
-def _bad_node(text: str) -> str:
-    hint = ""
-    if text and ":" not in text:
-        hint = f" (add the base port: {text}:50001)"
-    return f"bad node address {text!r}: use HOST:PORT with PORT 1..65532, e.g. 127.0.0.1:50001{hint}"
 
 
 def int_range(lo: int, hi: int, what: str = "a number"):
@@ -137,7 +121,7 @@ class Ctx:
             try:
                 parse_node(env)
             except ValueError:
-                raise UsageError(f"$JMIG_NODE: {_bad_node(env)}") from None
+                raise UsageError(f"$JMIG_NODE: {bad_node(env)}") from None
             return env
         return DEFAULT_NODE
 
@@ -157,7 +141,7 @@ class Ctx:
             try:
                 parse_node(n)
             except ValueError:
-                raise UsageError(f"{source}: {_bad_node(n)}") from None
+                raise UsageError(f"{source}: {bad_node(n)}") from None
             if n not in out:
                 out.append(n)
         if not out:
@@ -603,6 +587,8 @@ async def cmd_recover(ctx: Ctx):
 
 
 # -- the rest ---------------------------------------------------------------------------
+# Imported when used: together these modules take longer to import than all of
+# the above (the kernel, for `run`), and every command would pay for them.
 
 def cmd_image(ctx: Ctx):
     from .image import COMMANDS
@@ -617,7 +603,7 @@ def cmd_run(ctx: Ctx):
 
 def cmd_shell(ctx: Ctx):
     from .shell import Shell
-    return Shell(ctx).loop()
+    return Shell(ctx, run_line=main).loop()
 
 
 def cmd_demo(ctx: Ctx):
@@ -894,65 +880,6 @@ def _job_options(sp) -> None:
                     "progress bar")
 
 
-# -- errors ----------------------------------------------------------------------------
-
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def classify(exc: BaseException, ctx: Ctx, node: str | None = None) -> CtlError:
-    """Any failure as a CtlError: exit code, error code, message."""
-    exc = _leaf(exc)
-    if isinstance(exc, CtlError):
-        return exc
-    try:
-        where = node or ctx.node
-    except UsageError:
-        where = "the node"
-    if isinstance(exc, SecretError):
-        return CtlError(str(exc), code="secret", exit=EXIT_AUTH)
-    if isinstance(exc, RemoteError):
-        hint = REFUSAL_HINTS.get(exc.code)
-        msg = f"{exc.message} [{exc.code}]" + (f"; {hint}" if hint else "")
-        return CtlError(msg, code=exc.code, exit=EXIT_FAILED)
-    if isinstance(exc, AuthError):
-        if exc.code == "busy":
-            return CtlError(f"{where}: {exc.message}", code="busy", exit=EXIT_BUSY)
-        if exc.code == "auth":
-            return CtlError(f"{where}: {exc.message}", code="auth", exit=EXIT_AUTH)
-        return CtlError(f"{where}: {exc.message}", code="protocol", exit=EXIT_PROTOCOL)
-    if isinstance(exc, ConnectionClosed):
-        return Unreachable(f"{where} closed the connection before answering (did the node "
-                           "stop?)")
-    if isinstance(exc, ProtocolError):
-        return CtlError(f"{where}: protocol error: {exc}", code="protocol", exit=EXIT_PROTOCOL)
-    if isinstance(exc, (OSError, trio.TooSlowError)):
-        return Unreachable(f"cannot reach node {where}: "
-                           f"{getattr(exc, 'strerror', None) or exc or 'timed out'} "
-                           "(is jmig-node running there? see --node / JMIG_NODE)")
-    if isinstance(exc, Error):
-        return CtlError(exc.message, code=exc.code, exit=EXIT_FAILED)
-    return CtlError(f"internal error: {type(exc).__name__}: {exc} (a bug in jmigctl; "
-                    "JMIG_DEBUG=1 shows where)", code="internal", exit=EXIT_FAILED)
-
-
-def report(ctx_json: bool, err: CtlError, out, errout, prog: str = "jmigctl") -> int:
-    message = err.message
-    usage = getattr(err, "usage", None)
-    if not prog:                             # inside the shell: hints in its own words
-        message = message.replace("jmigctl ", "")
-        usage = usage and usage.replace("jmigctl ", "")
-    if ctx_json:
-        print(json.dumps({"error": {"code": err.code, "message": message}}), file=out,
-              flush=True)
-    else:
-        print(f"{prog or 'error'}: {message}" + (f"\n{usage}" if usage else ""), file=errout,
-              flush=True)
-    return err.exit
-
-
 def _wants_json(argv: list[str]) -> bool:
     return "--json" in argv or any(a in ("-ojson", "--output=json") for a in argv) or any(
         a in ("-o", "--output") and b == "json" for a, b in zip(argv, argv[1:]))
@@ -997,16 +924,16 @@ def main(argv: list[str] | None = None, environ=None, stdout=None, stderr=None,
             return EXIT_OK
         return report(ctx.json, CtlError("interrupted"), out, err, prog)
     except BaseException as exc:              # every failure: a message and an exit code
-        leaf = _leaf(exc)
-        if isinstance(leaf, BrokenPipeError):
+        first = leaf(exc)
+        if isinstance(first, BrokenPipeError):
             return _pipe_closed(out)
-        if isinstance(leaf, KeyboardInterrupt):
+        if isinstance(first, KeyboardInterrupt):
             return report(ctx.json, CtlError("interrupted"), out, err, prog)
-        if isinstance(leaf, SystemExit):
+        if isinstance(first, SystemExit):
             raise
-        failure = classify(leaf, ctx)
+        failure = classify(first, ctx)
         if failure.code == "internal" and environ.get("JMIG_DEBUG"):
-            traceback.print_exception(leaf, file=err)
+            traceback.print_exception(first, file=err)
         try:
             return report(ctx.json, failure, out, err, prog)
         except BrokenPipeError:

@@ -38,9 +38,9 @@ from pathlib import Path
 import trio
 
 from ..proto.wire import parse_node
-from . import main as ctlmain
 from .client import ControlClient
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, UsageError
+from .failures import bad_node, classify, report
 
 try:
     import readline
@@ -120,8 +120,12 @@ def _port(text: str, what: str) -> int:
 
 
 class Shell:
-    def __init__(self, ctx):
+    def __init__(self, ctx, run_line):
+        """run_line: jmigctl's main (argv, environ=, stdout=, stderr=, prog=)
+        -> exit code, which runs each command typed that the shell does
+        not handle itself."""
         self.ctx = ctx
+        self.run_line = run_line
         self.node = ctx.node
         self.trace = bool(getattr(ctx.args, "trace", False))
         self.interactive = False
@@ -192,7 +196,7 @@ class Shell:
         try:
             return self._dispatch(cmd, rest)
         except CtlError as exc:
-            return ctlmain.report("--json" in rest, exc, self.ctx.out, self.ctx.out, prog="")
+            return report("--json" in rest, exc, self.ctx.out, self.ctx.out, prog="")
 
     def _dispatch(self, cmd: str, rest: list[str]) -> int:
         if cmd in PASSTHROUGH:
@@ -243,7 +247,7 @@ class Shell:
     def jmigctl(self, argv: list[str]) -> int:
         ctx = self.ctx
         secret = ["--secret-file", ctx.args.secret_file] if ctx.args.secret_file else []
-        return ctlmain.main(["--node", self.node, *secret, *argv], environ=ctx.environ,
+        return self.run_line(["--node", self.node, *secret, *argv], environ=ctx.environ,
                             stdout=ctx.out, stderr=ctx.out, prog="")
 
     # -- the shell's own commands --------------------------------------------------------------
@@ -266,7 +270,7 @@ class Shell:
         try:
             parse_node(rest[0])
         except ValueError:
-            raise UsageError(ctlmain._bad_node(rest[0]) + " (usage: node HOST:P)") from None
+            raise UsageError(bad_node(rest[0]) + " (usage: node HOST:P)") from None
         self._console_off()
         self.node = rest[0]
         if self.node not in self.known_nodes:
@@ -298,7 +302,7 @@ class Shell:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise ctlmain.classify(exc, self.ctx, node or self.node) from None
+            raise classify(exc, self.ctx, node or self.node) from None
 
     def _pgfault_base(self, host: str, port: int) -> int:
         """The destination's P from the REMOTE_PORT of migrate_send_pgfault:
@@ -342,7 +346,7 @@ class Shell:
             ctx.say("stopped waiting")
             return EXIT_FAILED
         except BaseException as exc:
-            raise ctlmain.classify(exc, self.ctx) from None
+            raise classify(exc, self.ctx) from None
         ctx.say(f"Process Migration Finished, You can resume New Env: {res['envid']}")
         return EXIT_OK
 
@@ -404,7 +408,7 @@ class Shell:
         ready.wait(10)
         if failure:
             self.follower = None
-            raise ctlmain.classify(failure[0], self.ctx, node)
+            raise classify(failure[0], self.ctx, node)
         if not quiet:
             self.ctx.say(f"console of {node} is on (console off to stop)")
         return EXIT_OK

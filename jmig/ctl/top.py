@@ -21,7 +21,7 @@ from rich.text import Text
 
 from . import render
 from .exits import CtlError
-from .main import classify
+from .failures import classify
 
 
 class Snapshot:

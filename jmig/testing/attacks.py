@@ -26,6 +26,8 @@ import time
 
 import msgpack
 
+from ..kernel.snapshot import EnvHeader
+from ..proto import pstream
 from ..proto.frames import encode_frame
 from ..proto.handshake import ClientHandshake
 
@@ -200,8 +202,6 @@ def run_record_image() -> bytes:
     """A 248-byte image whose one RUN record covers all of user space (and
     whose header announces as many pages): a decoder that believed it
     would spend hundreds of MB on it."""
-    from ..kernel.snapshot import EnvHeader
-    from ..proto import pstream
     enc = pstream.StreamEncoder()
     h = EnvHeader(envid=4096, parent_id=0, name="x", status=2, runs=0, regs=(0,) * 8,
                   eip=0x800020, eflags=0x202, trapno=0, err=0, pgfault_upcall=0,

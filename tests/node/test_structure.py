@@ -1,7 +1,8 @@
 """The shape of the code, checked: the migration engine is one package
 whose modules import each other without cycles and use no other module's
 private names; the kernel imports nothing from trio; proto imports nothing
-of node; no function hides an import inside itself."""
+of node; no function hides an import inside itself, and no import
+anywhere (a command's deferred ones included) closes a cycle."""
 import ast
 import importlib
 from pathlib import Path
@@ -113,3 +114,50 @@ def test_the_node_hides_no_import_inside_a_function():
             if inner:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod} inside a function")
     assert not bad, "\n".join(bad)
+
+
+def _graph_of(paths) -> dict[str, set[str]]:
+    """module -> jmig modules it imports, at the top or inside a function
+    (imports only for type checkers, under `if TYPE_CHECKING:`, left out)."""
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        typing_only = {id(x) for n in ast.walk(tree) if isinstance(n, ast.If)
+                       and getattr(n.test, "id", "") == "TYPE_CHECKING" for x in ast.walk(n)}
+        me = _module_name(path)
+        mods = set()
+        for n in ast.walk(tree):
+            if id(n) in typing_only:
+                continue
+            if isinstance(n, ast.ImportFrom):
+                base = _resolve(me + (".__init__" if path.name == "__init__.py" else ""), n)
+                # `from . import x` names a module x of the package
+                mods.update(f"{base}.{a.name}" if f"{base}.{a.name}" in _ALL else base
+                            for a in n.names)
+            elif isinstance(n, ast.Import):
+                mods.update(a.name for a in n.names)
+        graph[me] = {m for m in mods if m in _ALL and m != me}
+    return graph
+
+
+_ALL = {_module_name(p) for p in ROOT.rglob("*.py")}
+
+
+def test_no_import_inside_a_function_hides_a_cycle():
+    """Some commands import their modules when run (jmigctl's startup time);
+    none of those imports, nor any other, closes a cycle between modules."""
+    graph = _graph_of(list(ROOT.rglob("*.py")))
+    done, stack = set(), []
+
+    def visit(n):
+        if n in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+        if n in done:
+            return
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            visit(m)
+        stack.pop()
+        done.add(n)
+    for n in sorted(graph):
+        visit(n)
