@@ -10,7 +10,7 @@ from jmig import programs
 from jmig.kernel import kernel as kmod
 from jmig.kernel.kernel import Kernel
 from jmig.kernel.runner import run_program
-from jmig.kernel.x86 import translate
+from jmig.kernel.x86 import bytecode, translate
 
 LIMIT = 3_000_000           # instructions (primes forks forever: its output up to here)
 
@@ -37,9 +37,13 @@ def jobs(monkeypatch):
                                        ("memtest", ["64", "8", "0", "3"]), ("scantree", [])])
 def test_programs_give_the_same_output_with_regions_compiled_in_the_background(
         jobs, name, args):
+    before = dict(bytecode.stats)
     background = run_program(programs.load(name), [name, *args], name,
                              max_instructions=LIMIT, background_compile=True)
     assert jobs, "no region was compiled in the background: the test proves nothing"
+    # ... and their bytecode by the helper process, not under this one's GIL.
+    assert bytecode.stats["in_helper"] > before["in_helper"]
+    assert bytecode.stats["here"] == before["here"]
     here = run_program(programs.load(name), [name, *args], name, max_instructions=LIMIT)
     assert background.console == here.console
     assert background.reason == here.reason
@@ -120,3 +124,30 @@ def test_envs_running_the_same_code_share_one_compile(monkeypatch):
         taken |= {i for i, e in enumerate(envs)
                   if e.aspace.compiling is None or e.aspace.compiling[1] is not shared}
     assert taken == set(range(len(envs)))
+
+
+def test_a_compile_survives_its_helper_process_dying_or_failing_to_start(monkeypatch):
+    src = "def _r(x):\n    return x + 1\n"
+    before = dict(bytecode.stats)
+    ns = {}
+    exec(bytecode.compile_in_helper(src, "<t>", "exec"), ns)
+    assert ns["_r"](41) == 42 and bytecode.stats["in_helper"] > before["in_helper"]
+    helper = bytecode._HELPER
+    helper.kill()
+    helper.wait(10)
+    done = bytecode.stats["in_helper"]
+    exec(bytecode.compile_in_helper(src, "<t>", "exec"), ns)      # by a new helper
+    assert bytecode.stats["in_helper"] > done
+    assert bytecode._HELPER is not helper and bytecode._HELPER.poll() is None
+    # No helper can start: compiled in this thread, as without one.
+    bytecode._HELPER.kill()
+    bytecode._HELPER.wait(10)
+    monkeypatch.setattr(bytecode.sys, "executable", "/nonexistent/python")
+    ns = {}
+    exec(bytecode.compile_in_helper(src, "<t>", "exec"), ns)
+    assert ns["_r"](1) == 2 and bytecode.stats["here"] > before["here"]
+
+
+def test_a_syntax_error_in_generated_code_reaches_the_caller_as_it_would_from_compile():
+    with pytest.raises(SyntaxError):
+        bytecode.compile_in_helper("def (:\n", "<bad>", "exec")

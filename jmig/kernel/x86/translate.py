@@ -67,7 +67,7 @@ from collections import deque
 
 from ..memlayout import PGSIZE, UTOP
 from ..pmap import CpuFault, PageFault, RemotePage
-from . import codegen, runtime
+from . import bytecode, codegen, runtime
 from .codegen import Gen, _is_simple
 from .decode import MAX_LEN, Truncated, decode
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
@@ -1008,9 +1008,11 @@ def _peephole(lines: list[str], tags: list[int], keep: set[str]):
     return out, otags
 
 
-def compile_region(plan: Plan, slow: frozenset = frozenset()):
+def compile_region(plan: Plan, slow: frozenset = frozenset(), to_code=compile):
     """Compile a planned region; returns the function (attributes: heads,
-    maxpath, src, plan) or raises Retry when a block must become a head."""
+    maxpath, src, plan) or raises Retry when a block must become a head.
+    to_code(source, name, "exec"): Python's compile, or one that does the
+    same elsewhere (bytecode.compile_in_helper)."""
     g, maxpath = _emit_region(plan, slow)
     keep = set()
     for _, _, fs, _ in g.recipes:
@@ -1058,7 +1060,7 @@ def compile_region(plan: Plan, slow: frozenset = frozenset()):
               _RECIPES=g.recipes, _LINES={first + k: t for k, t in enumerate(tags) if t >= 0},
               _FIDS={v: k for k, v in g.fids.items()},
               _REGS=tuple(REGN[i] for i in regs))
-    exec(compile(text, f"<region {plan.entry:#010x}>", "exec"), ns)
+    exec(to_code(text, f"<region {plan.entry:#010x}>", "exec"), ns)
     fn = ns["_r"]
     fn.src = text
     fn.heads = tuple(sorted(plan.heads))
@@ -1273,13 +1275,13 @@ def lookup(plan: Plan, slow: frozenset) -> tuple:
     return key, _COMPILED.get(key)
 
 
-def compile_job(plan: Plan, key: tuple) -> tuple:
+def compile_job(plan: Plan, key: tuple, to_code=compile) -> tuple:
     """(key, function) for a plan and its key: compile_region, with the
     heads it asks for added.  Touches nothing but plan (the caller's own):
     safe in a worker thread."""
     while True:
         try:
-            return key, compile_region(plan, key[3])
+            return key, compile_region(plan, key[3], to_code)
         except Retry as r:
             plan.heads.add(r.start)
             plan.liveness()
@@ -1289,12 +1291,15 @@ _INFLIGHT: dict[tuple, object] = {}     # key -> Future of a compile under way e
 
 
 def compile_elsewhere(executor, plan: Plan, key: tuple):
-    """A future of compile_job(plan, key) run by executor; a plan of the
-    same key already compiling there (another env running the same
-    program) shares its future instead of compiling again."""
+    """A future of compile_job(plan, key) run by executor, its Python
+    bytecode compiled by the helper process (bytecode.py: the builtin
+    compile holds the GIL throughout); a plan of the same key already
+    compiling there (another env running the same program) shares its
+    future instead of compiling again."""
     job = _INFLIGHT.get(key)
     if job is None:
-        job = _INFLIGHT[key] = executor.submit(compile_job, plan, key)
+        job = _INFLIGHT[key] = executor.submit(compile_job, plan, key,
+                                               bytecode.compile_in_helper)
         job.add_done_callback(lambda _: _INFLIGHT.pop(key, None))
     return job
 
