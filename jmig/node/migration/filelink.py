@@ -142,6 +142,9 @@ class LoadLink:
     async def send(self, msg, timeout: float | None = None) -> None:
         pass
 
+    async def send_now(self, msg) -> None:
+        pass
+
     async def refuse(self, code: str, message: str) -> None:
         self.failure = (code, message)
 

@@ -71,6 +71,12 @@ class Link:
         except (ConnectionClosed, trio.TooSlowError) as exc:
             raise self._lost(exc, f"sending {frame.get('t')}") from None
 
+    async def send_now(self, msg) -> None:
+        """send() for a message whose timing is measured (the destination's
+        Started): written before this task yields, so that no other task
+        (the kernel's, starting the env it just made runnable) runs first."""
+        await self.send_first(m.encode(msg))
+
     async def send_first(self, frame: dict) -> None:
         """send_raw for a reply someone waits on: written to the socket at
         once from this task when it takes it (no trip through the

@@ -389,8 +389,7 @@ class Inbound:
         if decision is Decision.GO:
             try:
                 after = min(1e6, max(0.0, time.perf_counter() - self.t_runnable))
-                await self.link.send(m.Started(self.env.env_id, self.begin.resume, after),
-                                     timeout=1.0)
+                await self.link.send_now(m.Started(self.env.env_id, self.begin.resume, after))
             except Error:
                 pass
 
