@@ -11,7 +11,7 @@ starting with Attach{channel}:
 
 Faults have a connection of their own so that a fault's page never waits
 behind pushed pages (in this node's send queue or in the kernel's socket
-buffers).  A page is pushed at most once; a fault is answered even if the
+buffers), and the push gives way while a request waits unread on it.  A page is pushed at most once; a fault is answered even if the
 page was pushed already (its copy may still be in flight on the push
 connection: the destination installs whichever arrives first and drops
 the other).  On re-attach the destination lists the pages it still needs,
