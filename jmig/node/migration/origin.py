@@ -11,11 +11,12 @@ starting with Attach{channel}:
 
 Faults have a connection of their own so that a fault's page never waits
 behind pushed pages (in this node's send queue or in the kernel's socket
-buffers), and the push gives way while a request waits unread on it.  A page is pushed at most once; a fault is answered even if the
-page was pushed already (its copy may still be in flight on the push
-connection: the destination installs whichever arrives first and drops
-the other).  On re-attach the destination lists the pages it still needs,
-which become unsent again, so after a broken link nothing is missing.
+buffers), and the push gives way while a request waits unread on it.  A
+page is pushed at most once; a fault is answered even if the page was
+pushed already (its copy may still be in flight on the push connection:
+the destination installs whichever arrives first and drops the other).
+On re-attach the destination lists the pages it still needs, which
+become unsent again, so after a broken link nothing is missing.
 Only the migration's destination (its node name from the handshake),
 presenting the migration's token, is served.
 
