@@ -35,6 +35,7 @@ from rich.console import Console
 
 import jmig
 from ..node.secret import SecretError, read_secret, resolve_path
+from ..proto.migration import MAX_PREFETCH
 from ..proto.wire import ConnectionClosed, parse_node
 from . import render
 from .client import DEFAULT_NODE, ControlClient
@@ -46,7 +47,6 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT
            "EXIT_AUTH", "EXIT_PROTOCOL", "EXIT_BUSY", "UsageError", "CtlError"]
 
 MAX_UPLOAD = 8 << 20
-MAX_PREFETCH = 64
 
 
 def parse_env(text: str) -> int:

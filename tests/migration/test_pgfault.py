@@ -156,6 +156,31 @@ async def test_chain_normal_pgfault_pgfault_normal_moving_on_while_pages_are_rem
     no_mismatch(a, b, c)
 
 
+async def test_moving_on_an_env_whose_pages_are_all_remote_asks_for_them_in_runs(cluster):
+    """pull_all (before a remote env moves on) asks once per run of up to
+    65 consecutive pages, not once per page, and every page arrives."""
+    a = await start(cluster, "a")
+    b = await start(cluster, "b")
+    c = await start(cluster, "c")
+    env = (await call(cluster, a, "spawn", {"program": "memtest", "args": ["1024", "256"]}))["envid"]
+    last = await wait_pass(a, env)
+    await call(cluster, a, "pause", {"envid": env})
+    npages = len(a.kernel.env_pages(env))
+    r = await call(cluster, a, "migrate", {"envid": env, "to": cluster.addr(b),
+                                           "method": "pgfault", "push": False})
+    env = r["new_envid"]
+    assert len(b.kernel.remote_pages(env)) == npages          # paused: nothing fetched yet
+    mark = c.rec.mark()
+    r = await call(cluster, b, "migrate", {"envid": env, "to": cluster.addr(c),
+                                           "method": "normal", "resume": True})
+    origin = a.migrations.origin.totals
+    assert origin["pages_served"] == npages and origin["releases"] == 1
+    assert origin["page_requests"] <= npages // 65 + 8, origin   # memtest's pages: a few runs
+    await wait_pass(c, r["new_envid"], last, since=mark)
+    assert env_ids(a) == [] and env_ids(b) == []
+    no_mismatch(a, b, c)
+
+
 async def test_link_cut_while_faulting_env_waits_for_pages_and_finishes_when_link_returns(
         cluster, nursery):
     a = await start(cluster, "a")

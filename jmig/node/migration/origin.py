@@ -142,7 +142,8 @@ class PageServer:
         self.node = node
         self.outgoing: dict[str, Outgoing] = {}
         self.by_env: dict[int, Outgoing] = {}
-        self.totals = {"pages_served": 0, "pages_push_sent": 0, "releases": 0}
+        self.totals = {"pages_served": 0, "page_requests": 0, "pages_push_sent": 0,
+                       "releases": 0}
 
     # -- the table -------------------------------------------------------------------
     def expect(self, out: Outgoing) -> None:
@@ -220,6 +221,7 @@ class PageServer:
             if isinstance(msg, m.Release):
                 await self._release(link, out)
                 return
+            self.totals["page_requests"] += 1
             if out.perm_of(msg.vpn) is None:
                 continue
             if out.trace is not None:

@@ -394,12 +394,25 @@ class Pager:
         self.node.poke()
 
     async def _request_all(self, faults: Link, inc: Incoming) -> None:
+        """Ask for every remote page: one Get per run of up to 1 + MAX_PREFETCH
+        consecutive remote pages (the origin answers a Get with the page and
+        the n that follow it in the env's address space, leaving out only
+        pages it has sent already, which are on their way)."""
+        now = time.perf_counter()
+        todo = []
         for vpn in self._remote_vpns(inc):
-            if vpn not in inc.pending:
-                inc.pending[vpn] = time.perf_counter()
+            inc.pending.setdefault(vpn, now)
             if vpn not in inc.asked:
-                inc.asked.add(vpn)
-                await faults.send(m.Get(vpn, 0))
+                todo.append(vpn)
+        inc.asked.update(todo)
+        i = 0
+        while i < len(todo):
+            vpn = todo[i]
+            j = i + 1
+            while j < len(todo) and j - i <= m.MAX_PREFETCH and todo[j] == vpn + (j - i):
+                j += 1
+            await faults.send(m.Get(vpn, j - i - 1))
+            i = j
 
     def _released(self, inc: Incoming) -> None:
         inc.state = "released"
