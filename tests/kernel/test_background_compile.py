@@ -17,7 +17,7 @@ LIMIT = 3_000_000           # instructions (primes forks forever: its output up 
 
 @pytest.fixture
 def jobs(monkeypatch):
-    """Every compile the background thread is given, counted; nothing
+    """Every compile the background thread is given (its future); nothing
     compiled before (another test's regions would be found, not compiled)."""
     for table in ("_COMPILED", "_BY_HEAD", "_INFLIGHT"):
         monkeypatch.setattr(translate, table, {})
@@ -26,8 +26,8 @@ def jobs(monkeypatch):
 
     class Counting:
         def submit(self, fn, *args):
-            seen.append(args)
-            return real.submit(fn, *args)
+            seen.append(real.submit(fn, *args))
+            return seen[-1]
 
     monkeypatch.setattr(kmod, "_compiler", lambda: Counting())
     return seen
@@ -41,7 +41,9 @@ def test_programs_give_the_same_output_with_regions_compiled_in_the_background(
     background = run_program(programs.load(name), [name, *args], name,
                              max_instructions=LIMIT, background_compile=True)
     assert jobs, "no region was compiled in the background: the test proves nothing"
-    # ... and their bytecode by the helper process, not under this one's GIL.
+    # ... and their bytecode by the helper process, not under this one's GIL
+    # (a short program may end before its compiles do: wait for them).
+    concurrent.futures.wait(jobs, timeout=60)
     assert bytecode.stats["in_helper"] > before["in_helper"]
     assert bytecode.stats["here"] == before["here"]
     here = run_program(programs.load(name), [name, *args], name, max_instructions=LIMIT)
