@@ -20,3 +20,11 @@ class Error(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups (trio's
+    nurseries wrap what a task raised)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

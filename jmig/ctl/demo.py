@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from ..errors import leaf
 from ..node import secret as secret_file
 from .client import ControlClient, RemoteError
 from .exits import UsageError
@@ -262,12 +263,6 @@ class Demo:
                 await trio.sleep(0.1)
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def demo(ctx) -> int:
     try:
         ipaddress.ip_address(ctx.args.host)
@@ -285,7 +280,7 @@ def demo(ctx) -> int:
             try:
                 trio.run(dm.run, Path(d))
             except BaseExceptionGroup as eg:
-                raise _leaf(eg) from None
+                raise leaf(eg) from None
         except DemoFailed as exc:
             print(f"jmigctl demo: FAILED: {exc}", file=ctx.err)
             for name in ("node1", "node2"):

@@ -8,7 +8,7 @@ import json
 
 import trio
 
-from ..errors import Error
+from ..errors import Error, leaf
 from ..node.secret import SecretError
 from ..proto.frames import ProtocolError
 from ..proto.handshake import AuthError
@@ -29,14 +29,8 @@ def bad_node(text: str) -> str:
     hint = ""
     if text and ":" not in text:
         hint = f" (add the base port: {text}:50001)"
-    return f"bad node address {text!r}: use HOST:PORT with PORT 1..65532, e.g. 127.0.0.1:50001{hint}"
-
-
-def leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+    return (f"bad node address {text!r}: use HOST:PORT with PORT 1..65532, "
+            f"e.g. 127.0.0.1:50001{hint}")
 
 
 def classify(exc: BaseException, ctx, node: str | None = None) -> CtlError:

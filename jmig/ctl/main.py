@@ -34,6 +34,7 @@ import trio
 from rich.console import Console
 
 import jmig
+from ..errors import leaf
 from ..node.secret import SecretError, read_secret, resolve_path
 from ..proto.migration import MAX_PREFETCH
 from ..proto.wire import ConnectionClosed, parse_node
@@ -41,7 +42,7 @@ from . import render
 from .client import DEFAULT_NODE, ControlClient
 from .exits import (EXIT_AUTH, EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, EXIT_TEXT,
                     EXIT_UNREACHABLE, EXIT_USAGE, CtlError, Unreachable, UsageError)
-from .failures import bad_node, classify, leaf, report
+from .failures import bad_node, classify, report
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNREACHABLE",
            "EXIT_AUTH", "EXIT_PROTOCOL", "EXIT_BUSY", "UsageError", "CtlError"]

@@ -24,6 +24,7 @@ import trio
 
 import jmig
 from .. import logs, programs
+from ..errors import leaf
 from ..kernel.events import KernelError
 from ..kernel.kernel import DEFAULT_SLICE
 from ..proto.handshake import MAX_NAME
@@ -167,25 +168,18 @@ def _main(args) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except BaseException as exc:
-        leaf = _leaf(exc)
-        if isinstance(leaf, OSError) and leaf.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
-                                                        errno.EACCES):
+        first = leaf(exc)
+        if isinstance(first, OSError) and first.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
+                                                          errno.EACCES):
             return fail(EXIT_BIND, f"cannot listen on {args.host}:{args.port}..{args.port + 3}: "
-                        f"{leaf.strerror}")
-        if isinstance(leaf, KeyboardInterrupt):
+                        f"{first.strerror}")
+        if isinstance(first, KeyboardInterrupt):
             return EXIT_OK
-        if isinstance(leaf, (SystemExit, GeneratorExit)):
+        if isinstance(first, (SystemExit, GeneratorExit)):
             raise
         # A bug: its traceback goes to the log as an event, not bare to stderr.
-        structlog.get_logger("jmig.node").error("unexpected error", exc_info=leaf, node=_NAME)
-        return fail(EXIT_ERROR, f"unexpected error: {type(leaf).__name__}: {leaf}")
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+        structlog.get_logger("jmig.node").error("unexpected error", exc_info=first, node=_NAME)
+        return fail(EXIT_ERROR, f"unexpected error: {type(first).__name__}: {first}")
 
 
 async def _run(cfg: NodeConfig, secret: bytes) -> int:

@@ -11,7 +11,7 @@ marshalled; marshal.loads takes about 0.1 ms for the same code, and the
 worker waits for the helper without the GIL.
 
 The helper is a bare interpreter (`python -c HELPER`: it imports nothing
-of jmig; about 10 MB), one per process that compiles in the background,
+of jmig; 19 MB resident, measured), one per process that compiles in the background,
 started at the first compile and gone when that process exits (its stdin
 closes).  If it cannot be started or dies, the code is compiled in the
 calling thread, as before, and the next compile starts a new helper.

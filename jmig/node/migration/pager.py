@@ -6,16 +6,16 @@ As soon as a migration begins here, before the source stops the process
 channels to the origin's page server (origin.py), so that none of that is
 downtime; once the migration is handed over (session.py's Go) it asks on
 `faults` for each page an env blocks on (with up to `prefetch` following
-pages), and takes on `push` whatever the origin sends by itself.  The env
-alone waits for its page; everything else runs.  When no page is remote any more (or
-the env died) it releases the origin.  A broken link leaves the env
-"waiting for pages"; the pager reconnects with backoff and asks again for
-what it still needs.  An origin that no longer knows the migration (it
+pages), and takes on `push` whatever the origin sends by itself, a fault's
+reply first.  The env alone waits for its page; everything else runs.
+When no page is remote any more (or the env died) it releases the
+origin.  A broken link leaves the env "waiting for pages"; the pager
+reconnects with backoff and asks again for what it still needs.  An origin that no longer knows the migration (it
 restarted) means the remaining pages are gone: the env is destroyed,
 naming them.
 
 Moving the env on, saving or copying it first pulls every remaining page
-in (`pull_all`).
+in (`pull_all`, asking once per run of consecutive pages).
 """
 from __future__ import annotations
 
