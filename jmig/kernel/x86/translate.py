@@ -761,6 +761,28 @@ def _emit_region(plan: Plan, slow: frozenset):
     heads = plan.heads
     maxpath = [1]
 
+    preds: dict[int, list[int]] = {}
+    for a, bb in bbs.items():
+        for s in bb.succ:
+            preds.setdefault(s, []).append(a)
+    reach: dict[int, frozenset] = {}
+
+    def back_to(head: int) -> frozenset:
+        """The blocks from which static edges lead back to head: a head
+        among them is on a loop through it, and a loop tree follows it
+        inline, so the loop runs without a dispatch per turn."""
+        got = reach.get(head)
+        if got is None:
+            seen = {head}
+            todo = [head]
+            while todo:
+                for p in preds.get(todo.pop(), ()):
+                    if p not in seen:
+                        seen.add(p)
+                        todo.append(p)
+            got = reach[head] = frozenset(seen)
+        return got
+
     def fits(bb: Bb, cnt: int, t: dict, depth: int) -> bool:
         return (cnt + len(bb.insns) <= MAX_PATH and depth <= MAX_DEPTH
                 and t["size"] + len(bb.insns) <= MAX_TREE)
@@ -782,7 +804,8 @@ def _emit_region(plan: Plan, slow: frozenset):
             enter_page(target, t)
             path(bb, cnt, t, depth, ctx, inl)
             return
-        if bb is not None and follow and target not in inl and fits(bb, cnt, t, depth) \
+        if bb is not None and (follow or t["loops"] and target in back_to(t["head"])) \
+                and target not in inl and fits(bb, cnt, t, depth) \
                 and t["followed"] + len(bb.insns) <= MAX_FOLLOW:
             t["size"] += len(bb.insns)
             t["followed"] += len(bb.insns)
