@@ -52,6 +52,7 @@ def cold() -> None:
     translate._COMPILED.clear()
     translate._DECODED.clear()
     core._COMPILED.clear()
+    core._SHAPES.clear()
     core.SLOW.clear()
 
 

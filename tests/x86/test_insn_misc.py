@@ -6,6 +6,9 @@ JOS's env_init_percpu() also leaves fs and gs holding the user data
 selector 0x23 ("The kernel never uses GS or FS, so we leave those set to
 the user data segment"), so fs/gs overrides address the same flat memory.
 """
+from jmig.kernel.x86 import cpu as core
+from jmig.kernel.x86.decode import decode
+
 from .insn_helpers import (
     AF, ARITH, BASE_FLAGS, CF, CODE, DATA, DF, EAX, EBP, EBX, ECX, EDX, ESI, ESP, OF, PF,
     SF, STACK, SYSCALL, TRAP, UNMAPPED, ZF, step,
@@ -281,3 +284,14 @@ def test_a_small_function_runs_to_its_return():
     assert cpu.r[ESP] == STACK - 8
     assert cpu.r[EBP] == 0x5555
     assert cpu.stop.count == 10
+
+
+def test_instructions_that_differ_in_literals_share_code_and_keep_their_own_values():
+    """compile_insn compiles each shape once (cpu._SHAPES): `mov $imm, %eax`
+    at two addresses is one code object with two sets of literals."""
+    one = core.compile_insn(decode(bytes.fromhex("b801000000"), 0x800000))
+    two = core.compile_insn(decode(bytes.fromhex("b8feffffff"), 0x900010))
+    assert one.__code__ is two.__code__
+    c = core.Cpu()
+    assert one(c, c.r, None) == 0x800005 and c.r[0] == 1
+    assert two(c, c.r, None) == 0x900015 and c.r[0] == 0xFFFFFFFE

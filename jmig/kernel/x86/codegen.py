@@ -437,7 +437,7 @@ def _push(g: Gen, i: Insn):
 def _pop(g: Gen, i: Insn):
     s = i.size
     dst, = i.ops
-    sp = g.tmp(g.r32(ESP))
+    sp = g.r32(ESP)               # read only before the registers are committed
     v = g.load(sp, s)
     nsp = g.tmp(f"({sp} + {s}) & 0xFFFFFFFF")
     if dst.kind == SREG:

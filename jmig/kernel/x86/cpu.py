@@ -27,6 +27,8 @@ must not hold a node's event loop.
 """
 from __future__ import annotations
 
+import re
+import types
 from typing import NamedTuple
 
 from ..memlayout import FL_IF, FL_RESERVED1, PGSIZE, PTE_A, PTE_P, PTE_REMOTE, PTE_U
@@ -90,6 +92,14 @@ class Cpu:
 
 _COMPILED: dict[tuple[int, bytes], object] = {}
 _COMPILED_MAX = 200_000
+# Code objects by shape: an instruction's generated code with its integer
+# literals made parameters.  A program's thousands of instructions have a
+# hundred or so shapes, so compile() (~0.13 ms, most of a first run's cost)
+# runs once per shape; each instruction is the shape's code with its own
+# literals as the parameters' defaults.
+_SHAPES: dict[str, types.CodeType] = {}
+_LITERAL = re.compile(r"(?<![\w.])(0x[0-9a-fA-F]+|\d+)(?![\w.])")
+_GLOBALS = dict(runtime.GLOBALS)
 
 
 def compile_insn(insn: Insn):
@@ -100,12 +110,26 @@ def compile_insn(insn: Insn):
         return fn
     g = codegen.Gen(insn)
     codegen.generate(g, insn)
-    src = "def _f(cpu, r, m):\n" + "\n".join(g.lines) + "\n"
-    ns = dict(runtime.GLOBALS)
-    exec(compile(src, f"<x86 {insn.addr:#010x} {insn.raw.hex()}>", "exec"), ns)
-    fn = ns["_f"]
+    body = "\n".join(g.lines)
+    values: list[int] = []
+
+    def parameter(lit: re.Match) -> str:
+        text = lit.group(0)
+        values.append(int(text, 16) if text[:2] == "0x" else int(text))
+        return f"_k{len(values) - 1}"
+    shape = _LITERAL.sub(parameter, body)
+    code = _SHAPES.get(shape)
+    if code is None:
+        params = "".join(f", _k{k}=0" for k in range(len(values)))
+        ns = dict(runtime.GLOBALS)
+        exec(compile(f"def _f(cpu, r, m{params}):\n{shape}\n", "<x86>", "exec"), ns)
+        code = ns["_f"].__code__
+        if len(_SHAPES) >= _COMPILED_MAX:
+            _SHAPES.clear()
+        _SHAPES[shape] = code
+    fn = types.FunctionType(code, _GLOBALS, "_f", tuple(values))
     fn.insn = insn
-    fn.src = src
+    fn.src = "def _f(cpu, r, m):\n" + body + "\n"
     fn.ends = insn.op in translate.ENDS_BB or translate.is_exit_op(insn)
     fn.indirect = insn.op in translate.INDIRECT
     if len(_COMPILED) >= _COMPILED_MAX:
