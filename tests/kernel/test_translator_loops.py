@@ -3,7 +3,7 @@
 A fork that scans the page tables turns through three heads (advance,
 test the PDE through UVPD, test the PTE through UVPT), each entered from
 more than one place.  The translator compiles such a loop into one inner
-`while` loop of the loop head's tree (translate.py, back_to): the heads
+`while` loop of the loop head's tree (translate.py, _short_loops): the heads
 on the way are followed inline.  These programs check that the result and
 the instruction count stay exact however the scheduler's slices cut
 through the turns.

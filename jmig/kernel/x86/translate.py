@@ -93,6 +93,7 @@ MAX_DEPTH = 40                  # nested branches in one tree
 DUP_MAX = 4                     # a block this short is copied, not made a head
 MAX_GUARDS = 4                  # targets of an indirect call or jump compiled in place
 MAX_FOLLOW = 48                 # instructions of heads a tree follows calls and rets into
+MAX_LOOP = 48                   # instructions of a loop whose heads its head's tree follows
 
 # Basic-block terminators.
 BRANCHES = frozenset({"jcc", "loop", "loope", "loopne", "jecxz"})
@@ -299,6 +300,53 @@ class Plan:
                     stack.append((nxt, iter(bbs[nxt].succ)))
         self.live = live
         self.dead = dead
+
+
+def _short_loops(bbs: dict[int, Bb]) -> dict[int, frozenset]:
+    """Block -> the blocks of the loops through it (its strongly connected
+    component over the static edges), for components of at most MAX_LOOP
+    instructions that are loops.  Kosaraju's two walks, iteratively."""
+    order: list[int] = []
+    done: set[int] = set()
+    for root in bbs:
+        if root in done:
+            continue
+        done.add(root)
+        stack = [(root, iter(bbs[root].succ))]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                order.append(node)
+            elif nxt in bbs and nxt not in done:
+                done.add(nxt)
+                stack.append((nxt, iter(bbs[nxt].succ)))
+    preds: dict[int, list[int]] = {}
+    for a, bb in bbs.items():
+        for b in bb.succ:
+            if b in bbs:
+                preds.setdefault(b, []).append(a)
+    out: dict[int, frozenset] = {}
+    placed: set[int] = set()
+    for root in reversed(order):
+        if root in placed:
+            continue
+        comp = {root}
+        placed.add(root)
+        todo = [root]
+        while todo:
+            for p in preds.get(todo.pop(), ()):
+                if p not in placed:
+                    placed.add(p)
+                    comp.add(p)
+                    todo.append(p)
+        if (len(comp) > 1 or root in bbs[root].succ) \
+                and sum(len(bbs[a].insns) for a in comp) <= MAX_LOOP:
+            frozen = frozenset(comp)
+            for a in comp:
+                out[a] = frozen
+    return out
 
 
 def _loop_headers(bbs: dict[int, Bb], roots: set[int]) -> set[int]:
@@ -761,27 +809,10 @@ def _emit_region(plan: Plan, slow: frozenset):
     heads = plan.heads
     maxpath = [1]
 
-    preds: dict[int, list[int]] = {}
-    for a, bb in bbs.items():
-        for s in bb.succ:
-            preds.setdefault(s, []).append(a)
-    reach: dict[int, frozenset] = {}
-
-    def back_to(head: int) -> frozenset:
-        """The blocks from which static edges lead back to head: a head
-        among them is on a loop through it, and a loop tree follows it
-        inline, so the loop runs without a dispatch per turn."""
-        got = reach.get(head)
-        if got is None:
-            seen = {head}
-            todo = [head]
-            while todo:
-                for p in preds.get(todo.pop(), ()):
-                    if p not in seen:
-                        seen.add(p)
-                        todo.append(p)
-            got = reach[head] = frozenset(seen)
-        return got
+    # A loop tree follows inline the heads of a short loop through its head,
+    # so a tight loop runs without a dispatch per head per turn (a long one
+    # would compile much more code for little gain).
+    loops = _short_loops(bbs)
 
     def fits(bb: Bb, cnt: int, t: dict, depth: int) -> bool:
         return (cnt + len(bb.insns) <= MAX_PATH and depth <= MAX_DEPTH
@@ -804,7 +835,7 @@ def _emit_region(plan: Plan, slow: frozenset):
             enter_page(target, t)
             path(bb, cnt, t, depth, ctx, inl)
             return
-        if bb is not None and (follow or t["loops"] and target in back_to(t["head"])) \
+        if bb is not None and (follow or t["loops"] and target in loops.get(t["head"], ())) \
                 and target not in inl and fits(bb, cnt, t, depth) \
                 and t["followed"] + len(bb.insns) <= MAX_FOLLOW:
             t["size"] += len(bb.insns)
