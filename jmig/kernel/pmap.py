@@ -218,7 +218,10 @@ class _Tlb(dict):
             asp.translate(key, self.write)
         except CpuFault:
             raise KeyError(key) from None       # the interpreter reports it
-        return dict.__getitem__(self, key)      # not filled: a code frame (KeyError)
+        d = dict.get(self, key)
+        if d is None:
+            raise KeyError(key)                 # not filled: a frame holding code
+        return d
 
 
 _SPACE_IDS = itertools.count(1)

@@ -55,7 +55,7 @@ from jmig.kernel.pmap import AddressSpace, PhysMem
 from jmig.kernel.x86.cpu import SYSCALL, TRAP, Cpu, run, run_blocks
 
 from .insngen import FAMILIES, build_from_blocks
-from .unicorn_ref import Ours, run_both
+from .unicorn_ref import Ours, make_machine, run_both
 
 TOTAL = int(os.environ.get("JMIG_DIFF_EXAMPLES", "8000"))
 # CI runs the same cases every time (a failure is then a change, not luck);
@@ -323,7 +323,6 @@ def test_enter_16bit_writes_only_bp():
 # -- regressions for core bugs the differential tests found -----------------------------------
 
 def _lockstep(code_hex: str, regs, data=None):
-    from .unicorn_ref import make_machine
     m = make_machine(bytes.fromhex(code_hex.replace(" ", "")) + b"\xcd\x30",
                      data={va: (content, True) for va, content in (data or {}).items()}
                      | {0x900000: (bytes(range(256)) * 16, True)},
@@ -362,8 +361,23 @@ def test_partial_register_writes_keep_the_rest(code, regs):
 def test_shift_by_zero_still_needs_write_access():
     # shlb $0x20,(%ebx): a masked count of 0 changes nothing, but the operand
     # is read and written back, as with a zero count in cl: a read-only page faults.
-    from .unicorn_ref import make_machine
     m = make_machine(bytes.fromhex("c02320") + b"\xcd\x30",
                      data={0x900000: (None, False)}, regs=[0, 0, 0, 0x900010, 0x900800, 0, 0, 0])
     res = run_both(m, 5)
     assert res.reason == "fault" and (res.outcome.va, res.outcome.write) == (0x900010, True)
+
+
+def test_a_store_from_a_region_into_a_frame_holding_code():
+    """The write TLB never holds a frame with decoded code: its miss must
+    come back as a KeyError (a restart through the interpreter, which drops
+    the frame's code), not recurse in the TLB's own miss handler (found by
+    test_block_translator_agrees_with_the_interpreter: RecursionError,
+    reported as an internal error)."""
+    # mov $0x800040,%ebx; shll (%ebx); addl $1,4(%ebx); int $0x30, code page writable
+    code = bytes.fromhex("bb40008000 d123 83430401") + b"\xcd\x30"
+    m = make_machine(code, ro_code=False)
+    for budget in (1, 2, 100):
+        interp = _drive(run, m, 50, budget)
+        blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
+        assert blocks == interp
+        assert interp[0][-1].reason == SYSCALL
