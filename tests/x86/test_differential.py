@@ -367,6 +367,37 @@ def test_shift_by_zero_still_needs_write_access():
     assert res.reason == "fault" and (res.outcome.va, res.outcome.write) == (0x900010, True)
 
 
+# -- register aliases in regions (translate.RegionGen.alias) ------------------------------------
+
+@pytest.mark.parametrize("code_hex", [
+    "89d8 b001",              # mov %ebx,%eax; mov $1,%al: a partial write of the alias
+    "89d8 b301",              # mov %ebx,%eax; mov $1,%bl: a partial write of its source
+    "89d8 b701",              # mov %ebx,%eax; mov $1,%bh
+    "89d8 6689c3",            # mov %ebx,%eax; mov %ax,%bx
+    "89d8 83c301 01c1",       # mov %ebx,%eax; add $1,%ebx; add %eax,%ecx
+    "89d8 89c1 83c001 01c8",  # mov %ebx,%eax; mov %eax,%ecx; add $1,%eax; add %ecx,%eax
+    "89d8 89c3 43",           # mov %ebx,%eax; mov %eax,%ebx; inc %ebx
+    "89d8 c1e816 8b048500009000",   # mov %ebx,%eax; shr $22,%eax; mov 0x900000(,%eax,4),%eax
+    "89d8 8b0b 01c1",         # mov %ebx,%eax; mov (%ebx),%ecx (may fault); add %eax,%ecx
+    "89d8 93 01c1",           # mov %ebx,%eax; xchg %eax,%ebx; add %eax,%ecx
+    "89d8 39c1 7402 40 40",   # mov %ebx,%eax; cmp %eax,%ecx; je +2; inc %eax; inc %eax
+    "89e5 83ec10 89ec",       # mov %esp,%ebp; sub $16,%esp; mov %ebp,%esp
+])
+def test_register_aliases_give_the_interpreters_registers(code_hex):
+    """A `mov %src,%dst` in a region leaves dst's local unwritten and reads
+    src instead until either changes, a fault is possible or the path
+    ends: every case ends with the interpreter's registers, flags and
+    memory, with the code compiled at its first run and cut at every
+    instruction."""
+    code = bytes.fromhex(code_hex.replace(" ", "")) + b"\xcd\x30"
+    for budget in (1, 2, 3, 100):
+        m = make_machine(code, data={0x900000: (bytes(range(256)) * 16, True)},
+                         regs=[0x11223344, 0x5, 0x77, 0x900010, 0x900800, 0x900900, 6, 7])
+        interp = _drive(run, m, 50, budget)
+        blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
+        assert blocks == interp, (code_hex, budget)
+
+
 def test_a_store_from_a_region_into_a_frame_holding_code():
     """The write TLB never holds a frame with decoded code: its miss must
     come back as a KeyError (a restart through the interpreter, which drops

@@ -586,7 +586,7 @@ def _loop(g: Gen, i: Insn):
 @sem("ret")
 def _ret(g: Gen, i: Insn):
     s = i.size
-    sp = g.tmp(g.r32(ESP))
+    sp = g.r32(ESP)               # read only before the registers are committed
     v = g.load(sp, s)
     extra = i.ops[0].imm if i.ops else 0
     g.setreg(ESP, 4, f"({sp} + {s + extra}) & 0xFFFFFFFF")
@@ -596,7 +596,7 @@ def _ret(g: Gen, i: Insn):
 @sem("leave")
 def _leave(g: Gen, i: Insn):
     s = i.size
-    bp = g.tmp(g.r32(EBP))
+    bp = g.r32(EBP)               # read only before the registers are committed
     v = g.load(bp, s)
     g.setreg(ESP, 4, f"({bp} + {s}) & 0xFFFFFFFF")
     g.setreg(EBP, s, v)

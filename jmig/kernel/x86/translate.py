@@ -117,6 +117,14 @@ NO_MEMORY = frozenset({"lea", "nop", "pause", "jmp", "jcc", "jecxz", "loop", "lo
                        "bsf", "bsr", "imul2", "imul3", "mul", "imul"})
 
 
+# Instructions that only read registers through Gen.r32/getreg and write
+# them through setreg: register aliases (RegionGen.alias) live across them
+# when they touch no memory.
+ALIAS_SAFE = frozenset({"mov", "movzx", "movsx", "lea", "add", "sub", "and", "or", "xor",
+                        "cmp", "test", "inc", "dec", "neg", "not", "shl", "shr", "sar",
+                        "nop"})
+
+
 def may_fault(insn: Insn) -> bool:
     """Whether insn can raise (a memory access, a division, a selector)."""
     if insn.op not in NO_MEMORY:
@@ -430,6 +438,11 @@ class RegionGen(Gen):
         self.saved: list[tuple] = []        # flag states of branches still to emit
         self.first = 0                      # the current instruction's first line
         self.deferred = None                # inc/dec's carry, computed only if needed
+        # `mov %src, %dst` leaves dst's local as it was and makes reads of dst
+        # read src (alias[dst] = "src") until dst is written, src is about
+        # to change, or anything but ALIAS_SAFE code follows (a possible
+        # fault, a branch, the end of a path): then `dst = src` is emitted.
+        self.alias: dict[int, str] = {}
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -470,6 +483,15 @@ class RegionGen(Gen):
         self.next_fs = None
         self.recipes.append((insn.addr, count, LOC if self.mat else self.fs, False))
         self.cur = len(self.recipes) - 1
+        if self.alias and (insn.op not in ALIAS_SAFE or may_fault(insn)):
+            self.unalias()
+
+    def unalias(self) -> None:
+        """Give every aliased register its value in its local."""
+        for n, src in self.alias.items():
+            self.emit(f"{REGN[n]} = {src}")
+            self.written.add(n)
+        self.alias = {}
 
     def synced(self) -> None:
         """The current instruction keeps its state in r and cpu (helpers)."""
@@ -492,6 +514,13 @@ class RegionGen(Gen):
                     self.next_fs = fs
                 else:
                     self.fs = fs
+        if self.alias:
+            self._realias()
+        if self.insn.op == "mov" and len(self.pending_regs) == 1:
+            n, size, v = self.pending_regs[0]
+            if size == 4 and v in REGN and v != REGN[n]:
+                self.alias[n] = v
+                self.pending_regs = []
         pinned = self._pinned()
         lines = self.lines
         for n, size, v in self.pending_regs:
@@ -510,13 +539,36 @@ class RegionGen(Gen):
             self.mat = self.fs is LOC
             self.next_fs = None
 
+    def _realias(self) -> None:
+        """Before this instruction's registers are committed: an aliased
+        register whose source changes, or that is written in part, gets
+        its value first (at the instruction's start, where its reads saw
+        the source's old value); one written whole just ends."""
+        changing = {n if size != 1 or n < 4 else n - 4 for n, size, _ in self.pending_regs}
+        whole = {n for n, size, _ in self.pending_regs if size == 4}
+        stale = [(n, src) for n, src in self.alias.items()
+                 if (REGN.index(src) in changing or n in changing) and n not in whole]
+        for k, (n, src) in enumerate(stale):
+            self.lines.insert(self.first + k, "    " * self.indent + f"{REGN[n]} = {src}")
+            self.tags.insert(self.first + k, self.cur)
+            self.written.add(n)
+        self.alias = {n: src for n, src in self.alias.items()
+                      if n not in changing and REGN.index(src) not in changing}
+
     # -- registers ----------------------------------------------------------------
     def r32(self, n: int) -> str:
+        src = self.alias.get(n)
+        if src is not None:
+            self.used.add(REGN.index(src))
+            return src
         self.used.add(n)
         return REGN[n]
 
     def setreg(self, n: int, size: int, expr: str) -> None:
         self.written.add(n if size != 1 or n < 4 else n - 4)
+        if size == 4 and expr in REGN and self.insn.op == "mov":
+            self.pending_regs.append((n, size, expr))     # commit makes it an alias
+            return
         super().setreg(n, size, expr)
 
     def read_tmp(self, op) -> str:
@@ -849,6 +901,7 @@ def _emit_region(plan: Plan, slow: frozenset):
         """Code on another page follows: its first fetch sets A (NOTA: the
         env's pages of region code whose A is still clear)."""
         if target >> 12 != t["page"]:
+            g.unalias()
             g.emit(f"if NOTA: _touch(m, {target >> 12:#x})")
             t["page"] = target >> 12
 
@@ -869,6 +922,7 @@ def _emit_region(plan: Plan, slow: frozenset):
         g.fs, g.mat, t["fid0"], t["page"] = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
+        g.unalias()
         maxpath[0] = max(maxpath[0], cnt)
         jump = "break" if t["loops"] else "continue"
         dead = target in heads and not plan.live[target]
@@ -901,6 +955,7 @@ def _emit_region(plan: Plan, slow: frozenset):
 
     def leave(expr: str, cnt: int, t: dict) -> None:
         """Control moves to a computed address (or leaves with a reason)."""
+        g.unalias()
         maxpath[0] = max(maxpath[0], cnt)
         g.materialize()
         if not t["fid0"]:
@@ -986,6 +1041,7 @@ def _emit_region(plan: Plan, slow: frozenset):
     def tree(head: int, loops: bool) -> dict:
         live = plan.live[head]
         g.fs, g.mat = (LOC, True) if live else (UNK, False)
+        g.alias = {}
         t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
              "fid0": live, "followed": 0, "page": head >> 12}
         path(bbs[head], 0, t, 0, (), frozenset((head,)))
