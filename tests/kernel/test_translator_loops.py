@@ -10,7 +10,11 @@ through the turns.
 """
 from __future__ import annotations
 
+import random
+
 import pytest
+
+from jmig.kernel.x86 import translate
 
 from .asm import Machine, assemble
 
@@ -69,3 +73,36 @@ def test_a_loop_through_three_heads_counts_exactly_at_every_cut(monkeypatch, sli
     outs, executed = _scan(monkeypatch, "blocks", slice)
     assert (outs, executed) == _scan(monkeypatch, "interp", slice)
     assert outs[0] == 2                 # its text and its out[] page
+
+
+class _Block:
+    def __init__(self, succ: list[int], size: int):
+        self.succ = succ
+        self.insns = [None] * size
+
+
+def test_short_loops_are_the_strongly_connected_components_that_loop():
+    """translate._short_loops against the definition, on random graphs:
+    b is in a's loops iff each reaches the other, the component is a
+    loop (two blocks or more, or a block branching to itself) and holds
+    at most MAX_LOOP instructions."""
+    rng = random.Random(15)
+    for _ in range(500):
+        addrs = rng.sample(range(1000), rng.randint(1, 30))
+        bbs = {a: _Block([rng.choice(addrs + [5000]) for _ in range(rng.randint(0, 2))],
+                         rng.randint(1, 12)) for a in addrs}
+        reach = {}
+        for a in bbs:
+            seen, todo = {a}, [a]
+            while todo:
+                for s in bbs[todo.pop()].succ:
+                    if s in bbs and s not in seen:
+                        seen.add(s)
+                        todo.append(s)
+            reach[a] = seen
+        loops = translate._short_loops(bbs)
+        for a in bbs:
+            comp = frozenset(b for b in bbs if b in reach[a] and a in reach[b])
+            loop = len(comp) > 1 or a in bbs[a].succ
+            short = sum(len(bbs[b].insns) for b in comp) <= translate.MAX_LOOP
+            assert loops.get(a) == (comp if loop and short else None)

@@ -315,21 +315,10 @@ def _short_loops(bbs: dict[int, Bb]) -> dict[int, frozenset]:
     component over the static edges), for components of at most MAX_LOOP
     instructions that are loops.  Kosaraju's two walks, iteratively."""
     order: list[int] = []
-    done: set[int] = set()
+    entered: set[int] = set()
     for root in bbs:
-        if root in done:
-            continue
-        done.add(root)
-        stack = [(root, iter(bbs[root].succ))]
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                stack.pop()
-                order.append(node)
-            elif nxt in bbs and nxt not in done:
-                done.add(nxt)
-                stack.append((nxt, iter(bbs[nxt].succ)))
+        if root not in entered:
+            order += [node for what, node in _dfs(bbs, root, entered) if what == "done"]
     preds: dict[int, list[int]] = {}
     for a, bb in bbs.items():
         for b in bb.succ:
@@ -357,29 +346,36 @@ def _short_loops(bbs: dict[int, Bb]) -> dict[int, frozenset]:
     return out
 
 
+def _dfs(bbs: dict[int, Bb], root: int, entered: set[int], blocked=frozenset()):
+    """Depth-first from root over the static edges, entering no block of
+    `entered` (which it fills) or `blocked`: yields ("back", b) for an edge
+    to a block b on the current path and ("done", b) as b is finished."""
+    on_path = {root}
+    entered.add(root)
+    stack = [(root, iter(bbs[root].succ))]
+    while stack:
+        node, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            stack.pop()
+            on_path.discard(node)
+            yield "done", node
+        elif nxt not in bbs or nxt in blocked:
+            continue
+        elif nxt in on_path:
+            yield "back", nxt
+        elif nxt not in entered:
+            entered.add(nxt)
+            on_path.add(nxt)
+            stack.append((nxt, iter(bbs[nxt].succ)))
+
+
 def _loop_headers(bbs: dict[int, Bb], roots: set[int]) -> set[int]:
     """Targets of back edges of a depth-first search from `roots` over the
     static edges (a walk ends at the other roots)."""
     found = set()
     for root in sorted(roots):
-        on_path = {root}
-        done: set[int] = set()
-        stack = [(root, iter(bbs[root].succ))]
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                stack.pop()
-                on_path.discard(node)
-                done.add(node)
-                continue
-            if nxt not in bbs or nxt in roots and nxt != root:
-                continue
-            if nxt in on_path:
-                found.add(nxt)
-            elif nxt not in done:
-                on_path.add(nxt)
-                stack.append((nxt, iter(bbs[nxt].succ)))
+        found |= {b for what, b in _dfs(bbs, root, set(), roots - {root}) if what == "back"}
     return found
 
 
