@@ -294,18 +294,12 @@ class Plan:
 
         # Post-order over the edges to blocks that are not heads (no cycles:
         # every cycle has a head on it).
+        entered: set[int] = set()
         for root in bbs:
-            if root in live:
-                continue
-            stack = [(root, iter(bbs[root].succ))]
-            while stack:
-                node, it = stack[-1]
-                nxt = next(it, None)
-                if nxt is None:
-                    stack.pop()
-                    settle(node)
-                elif nxt in bbs and nxt not in heads and nxt not in live:
-                    stack.append((nxt, iter(bbs[nxt].succ)))
+            if root not in entered:
+                for what, node in _dfs(bbs, root, entered, heads):
+                    if what == "done":
+                        settle(node)
         self.live = live
         self.dead = dead
 
