@@ -26,6 +26,18 @@ def prompt(child, d) -> None:
     child.expect_exact(f"jmig {d.addr}> ")
 
 
+def expect_all(child, *patterns: str) -> dict[str, re.Match]:
+    """Wait for every regex of patterns, in whatever order they come: trace
+    lines come on the node's console stream, a command's answer on its own
+    connection, and under load either may be first."""
+    left = list(patterns)
+    found = {}
+    while left:
+        k = child.expect(left)
+        found[left.pop(k)] = child.match
+    return found
+
+
 def say(child, d, line: str, *expect: str) -> list[re.Match]:
     """Type a line; wait for each regex of `expect` in order, then the prompt."""
     child.sendline(line)
@@ -59,17 +71,18 @@ def test_the_original_walkthrough_typed_verbatim(pair, tmp_path):
         # Normal migration: B waits, A sends (REMOTE_PORT 50001, then LOCAL_IP).
         B.sendline("migrate_recv_normal")
         B.expect_exact("Waiting for connections... (port 50001)")
-        say(A, a, f"migrate_send_normal {loaded} {b.host} 50001 {a.host}",
-            re.escape(f"Migration: From {a.addr}, To {b.addr}, Env ID: {loaded}"),
-            r"Send Page: 0x00800000, Sequence: 1", r"Send Page: 0x00800000, Sequence: 4",
-            r"Send Page: 0xeebfd000, Sequence: 4",
-            re.escape(f"You have successfully moved Env {loaded} to {b.addr}."))
-        B.expect(r"Recv Page: 0x00800000, Sequence: 1")
-        B.expect(r"Recv Page: 0xeebfd000, Sequence: 4")
-        B.expect(re.escape(f"Migration: From {a.addr}, To {b.addr}, Env ID: ") + r"\d+")
-        B.expect(r"Process Migration Finished, You can resume New Env: (\d+)")
-        moved = int(B.match.group(1))
-        prompt(B, b)
+        A.sendline(f"migrate_send_normal {loaded} {b.host} 50001 {a.host}")
+        expect_all(A, re.escape(f"Migration: From {a.addr}, To {b.addr}, Env ID: {loaded}"),
+                   r"Send Page: 0x00800000, Sequence: 1", r"Send Page: 0x00800000, Sequence: 4",
+                   r"Send Page: 0xeebfd000, Sequence: 4",
+                   re.escape(f"You have successfully moved Env {loaded} to {b.addr}."),
+                   re.escape(f"jmig {a.addr}> "))
+        finished = r"Process Migration Finished, You can resume New Env: (\d+)"
+        got = expect_all(B, r"Recv Page: 0x00800000, Sequence: 1",
+                         r"Recv Page: 0xeebfd000, Sequence: 4",
+                         re.escape(f"Migration: From {a.addr}, To {b.addr}, Env ID: ") + r"\d+",
+                         finished, re.escape(f"jmig {b.addr}> "))
+        moved = int(got[finished].group(1))
         say(B, b, "console on", re.escape(f"console of {b.addr} is on"))
         B.sendline(f"resume {moved}")
         # The node's console between the prompts: the counter goes on from the
@@ -89,13 +102,13 @@ def test_the_original_walkthrough_typed_verbatim(pair, tmp_path):
         say(A, a, "console on", re.escape(f"console of {a.addr} is on"))
         B.sendline("migrate_recv_pgfault")
         B.expect_exact("Waiting for connections... (port 50002)")
-        say(A, a, f"migrate_send_pgfault {copy} {b.host} 50002 {a.host} 50003",
-            r"Send Page Table Entry: 0x00800000", r"Send Page Table Entry: 0xeebfd000",
-            re.escape(f"You have successfully moved Env {copy} to {b.addr}."))
-        B.expect(r"Recv Page Table Entry: 0x00800000")
-        B.expect(r"Process Migration Finished, You can resume New Env: (\d+)")
-        paged = int(B.match.group(1))
-        prompt(B, b)
+        A.sendline(f"migrate_send_pgfault {copy} {b.host} 50002 {a.host} 50003")
+        expect_all(A, r"Send Page Table Entry: 0x00800000", r"Send Page Table Entry: 0xeebfd000",
+                   re.escape(f"You have successfully moved Env {copy} to {b.addr}."),
+                   re.escape(f"jmig {a.addr}> "))
+        got = expect_all(B, r"Recv Page Table Entry: 0x00800000", finished,
+                         re.escape(f"jmig {b.addr}> "))
+        paged = int(got[finished].group(1))
         B.sendline(f"resume {paged}")
         # Its pages come on demand: the faults here, the requests on A.
         B.expect(re.escape(f"Handle User Page Fault, Env: {paged}, Addr: 0x"))
