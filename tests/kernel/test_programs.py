@@ -265,3 +265,19 @@ def test_bad_fault_handling_setups_fail_user_mem_check(prog, va):
     assert f"[00001000] user_mem_check assertion failure for va {va:08x}" in lines(out)
     assert lines(out)[-1] == "[00001000] free env 00001000"
     assert_all_freed(out)
+
+
+def test_burn_computes_and_counts_its_lines():
+    # `burn 1000`: a line every 1,000 iterations of its generator; a stopped
+    # run leaves it running (it never exits), its lines numbered 1, 2, ...
+    out = boot("burn", "1000", limit=300_000)
+    got = [line for line in lines(out) if line.startswith("burn ")]
+    assert len(got) >= 5
+    assert [int(line.split()[2]) for line in got] == list(range(1, len(got) + 1))
+    assert all(line.startswith("burn 00001000: ") for line in got)
+    # The generator's state after n * 1000 steps: x = 1103515245 x + 12345 (mod 2^32).
+    x = 1
+    for n, line in enumerate(got, 1):
+        for _ in range(1000):
+            x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+        assert line.endswith(f"({x:08x})"), (n, line)
