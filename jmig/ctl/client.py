@@ -1,64 +1,8 @@
-"""An async client for a node's control port."""
+"""jmigctl's connection to a node's control port (proto/control.py)."""
 from __future__ import annotations
 
-import itertools
-
-from ..proto.wire import FramedStream, connect, parse_node
+from ..proto.control import ControlClient, RemoteError
 
 DEFAULT_NODE = "127.0.0.1:50001"
-CONTROL_OFFSET = 3
 
-
-class RemoteError(Exception):
-    """The node answered with an error."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ControlClient:
-    def __init__(self, fs: FramedStream):
-        self.fs = fs
-        self._ids = itertools.count(1)
-
-    @classmethod
-    async def open(cls, node: str, secret: bytes, timeout: float = 10.0) -> "ControlClient":
-        host, port = parse_node(node)
-        fs = await connect(host, port + CONTROL_OFFSET, secret, "control", "jmigctl",
-                           timeout=timeout)
-        return cls(fs)
-
-    @property
-    def server(self) -> str:
-        return self.fs.peer
-
-    async def request(self, op: str, args: dict | None = None, on_push=None):
-        """Send a request and wait for its response; pushes go to on_push(kind, data)."""
-        rid = next(self._ids)
-        await self.fs.send({"t": "req", "id": rid, "op": op, "args": args or {}})
-        while True:
-            msg = await self.fs.receive()
-            if msg.get("id") != rid:
-                continue
-            if msg.get("t") == "push":
-                if on_push is not None:
-                    r = on_push(msg.get("kind"), msg.get("data"))
-                    if hasattr(r, "__await__"):
-                        await r
-                continue
-            if msg.get("t") == "resp":
-                if msg.get("ok"):
-                    return msg.get("result")
-                err = msg.get("error") or {}
-                raise RemoteError(str(err.get("code", "failed")), str(err.get("message", "")))
-
-    async def aclose(self) -> None:
-        await self.fs.aclose()
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.aclose()
+__all__ = ["DEFAULT_NODE", "ControlClient", "RemoteError"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-ENV_COMMANDS = ("pause", "resume", "kill", "copy", "vmmap", "save", "migrate", "recover")
+ENV_COMMANDS = ("pause", "resume", "kill", "copy", "vmmap", "save", "migrate", "recover", "pin",
+                "unpin")
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:

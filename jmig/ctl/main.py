@@ -3,7 +3,8 @@
     jmigctl [--node HOST:P] [--secret-file F] COMMAND ...
 
 The node is --node or $JMIG_NODE (default 127.0.0.1:50001); `ps` and `top`
-take several (--nodes A,B or $JMIG_NODES).  The secret is --secret-file,
+take several (--nodes A,B or $JMIG_NODES), or every member of the node's
+cluster (--all).  The secret is --secret-file,
 $JMIG_SECRET_FILE, or ~/.config/jmig/secret (which a local node creates),
 so a local cluster needs no set-up.
 
@@ -40,6 +41,8 @@ from ..proto.migration import MAX_PREFETCH
 from ..proto.wire import ConnectionClosed, parse_node
 from . import render
 from .client import DEFAULT_NODE, ControlClient
+from .cluster import (cmd_balance, cmd_cordon, cmd_drain, cmd_nodes, cmd_pin, cmd_uncordon,
+                      cmd_unpin, member_error, members)
 from .exits import (EXIT_AUTH, EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, EXIT_TEXT,
                     EXIT_UNREACHABLE, EXIT_USAGE, CtlError, Unreachable, UsageError)
 from .failures import bad_node, classify, report
@@ -241,9 +244,15 @@ async def gather_ps(ctx: Ctx, nodes: list[str]) -> tuple[list[dict], list[tuple[
 
 
 async def cmd_ps(ctx: Ctx):
-    nodes = ctx.nodes()
-    multi = len(nodes) > 1 or bool(getattr(ctx.args, "nodes", None))
+    if ctx.args.all:
+        if ctx.args.nodes:
+            raise UsageError("ps: --all lists every member; give it or --nodes, not both")
+        nodes, others = await members(ctx)
+    else:
+        nodes, others = ctx.nodes(), []
+    multi = len(nodes) > 1 or bool(ctx.args.nodes) or ctx.args.all
     rows, errors = await gather_ps(ctx, nodes)
+    errors += [(v["addr"], member_error(v)) for v in others]
     if errors and not multi:
         raise errors[0][1]
     if not ctx.json:
@@ -528,10 +537,13 @@ async def cmd_jobs(ctx: Ctx):
     jobs = (await ctx.call("jobs"))["jobs"]
     if ctx.json:
         return ctx.emit(jobs)
-    render.table(ctx.console, ["JOB", "KIND", "ENV", "TARGET", "METHOD", "STATE", "PROGRESS"],
+    why = any(j.get("reason") for j in jobs)     # started by a drain or the balancer
+    render.table(ctx.console, ["JOB", "KIND", "ENV", "TARGET", "METHOD", "STATE", "PROGRESS"]
+                 + (["REASON"] if why else []),
                  [[j["id"], j["kind"], j["envid"] or "-", j["target"], j["method"] or "-",
                    j["state"], _progress_text(j) if not j.get("error")
-                   else j["error"]["message"]] for j in jobs])
+                   else j["error"]["message"]] + ([j.get("reason") or "-"] if why else [])
+                  for j in jobs])
 
 
 def _progress_text(j: dict) -> str:
@@ -682,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="print env ids only")
     sp.add_argument("--nodes", metavar="A,B,...", help="nodes HOST:P to list, comma-separated, "
                     "with a NODE column (default $JMIG_NODES when --node is not given)")
+    sp.add_argument("--all", action="store_true", help="every member of the cluster of "
+                    "--node (`jmigctl nodes`), with a NODE column")
     sp = add("spawn", cmd_spawn, "start a program (bundled, on the node's disk, or a local "
              "ELF, which is uploaded and kept on the node's disk); options go before PROGRAM, "
              "everything after it is the program's",
@@ -841,11 +855,38 @@ def build_parser() -> argparse.ArgumentParser:
                                        "jmigctl top --interval 0.5 --iterations 10"])
     sp.add_argument("--nodes", metavar="A,B,...",
                     help="nodes HOST:P to watch (default $JMIG_NODES, or --node)")
+    sp.add_argument("--all", action="store_true", help="every member of the cluster of --node")
     sp.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                     help="seconds between refreshes (default 1)")
     sp.add_argument("--iterations", type=int_range(1, 10**9), metavar="N",
                     help="stop after N refreshes (default: until Ctrl-C on a terminal, 1 "
                     "otherwise)")
+    sp = add("nodes", cmd_nodes, "the members of the node's cluster: state, envs, envs that "
+             "want the CPU, CPU share, free memory, jobs, flags (cordoned, balance)",
+             ["jmigctl nodes", "jmigctl --node 127.0.0.3:50001 nodes --json"])
+    sp = add("drain", cmd_drain, "move every env off NODE to the other members (least loaded "
+             "first) and cordon it; `uncordon` undoes the cordon",
+             ["jmigctl drain 127.0.0.3:50001", "jmigctl drain 127.0.0.3:50001 --method normal"])
+    sp.add_argument("target", type=node_address, metavar="NODE", help="the node to empty, "
+                    "HOST:P")
+    sp.add_argument("--method", choices=("auto", "normal", "precopy", "pgfault"),
+                    default="auto", help="how envs move (default auto: pre-copy for running "
+                    "envs, normal for paused ones)")
+    sp.add_argument("--force", action="store_true", help="move pinned envs too")
+    for name, fn, h in (("cordon", cmd_cordon, "mark NODE unschedulable: no drain or "
+                         "balancer sends envs there"),
+                        ("uncordon", cmd_uncordon, "make NODE schedulable again")):
+        sp = add(name, fn, h, [f"jmigctl {name} 127.0.0.3:50001"])
+        sp.add_argument("target", type=node_address, metavar="NODE", help="the node, HOST:P")
+    sp = add("balance", cmd_balance, "switch automatic load balancing on or off on every "
+             "member of the cluster, or show it (status: each node's flag and last decisions)",
+             ["jmigctl balance on", "jmigctl balance off", "jmigctl balance status"])
+    sp.add_argument("action", choices=("on", "off", "status"), help="on, off or status")
+    for name, fn, h in (("pin", cmd_pin, "keep an env where it is: the balancer never "
+                         "moves it (drain does only with --force)"),
+                        ("unpin", cmd_unpin, "let the balancer move an env again")):
+        sp = add(name, fn, h, [f"jmigctl {name} 4100"])
+        env_arg(sp)
     sp = add("completion", cmd_completion, "print a shell completion script",
              ["jmigctl completion bash > ~/.local/share/bash-completion/completions/jmigctl",
               "jmigctl completion zsh > ~/.zfunc/_jmigctl",

@@ -81,7 +81,8 @@ SPECS = {
     "quit": ([], "leave the shell"),
 }
 # jmigctl's commands the shell passes on as they are (jmigctl checks them).
-PASSTHROUGH = ("migrate", "jobs", "cancel", "recover", "image", "top", "run")
+PASSTHROUGH = ("migrate", "jobs", "cancel", "recover", "image", "top", "run", "nodes", "drain",
+               "cordon", "uncordon", "balance", "pin", "unpin")
 
 
 def usage_of(cmd: str) -> str:

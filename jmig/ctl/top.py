@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import render
+from .cluster import members
 from .exits import CtlError
 from .failures import classify
 
@@ -144,7 +145,7 @@ def _json(snap: Snapshot, share: dict) -> dict:
 
 async def _top(ctx) -> int:
     a = ctx.args
-    nodes = ctx.nodes()
+    nodes = (await members(ctx))[0] if a.all else ctx.nodes()
     live = ctx.console.is_terminal and not ctx.json
     iterations = a.iterations or (None if live else 1)
     prev = None

@@ -79,6 +79,7 @@ class Env:
         self.blocked_on: tuple[int, int] | None = None   # (owner envid, va) remote page
         self.frozen = ""                 # node-held reason not to run ("serving pages", ...)
         self.created_ms = 0
+        self.executed = 0                # instructions run here (for load balancing)
 
     def pack(self, link: int = 0) -> bytes:
         """The 124 bytes of struct Env as user code sees them at UENVS."""

@@ -123,6 +123,12 @@ class Kernel(TrapMixin, SnapshotMixin):
         """The allocated envs, in slot order."""
         return [self.envs[i] for i in self.live]
 
+    def wants_cpu(self, e: Env) -> bool:
+        """Whether e would run if given a CPU now: runnable, not paused,
+        held, waiting for a remote page or asleep (the load of a node)."""
+        return (e.status in (ENV_RUNNABLE, ENV_RUNNING) and not e.paused and not e.frozen
+                and e.blocked_on is None and (e.wake_at is None or e.wake_at <= self.now()))
+
     def envid2env(self, envid: int, cur: Env | None, checkperm: bool) -> Env | None:
         """JOS's envid2env: 0 means cur; with checkperm the target must be
         cur or its child.  None for a bad envid (the caller returns -E_BAD_ENV)."""
@@ -166,6 +172,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         e.parent_id = parent_id
         e.status = ENV_RUNNABLE
         e.runs = 0
+        e.executed = 0
         e.cpunum = 0
         e.pgfault_upcall = 0
         e.ipc_recving = e.ipc_dstva = e.ipc_value = e.ipc_from = e.ipc_perm = 0
@@ -486,6 +493,7 @@ class Kernel(TrapMixin, SnapshotMixin):
             break
         if e.status == ENV_RUNNING and (e.wake_at is not None or e.blocked_on is not None):
             e.status = ENV_RUNNABLE
+        e.executed += done
         return done
 
     # -- remote pages ---------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
 from .console import dropped_notice
 from .disk import DiskError, check_name, fsync_dir
+from .drain import drain
 from .migration import Job, JobState
 from .migration.jobs import PROGRESS_INTERVAL
 from .tasks import nursery as open_nursery
@@ -176,6 +177,8 @@ class ControlSession:
         for e in envs:
             e["program"] = e["name"]
             extra = self.node.migrations.annotate(e["envid"])
+            if e["envid"] in self.node.balancer.pinned:
+                extra = f"{extra}, pinned" if extra else "pinned"
             if extra:
                 e["state"] = f"{e['state']}, {extra}" if e["state"] else extra
         return {"envs": envs}
@@ -464,6 +467,56 @@ class ControlSession:
         self.node.log.info("image imported", image=up.name, bytes=up.size, envid=h.get("envid"))
         return {"name": up.name, "size": up.size, "pages": scan.pages, "envid": h.get("envid"),
                 "program": h.get("name"), "checksum": f"{scan.trailer.crc:08x}"}
+
+    # -- the cluster (cluster.py, drain.py, balance.py) ----------------------------------------
+    async def op_cluster_heartbeat(self, rid, args):
+        return self.node.membership.on_heartbeat(args, self.fs)
+
+    async def op_cluster_leave(self, rid, args):
+        return self.node.membership.on_leave(args)
+
+    async def op_nodes(self, rid, args):
+        return {"nodes": self.node.membership.view()}
+
+    async def op_drain(self, rid, args):
+        method = args.get("method") or "auto"
+        if not isinstance(method, str):
+            raise BadRequest("method must be a string")
+
+        async def report(event):
+            await self.push(rid, "drain", event)
+        return await drain(self.node, method, _bool(args, "force"), report)
+
+    async def op_cordon(self, rid, args):
+        node = self.node
+        on = args.get("on", True)
+        if not isinstance(on, bool):
+            raise BadRequest("on must be true or false")
+        if node.cordoned != on:
+            node.cordoned = on
+            node.log.info("node cordoned" if on else "node uncordoned", by="jmigctl")
+        return {"node": node.name, "cordoned": on}
+
+    async def op_balance(self, rid, args):
+        node = self.node
+        on = args.get("on")
+        if on is not None:
+            if not isinstance(on, bool):
+                raise BadRequest("on must be true or false")
+            if node.balancer.on != on:
+                node.balancer.on = on
+                node.log.info("balancing " + ("on" if on else "off"))
+        return {"node": node.name, "balance": node.balancer.on,
+                "decisions": list(node.balancer.decisions)[-_int(args, "last", 10, 0, 100):]
+                if args.get("last") else []}
+
+    async def op_pin(self, rid, args):
+        envid = _envid(args)
+        on = args.get("on", True)
+        if not isinstance(on, bool):
+            raise BadRequest("on must be true or false")
+        self.node.balancer.pin(envid, on)
+        return {"envid": envid, "pinned": on}
 
     async def op_recover(self, rid, args):
         return await self.node.migrations.recover(_envid(args), _bool(args, "force"))

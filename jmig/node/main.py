@@ -28,6 +28,8 @@ from ..errors import leaf
 from ..kernel.events import KernelError
 from ..kernel.kernel import DEFAULT_SLICE
 from ..proto.handshake import MAX_NAME
+from ..proto.wire import parse_node
+from .cluster import PeersFileError, read_peers_file
 from .disk import NAME_RE, DataDir
 from .node import BootSpec, Node, NodeConfig
 from .secret import SecretError, load_or_create
@@ -69,6 +71,14 @@ def parse_boot(text: str) -> BootSpec:
     return BootSpec(prog, tuple(words[1:]), eid)
 
 
+def _member(text: str) -> str:
+    try:
+        parse_node(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def default_data_dir(host: str, port: int) -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.environ.get("HOME", "/tmp"),
                                                           ".local", "share")
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the original project's per-step lines (Send Page: 0x00800000, "
                    "Sequence: 1; Recv Page Table Entry: ...; Handle User Page Fault, ...) on the "
                    "console for every migration, save and load through this node")
+    p.add_argument("--join", action="append", default=[], type=_member, metavar="HOST:P",
+                   help="join the cluster of this member (repeatable; any member will do)")
+    p.add_argument("--peers", metavar="FILE", help="members to join, one HOST:P per line "
+                   "('#' comments)")
+    p.add_argument("--balance", action="store_true",
+                   help="balance load automatically: move envs to less loaded members "
+                   "(`jmigctl balance on|off` switches it for the whole cluster)")
     p.add_argument("--version", action="version", version=f"jmig-node {jmig.__version__}")
     return p
 
@@ -144,6 +161,12 @@ def _main(args) -> int:
                 and (args.data_dir / "programs" / b.program).is_file()):
             return fail(EXIT_USAGE, f"--boot: no program {b.program!r} (bundled: "
                         f"{', '.join(programs.names())}; or one uploaded to the data directory)")
+    join = list(args.join)
+    if args.peers:
+        try:
+            join += read_peers_file(args.peers)
+        except PeersFileError as exc:
+            return fail(EXIT_USAGE, str(exc))
     try:
         secret = load_or_create(args.secret_file)
     except SecretError as exc:
@@ -151,7 +174,8 @@ def _main(args) -> int:
     data_dir = args.data_dir or default_data_dir(args.host, args.port)
     cfg = NodeConfig(data_dir=data_dir, host=args.host, port=args.port, name=args.name,
                      memory=args.memory, cpus=args.cpus, slice=args.slice,
-                     boot=tuple(args.boot), echo=not args.no_console, trace=args.trace)
+                     boot=tuple(args.boot), echo=not args.no_console, trace=args.trace,
+                     join=tuple(dict.fromkeys(join)), balance=args.balance)
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         DataDir(cfg.data_dir).prepare()

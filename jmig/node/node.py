@@ -34,6 +34,8 @@ from ..proto.handshake import AuthError
 from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error, server_handshake
 from . import listener
 from .admission import BUSY, GARBAGE, PENALIZED, SLOW, WRONG, Admission, Throttle
+from .balance import Balancer
+from .cluster import LoadMeter, Membership
 from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
@@ -71,6 +73,8 @@ class NodeConfig:
     echo: bool = True                  # user output to stdout
     prefault: bool = True              # commit physical memory at start (jmig-node)
     trace: bool = False                # the original's per-page lines on the console
+    join: tuple[str, ...] = ()         # members to join (HOST:P)
+    balance: bool = False              # balance load automatically (balance.py)
 
     def port_of(self, kind: str) -> int:
         return self.port + PORT_KINDS.index(kind)
@@ -105,6 +109,10 @@ class Node:
         self.arrival_waiters: set[trio.MemorySendChannel] = set()
         self.io_active = 0               # transfers under way: keep kernel quanta short
         self.stopping = False            # shutting down: no new migrations in or out
+        self.cordoned = False            # no drain or balancer sends envs here
+        self.meter = LoadMeter(self.kernel)
+        self.membership = Membership(self, cfg.join)
+        self.balancer = Balancer(self, cfg.balance)
 
     # -- time ---------------------------------------------------------------------
     @staticmethod
@@ -129,6 +137,7 @@ class Node:
             t0 = time.perf_counter()
             res = k.run(quantum)
             dt = time.perf_counter() - t0
+            self.meter.busy += dt
             self.dispatch_events()
             if res.executed and dt > 0:
                 target = IO_QUANTUM_SECONDS if self.io_active else QUANTUM_SECONDS
@@ -150,9 +159,11 @@ class Node:
                 self.console.write(e.text, e.envid)
             elif isinstance(e, ev.EnvCreated):
                 self.log.info("env created", envid=e.envid, parent=e.parent_id, program=e.name)
+                self.balancer.arrived(e.envid)
             elif isinstance(e, ev.EnvDestroyed):
                 self.log.info("env destroyed", envid=e.envid, reason=e.reason)
                 self.migrations.pager.env_gone(e.envid)
+                self.balancer.gone(e.envid)
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
                                  err=e.err, va=f"{e.va:#010x}", eip=f"{e.eip:#010x}")
@@ -217,6 +228,8 @@ class Node:
                 nursery.start_soon(self._gatekeeper, list(socks.values()))
                 nursery.start_soon(self._refuser.run)
                 await nursery.start(self.migrations.run)
+                await nursery.start(self.membership.run)
+                nursery.start_soon(self.balancer.run)
                 self.serving.set()
                 task_status.started(self)
         finally:
@@ -423,6 +436,7 @@ class Node:
         and wait until it is released.  The node serves meanwhile."""
         self.stopping = True
         await self.migrations.shutdown(self.log)
+        await self.membership.leave()
         self.log.info("shutdown complete: nothing left in flight")
 
     # -- arrivals (jmigctl shell's migrate_recv_*) ------------------------------------
@@ -443,6 +457,17 @@ class Node:
             self.arrival_waiters.discard(send)
 
     # -- facts ----------------------------------------------------------------------
+    def load(self) -> dict:
+        """What a heartbeat tells the other members (cluster.py)."""
+        k = self.kernel
+        envs = k.live_envs()
+        return {"envs": len(envs), "runnable": sum(1 for e in envs if k.wants_cpu(e)),
+                "cpu": round(self.meter.cpu, 3), "ips": round(self.meter.ips, 1),
+                "free": k.phys.nfree * 4096, "total": k.phys.nframes * 4096,
+                "jobs": len(self.migrations.jobs.running), "cpus": self.cfg.cpus,
+                "cordoned": self.cordoned, "balance": self.balancer.on,
+                "stopping": self.stopping}
+
     def info(self) -> dict:
         mem = self.kernel.memory_stats()
         envs = self.kernel.live_envs()

@@ -80,7 +80,7 @@ class Migrations:
                 resume: bool = False, push: bool = True, prefetch: int = 0,
                 max_rounds: int = 8, downtime_limit_ms: int = 50, then: str = "stop",
                 timeout: float | None = None, page_server: str | None = None,
-                trace: bool = False) -> Job:
+                trace: bool = False, reason: str = "") -> Job:
         node = self.node
         try:
             host, port = parse_node(to)
@@ -118,7 +118,7 @@ class Migrations:
             with node.io():
                 return await out.run()
 
-        return self.jobs.start("migrate", envid, to, run, method=method)
+        return self.jobs.start("migrate", envid, to, run, method=method, reason=reason)
 
     def save(self, envid: int, name: str, *, force: bool = False, pause: bool = False,
              trace: bool = False) -> Job:

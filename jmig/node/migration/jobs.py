@@ -49,6 +49,7 @@ class Job:
     envid: int | None
     target: str                     # HOST:P, or an image name
     method: str | None = None
+    reason: str = ""                # who asked, when not a person: a drain, the balancer
     state: JobState = JobState.RUNNING
     progress: dict = attrs.Factory(dict)
     result: dict | None = None
@@ -77,7 +78,7 @@ class Job:
 
     def summary(self) -> dict:
         return {"id": self.id, "kind": self.kind, "envid": self.envid, "target": self.target,
-                "method": self.method, "state": str(self.state), "progress": dict(self.progress),
+                "method": self.method, "reason": self.reason, "state": str(self.state), "progress": dict(self.progress),
                 "result": self.result, "error": self.error, "started": self.started,
                 "finished": self.finished}
 
@@ -131,12 +132,13 @@ class JobTable:
             f.unlink(missing_ok=True)
 
     def start(self, kind: str, envid: int | None, target: str, runner,
-              method: str | None = None) -> Job:
+              method: str | None = None, reason: str = "") -> Job:
         """Start runner(job) as a job; returns it at once."""
         if self.closed or self._nursery is None:
             raise MigrationError("bad-state", f"{self.node.name} is shutting down; it starts "
                                  "no new jobs")
-        job = Job(id=self._new_id(), kind=kind, envid=envid, target=target, method=method)
+        job = Job(id=self._new_id(), kind=kind, envid=envid, target=target, method=method,
+                  reason=reason)
         self.running[job.id] = job
         self._write(job)
         self._nursery.start_soon(self._run, job, runner)
