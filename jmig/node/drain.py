@@ -13,7 +13,9 @@ cordoned.  Running again moves what is left.
 Method "auto" (the default): pre-copy for running envs (they keep running
 while their pages are copied, and run on arrival), normal for paused ones
 (they stay paused).  Pinned envs stay unless `force`.  Envs that appear
-meanwhile (forks) are taken in a further pass, up to MAX_PASSES.
+meanwhile (forks) are taken in a further pass, up to MAX_PASSES.  A member
+that a move could not reach (or that refused it) is not chosen again by
+this drain, and the env is tried once more elsewhere.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from .balance import choose_target, pages_of
 from .migration import JobState
 
 MAX_PASSES = 3
+TRIES = 2                          # targets tried per env (the first one may have just failed)
+LINK_ERRORS = ("unreachable", "link-lost", "timeout", "refused")
 METHODS = ("auto", "normal", "precopy", "pgfault")
 
 
@@ -38,59 +42,76 @@ async def drain(node, method: str = "auto", force: bool = False, report=None) ->
     failed: list[dict] = []
     skipped: list[dict] = []
     tried: set[int] = set()
+    avoid: set[str] = set()                  # members this drain could not reach
 
     async def tell(event: dict) -> None:
         if report is not None:
             await report(event)
 
     for _ in range(MAX_PASSES):
-        todo = sorted((e for e in k.live_envs() if e.env_id not in tried),
-                      key=lambda e: (pages_of(k, e), e.env_id))
+        todo = sorted(((pages_of(k, e), e.env_id, e) for e in k.live_envs()
+                       if e.env_id not in tried), key=lambda t: t[:2])
         if not todo:
             break
-        for e in todo:
-            envid = e.env_id
+        for _, envid, e in todo:
             tried.add(envid)
-            if e.env_id != envid or not e.status:           # gone meanwhile (its parent killed it)
+            if e.env_id != envid or not e.status:    # gone meanwhile (its parent killed it)
                 continue
             if envid in node.balancer.pinned and not force:
                 skipped.append({"envid": envid, "reason": "pinned (unpin it, or drain --force)"})
                 await tell({"envid": envid, "state": "skipped", "reason": "pinned"})
                 continue
-            pages = pages_of(k, e)
-            target = choose_target(node.membership.alive(), pages * 4096)
-            if target is None:
-                err = {"code": "no-memory" if node.membership.alive() else "unreachable",
-                       "message": f"no schedulable member has room for env {envid} "
-                                  f"({pages} pages)" if node.membership.alive()
-                       else "this node knows no other member (start it with --join)"}
-                failed.append({"envid": envid, "error": err})
-                await tell({"envid": envid, "state": "failed", "error": err})
-                continue
-            how = method if method != "auto" else ("normal" if e.paused else "precopy")
-            try:
-                job = node.migrations.migrate(envid, target.addr, how, resume=not e.paused,
-                                              reason=f"drain of {node.name}")
-            except Error as exc:
-                err = {"code": exc.code, "message": exc.message}
-                failed.append({"envid": envid, "to": target.addr, "error": err})
-                await tell({"envid": envid, "state": "failed", "to": target.addr, "error": err})
-                continue
-            target.sent.append(job)
-            await tell({"envid": envid, "state": "moving", "to": target.addr, "job": job.id,
-                        "method": how})
-            await job.done.wait()
-            if job.state is JobState.SUCCEEDED:
-                row = {"envid": envid, "to": target.addr, "new_envid": job.result.get(
-                    "new_envid", envid), "method": how, "job": job.id}
-                moved.append(row)
-                await tell({**row, "state": "moved"})
-            else:
-                row = {"envid": envid, "to": target.addr, "job": job.id, "error": job.error}
-                failed.append(row)
-                await tell({**row, "state": "failed"})
+            row = await _move(node, e, method, avoid, tell)
+            (moved if row["state"] == "moved" else failed).append(row)
+    for row in moved + failed:
+        del row["state"]
     left = [e.env_id for e in k.live_envs()]
     node.log.info("drain finished", moved=len(moved), failed=len(failed),
                   skipped=len(skipped), left=len(left))
     return {"node": node.name, "moved": moved, "failed": failed, "skipped": skipped,
             "left": left}
+
+
+async def _move(node, e, method: str, avoid: set[str], tell) -> dict:
+    """Move env e to the best member not in avoid (TRIES targets at most);
+    the row of its outcome, state "moved" or "failed"."""
+    envid, pages = e.env_id, pages_of(node.kernel, e)
+    how = method if method != "auto" else ("normal" if e.paused else "precopy")
+    row: dict = {}
+    for _ in range(TRIES):
+        members = [m for m in node.membership.alive() if m.addr not in avoid]
+        target = choose_target(members, pages * 4096)
+        if target is None:
+            if row:
+                return row
+            err = {"code": "no-memory" if members else "unreachable",
+                   "message": f"no schedulable member has room for env {envid} ({pages} pages)"
+                   if members else "this node knows no other member it can reach "
+                   "(start it with --join)"}
+            row = {"envid": envid, "state": "failed", "error": err}
+            await tell(row)
+            return row
+        try:
+            job = node.migrations.migrate(envid, target.addr, how, resume=not e.paused,
+                                          reason=f"drain of {node.name}")
+        except Error as exc:
+            row = {"envid": envid, "state": "failed", "to": target.addr,
+                   "error": {"code": exc.code, "message": exc.message}}
+            await tell(row)
+            return row
+        target.sent.append(job)
+        await tell({"envid": envid, "state": "moving", "to": target.addr, "job": job.id,
+                    "method": how})
+        await job.done.wait()
+        if job.state is JobState.SUCCEEDED:
+            row = {"envid": envid, "state": "moved", "to": target.addr, "method": how,
+                   "new_envid": job.result.get("new_envid", envid), "job": job.id}
+            await tell(row)
+            return row
+        row = {"envid": envid, "state": "failed", "to": target.addr, "job": job.id,
+               "error": job.error}
+        await tell(row)
+        if (job.error or {}).get("code") not in LINK_ERRORS:
+            return row
+        avoid.add(target.addr)
+    return row
