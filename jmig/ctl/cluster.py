@@ -111,7 +111,8 @@ async def cmd_uncordon(ctx):
 
 
 async def cmd_balance(ctx):
-    """balance on|off: every alive member; balance (status): each one's flag."""
+    """balance on|off: switch every alive member; balance status: each
+    one's flag and last decisions.  Nodes by address (as `nodes` shows them)."""
     action = ctx.args.action
     on = {"on": True, "off": False, "status": None}[action]
     nodes, others = await members(ctx)
@@ -128,7 +129,8 @@ async def cmd_balance(ctx):
         for n in nodes:
             nursery.start_soon(one, n)
     if ctx.json:
-        ctx.emit({"nodes": [{"node": n, **results[n]} for n in nodes if n in results],
+        ctx.emit({"nodes": [{**results[n], "name": results[n]["node"], "node": n}
+                            for n in nodes if n in results],
                   "errors": [{"node": n, "message": m} for n, m in errors.items()]})
     else:
         for n in nodes:

@@ -62,7 +62,7 @@ def classify(exc: BaseException, ctx, node: str | None = None) -> CtlError:
         return CtlError(f"{where}: protocol error: {exc}", code="protocol", exit=EXIT_PROTOCOL)
     if isinstance(exc, (OSError, trio.TooSlowError)):
         return Unreachable(f"cannot reach node {where}: "
-                           f"{getattr(exc, 'strerror', None) or exc or 'timed out'} "
+                           f"{getattr(exc, 'strerror', None) or str(exc) or 'timed out'} "
                            "(is jmig-node running there? see --node / JMIG_NODE)")
     if isinstance(exc, Error):
         return CtlError(exc.message, code=exc.code, exit=EXIT_FAILED)
