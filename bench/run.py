@@ -4,7 +4,7 @@
 
 Each figure is printed next to a reference measured in the same run
 (Unicorn on the same code, the raw file and TCP throughput of this machine,
-the same node without the attack),
+the same node without the attack, the cluster before balancing),
 because this machine is noisy and only same-run ratios mean anything.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     a = ap.parse_args(argv)
     import abuse
+    import balance
     import cpu
     import migration
     import scale
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     results.update(abuse.main(["--quick"] if a.quick else []))
     print("\n== scale: 16 nodes, a full node, 100 migrations at once ==")
     results.update(scale.main(["--quick"] if a.quick else []))
+    print("\n== balance: 12 CPU-bound envs on one of 4 nodes, balancing on ==")
+    results.update(balance.main(["--quick"] if a.quick else []))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

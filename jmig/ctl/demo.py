@@ -224,13 +224,7 @@ class Demo:
         procs = []
         try:
             for name, port, boot in (("node1", p1, ["--boot", "loop@4100"]), ("node2", p2, [])):
-                self.nodes[name] = f"{host}:{port}"
-                log = open(tmp / f"{name}.log", "w")
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", str(port),
-                     "--name", name, "--data-dir", str(tmp / name), "--secret-file",
-                     str(tmp / "secret"), "--log-format", "json", "--no-console", *boot],
-                    stdout=subprocess.DEVNULL, stderr=log))
+                procs.append(self.start_node(tmp, name, host, port, *boot))
                 self.say(f"started {name} on {host}:{port} (log: {tmp / name}.log)")
             for name in self.nodes:
                 await self._wait_up(name)
@@ -243,13 +237,17 @@ class Demo:
             # Said once the consoles are no longer followed: the last line.
             self.say("\nThe walkthrough is complete.")
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_nodes(procs)
+
+    def start_node(self, tmp: Path, name: str, host: str, port: int, *args: str):
+        """A jmig-node process for this demo (its log in tmp/NAME.log)."""
+        self.nodes[name] = f"{host}:{port}"
+        with open(tmp / f"{name}.log", "w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", str(port),
+                 "--name", name, "--data-dir", str(tmp / name), "--secret-file",
+                 str(tmp / "secret"), "--log-format", "json", "--no-console", *args],
+                stdout=subprocess.DEVNULL, stderr=log)
 
     async def _wait_up(self, name: str) -> None:
         deadline = time.monotonic() + 15
@@ -263,36 +261,57 @@ class Demo:
                 await trio.sleep(0.1)
 
 
-def demo(ctx) -> int:
+def stop_nodes(procs) -> None:
+    """SIGTERM every node (an orderly stop), SIGKILL those not gone in 5 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def check_host(host: str) -> None:
+    """A demo's --host: an IP address this machine can bind."""
     try:
-        ipaddress.ip_address(ctx.args.host)
+        ipaddress.ip_address(host)
     except ValueError:
-        raise UsageError(f"--host {ctx.args.host!r} is not an IP address; use a loopback "
+        raise UsageError(f"--host {host!r} is not an IP address; use a loopback "
                          "address such as 127.0.0.5") from None
     try:
         with socket.socket() as s:
-            s.bind((ctx.args.host, 0))
+            s.bind((host, 0))
     except OSError as exc:
-        raise UsageError(f"cannot use --host {ctx.args.host}: {exc.strerror}") from None
+        raise UsageError(f"cannot use --host {host}: {exc.strerror}") from None
+
+
+def play(ctx, dm: Demo, names, what: str) -> int:
+    """Run dm in a fresh temporary directory; on a failure, say why (and
+    after how long) with the last lines of each node's log.  Exit code."""
+    check_host(ctx.args.host)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="jmig-demo-") as d:
-        dm = Demo(ctx, ctx.args.fast)
         try:
             try:
                 trio.run(dm.run, Path(d))
             except BaseExceptionGroup as eg:
                 raise leaf(eg) from None
-        except DemoFailed as exc:
-            print(f"jmigctl demo: FAILED: {exc}", file=ctx.err)
-            for name in ("node1", "node2"):
+        except (DemoFailed, RemoteError, OSError) as exc:
+            if isinstance(exc, RemoteError):
+                text = f"a node refused: {exc.message} [{exc.code}]"
+            else:
+                text = str(exc) if isinstance(exc, DemoFailed) else exc.strerror or str(exc)
+            print(f"jmigctl {what}: FAILED after {time.monotonic() - started:.1f} s: {text}",
+                  file=ctx.err)
+            for name in names:
                 log = Path(d) / f"{name}.log"
                 if log.exists():
                     tail = log.read_text().splitlines()[-5:]
                     print(f"--- {name} log (last lines):\n" + "\n".join(tail), file=ctx.err)
             return 1
-        except RemoteError as exc:
-            print(f"jmigctl demo: FAILED: a node refused: {exc.message} [{exc.code}]", file=ctx.err)
-            return 1
-        except OSError as exc:
-            print(f"jmigctl demo: FAILED: {exc.strerror or exc}", file=ctx.err)
-            return 1
     return 0
+
+
+def demo(ctx) -> int:
+    return play(ctx, Demo(ctx, ctx.args.fast), ("node1", "node2"), "demo")

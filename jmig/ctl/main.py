@@ -620,6 +620,9 @@ def cmd_shell(ctx: Ctx):
 
 
 def cmd_demo(ctx: Ctx):
+    if ctx.args.cluster:
+        from .cluster_demo import cluster_demo
+        return cluster_demo(ctx)
     from .demo import demo
     return demo(ctx)
 
@@ -896,11 +899,15 @@ def build_parser() -> argparse.ArgumentParser:
              ["jmigctl shell", "jmigctl --node 127.0.0.3:50001 shell",
               "echo ps | jmigctl shell"])
     sp.add_argument("--trace", action="store_true", help="start with trace on")
-    sp = add("demo", cmd_demo, "start two local nodes and play the original walkthrough",
-             ["jmigctl demo", "jmigctl demo --fast --host 127.0.0.5"])
+    sp = add("demo", cmd_demo, "start two local nodes and play the original walkthrough "
+             "(--cluster: four nodes, the balancer and a drain)",
+             ["jmigctl demo", "jmigctl demo --fast --host 127.0.0.5", "jmigctl demo --cluster"])
+    sp.add_argument("--cluster", action="store_true", help="start four local nodes that join "
+                    "each other, start 12 CPU-bound envs on one, show the balancer spread "
+                    "them, then drain one node")
     sp.add_argument("--fast", action="store_true", help="no pauses between steps")
     sp.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                    help="the loopback address both nodes bind (default 127.0.0.1)")
+                    help="the loopback address the nodes bind (default 127.0.0.1)")
     sp.add_argument("--base-port", type=int_range(1, 65000), default=0, metavar="P",
                     help="first node's P (default: find free ports near 50001)")
     return p

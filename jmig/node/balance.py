@@ -140,8 +140,10 @@ class Balancer:
             if target is None or len(mine) - member_load(target) < THRESHOLD:
                 continue
             method = "pgfault" if pages > PGFAULT_PAGES else "precopy"
+            where = (f"{target.name} ({target.addr})"
+                     if target.name and target.name != target.addr else target.addr)
             reason = (f"balance: {len(mine)} envs want the CPU on {node.name}, "
-                      f"{member_load(target)} on {target.addr}; env {e.env_id} ran "
+                      f"{member_load(target)} on {where}; env {e.env_id} ran "
                       f"{shares.get(e.env_id, 0.0):.0%} of this node's instructions, "
                       f"{pages} pages; by {method}")
             job = node.migrations.migrate(e.env_id, target.addr, method, resume=True,

@@ -20,3 +20,22 @@ def test_the_demo_plays_the_walkthrough_on_the_host_it_is_given(tmp_path):
     assert "ok: on node 2 the copy continues" in out and "fetched" in out
     assert out.rstrip().endswith("The walkthrough is complete.")
     assert "FAILED" not in out + r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_the_cluster_demo_balances_twelve_burns_over_four_nodes_and_drains_one(tmp_path):
+    host = ctl_host()
+    r = subprocess.run(jmigctl_argv("demo", "--cluster", "--fast", "--host", host),
+                       capture_output=True, text=True, timeout=300,
+                       env={"HOME": str(tmp_path), "PATH": "/usr/bin"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for n in (1, 2, 3, 4):
+        assert f"started node{n} on {host}:" in out
+        assert f"ok: node{n} lists 4 alive members: node1, node2, node3, node4" in out
+    assert "ok: balancing is on on node1, node2, node3, node4" in out
+    assert "ok: balanced in " in out and "node1 3, node2 3, node3 3, node4 3" in out
+    assert "ok: on node" in out and "it continues from node1's count" in out
+    assert "ok: node4 has no envs" in out and "ok: node1-3 have the 12 burns" in out
+    assert out.rstrip().endswith("The cluster demo is complete.")
+    assert "FAILED" not in out + r.stderr and "Traceback" not in r.stderr
