@@ -1,7 +1,8 @@
 /*
  * Two environments pass a counter back and forth over IPC.  The parent
  * sends 0; whoever receives a value prints it and sends value+1; both
- * stop once 10 has gone across.
+ * stop once 10 has gone across.  `pingpong MS`: each waits MS ms before
+ * passing the counter on (so that a test can move one of them mid-game).
  */
 
 #include <inc/lib.h>
@@ -10,6 +11,7 @@ void
 umain(int argc, char **argv)
 {
 	envid_t peer;
+	unsigned ms = argc > 1 ? strtol(argv[1], NULL, 0) : 0;
 
 	if ((peer = fork()) < 0)
 		panic("fork: %e", peer);
@@ -27,6 +29,8 @@ umain(int argc, char **argv)
 		if (v == 10)
 			return;
 		v++;
+		if (ms)
+			sys_sleep_msec(ms);
 		ipc_send(from, v, NULL, 0);
 		if (v == 10)
 			return;

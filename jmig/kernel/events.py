@@ -47,6 +47,19 @@ class EnvBlocked:
     va: int
 
 
+@attrs.frozen
+class IpcSend:
+    """`src` called sys_ipc_try_send to `dst`, an env that lives on another
+    node (Kernel.elsewhere) or not here at all.  `src` waits in the kernel
+    until Kernel.ipc_result(src, result); `page` is the 4 KiB at its srcva
+    (None when it sent none)."""
+    src: int
+    dst: int
+    value: int
+    page: bytes | None
+    perm: int
+
+
 class KernelError(Error):
     """An operation the node asked for was refused.  `code` is stable and
     machine-readable; `message` says what is wrong."""

@@ -29,6 +29,7 @@ from .env import (
     ENVGENSHIFT, NENV, STATUS_NAMES, Env,
 )
 from .memlayout import (
+    E_BAD_ENV, E_INVAL, E_IPC_NOT_RECV, E_NO_MEM, PTE_SYSCALL,
     FEC_PR, FEC_U, PGSIZE, PTE_P, PTE_REMOTE, PTE_U, PTE_W, ULIM, UPAGES, USTACKTOP, UTOP,
     UVPT, ROUNDDOWN, ROUNDUP,
 )
@@ -101,6 +102,9 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.waiters: dict[tuple[int, int], list[Env]] = {}   # (owner id, vpn) -> envs
         self.instructions = 0
         self._syscall = syscall.dispatch
+        # Cross-node IPC (the node sets these; a lone kernel keeps JOS's -E_BAD_ENV).
+        self.remote_ipc = False           # a send to an env not here asks the node
+        self.elsewhere: set[int] = set()  # env ids whose env lives on another node now
 
     def compiles_in_flight(self) -> int:
         """Regions being compiled in the background (background_compile)."""
@@ -495,6 +499,55 @@ class Kernel(TrapMixin, SnapshotMixin):
             e.status = ENV_RUNNABLE
         e.executed += done
         return done
+
+    # -- IPC with envs on other nodes -----------------------------------------------------
+    def wait_for_network(self, e: Env, event) -> None:
+        """e's syscall is answered by another node (event says what to ask):
+        e waits, held, until ipc_result."""
+        e.frozen = f"sending to {event.dst:08x}"
+        if e.status == ENV_RUNNING:
+            e.status = ENV_RUNNABLE
+        self.events.append(event)
+
+    def ipc_result(self, envid: int, result: int) -> bool:
+        """The answer to a waiting env's remote sys_ipc_try_send: its eax,
+        and it runs again.  False if it is gone (or not waiting)."""
+        e = self.envs[ENVX(envid)]
+        if e.status == ENV_FREE or e.env_id != envid or not e.frozen.startswith("sending to "):
+            return False
+        e.frozen = ""
+        e.cpu.r[0] = result & 0xFFFFFFFF
+        return True
+
+    def ipc_deliver(self, src: int, dst: int, value: int, page, perm: int) -> int:
+        """Another node's sys_ipc_try_send from env src to env dst here:
+        JOS's result (0, -E_IPC_NOT_RECV, -E_BAD_ENV, -E_NO_MEM).  A page is
+        copied into a fresh frame mapped at the receiver's dstva (JOS shares
+        the sender's frame; across nodes it cannot)."""
+        t = self.envs[ENVX(dst)]
+        if t.status == ENV_FREE or t.env_id != dst or dst in self.elsewhere:
+            return -E_BAD_ENV
+        if t.frozen or not t.ipc_recving:
+            return -E_IPC_NOT_RECV
+        sent_perm = 0
+        if page is not None and t.ipc_dstva < UTOP:
+            if len(page) != PGSIZE or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+                return -E_INVAL
+            pfn = self.phys.page_alloc(zero=False)
+            if pfn is None:
+                return -E_NO_MEM
+            self.phys.mem[pfn << 12:(pfn + 1) << 12] = page
+            if not t.aspace.page_insert(pfn, t.ipc_dstva, perm):
+                self.phys.page_free(pfn)
+                return -E_NO_MEM
+            sent_perm = perm
+        t.ipc_recving = 0
+        t.ipc_from = src
+        t.ipc_value = value & 0xFFFFFFFF
+        t.ipc_perm = sent_perm
+        t.cpu.r[0] = 0
+        self.set_status(t, ENV_RUNNABLE)
+        return 0
 
     # -- remote pages ---------------------------------------------------------------------
     def _block(self, e: Env, owner: Env, va: int) -> None:

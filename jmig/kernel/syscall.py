@@ -45,6 +45,13 @@ SYS_sleep_msec = 33
 MAX_SLEEP_MS = 24 * 3600 * 1000
 
 
+class _NetWait(Exception):
+    """The syscall's answer comes from another node: the env waits."""
+
+    def __init__(self, event):
+        self.event = event
+
+
 class _Stop(Exception):
     """The caller gives up the CPU (yield, block, destroyed)."""
 
@@ -174,8 +181,24 @@ def sys_yield(k, e, *_):
 
 def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm: int, *_):
     t = k.envid2env(envid, e, False)
-    if t is None:
-        return -E_BAD_ENV
+    if t is None or envid in k.elsewhere:
+        if not k.remote_ipc or envid == 0 or envid == e.env_id:
+            return -E_BAD_ENV
+        page = None
+        if srcva < UTOP:
+            if srcva % PGSIZE or not _perm_ok(perm):
+                return -E_INVAL
+            pte = e.aspace.page_lookup(srcva)
+            if pte is None or (perm & PTE_W and not pte & PTE_W):
+                return -E_INVAL
+            if pte & PTE_REMOTE:
+                raise _Blocked(e, srcva)
+            base = (pte >> 12 & 0xFFFFF) << 12
+            page = bytes(k.phys.mem[base:base + PGSIZE])
+        # Another node answers: e waits in the kernel (Kernel.ipc_result).
+        raise _NetWait(ev.IpcSend(e.env_id, envid, value, page, perm if page else 0))
+    if t.frozen:
+        return -E_IPC_NOT_RECV          # held by a migration: try again once it settles
     if not t.ipc_recving:
         return -E_IPC_NOT_RECV
     sent_perm = 0
@@ -243,6 +266,9 @@ def dispatch(k: Kernel, e: Env) -> bool:
     try:
         ret = fn(k, e, r[2], r[1], r[3], r[7], r[6])
     except _Stop:
+        return False
+    except _NetWait as w:
+        k.wait_for_network(e, w.event)
         return False
     except _Blocked as b:
         # Nothing happened yet: run the int $0x30 again once the page is here.

@@ -294,7 +294,8 @@ class ControlSession:
 
     async def op_stats(self, rid, args):
         node = self.node
-        return {"info": node.info(), "pager": node.migrations.stats()}
+        return {"info": node.info(), "pager": node.migrations.stats(),
+                "ipc": dict(node.remote.stats)}
 
     # -- jobs: images and migration ------------------------------------------------------
     async def op_save(self, rid, args):
@@ -474,6 +475,12 @@ class ControlSession:
 
     async def op_cluster_leave(self, rid, args):
         return self.node.membership.on_leave(args)
+
+    async def op_env_where(self, rid, args):
+        return self.node.remote.on_where(args)
+
+    async def op_ipc_try_send(self, rid, args):
+        return self.node.remote.on_ipc_try_send(args)
 
     async def op_nodes(self, rid, args):
         return {"nodes": self.node.membership.view()}

@@ -40,6 +40,7 @@ from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
 from .migration import Migrations
+from .remote import RemoteEnvs
 from .trace import Tracer
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
@@ -113,6 +114,7 @@ class Node:
         self.meter = LoadMeter(self.kernel)
         self.membership = Membership(self, cfg.join)
         self.balancer = Balancer(self, cfg.balance)
+        self.remote = RemoteEnvs(self)
 
     # -- time ---------------------------------------------------------------------
     @staticmethod
@@ -160,6 +162,7 @@ class Node:
             elif isinstance(e, ev.EnvCreated):
                 self.log.info("env created", envid=e.envid, parent=e.parent_id, program=e.name)
                 self.balancer.arrived(e.envid)
+                self.remote.arrived(e.envid)
             elif isinstance(e, ev.EnvDestroyed):
                 self.log.info("env destroyed", envid=e.envid, reason=e.reason)
                 self.migrations.pager.env_gone(e.envid)
@@ -167,6 +170,8 @@ class Node:
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
                                  err=e.err, va=f"{e.va:#010x}", eip=f"{e.eip:#010x}")
+            elif isinstance(e, ev.IpcSend):
+                self.remote.send(e)
             elif isinstance(e, ev.EnvBlocked):
                 self.log.debug("env blocked on remote page", envid=e.envid,
                                owner=e.owner, va=f"{e.va:#010x}")
@@ -229,6 +234,7 @@ class Node:
                 nursery.start_soon(self._refuser.run)
                 await nursery.start(self.migrations.run)
                 await nursery.start(self.membership.run)
+                await nursery.start(self.remote.run)
                 nursery.start_soon(self.balancer.run)
                 self.serving.set()
                 task_status.started(self)

@@ -39,6 +39,7 @@ class SourceCopy:
     it.  The method has node, envid, keep and paused_here (it paused the
     env itself)."""
     give_up = False                 # GO decided: destroy ours once the destination is told
+    forwards = True                 # GO: the env is the destination's (IPC follows it)
 
     def prepared(self, out) -> None:
         """The destination holds the env, verified (before the commit)."""

@@ -32,6 +32,7 @@ class SaveSend(StreamSend):
     """Save: a normal stream to an image file; the env stays here (paused,
     or running again if it was paused just for the save)."""
     name = "image"
+    forwards = False                # saved: the env stays here
     holds_as = Hold.SAVING
 
     def __init__(self, node, envid: int, pause: bool):

@@ -198,6 +198,9 @@ class Outbound:
         try:
             await self._transfer_and_commit()
             self._decide(Decision.GO)
+            if self.method.forwards and not getattr(self.method, "keep", False) \
+                    and self.new_envid == self.envid:
+                node.remote.departed(self.envid, self.target)     # IPC follows it there
             self.method.hand_over(self)
             with trio.CancelScope(shield=True):
                 await self._hand_over()

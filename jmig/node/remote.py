@@ -1,0 +1,194 @@
+"""Envs on other nodes: where they are, and IPC to them.
+
+Location.  A node that gives an env away to another node (a migration
+decided go, not --keep) keeps a forwarding pointer to where it went
+(`where`), and tells its kernel the env lives elsewhere now (so that a
+send from here goes out instead of to a ghost: a pgfault origin's copy).
+To find an env, a node tries, in order: its pointer or the last answer it
+got; the pointer the node there has, if the env moved on (at most
+MAX_HOPS); and then every alive member at once (`env_where`), which
+finds the env wherever it is, even when nodes it passed through have
+shut down.  Answers are cached in `where`; a wrong one costs a hop.
+
+IPC.  sys_ipc_try_send to an env that is not here stops the sender in the
+kernel (kernel.IpcSend); this module finds the env and asks its node
+(`ipc_try_send`), which delivers exactly as JOS does locally or answers
+-E_IPC_NOT_RECV (the sender's ipc_send loop yields and tries again) or
+-E_BAD_ENV; the answer becomes the sender's eax.  A page travels as a copy
+(JOS maps the sender's frame; across nodes the receiver gets its own).
+Each request is one round trip on a kept control connection per peer.
+No answer within IPC_DEADLINE_SECONDS: -E_BAD_ENV, and the sender runs on.
+"""
+from __future__ import annotations
+
+import trio
+
+from ..errors import Error
+from ..kernel import events as ev
+from ..kernel.memlayout import E_BAD_ENV, E_IPC_NOT_RECV
+from ..proto.control import CONTROL_OFFSET, ControlClient, RemoteError
+from ..proto.frames import ProtocolError
+from ..proto.wire import parse_node
+
+IPC_DEADLINE_SECONDS = 5.0         # a remote send answers within this, or fails -E_BAD_ENV
+CALL_SECONDS = 3.0                 # one request to one node
+MAX_HOPS = 8                       # forwarding pointers followed before asking everyone
+WHERE_KEPT = 4096                  # cached locations (oldest dropped)
+
+
+class Peers:
+    """One kept control connection per other node, one request at a time."""
+
+    def __init__(self, node):
+        self.node = node
+        self.clients: dict[str, ControlClient] = {}
+        self.locks: dict[str, trio.Lock] = {}
+
+    async def call(self, addr: str, op: str, args: dict):
+        lock = self.locks.setdefault(addr, trio.Lock())
+        async with lock:
+            client = self.clients.get(addr)
+            try:
+                with trio.fail_after(CALL_SECONDS):
+                    if client is None:
+                        host, port = parse_node(addr)
+                        fs = await self.node.connect(host, port + CONTROL_OFFSET, "control",
+                                                     timeout=CALL_SECONDS)
+                        client = self.clients[addr] = ControlClient(fs)
+                    return await client.request(op, args)
+            except BaseException:
+                self.clients.pop(addr, None)
+                if client is not None:
+                    with trio.CancelScope(shield=True):
+                        await client.aclose()
+                raise
+
+
+class RemoteEnvs:
+    def __init__(self, node):
+        self.node = node
+        self.peers = Peers(node)
+        self.where: dict[int, str] = {}          # envid -> HOST:P it went to / was found at
+        self.stats = {"ipc_remote_sends": 0, "ipc_round_trips": 0, "ipc_delivered_here": 0,
+                      "ipc_failed": 0, "locate_broadcasts": 0, "locate_hops": 0}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.node.kernel.remote_ipc = True
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- where envs are -----------------------------------------------------------------
+    def departed(self, envid: int, addr: str) -> None:
+        """envid is addr's now (a migration from here decided go)."""
+        self._remember(envid, addr)
+        self.node.kernel.elsewhere.add(envid)
+
+    def arrived(self, envid: int) -> None:
+        """envid runs here (created, restored or arrived)."""
+        self.where.pop(envid, None)
+        self.node.kernel.elsewhere.discard(envid)
+
+    def _remember(self, envid: int, addr: str) -> None:
+        self.where.pop(envid, None)
+        self.where[envid] = addr
+        if len(self.where) > WHERE_KEPT:
+            del self.where[next(iter(self.where))]
+
+    def here(self, envid: int) -> bool:
+        k = self.node.kernel
+        e = k.envs[envid & 0x3FF]
+        return e.status != 0 and e.env_id == envid and envid not in k.elsewhere
+
+    def on_where(self, args: dict) -> dict:
+        """Another node asks whether envid is here (or where it went)."""
+        envid = args.get("envid")
+        if not isinstance(envid, int) or isinstance(envid, bool):
+            raise Error("env_where needs envid", code="bad-request")
+        return {"here": self.here(envid), "forward": self.where.get(envid)}
+
+    async def _ask_everyone(self, envid: int, skip: set[str]) -> str | None:
+        self.stats["locate_broadcasts"] += 1
+        found: list[str] = []
+
+        async def ask(addr: str) -> None:
+            try:
+                r = await self.peers.call(addr, "env_where", {"envid": envid})
+            except (OSError, Error, ProtocolError, RemoteError, trio.TooSlowError):
+                return
+            if isinstance(r, dict) and r.get("here") is True:
+                found.append(addr)
+                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            for m in self.node.membership.alive():
+                if m.addr not in skip:
+                    nursery.start_soon(ask, m.addr)
+        return found[0] if found else None
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, event: ev.IpcSend) -> None:
+        """A waiting env's sys_ipc_try_send to an env not here (dispatch_events)."""
+        self.stats["ipc_remote_sends"] += 1
+        self._nursery.start_soon(self._send, event)
+
+    async def _send(self, event: ev.IpcSend) -> None:
+        result = -E_BAD_ENV
+        with trio.move_on_after(IPC_DEADLINE_SECONDS) as scope:
+            result = await self._deliver(event)
+        if scope.cancelled_caught:
+            self.node.log.warning("remote ipc timed out", src=event.src, dst=event.dst,
+                                  seconds=IPC_DEADLINE_SECONDS)
+        if result < 0 and result != -E_IPC_NOT_RECV:
+            self.stats["ipc_failed"] += 1
+        if self.node.kernel.ipc_result(event.src, result):
+            self.node.poke()
+
+    async def _deliver(self, event: ev.IpcSend) -> int:
+        args = {"src": event.src, "dst": event.dst, "value": event.value,
+                "perm": event.perm}
+        if event.page is not None:
+            args["page"] = event.page
+        tried: set[str] = set()
+        addr = self.where.get(event.dst)
+        for _ in range(MAX_HOPS):
+            if addr is None or addr in tried:
+                addr = await self._ask_everyone(event.dst, tried)
+                if addr is None:
+                    self.where.pop(event.dst, None)
+                    return -E_BAD_ENV
+            tried.add(addr)
+            try:
+                self.stats["ipc_round_trips"] += 1
+                r = await self.peers.call(addr, "ipc_try_send", args)
+            except (OSError, Error, ProtocolError, RemoteError, trio.TooSlowError) as exc:
+                self.node.log.info("remote ipc: node unreachable", dst=event.dst, node=addr,
+                                   error=getattr(exc, "message", "") or str(exc))
+                addr = None
+                continue
+            if isinstance(r, dict) and isinstance(r.get("result"), int):
+                self._remember(event.dst, addr)
+                return r["result"]
+            self.stats["locate_hops"] += 1
+            addr = r.get("forward") if isinstance(r, dict) else None
+        return -E_BAD_ENV
+
+    def on_ipc_try_send(self, args: dict) -> dict:
+        """Another node's env sends to one of ours: {result} or, if it is
+        not here, {forward: where it went (or null)}."""
+        ints = [args.get(k) for k in ("src", "dst", "value", "perm")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+            raise Error("ipc_try_send needs integer src, dst, value, perm", code="bad-request")
+        src, dst, value, perm = ints
+        page = args.get("page")
+        if page is not None and not isinstance(page, bytes):
+            raise Error("page must be bytes", code="bad-request")
+        if not self.here(dst):
+            return {"forward": self.where.get(dst)}
+        r = self.node.kernel.ipc_deliver(src, dst, value, page, perm)
+        if r == 0:
+            self.stats["ipc_delivered_here"] += 1
+            self.node.poke()
+        return {"result": r}
+

@@ -1,0 +1,103 @@
+"""IPC between envs on different nodes, on real daemons: JOS's pingpong
+(`pingpong 150`: each side waits 150 ms before passing the counter on)
+with the child migrated to another node mid-game and back, by each method,
+plays exactly the game it plays unmigrated; a send to a node that stopped
+answering fails after the deadline instead of hanging."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from jmig.node.remote import IPC_DEADLINE_SECONDS
+
+from .test_cluster import all_alive, ok, start_nodes, wait_until
+
+GOT = re.compile(r"^([0-9a-f]+) got (\d+) from ([0-9a-f]+)$", re.M)
+
+
+def game(*nodes) -> list[tuple[int, int, int]]:
+    """Every "X got N from Y" line of the nodes' consoles, by N."""
+    lines = [(int(n), int(x, 16), int(y, 16)) for d in nodes
+             for x, n, y in GOT.findall(d.console())]
+    return sorted(lines)
+
+
+def children(d, parent: int) -> list[int]:
+    return [e["envid"] for e in json.loads(ok(d, "ps", "--json")) if e["parent"] == parent]
+
+
+def two_nodes(daemons):
+    a, b = start_nodes(daemons, [("a", []), ("b", lambda s: ["--join", s[0].addr])])
+    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
+    return a, b
+
+
+@pytest.mark.parametrize("there,back", [("normal", "precopy"), ("precopy", "pgfault"),
+                                        ("pgfault", "normal")])
+def test_pingpong_counts_to_ten_with_the_child_moved_away_and_back(daemons, there, back):
+    a, b = two_nodes(daemons)
+    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "150"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
+    child = children(a, parent)[0]
+    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    res = json.loads(ok(a, "migrate", str(child), "--to", b.addr, "--method", there,
+                        "--resume", "--json"))
+    assert res["new_envid"] == child               # the same env id over there
+    wait_until(lambda: any(x == child for _, x, _ in game(b)), 10,
+               f"the child to receive on b after a {there} migration")
+    res = json.loads(ok(b, "migrate", str(child), "--to", a.addr, "--method", back,
+                        "--resume", "--json"))
+    assert res["new_envid"] == child
+    wait_until(lambda: len(game(a, b)) == 11, 20, "the game to reach 10")
+    got = game(a, b)
+    # Exactly the unmigrated game: 0..10 once each, the child receiving the
+    # even values from the parent and the parent the odd ones from the child.
+    assert [n for n, _, _ in got] == list(range(11)), got
+    for n, receiver, sender in got:
+        assert (receiver, sender) == ((child, parent) if n % 2 == 0 else (parent, child)), got
+    assert any(x == child for _, x, _ in game(b)), "the child never received on b"
+    wait_until(lambda: f"[{child:08x}] exiting gracefully" in a.console() + b.console()
+               and f"[{parent:08x}] exiting gracefully" in a.console(), 10,
+               "both to exit")
+    for d in (a, b):
+        assert "panic" not in d.console() and "ipc_send" not in d.console()
+    # The turns across nodes went over the wire, counted in stats.
+    stats = [json.loads(ok(d, "stats", "--json"))["ipc"] for d in (a, b)]
+    assert sum(x["ipc_round_trips"] for x in stats) >= 1, stats
+    assert sum(x["ipc_delivered_here"] for x in stats) >= 1, stats
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_send_to_a_node_that_is_gone_or_silent_fails_within_the_deadline(daemons, how):
+    a, b = two_nodes(daemons)
+    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
+    child = children(a, parent)[0]
+    # After the parent got 1 the child waits in ipc_recv and the parent
+    # sleeps 300 ms before sending it 2: move the child now, then kill b.
+    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    ok(a, "migrate", str(child), "--to", b.addr, "--resume")
+    if how == "kill":
+        b.kill()                                  # nothing listens: refused at once
+    else:
+        os.kill(b.proc.pid, signal.SIGSTOP)       # connects, never answers
+    t0 = time.monotonic()
+    try:
+        # The parent's next ipc_send goes to b: -E_BAD_ENV, on which JOS's
+        # ipc_send panics (any error but -E_IPC_NOT_RECV); the node serves on.
+        wait_until(lambda: f"sending to {child:08x}: bad environment" in a.console(),
+                   IPC_DEADLINE_SECONDS + 10, "the parent's send to fail")
+        took = time.monotonic() - t0
+    finally:
+        if how == "stop":
+            os.kill(b.proc.pid, signal.SIGCONT)
+    assert took <= IPC_DEADLINE_SECONDS + 1, took
+    print(f"{how}: the send failed after {took:.2f} s")
+    wait_until(lambda: not json.loads(ok(a, "ps", "--json")), 5, "the parent to be gone")
+    stats = json.loads(ok(a, "stats", "--json"))["ipc"]
+    assert stats["ipc_failed"] >= 1, stats
