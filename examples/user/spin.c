@@ -1,5 +1,6 @@
 /* A parent lets a child spin for a while, then kills it: preemption
- * must get the parent back. */
+ * must get the parent back.  `spin MS`: the parent sleeps MS ms instead of
+ * yielding 8 times (so that a test can move the child meanwhile). */
 
 #include <inc/lib.h>
 
@@ -7,7 +8,8 @@ void
 umain(int argc, char **argv)
 {
 	envid_t child;
-	int i;
+	int i, r;
+	unsigned ms = argc > 1 ? strtol(argv[1], NULL, 0) : 0;
 
 	cprintf("I am the parent.  Forking the child...\n");
 	if ((child = fork()) < 0)
@@ -19,9 +21,13 @@ umain(int argc, char **argv)
 	}
 
 	cprintf("I am the parent.  Running the child...\n");
-	for (i = 0; i < 8; i++)
-		sys_yield();
+	if (ms)
+		sys_sleep_msec(ms);
+	else
+		for (i = 0; i < 8; i++)
+			sys_yield();
 
 	cprintf("I am the parent.  Killing the child...\n");
-	sys_env_destroy(child);
+	if ((r = sys_env_destroy(child)) < 0)
+		panic("sys_env_destroy: %e", r);
 }

@@ -51,13 +51,24 @@ class EnvBlocked:
 class IpcSend:
     """`src` called sys_ipc_try_send to `dst`, an env that lives on another
     node (Kernel.elsewhere) or not here at all.  `src` waits in the kernel
-    until Kernel.ipc_result(src, result); `page` is the 4 KiB at its srcva
+    until Kernel.network_result(src, result); `page` is the 4 KiB at its srcva
     (None when it sent none)."""
     src: int
     dst: int
     value: int
     page: bytes | None
     perm: int
+
+
+@attrs.frozen
+class EnvCall:
+    """`src` called sys_env_destroy (op "destroy") or sys_env_set_status (op
+    "set_status", arg the status) on `dst`, an env that is not here; `src`
+    waits as for IpcSend."""
+    src: int
+    dst: int
+    op: str
+    arg: int = 0
 
 
 class KernelError(Error):

@@ -62,6 +62,9 @@ class RunResult:
     next_wake: float | None        # earliest sleep deadline (kernel ms), if any
 
 
+WAITING_FOR = "waiting for the node of"   # an env held while another node answers
+
+
 class Kernel(TrapMixin, SnapshotMixin):
     def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
                  slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None,
@@ -503,17 +506,18 @@ class Kernel(TrapMixin, SnapshotMixin):
     # -- IPC with envs on other nodes -----------------------------------------------------
     def wait_for_network(self, e: Env, event) -> None:
         """e's syscall is answered by another node (event says what to ask):
-        e waits, held, until ipc_result."""
-        e.frozen = f"sending to {event.dst:08x}"
+        e waits, held, until network_result."""
+        e.frozen = f"{WAITING_FOR} {event.dst:08x}"
         if e.status == ENV_RUNNING:
             e.status = ENV_RUNNABLE
         self.events.append(event)
 
-    def ipc_result(self, envid: int, result: int) -> bool:
-        """The answer to a waiting env's remote sys_ipc_try_send: its eax,
-        and it runs again.  False if it is gone (or not waiting)."""
+    def network_result(self, envid: int, result: int) -> bool:
+        """The answer to a waiting env's syscall on an env of another node
+        (IpcSend, EnvCall): its eax, and it runs again.  False if it is
+        gone (or not waiting)."""
         e = self.envs[ENVX(envid)]
-        if e.status == ENV_FREE or e.env_id != envid or not e.frozen.startswith("sending to "):
+        if e.status == ENV_FREE or e.env_id != envid or not e.frozen.startswith(WAITING_FOR):
             return False
         e.frozen = ""
         e.cpu.r[0] = result & 0xFFFFFFFF
@@ -548,6 +552,24 @@ class Kernel(TrapMixin, SnapshotMixin):
         t.cpu.r[0] = 0
         self.set_status(t, ENV_RUNNABLE)
         return 0
+
+    def env_call(self, src: int, dst: int, op: str, arg: int = 0) -> int:
+        """Another node's env src calls sys_env_destroy ("destroy") or
+        sys_env_set_status ("set_status", arg) on env dst here; dst must be
+        src's child, as JOS's envid2env checks.  JOS's result; -E_BAD_ENV
+        too for an env a migration holds (it is moving: try again)."""
+        t = self.envs[ENVX(dst)]
+        if t.status == ENV_FREE or t.env_id != dst or dst in self.elsewhere \
+                or t.parent_id != src or t.frozen:
+            return -E_BAD_ENV
+        if op == "destroy":
+            self.cprintf(f"[{src:08x}] destroying {dst:08x}\n")
+            self.env_destroy(t, src, f"destroyed by {src:08x}")
+            return 0
+        if op == "set_status" and arg in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
+            self.set_status(t, arg)
+            return 0
+        return -E_INVAL
 
     # -- remote pages ---------------------------------------------------------------------
     def _block(self, e: Env, owner: Env, va: int) -> None:

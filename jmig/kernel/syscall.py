@@ -84,8 +84,17 @@ def sys_getenvid(k, e, *_):
     return e.env_id
 
 
+def _elsewhere(k: Kernel, e: Env, envid: int) -> bool:
+    """Whether a syscall naming envid must ask another node: it is not
+    here (or lives elsewhere now) and the node can ask (Kernel.remote_ipc)."""
+    return k.remote_ipc and envid not in (0, e.env_id) and (
+        envid in k.elsewhere or k.envid2env(envid, None, False) is None)
+
+
 def sys_env_destroy(k: Kernel, e: Env, envid: int, *_):
     t = k.envid2env(envid, e, True)
+    if _elsewhere(k, e, envid):
+        raise _NetWait(ev.EnvCall(e.env_id, envid, "destroy"))
     if t is None:
         return -E_BAD_ENV
     if t is e:
@@ -161,6 +170,8 @@ def sys_env_set_status(k: Kernel, e: Env, envid: int, status: int, *_):
     if status not in (ENV_RUNNABLE, ENV_NOT_RUNNABLE):
         return -E_INVAL
     t = k.envid2env(envid, e, True)
+    if _elsewhere(k, e, envid):
+        raise _NetWait(ev.EnvCall(e.env_id, envid, "set_status", status))
     if t is None:
         return -E_BAD_ENV
     k.set_status(t, status)
@@ -181,9 +192,7 @@ def sys_yield(k, e, *_):
 
 def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm: int, *_):
     t = k.envid2env(envid, e, False)
-    if t is None or envid in k.elsewhere:
-        if not k.remote_ipc or envid == 0 or envid == e.env_id:
-            return -E_BAD_ENV
+    if _elsewhere(k, e, envid):
         page = None
         if srcva < UTOP:
             if srcva % PGSIZE or not _perm_ok(perm):
@@ -195,8 +204,10 @@ def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm
                 raise _Blocked(e, srcva)
             base = (pte >> 12 & 0xFFFFF) << 12
             page = bytes(k.phys.mem[base:base + PGSIZE])
-        # Another node answers: e waits in the kernel (Kernel.ipc_result).
+        # Another node answers: e waits in the kernel (Kernel.network_result).
         raise _NetWait(ev.IpcSend(e.env_id, envid, value, page, perm if page else 0))
+    if t is None:
+        return -E_BAD_ENV
     if t.frozen:
         return -E_IPC_NOT_RECV          # held by a migration: try again once it settles
     if not t.ipc_recving:

@@ -170,8 +170,8 @@ class Node:
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
                                  err=e.err, va=f"{e.va:#010x}", eip=f"{e.eip:#010x}")
-            elif isinstance(e, ev.IpcSend):
-                self.remote.send(e)
+            elif isinstance(e, (ev.IpcSend, ev.EnvCall)):
+                self.remote.ask(e)
             elif isinstance(e, ev.EnvBlocked):
                 self.log.debug("env blocked on remote page", envid=e.envid,
                                owner=e.owner, va=f"{e.va:#010x}")

@@ -14,7 +14,10 @@ IPC.  sys_ipc_try_send to an env that is not here stops the sender in the
 kernel (kernel.IpcSend); this module finds the env and asks its node
 (`ipc_try_send`), which delivers exactly as JOS does locally or answers
 -E_IPC_NOT_RECV (the sender's ipc_send loop yields and tries again) or
--E_BAD_ENV; the answer becomes the sender's eax.  A page travels as a copy
+-E_BAD_ENV; the answer becomes the sender's eax.  sys_env_destroy and
+sys_env_set_status of a child that is not here go the same way
+(kernel.EnvCall, `env_call`; the node there checks it is the caller's
+child).  A page travels as a copy
 (JOS maps the sender's frame; across nodes the receiver gets its own).
 Each request is one round trip on a kept control connection per peer.
 No answer within IPC_DEADLINE_SECONDS: -E_BAD_ENV, and the sender runs on.
@@ -70,7 +73,8 @@ class RemoteEnvs:
         self.peers = Peers(node)
         self.where: dict[int, str] = {}          # envid -> HOST:P it went to / was found at
         self.stats = {"ipc_remote_sends": 0, "ipc_round_trips": 0, "ipc_delivered_here": 0,
-                      "ipc_failed": 0, "locate_broadcasts": 0, "locate_hops": 0}
+                      "ipc_failed": 0, "env_calls": 0, "locate_broadcasts": 0,
+                      "locate_hops": 0}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -127,48 +131,55 @@ class RemoteEnvs:
                     nursery.start_soon(ask, m.addr)
         return found[0] if found else None
 
-    # -- sending -------------------------------------------------------------------------
-    def send(self, event: ev.IpcSend) -> None:
-        """A waiting env's sys_ipc_try_send to an env not here (dispatch_events)."""
-        self.stats["ipc_remote_sends"] += 1
-        self._nursery.start_soon(self._send, event)
+    # -- asking -------------------------------------------------------------------------
+    def ask(self, event) -> None:
+        """A waiting env's syscall on an env not here (dispatch_events):
+        IpcSend (ipc_try_send) or EnvCall (env_call)."""
+        if isinstance(event, ev.IpcSend):
+            self.stats["ipc_remote_sends"] += 1
+            op, args = "ipc_try_send", {"src": event.src, "dst": event.dst,
+                                        "value": event.value, "perm": event.perm}
+            if event.page is not None:
+                args["page"] = event.page
+        else:
+            self.stats["env_calls"] += 1
+            op, args = "env_call", {"src": event.src, "dst": event.dst, "op": event.op,
+                                    "arg": event.arg}
+        self._nursery.start_soon(self._ask, event, op, args)
 
-    async def _send(self, event: ev.IpcSend) -> None:
+    async def _ask(self, event, op: str, args: dict) -> None:
         result = -E_BAD_ENV
         with trio.move_on_after(IPC_DEADLINE_SECONDS) as scope:
-            result = await self._deliver(event)
+            result = await self._request(event.dst, op, args)
         if scope.cancelled_caught:
-            self.node.log.warning("remote ipc timed out", src=event.src, dst=event.dst,
-                                  seconds=IPC_DEADLINE_SECONDS)
+            self.node.log.warning("remote env syscall timed out", op=op, src=event.src,
+                                  dst=event.dst, seconds=IPC_DEADLINE_SECONDS)
         if result < 0 and result != -E_IPC_NOT_RECV:
             self.stats["ipc_failed"] += 1
-        if self.node.kernel.ipc_result(event.src, result):
+        if self.node.kernel.network_result(event.src, result):
             self.node.poke()
 
-    async def _deliver(self, event: ev.IpcSend) -> int:
-        args = {"src": event.src, "dst": event.dst, "value": event.value,
-                "perm": event.perm}
-        if event.page is not None:
-            args["page"] = event.page
+    async def _request(self, dst: int, op: str, args: dict) -> int:
+        """op on env dst's node, wherever dst is: JOS's result."""
         tried: set[str] = set()
-        addr = self.where.get(event.dst)
+        addr = self.where.get(dst)
         for _ in range(MAX_HOPS):
             if addr is None or addr in tried:
-                addr = await self._ask_everyone(event.dst, tried)
+                addr = await self._ask_everyone(dst, tried)
                 if addr is None:
-                    self.where.pop(event.dst, None)
+                    self.where.pop(dst, None)
                     return -E_BAD_ENV
             tried.add(addr)
             try:
                 self.stats["ipc_round_trips"] += 1
-                r = await self.peers.call(addr, "ipc_try_send", args)
+                r = await self.peers.call(addr, op, args)
             except (OSError, Error, ProtocolError, RemoteError, trio.TooSlowError) as exc:
-                self.node.log.info("remote ipc: node unreachable", dst=event.dst, node=addr,
-                                   error=getattr(exc, "message", "") or str(exc))
+                self.node.log.info("remote env syscall: node unreachable", op=op, dst=dst,
+                                   node=addr, error=getattr(exc, "message", "") or str(exc))
                 addr = None
                 continue
             if isinstance(r, dict) and isinstance(r.get("result"), int):
-                self._remember(event.dst, addr)
+                self._remember(dst, addr)
                 return r["result"]
             self.stats["locate_hops"] += 1
             addr = r.get("forward") if isinstance(r, dict) else None
@@ -190,5 +201,21 @@ class RemoteEnvs:
         if r == 0:
             self.stats["ipc_delivered_here"] += 1
             self.node.poke()
+        return {"result": r}
+
+    def on_env_call(self, args: dict) -> dict:
+        """Another node's env destroys or sets the status of one of ours."""
+        ints = [args.get(k) for k in ("src", "dst", "arg")]
+        op = args.get("op")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) \
+                or op not in ("destroy", "set_status"):
+            raise Error("env_call needs integer src, dst, arg and op destroy or set_status",
+                        code="bad-request")
+        src, dst, arg = ints
+        if not self.here(dst):
+            return {"forward": self.where.get(dst)}
+        r = self.node.kernel.env_call(src, dst, op, arg)
+        self.node.dispatch_events()
+        self.node.poke()
         return {"result": r}
 

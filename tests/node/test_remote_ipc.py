@@ -101,3 +101,22 @@ def test_a_send_to_a_node_that_is_gone_or_silent_fails_within_the_deadline(daemo
     wait_until(lambda: not json.loads(ok(a, "ps", "--json")), 5, "the parent to be gone")
     stats = json.loads(ok(a, "stats", "--json"))["ipc"]
     assert stats["ipc_failed"] >= 1, stats
+
+
+def test_a_parent_destroys_its_child_on_another_node(daemons):
+    a, b = two_nodes(daemons)
+    # `spin 2500`: the parent forks a child that spins, sleeps 2.5 s, then
+    # destroys it (and panics if sys_env_destroy fails).
+    parent = json.loads(ok(a, "spawn", "--json", "spin", "2500"))["new_envid"]
+    wait_until(lambda: "I am the child.  Spinning..." in a.console(), 5, "the child to spin")
+    child = children(a, parent)[0]
+    ok(a, "migrate", str(child), "--to", b.addr, "--method", "precopy", "--resume")
+    assert [e["envid"] for e in json.loads(ok(b, "ps", "--json"))] == [child]
+    wait_until(lambda: f"[{parent:08x}] destroying {child:08x}" in b.console(), 10,
+               "the parent's sys_env_destroy to reach b")
+    wait_until(lambda: not json.loads(ok(b, "ps", "--json")), 5, "the child to be gone from b")
+    wait_until(lambda: f"[{parent:08x}] exiting gracefully" in a.console(), 5,
+               "the parent to exit")
+    assert "panic" not in a.console(), a.console()
+    stats = json.loads(ok(a, "stats", "--json"))["ipc"]
+    assert stats["env_calls"] == 1 and stats["ipc_failed"] == 0, stats
