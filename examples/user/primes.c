@@ -4,6 +4,10 @@
  * env owns the first number that reaches it, which is prime, prints
  * it, forks the next filter and passes on only the numbers its prime
  * does not divide.  Runs until the env slots run out.
+ *
+ * `primes MS [LIMIT]`: the generator sleeps MS ms before each number and
+ * stops after LIMIT (so that a test can move the filters while it runs,
+ * and knows which primes must come out).
  */
 
 #include <inc/lib.h>
@@ -38,12 +42,18 @@ umain(int argc, char **argv)
 {
 	envid_t first;
 	uint32_t n;
+	unsigned ms = argc > 1 ? strtol(argv[1], NULL, 0) : 0;
+	uint32_t limit = argc > 2 ? strtol(argv[2], NULL, 0) : 0;
 
 	if ((first = fork()) < 0)
 		panic("fork: %e", first);
 	if (first == 0)
 		filter();
 
-	for (n = 2; ; n++)
+	for (n = 2; limit == 0 || n <= limit; n++) {
+		if (ms)
+			sys_sleep_msec(ms);
 		ipc_send(first, n, NULL, 0);
+	}
+	cprintf("primes: generated 2..%d\n", limit);
 }

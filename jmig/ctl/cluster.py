@@ -13,7 +13,7 @@ import trio
 from . import render
 from .exits import EXIT_FAILED, Unreachable
 
-NODE_COLUMNS = ["NODE", "NAME", "STATE", "ENVS", "RUNNABLE", "CPU", "FREE", "JOBS", "FLAGS",
+NODE_COLUMNS = ["NODE", "NAME", "ID", "STATE", "ENVS", "RUNNABLE", "CPU", "FREE", "JOBS", "FLAGS",
                 "HEARD"]
 
 
@@ -50,7 +50,8 @@ async def cmd_nodes(ctx):
         load = v.get("load") or {}
         fresh = v["state"] in ("alive", "leaving")
         rows.append([
-            v["addr"] + (" *" if v.get("self") else ""), v.get("name") or "-", v["state"],
+            v["addr"] + (" *" if v.get("self") else ""), v.get("name") or "-",
+            "-" if v.get("node_id") is None else v["node_id"], v["state"],
             load.get("envs", "-") if fresh else "-", load.get("runnable", "-") if fresh else "-",
             f"{load['cpu']:.0%}" if fresh and "cpu" in load else "-",
             render.size(load["free"]) if fresh and "free" in load else "-",

@@ -69,7 +69,7 @@ class Kernel(TrapMixin, SnapshotMixin):
     def __init__(self, memory: int = DEFAULT_MEMORY, ncpus: int = 1,
                  slice: int = DEFAULT_SLICE, clock: Callable[[], float] | None = None,
                  engine: str | None = None, prefault: bool = False,
-                 background_compile: bool = False):
+                 background_compile: bool = False, slots: range | None = None):
         """engine: "blocks" (the block translator, default) or "interp" (the
         reference interpreter); $JMIG_ENGINE sets the default.  prefault:
         commit all physical memory now (a node: restoring a page then pays
@@ -98,7 +98,13 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.clock = clock or (lambda: time.monotonic() * 1000.0)
         self.boot_ms = self.clock()
         self.envs = [Env(i) for i in range(NENV)]
-        self.free_envs = list(range(NENV - 1, -1, -1))    # pop() gives the head
+        # The slots this kernel gives new envs (a node's share of a cluster's
+        # envs[]: docs/kernel.md); an env arriving from another node takes
+        # its own slot, whichever it is, if that is free here.
+        self.own_slots = range(NENV) if slots is None else slots
+        if not (0 <= self.own_slots.start < self.own_slots.stop <= NENV):
+            raise ValueError(f"slots must lie within 0..{NENV}")
+        self.free_envs = list(reversed(self.own_slots))    # pop() gives the head
         self.live: list[int] = []                          # allocated slots, sorted
         self.curenv: list[Env | None] = [None] * ncpus
         self.events: list = []
@@ -157,11 +163,13 @@ class Kernel(TrapMixin, SnapshotMixin):
             idx = ENVX(envid)
             if envid <= 0 or envid >> ENVGENSHIFT == 0 or self.envs[idx].status != ENV_FREE:
                 raise ev.KernelError(ev.NO_FREE_ENV, f"env id {envid:08x} is not available")
-            self.free_envs.remove(idx)
+            if idx in self.own_slots:
+                self.free_envs.remove(idx)
             e = self.envs[idx]
         else:
             if not self.free_envs:
-                raise ev.KernelError(ev.NO_FREE_ENV, f"all {NENV} env slots are in use")
+                raise ev.KernelError(ev.NO_FREE_ENV, f"all {len(self.own_slots)} env slots "
+                                     "are in use")
             e = self.envs[self.free_envs[-1]]
             gen = (e.env_id + (1 << ENVGENSHIFT)) & ~(NENV - 1)
             if gen <= 0 or gen > 0x7FFFFFFF:
@@ -171,7 +179,8 @@ class Kernel(TrapMixin, SnapshotMixin):
         try:
             aspace = AddressSpace(self.phys, self._window, self._window_word)
         except MemoryError:
-            self.free_envs.append(e.index)
+            if e.index in self.own_slots:
+                self.free_envs.append(e.index)
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page directory") from None
         e.aspace = aspace
         insort(self.live, e.index)
@@ -214,7 +223,13 @@ class Kernel(TrapMixin, SnapshotMixin):
             for w in self.waiters.pop(key):
                 if w is not e and w.status != ENV_FREE:
                     w.blocked_on = None
-        self.free_envs.append(e.index)
+        if e.index in self.own_slots:
+            if e.env_id in self.elsewhere:
+                # It went to another node: its slot is given out last, so
+                # that the env finds it free if it comes back.
+                self.free_envs.insert(0, e.index)
+            else:
+                self.free_envs.append(e.index)
         self.live.remove(e.index)
 
     def env_destroy(self, e: Env, by: int, reason: str) -> None:

@@ -46,6 +46,9 @@ LEFT_KEPT_SECONDS = 600.0          # a departed (addr, incarnation) is ignored t
 MAX_MEMBERS = 256                  # the most members a node keeps (gossip beyond is dropped)
 PEERS_FILE_BYTES = 64 << 10        # --peers FILE is read up to this size
 
+NODE_IDS = 8                       # --node-id 0..7
+SLOTS_PER_NODE = 1024 // NODE_IDS  # each node id's share of envs[] (NENV = 1024)
+
 ALIVE, FAILED, JOINING = "alive", "failed", "joining"
 LOAD_KEYS = {"envs": int, "runnable": int, "cpu": float, "ips": float, "free": int,
              "total": int, "jobs": int, "cpus": int, "cordoned": bool, "balance": bool,
@@ -54,6 +57,15 @@ LOAD_KEYS = {"envs": int, "runnable": int, "cpu": float, "ips": float, "free": i
 
 class PeersFileError(Exception):
     pass
+
+
+def slots_of(node_id: int | None) -> range | None:
+    """The env slots a node with this --node-id gives new envs: slots
+    K*128 .. K*128+127, so that env ids are unique in a cluster whose nodes
+    have distinct ids (docs/kernel.md); None (all 1024) without one."""
+    if node_id is None:
+        return None
+    return range(node_id * SLOTS_PER_NODE, (node_id + 1) * SLOTS_PER_NODE)
 
 
 def read_peers_file(path) -> list[str]:
@@ -97,6 +109,7 @@ class Member:
     addr: str                          # HOST:P, where it is reached
     name: str = ""
     incarnation: str = ""              # its process; a restart is another
+    node_id: int | None = None         # its --node-id
     state: str = JOINING
     load: dict = attrs.Factory(dict)
     heard: float | None = None         # trio clock of the last word from it
@@ -106,7 +119,7 @@ class Member:
 
     def view(self, now: float) -> dict:
         return {"addr": self.addr, "name": self.name, "incarnation": self.incarnation,
-                "state": self.state, "load": dict(self.load), "self": False,
+                "node_id": self.node_id, "state": self.state, "load": dict(self.load), "self": False,
                 "heard_s": None if self.heard is None else round(now - self.heard, 3),
                 "since_s": round(now - self.since, 3), "error": self.error}
 
@@ -125,7 +138,8 @@ class Membership:
         node = self.node
         host = node.advertised_host(fs) if fs is not None else node.cfg.host
         return {"addr": f"{host}:{node.cfg.port or node.ports.get('normal', 0)}",
-                "name": node.name, "incarnation": node.incarnation, "load": node.load()}
+                "name": node.name, "incarnation": node.incarnation,
+                "node_id": node.cfg.node_id, "load": node.load()}
 
     def gossip(self) -> list[list[str]]:
         return [[m.addr, m.incarnation] for m in self.members.values()
@@ -174,6 +188,12 @@ class Membership:
                           was=m.state)
             m.state, m.since = ALIVE, now
         m.incarnation, m.name = inc or m.incarnation, name[:256] or m.name
+        nid = info.get("node_id")
+        nid = nid if isinstance(nid, int) and not isinstance(nid, bool) else None
+        if nid is not None and nid != m.node_id and nid == self.node.cfg.node_id:
+            self.log.warning("member has this node's --node-id: env ids may clash",
+                             member=m.addr, node_id=nid)
+        m.node_id = nid
         m.load = clean_load(info.get("load"))
         m.heard, m.error = now, ""
         # The load was taken as it answered: envs that arrived are in it.

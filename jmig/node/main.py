@@ -29,7 +29,7 @@ from ..kernel.events import KernelError
 from ..kernel.kernel import DEFAULT_SLICE
 from ..proto.handshake import MAX_NAME
 from ..proto.wire import parse_node
-from .cluster import PeersFileError, read_peers_file
+from .cluster import NODE_IDS, SLOTS_PER_NODE, PeersFileError, read_peers_file
 from .disk import NAME_RE, DataDir
 from .node import BootSpec, Node, NodeConfig
 from .secret import SecretError, load_or_create
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join the cluster of this member (repeatable; any member will do)")
     p.add_argument("--peers", metavar="FILE", help="members to join, one HOST:P per line "
                    "('#' comments)")
+    p.add_argument("--node-id", type=int, metavar="K", help=f"this node's number in its "
+                   f"cluster, 0..{NODE_IDS - 1}: new envs get env slots K*{SLOTS_PER_NODE}.."
+                   f"K*{SLOTS_PER_NODE}+{SLOTS_PER_NODE - 1}, so that env ids are unique in "
+                   "a cluster whose nodes have distinct ids (default: any of the 1024 slots)")
     p.add_argument("--balance", action="store_true",
                    help="balance load automatically: move envs to less loaded members "
                    "(`jmigctl balance on|off` switches it for the whole cluster)")
@@ -161,6 +165,8 @@ def _main(args) -> int:
                 and (args.data_dir / "programs" / b.program).is_file()):
             return fail(EXIT_USAGE, f"--boot: no program {b.program!r} (bundled: "
                         f"{', '.join(programs.names())}; or one uploaded to the data directory)")
+    if args.node_id is not None and not 0 <= args.node_id < NODE_IDS:
+        return fail(EXIT_USAGE, f"--node-id must be 0..{NODE_IDS - 1}")
     join = list(args.join)
     if args.peers:
         try:
@@ -175,7 +181,8 @@ def _main(args) -> int:
     cfg = NodeConfig(data_dir=data_dir, host=args.host, port=args.port, name=args.name,
                      memory=args.memory, cpus=args.cpus, slice=args.slice,
                      boot=tuple(args.boot), echo=not args.no_console, trace=args.trace,
-                     join=tuple(dict.fromkeys(join)), balance=args.balance)
+                     join=tuple(dict.fromkeys(join)), balance=args.balance,
+                     node_id=args.node_id)
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         DataDir(cfg.data_dir).prepare()

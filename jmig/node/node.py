@@ -35,7 +35,7 @@ from ..proto.wire import ConnectionClosed, FramedStream, connect, send_error, se
 from . import listener
 from .admission import BUSY, GARBAGE, PENALIZED, SLOW, WRONG, Admission, Throttle
 from .balance import Balancer
-from .cluster import LoadMeter, Membership
+from .cluster import LoadMeter, Membership, slots_of
 from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
@@ -75,6 +75,7 @@ class NodeConfig:
     prefault: bool = True              # commit physical memory at start (jmig-node)
     trace: bool = False                # the original's per-page lines on the console
     join: tuple[str, ...] = ()         # members to join (HOST:P)
+    node_id: int | None = None         # this node's share of env slots (cluster.slots_of)
     balance: bool = False              # balance load automatically (balance.py)
 
     def port_of(self, kind: str) -> int:
@@ -90,7 +91,7 @@ class Node:
         self.incarnation = os.urandom(8).hex()      # this process; a restart is another
         self.kernel = Kernel(memory=cfg.memory, ncpus=cfg.cpus, slice=cfg.slice,
                              clock=self._clock_ms, prefault=cfg.prefault,
-                             background_compile=True)
+                             background_compile=True, slots=slots_of(cfg.node_id))
         self.disk = DataDir(cfg.data_dir)
         self.console = ConsoleHub(echo=cfg.echo)
         self.tracer = Tracer(self.console if cfg.trace else None)

@@ -28,6 +28,7 @@ import trio
 
 from ..errors import Error
 from ..kernel import events as ev
+from ..kernel.kernel import WAITING_FOR
 from ..kernel.memlayout import E_BAD_ENV, E_IPC_NOT_RECV
 from ..proto.control import CONTROL_OFFSET, ControlClient, RemoteError
 from ..proto.frames import ProtocolError
@@ -130,6 +131,16 @@ class RemoteEnvs:
                 if m.addr not in skip:
                     nursery.start_soon(ask, m.addr)
         return found[0] if found else None
+
+    async def quiesce(self, envid: int) -> None:
+        """Wait until envid has no syscall waiting for another node's answer
+        (a migration stops it only then, so that no answer is lost; each
+        such wait ends within IPC_DEADLINE_SECONDS)."""
+        k = self.node.kernel
+        with trio.move_on_after(IPC_DEADLINE_SECONDS + 1):
+            while k.envs[envid & 0x3FF].env_id == envid \
+                    and k.envs[envid & 0x3FF].frozen.startswith(WAITING_FOR):
+                await trio.sleep(0.001)
 
     # -- asking -------------------------------------------------------------------------
     def ask(self, event) -> None:

@@ -281,3 +281,19 @@ def test_burn_computes_and_counts_its_lines():
         for _ in range(1000):
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF
         assert line.endswith(f"({x:08x})"), (n, line)
+
+
+def test_sendpage_passes_a_page_both_ways():
+    # Each prints who sent the page (the child: 1000, the parent: 1001) and what was in it.
+    out = lines(boot("sendpage"))
+    assert "child received correct message" in out
+    assert "parent received correct message" in out
+    assert "1001 got message: hello parent environment! I'm good." in out
+    assert "1000 got message: hello child environment! how are you?" in out
+
+
+def test_primes_with_a_limit_prints_the_primes_up_to_it():
+    out = boot("primes", "0", "100")
+    printed = [int(line) for line in lines(out) if line.strip().isdigit()]
+    assert printed == [p for p in range(2, 101) if all(p % d for d in range(2, p))]
+    assert "primes: generated 2..100" in lines(out)

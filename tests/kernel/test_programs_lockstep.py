@@ -46,6 +46,7 @@ CASES = {
     # mov %ax,%ds: a segment register load (JOS: #GP, selector 0x28).
     "badsegment": Case(expect=("  trap 0x0000000d General Protection",), uncompared=("8ed8",)),
     "breakpoint": Case(expect=("  trap 0x00000003 Breakpoint",)),
+    "burn": Case(("1000",), limit=200_000, expect=("burn 00001000: 1 (",)),
     "buggyhello": Case(expect=("user_mem_check assertion failure for va 00000001",)),
     "cowstress": Case(("1",), limit=600_000),   # fork x2, parent and children fill (COW faults)
     "divzero": Case(expect=("  trap 0x00000000 Divide error",)),
@@ -71,6 +72,7 @@ CASES = {
     "printbench": Case(("40",), expect=("printbench: 40 lines, checksum cbf84cda",)),
     "scansched": Case(limit=200_000),             # forkscan's walk over uvpd/uvpt
     "scantree": Case(limit=200_000),
+    "sendpage": Case(expect=("child received correct message", "parent received correct message")),
     "sleeper": Case(expect=("sleeper: slept",)),
     # int $14: `int n` other than 3 and 0x30 (JOS: #GP, error code (14 << 3) | 2).
     "softint": Case(expect=("  trap 0x0000000d General Protection",), uncompared=("cd0e",)),

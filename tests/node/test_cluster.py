@@ -369,10 +369,10 @@ def test_drain_moves_every_env_off_the_node_and_each_goes_on_where_it_was(daemon
     wait_until(lambda: cordoned(a, seen_by=b) and cordoned(a, seen_by=c), 3,
                "b and c to see a cordoned")
     table = ok(b, "nodes").splitlines()
-    assert table[0].split() == ["NODE", "NAME", "STATE", "ENVS", "RUNNABLE", "CPU", "FREE",
-                                "JOBS", "FLAGS", "HEARD"]
+    assert table[0].split() == ["NODE", "NAME", "ID", "STATE", "ENVS", "RUNNABLE", "CPU",
+                                "FREE", "JOBS", "FLAGS", "HEARD"]
     row = next(ln.split() for ln in table if ln.startswith(a.addr))
-    assert row[1:4] == ["a", "alive", "0"] and "cordoned" in row, table
+    assert row[1:5] == ["a", "-", "alive", "0"] and "cordoned" in row, table
     code, rows, errors = ps_all(b)
     assert code == 0 and errors == []
     assert {r["node"] for r in rows} <= {b.addr, c.addr}

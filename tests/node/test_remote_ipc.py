@@ -120,3 +120,64 @@ def test_a_parent_destroys_its_child_on_another_node(daemons):
     assert "panic" not in a.console(), a.console()
     stats = json.loads(ok(a, "stats", "--json"))["ipc"]
     assert stats["env_calls"] == 1 and stats["ipc_failed"] == 0, stats
+
+
+def test_sendpage_passes_a_page_between_nodes(daemons):
+    a, b = start_nodes(daemons, [("a", ["--node-id", "0"]),
+                                 ("b", lambda s: ["--node-id", "1", "--join", s[0].addr])])
+    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
+    # `sendpage 1500`: the parent waits 1.5 s before sending its page; the
+    # child, blocked in ipc_recv, moves to b meanwhile.
+    parent = json.loads(ok(a, "spawn", "--json", "sendpage", "1500"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "sendpage to fork its child")
+    child = children(a, parent)[0]
+    ok(a, "migrate", str(child), "--to", b.addr, "--resume")
+    wait_until(lambda: "parent received correct message" in a.console(), 15,
+               "the parent to get the child's page back")
+    # Each side got the other's page, the child on b.
+    assert f"{parent:x} got message: hello child environment! how are you?" in b.console()
+    assert "child received correct message" in b.console()
+    assert f"{child:x} got message: hello parent environment! I'm good." in a.console()
+    assert "panic" not in a.console() + b.console()
+
+
+PRIMES_TO = 200
+
+
+def test_primes_runs_with_its_filters_spread_over_four_nodes(daemons):
+    """`primes 30 200`: the generator sends 2..200, one every 30 ms; the
+    first three filters move, one by one, to three other nodes while it
+    runs (a filter forked after its parent moved is born on that node, with
+    an env id of that node's slots).  Exactly the primes up to 200 are printed, each once."""
+    nodes = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
+        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
+        for k, name in ((1, "b"), (2, "c"), (3, "d"))])
+    a = nodes[0]
+    wait_until(lambda: all_alive(nodes), 10, "the four nodes to see each other")
+    gen = json.loads(ok(a, "spawn", "--json", "primes", "30", str(PRIMES_TO)))["new_envid"]
+    stage, moved = gen, []
+    for d in nodes[1:]:
+        # The next filter: the env whose parent is the last one (on a).
+        wait_until(lambda: children(a, stage), 10, f"a filter after {stage}")
+        stage = children(a, stage)[0]
+        ok(a, "migrate", str(stage), "--to", d.addr, "--method", "precopy", "--resume")
+        moved.append((stage, d))
+    wait_until(lambda: f"primes: generated 2..{PRIMES_TO}" in a.console(), 30,
+               "the generator to finish")
+    want = [p for p in range(2, PRIMES_TO + 1) if all(p % q for q in range(2, p))]
+    time.sleep(0.5)                                # the last numbers pass the chain
+
+    def printed():
+        return sorted(int(line) for d in nodes for line in d.console().splitlines()
+                      if line.strip().isdigit())
+    wait_until(lambda: printed() == want, 10, f"exactly the primes up to {PRIMES_TO}")
+    rows = json.loads(a.ctl("ps", "--all", "--json")[1])
+    where = {r["envid"]: r["node"] for r in rows}
+    assert len(where) == len(rows), "two envs share an env id"
+    for envid, d in moved:
+        assert where[envid] == d.addr, (envid, d.name, where.get(envid))
+    # The filters (one per prime) and the generator are all still there,
+    # each on exactly one node, every node holding at least one.
+    assert len(rows) == len(want) + 1 and set(where.values()) == {d.addr for d in nodes}, rows
+    for d in nodes:
+        assert "panic" not in d.console(), d.console()[-2000:]

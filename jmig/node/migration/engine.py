@@ -9,6 +9,7 @@ import time
 import trio
 
 from ...kernel import events as ev
+from ...kernel.kernel import WAITING_FOR
 from ...proto import migration as m
 from ...proto.frames import ProtocolError
 from ...proto.pstream import StreamError
@@ -73,6 +74,8 @@ class Migrations:
     def check_free(self, envid: int) -> None:
         """Refuse to start moving an env that something already holds."""
         e = self.node.kernel.get_env(envid)
+        if e.frozen.startswith(WAITING_FOR) and envid not in self.busy:
+            return                  # a syscall on another node's env: stop() waits for it
         if e.frozen or envid in self.busy:
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} is {e.frozen or self.busy[envid]}")
 

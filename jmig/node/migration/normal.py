@@ -66,10 +66,12 @@ class StreamSend(SourceCopy):
             # attaches to our page server before the downtime starts.
             await self._begin(out, link, None)
             await link.receive(frozenset({m.Ready}))
+            await node.remote.quiesce(self.envid)
             self.stop(out)
             self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
                                            remote=True)
         else:
+            await node.remote.quiesce(self.envid)
             self.stop(out)
             self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name)
             await self._begin(out, link, w.npages)

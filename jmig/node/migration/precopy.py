@@ -121,6 +121,7 @@ class PrecopySend(SourceCopy):
                 break
             to_send = sorted(changed)
         # Stop the process for the rest: O(pages changed in the last round).
+        await self.node.remote.quiesce(self.envid)
         e = k.get_env(self.envid)
         if not e.paused:
             k.pause(self.envid)
