@@ -295,7 +295,7 @@ class ControlSession:
     async def op_stats(self, rid, args):
         node = self.node
         return {"info": node.info(), "pager": node.migrations.stats(),
-                "ipc": dict(node.remote.stats)}
+                "ipc": node.remote.figures()}
 
     # -- jobs: images and migration ------------------------------------------------------
     async def op_save(self, rid, args):

@@ -24,6 +24,10 @@ No answer within IPC_DEADLINE_SECONDS: -E_BAD_ENV, and the sender runs on.
 """
 from __future__ import annotations
 
+import statistics
+import time
+from collections import deque
+
 import trio
 
 from ..errors import Error
@@ -38,6 +42,7 @@ IPC_DEADLINE_SECONDS = 5.0         # a remote send answers within this, or fails
 CALL_SECONDS = 3.0                 # one request to one node
 MAX_HOPS = 8                       # forwarding pointers followed before asking everyone
 WHERE_KEPT = 4096                  # cached locations (oldest dropped)
+LATENCIES_KEPT = 10_000            # the last remote syscalls' times, for stats
 
 
 class Peers:
@@ -76,7 +81,19 @@ class RemoteEnvs:
         self.stats = {"ipc_remote_sends": 0, "ipc_round_trips": 0, "ipc_delivered_here": 0,
                       "ipc_failed": 0, "env_calls": 0, "locate_broadcasts": 0,
                       "locate_hops": 0}
+        self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)   # seconds each
         self._nursery: trio.Nursery | None = None
+
+    def figures(self) -> dict:
+        """stats' ipc section: the counters, and the time from a remote
+        syscall's stop to its answer (ms, over the last LATENCIES_KEPT)."""
+        out = dict(self.stats)
+        lat = sorted(self.latencies)
+        if lat:
+            out["latency_ms"] = {"n": len(lat), "p50": round(statistics.median(lat) * 1e3, 3),
+                                 "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+                                              * 1e3, 3)}
+        return out
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.node.kernel.remote_ipc = True
@@ -160,8 +177,10 @@ class RemoteEnvs:
 
     async def _ask(self, event, op: str, args: dict) -> None:
         result = -E_BAD_ENV
+        t0 = time.perf_counter()
         with trio.move_on_after(IPC_DEADLINE_SECONDS) as scope:
             result = await self._request(event.dst, op, args)
+        self.latencies.append(time.perf_counter() - t0)
         if scope.cancelled_caught:
             self.node.log.warning("remote env syscall timed out", op=op, src=event.src,
                                   dst=event.dst, seconds=IPC_DEADLINE_SECONDS)

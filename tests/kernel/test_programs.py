@@ -297,3 +297,11 @@ def test_primes_with_a_limit_prints_the_primes_up_to_it():
     printed = [int(line) for line in lines(out) if line.strip().isdigit()]
     assert printed == [p for p in range(2, 101) if all(p % d for d in range(2, p))]
     assert "primes: generated 2..100" in lines(out)
+
+
+def test_ipcbench_times_its_round_trips():
+    got = lines(boot("ipcbench", "30", "0", "10"))
+    assert [line.split(":")[0] for line in got if line.startswith("ipcbench: batch")] == \
+        ["ipcbench"] * 3
+    assert any(line.startswith("ipcbench: 30 round trips in ") for line in got)
+    assert not any("panic" in line for line in got)

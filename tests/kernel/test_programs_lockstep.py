@@ -64,6 +64,7 @@ CASES = {
     "faultwrite": Case(expect=("  trap 0x0000000e Page Fault",)),
     "forktree": Case(expect=("I am '111'",)),
     "hello": Case(expect=("hello, world",)),
+    "ipcbench": Case(("20", "0", "10"), expect=("ipcbench: 20 round trips in ",)),
     "loop": Case(("10",), limit=20_000, expect=("Test Program, Env ID: 4096, Counter: 10",)),
     "memtest": Case(("2", "2", "10", "3"), expect=("memtest: pass 3 ok, 2 pages verified, 2 rewritten",
                                                    "memtest: done")),
