@@ -80,6 +80,13 @@ class Env:
         self.frozen = ""                 # node-held reason not to run ("serving pages", ...)
         self.created_ms = 0
         self.executed = 0                # instructions run here (for load balancing)
+        self.away = False                # free here because it lives on another node now
+
+    @property
+    def window_status(self) -> int:
+        """env_status as envs[] shows it: an env that lives on another node
+        now shows as RUNNABLE in its old slot (docs/kernel.md)."""
+        return ENV_RUNNABLE if self.away and self.status == ENV_FREE else self.status
 
     def pack(self, link: int = 0) -> bytes:
         """The 124 bytes of struct Env as user code sees them at UENVS."""
@@ -93,7 +100,7 @@ class Env:
         pgdir = (0xF0000000 + (self.aspace.pgdir_pfn << 12)) if self.aspace else 0
         rest = struct.pack(
             "<IIIIIIIIIB3xIIII",
-            link, self.env_id, self.parent_id, self.type, self.status, self.runs,
+            link, self.env_id, self.parent_id, self.type, self.window_status, self.runs,
             self.cpunum, pgdir, self.pgfault_upcall, self.ipc_recving, self.ipc_dstva,
             self.ipc_value, self.ipc_from, self.ipc_perm)
         out = tf + rest

@@ -163,9 +163,12 @@ class Kernel(TrapMixin, SnapshotMixin):
             idx = ENVX(envid)
             if envid <= 0 or envid >> ENVGENSHIFT == 0 or self.envs[idx].status != ENV_FREE:
                 raise ev.KernelError(ev.NO_FREE_ENV, f"env id {envid:08x} is not available")
-            if idx in self.own_slots:
-                self.free_envs.remove(idx)
             e = self.envs[idx]
+            if e.away:
+                e.away = False                # it is back
+                self.elsewhere.discard(envid if e.env_id == envid else e.env_id)
+            elif idx in self.own_slots:
+                self.free_envs.remove(idx)
         else:
             if not self.free_envs:
                 raise ev.KernelError(ev.NO_FREE_ENV, f"all {len(self.own_slots)} env slots "
@@ -223,13 +226,12 @@ class Kernel(TrapMixin, SnapshotMixin):
             for w in self.waiters.pop(key):
                 if w is not e and w.status != ENV_FREE:
                     w.blocked_on = None
-        if e.index in self.own_slots:
-            if e.env_id in self.elsewhere:
-                # It went to another node: its slot is given out last, so
-                # that the env finds it free if it comes back.
-                self.free_envs.insert(0, e.index)
-            else:
-                self.free_envs.append(e.index)
+        if e.env_id in self.elsewhere:
+            # It lives on another node now: the slot shows it (window_status)
+            # and is not given out until env_gone, or until it comes back.
+            e.away = True
+        elif e.index in self.own_slots:
+            self.free_envs.append(e.index)
         self.live.remove(e.index)
 
     def env_destroy(self, e: Env, by: int, reason: str) -> None:
@@ -356,7 +358,7 @@ class Kernel(TrapMixin, SnapshotMixin):
             return blob[off:off + n]
         raise AssertionError("UVPT reads are the address space's")
 
-    _ENV_WORDS = {72: "env_id", 76: "parent_id", 80: "type", 84: "status", 88: "runs",
+    _ENV_WORDS = {72: "env_id", 76: "parent_id", 80: "type", 84: "window_status", 88: "runs",
                   92: "cpunum", 100: "pgfault_upcall", 108: "ipc_dstva", 112: "ipc_value",
                   116: "ipc_from", 120: "ipc_perm"}
 
@@ -567,6 +569,16 @@ class Kernel(TrapMixin, SnapshotMixin):
         t.cpu.r[0] = 0
         self.set_status(t, ENV_RUNNABLE)
         return 0
+
+    def env_gone(self, envid: int) -> None:
+        """envid, which left this node, has ended elsewhere: its slot shows
+        it free and is given out again (last)."""
+        self.elsewhere.discard(envid)
+        e = self.envs[ENVX(envid)]
+        if e.away and e.env_id == envid:
+            e.away = False
+            if e.index in self.own_slots:
+                self.free_envs.insert(0, e.index)
 
     def env_call(self, src: int, dst: int, op: str, arg: int = 0) -> int:
         """Another node's env src calls sys_env_destroy ("destroy") or

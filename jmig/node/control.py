@@ -482,6 +482,9 @@ class ControlSession:
     async def op_ipc_try_send(self, rid, args):
         return self.node.remote.on_ipc_try_send(args)
 
+    async def op_env_gone(self, rid, args):
+        return self.node.remote.on_gone(args)
+
     async def op_env_call(self, rid, args):
         return self.node.remote.on_env_call(args)
 

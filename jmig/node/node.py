@@ -168,6 +168,7 @@ class Node:
                 self.log.info("env destroyed", envid=e.envid, reason=e.reason)
                 self.migrations.pager.env_gone(e.envid)
                 self.balancer.gone(e.envid)
+                self.remote.destroyed(e.envid)
             elif isinstance(e, ev.EnvFaulted):
                 self.log.warning("env faulted", envid=e.envid, trapno=e.trapno,
                                  err=e.err, va=f"{e.va:#010x}", eip=f"{e.eip:#010x}")

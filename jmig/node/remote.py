@@ -78,8 +78,9 @@ class RemoteEnvs:
         self.node = node
         self.peers = Peers(node)
         self.where: dict[int, str] = {}          # envid -> HOST:P it went to / was found at
+        self.visitors: set[int] = set()          # envs that came here by migration
         self.stats = {"ipc_remote_sends": 0, "ipc_round_trips": 0, "ipc_delivered_here": 0,
-                      "ipc_failed": 0, "env_calls": 0, "locate_broadcasts": 0,
+                      "ipc_failed": 0, "env_calls": 0, "env_gone_sent": 0, "locate_broadcasts": 0,
                       "locate_hops": 0}
         self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)   # seconds each
         self._nursery: trio.Nursery | None = None
@@ -112,6 +113,41 @@ class RemoteEnvs:
         """envid runs here (created, restored or arrived)."""
         self.where.pop(envid, None)
         self.node.kernel.elsewhere.discard(envid)
+
+    def visiting(self, envid: int) -> None:
+        """envid came here by a migration: other nodes may show it in their
+        envs[] (Env.away) until told it ended."""
+        self.visitors.add(envid)
+
+    def destroyed(self, envid: int) -> None:
+        """envid's env here is gone (EnvDestroyed).  If it had come from
+        elsewhere and did not just leave again, tell every member (they
+        free its old slots: env_gone)."""
+        if envid not in self.visitors:
+            return
+        self.visitors.discard(envid)
+        if envid in self.node.kernel.elsewhere or self._nursery is None:
+            return                              # it moved on: its new node tells, later
+        self.stats["env_gone_sent"] += 1
+        self._nursery.start_soon(self._tell_gone, envid)
+
+    async def _tell_gone(self, envid: int) -> None:
+        async def tell(addr: str) -> None:
+            try:
+                await self.peers.call(addr, "env_gone", {"envid": envid})
+            except (OSError, Error, ProtocolError, RemoteError, trio.TooSlowError):
+                pass                              # its envs[] keeps showing the env (documented)
+        async with trio.open_nursery() as nursery:
+            for m in self.node.membership.alive():
+                nursery.start_soon(tell, m.addr)
+
+    def on_gone(self, args: dict) -> dict:
+        envid = args.get("envid")
+        if not isinstance(envid, int) or isinstance(envid, bool):
+            raise Error("env_gone needs envid", code="bad-request")
+        self.where.pop(envid, None)
+        self.node.kernel.env_gone(envid)
+        return {}
 
     def _remember(self, envid: int, addr: str) -> None:
         self.where.pop(envid, None)

@@ -79,6 +79,7 @@ CASES = {
     "softint": Case(expect=("  trap 0x0000000d General Protection",), uncompared=("cd0e",)),
     "spin": Case(expect=("I am the parent.  Killing the child...",)),
     "stresssched": Case(limit=200_000),           # forks and the children's envs[] polling
+    "waitchild": Case(("30",), expect=("waitchild: child 00001001 done",)),
     "yield": Case(expect=("All done in environment 00001000.",)),
 }
 

@@ -6,9 +6,10 @@ delivered as JOS delivers a local one, a page as a copy; a destroy or a
 status change from another node applies to the caller's child only.  A
 kernel without a node keeps JOS's -E_BAD_ENV."""
 from jmig.kernel import events as ev
-from jmig.kernel.env import ENV_NOT_RUNNABLE
-from jmig.kernel.kernel import WAITING_FOR
-from jmig.kernel.memlayout import E_BAD_ENV, E_IPC_NOT_RECV, PGSIZE, PTE_P, PTE_U, PTE_W
+from jmig.kernel.env import ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_SIZE
+from jmig.kernel.kernel import WAITING_FOR, Kernel
+from jmig.kernel.memlayout import (E_BAD_ENV, E_IPC_NOT_RECV, PGSIZE, PTE_P, PTE_U, PTE_W,
+                                   UENVS)
 
 from .asm import Machine, assemble, needs_binutils
 
@@ -116,3 +117,24 @@ def test_a_destroy_of_a_child_not_here_waits_for_the_node():
     assert m.k.network_result(p.envid, 0)
     m.run()
     assert p.out(0) == 0
+
+
+def test_the_slot_of_an_env_that_left_shows_it_until_it_ends_elsewhere():
+    k = Kernel(memory=4 << 20, slots=range(0, 4))
+    e = k.env_alloc(0)
+    envid = e.env_id
+
+    def word() -> int:                      # envs[e.index].env_status as user code reads it
+        return k._window_word(UENVS + e.index * ENV_SIZE + 84)
+    k.elsewhere.add(envid)                  # the node: a migration decided go
+    k.env_destroy(e, 0, "migrated")
+    assert e.status == ENV_FREE and word() == ENV_RUNNABLE
+    others = [k.env_alloc(0) for _ in range(3)]
+    assert e.index not in {o.index for o in others}         # its slot is not given out
+    back = k.env_alloc(0, envid)                              # it comes back, same id
+    assert back is e and word() == ENV_RUNNABLE and envid not in k.elsewhere
+    k.elsewhere.add(envid)
+    k.env_destroy(e, 0, "migrated again")
+    k.env_gone(envid)                                          # it ended elsewhere
+    assert word() == ENV_FREE and k.env_alloc(0).index == e.index
+    k.check_invariants()

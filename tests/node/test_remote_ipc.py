@@ -181,3 +181,24 @@ def test_primes_runs_with_its_filters_spread_over_four_nodes(daemons):
     assert len(rows) == len(want) + 1 and set(where.values()) == {d.addr for d in nodes}, rows
     for d in nodes:
         assert "panic" not in d.console(), d.console()[-2000:]
+
+
+def test_a_parent_watching_envs_sees_its_moved_child_until_it_ends_elsewhere(daemons):
+    """`waitchild 2000`: the parent polls envs[ENVX(child)] until the slot no
+    longer holds the child.  Moved to b, the child still shows in a's
+    envs[] (as Runnable) until it exits on b; then a frees the slot."""
+    a, b = start_nodes(daemons, [("a", ["--node-id", "0"]),
+                                 ("b", lambda s: ["--node-id", "1", "--join", s[0].addr])])
+    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
+    parent = json.loads(ok(a, "spawn", "--json", "waitchild", "2000"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "waitchild to fork its child")
+    child = children(a, parent)[0]
+    ok(a, "migrate", str(child), "--to", b.addr, "--resume")
+    time.sleep(0.5)
+    assert "is gone" not in a.console(), "the parent lost sight of its child when it moved"
+    wait_until(lambda: f"waitchild: child {child:08x} done" in b.console(), 10,
+               "the child to finish on b")
+    wait_until(lambda: f"waitchild: child {child:08x} is gone" in a.console(), 5,
+               "the parent to see the child gone")
+    stats = json.loads(ok(b, "stats", "--json"))["ipc"]
+    assert stats["env_gone_sent"] == 1, stats

@@ -468,6 +468,7 @@ class Inbound:
                      seconds=round(dt, 4), wire_bytes=self.link.bytes_received,
                      mib_per_s=round(self.link.bytes_received / (1 << 20) / dt, 1) if dt else None)
             if self.announce:
+                node.remote.visiting(env.env_id)
                 node.announce_arrival({"method": self.begin.method, "envid": env.env_id,
                                        "src": self.begin.src, "resumed": self.begin.resume})
         else:
