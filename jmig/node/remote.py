@@ -187,8 +187,9 @@ class RemoteEnvs:
 
     async def quiesce(self, envid: int) -> None:
         """Wait until envid has no syscall waiting for another node's answer
-        (a migration stops it only then, so that no answer is lost; each
-        such wait ends within IPC_DEADLINE_SECONDS)."""
+        (a migration pauses it, waits here, then takes its registers, so
+        that no answer is lost; each such wait ends within
+        IPC_DEADLINE_SECONDS)."""
         k = self.node.kernel
         with trio.move_on_after(IPC_DEADLINE_SECONDS + 1):
             while k.envs[envid & 0x3FF].env_id == envid \

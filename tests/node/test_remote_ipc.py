@@ -202,3 +202,38 @@ def test_a_parent_watching_envs_sees_its_moved_child_until_it_ends_elsewhere(dae
                "the parent to see the child gone")
     stats = json.loads(ok(b, "stats", "--json"))["ipc"]
     assert stats["env_gone_sent"] == 1, stats
+
+
+def test_an_env_moved_while_its_send_waits_for_a_silent_node_takes_the_answer_along(daemons):
+    """The parent's send to its child waits for b, which was SIGSTOPped;
+    meanwhile the parent is migrated to c.  The migration waits for the
+    answer (-E_BAD_ENV after the deadline) and the env carries it: JOS's
+    ipc_send panics on c with it.  (An answer lost in the move would leave
+    eax holding the syscall number, which ipc_send takes for success.)"""
+    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
+        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
+        for k, name in ((1, "b"), (2, "c"))])
+    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
+    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
+    child = children(a, parent)[0]
+    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    ok(a, "migrate", str(child), "--to", b.addr, "--resume")
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        def waiting() -> bool:
+            rows = json.loads(ok(a, "ps", "--json"))
+            return any(r["envid"] == parent and "waiting for the node of" in r["state"]
+                       for r in rows)
+        wait_until(waiting, 5, "the parent to wait for b's answer")
+        t0 = time.monotonic()
+        res = json.loads(ok(a, "migrate", str(parent), "--to", c.addr, "--method", "precopy",
+                            "--resume", "--json"))
+        took = time.monotonic() - t0
+        assert res["new_envid"] == parent
+        wait_until(lambda: f"sending to {child:08x}: bad environment" in c.console(), 10,
+                   "the parent to get the answer on c")
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    assert took >= 1.0, f"the migration did not wait for the answer ({took:.2f} s)"
+    assert "bad environment" not in a.console()

@@ -44,16 +44,20 @@ class StreamSend(SourceCopy):
             await node.migrations.pager.pull_all(self.envid)
         node.migrations.busy[self.envid] = str(self.holds_as)
 
-    def stop(self, out) -> None:
-        """Pause and hold the env: the downtime starts here."""
+    async def stop(self, out) -> None:
+        """Pause and hold the env: the downtime starts here.  A syscall of
+        it that waits for another node's answer gets it first (paused, the
+        env does not run on it: the answer moves with its registers)."""
         k = self.node.kernel
         e = k.get_env(self.envid)
-        self.node.migrations.busy.pop(self.envid, None)
         self.was_paused = e.paused
         if not e.paused:
             k.pause(self.envid)
             self.paused_here = True
         out.paused_now()
+        await self.node.remote.quiesce(self.envid)
+        self.node.migrations.busy.pop(self.envid, None)
+        e = k.get_env(self.envid)
         e.frozen = self.holds_as
 
     def begin_fields(self, out, link) -> dict:
@@ -66,13 +70,11 @@ class StreamSend(SourceCopy):
             # attaches to our page server before the downtime starts.
             await self._begin(out, link, None)
             await link.receive(frozenset({m.Ready}))
-            await node.remote.quiesce(self.envid)
-            self.stop(out)
+            await self.stop(out)
             self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name,
                                            remote=True)
         else:
-            await node.remote.quiesce(self.envid)
-            self.stop(out)
+            await self.stop(out)
             self.writer = w = StreamWriter(node.kernel, self.envid, node.name, self.name)
             await self._begin(out, link, w.npages)
         failpoint(f"{self.name}.src.after_begin")

@@ -121,12 +121,14 @@ class PrecopySend(SourceCopy):
                 break
             to_send = sorted(changed)
         # Stop the process for the rest: O(pages changed in the last round).
-        await self.node.remote.quiesce(self.envid)
+        # A syscall waiting for another node gets its answer first, paused.
         e = k.get_env(self.envid)
         if not e.paused:
             k.pause(self.envid)
             self.paused_here = True
         out.paused_now()
+        await self.node.remote.quiesce(self.envid)
+        e = k.get_env(self.envid)
         e.frozen = Hold.MIGRATING
         changed |= k.take_changes(self.envid)
         k.stop_tracking(self.envid)
