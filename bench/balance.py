@@ -49,20 +49,25 @@ WARMUP_SECONDS = 1.0       # before each window: code that just arrived compiles
 
 
 class Cluster:
-    def __init__(self, tmp: Path, n: int):
+    """n node processes on 127.0.NET.2.., node2.. joining node1; with
+    node_ids, node K+1 runs with --node-id K."""
+
+    def __init__(self, tmp: Path, n: int, net: int = 96, node_ids: bool = False):
         self.tmp = tmp
         self.secret = secret_file.create(tmp / "secret")
-        self.nodes = [f"127.0.96.{i + 2}:50001" for i in range(n)]
+        self.nodes = [f"127.0.{net}.{i + 2}:50001" for i in range(n)]
         self.procs = []
         for i, addr in enumerate(self.nodes):
             host = addr.split(":")[0]
-            join = ["--join", self.nodes[0]] if i else []
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
-                 "--name", f"node{i + 1}", "--data-dir", str(tmp / f"node{i + 1}"),
-                 "--secret-file", str(tmp / "secret"), "--log-level", "warning",
-                 "--log-format", "json", "--no-console", *join],
-                stdout=subprocess.DEVNULL, stderr=open(tmp / f"node{i + 1}.log", "w")))
+            args = (["--node-id", str(i)] if node_ids else []) \
+                + (["--join", self.nodes[0]] if i else [])
+            with open(tmp / f"node{i + 1}.log", "w") as log:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
+                     "--name", f"node{i + 1}", "--data-dir", str(tmp / f"node{i + 1}"),
+                     "--secret-file", str(tmp / "secret"), "--log-level", "warning",
+                     "--log-format", "json", "--no-console", *args],
+                    stdout=subprocess.DEVNULL, stderr=log))
 
     async def call(self, node: str, op: str, args=None, timeout: float = 60):
         with trio.fail_after(timeout):

@@ -4,7 +4,8 @@
 
 Each figure is printed next to a reference measured in the same run
 (Unicorn on the same code, the raw file and TCP throughput of this machine,
-the same node without the attack, the cluster before balancing),
+the same node without the attack, the cluster before balancing, IPC on one
+node and a raw TCP round trip),
 because this machine is noisy and only same-run ratios mean anything.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     import abuse
     import balance
     import cpu
+    import ipc
     import migration
     import scale
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     results.update(scale.main(["--quick"] if a.quick else []))
     print("\n== balance: 12 CPU-bound envs on one of 4 nodes, balancing on ==")
     results.update(balance.main(["--quick"] if a.quick else []))
+    print("\n== ipc: round trips between two envs, on one node and across two ==")
+    results.update(ipc.main(["--quick"] if a.quick else []))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -33,6 +33,9 @@ BALANCE_TIMEOUT = 60.0
 
 
 class ClusterDemo(Demo):
+    NODE_IDS = False                  # start node K with --node-id K
+    DONE = "The cluster demo is complete."
+
     def __init__(self, ctx, fast: bool):
         super().__init__(ctx, fast)
         self.console_lines = {n: [] for n in NAMES}
@@ -124,11 +127,9 @@ class ClusterDemo(Demo):
                     out.append((n, j))
         return out
 
-    async def walkthrough(self) -> None:
-        n1, n4 = "node1", "node4"
-        addrs = ", ".join(f"{n} {self.nodes[n]}" for n in NAMES)
-        self.step(1, f"four nodes: {addrs}; node2-4 started with --join {self.nodes[n1]}")
-        deadline = trio.current_time() + 15
+    async def wait_alive(self, timeout: float = 15.0) -> None:
+        """Until every node lists all four alive (or timeout); checked."""
+        deadline = trio.current_time() + timeout
         while True:
             views = {n: (await self.call(n, "nodes"))["nodes"] for n in NAMES}
             alive = {n: sorted(v["name"] for v in view if v["state"] == "alive")
@@ -139,6 +140,12 @@ class ClusterDemo(Demo):
         for n in NAMES:
             self.check(alive[n] == list(NAMES),
                        f"{n} lists 4 alive members: {', '.join(alive[n])}")
+
+    async def walkthrough(self) -> None:
+        n1, n4 = "node1", "node4"
+        addrs = ", ".join(f"{n} {self.nodes[n]}" for n in NAMES)
+        self.step(1, f"four nodes: {addrs}; node2-4 started with --join {self.nodes[n1]}")
+        await self.wait_alive()
 
         self.step(2, f"spawn {BURNS} x `burn {BURN_EVERY}` (CPU-bound forever, a numbered "
                      "line every ~1.3 M instructions) on node1")
@@ -293,13 +300,13 @@ class ClusterDemo(Demo):
         self.secret = secret_file.create(tmp / "secret")
         procs = []
         try:
-            for name in NAMES:
-                if name != NAMES[0]:
+            for k, name in enumerate(NAMES):
+                if k:
                     port = free_port_block(host, port + 10)
-                join = [] if name == NAMES[0] else ["--join", self.nodes[NAMES[0]]]
-                procs.append(self.start_node(tmp, name, host, port, *join))
-                self.say(f"started {name} on {host}:{port}" + (f" --join {join[1]}" if join
-                                                                 else "")
+                args = (["--node-id", str(k)] if self.NODE_IDS else []) \
+                    + (["--join", self.nodes[NAMES[0]]] if k else [])
+                procs.append(self.start_node(tmp, name, host, port, *args))
+                self.say(f"started {name} on {host}:{port} {' '.join(args)}".rstrip()
                          + f" (log: {tmp / name}.log)")
             for name in NAMES:
                 await self._wait_up(name)
@@ -308,7 +315,7 @@ class ClusterDemo(Demo):
                     await nursery.start(self.follow, name)
                 await self.walkthrough()
                 nursery.cancel_scope.cancel()
-            self.say("\nThe cluster demo is complete.")
+            self.say(f"\n{self.DONE}")
         finally:
             stop_nodes(procs)
 

@@ -620,6 +620,11 @@ def cmd_shell(ctx: Ctx):
 
 
 def cmd_demo(ctx: Ctx):
+    if ctx.args.cluster and ctx.args.distributed:
+        raise UsageError("demo: --cluster and --distributed are two demos; give one")
+    if ctx.args.distributed:
+        from .distributed_demo import distributed_demo
+        return distributed_demo(ctx)
     if ctx.args.cluster:
         from .cluster_demo import cluster_demo
         return cluster_demo(ctx)
@@ -905,6 +910,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cluster", action="store_true", help="start four local nodes that join "
                     "each other, start 12 CPU-bound envs on one, show the balancer spread "
                     "them, then drain one node")
+    sp.add_argument("--distributed", action="store_true", help="start four local nodes "
+                    "(--node-id 0..3), run the prime sieve on one and move its first "
+                    "filters to the other three: a cluster-wide ps shows where each stage "
+                    "lives")
     sp.add_argument("--fast", action="store_true", help="no pauses between steps")
     sp.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                     help="the loopback address the nodes bind (default 127.0.0.1)")

@@ -570,6 +570,15 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.set_status(t, ENV_RUNNABLE)
         return 0
 
+    def forking(self, envid: int) -> bool:
+        """Whether envid is in the middle of a fork: it has a child made by
+        sys_exofork that has not run yet and is not runnable (its pages are
+        still being mapped; the parent must finish on this node)."""
+        envs = self.envs
+        return any((c := envs[i]).parent_id == envid and c.runs == 0
+                   and c.status == ENV_NOT_RUNNABLE and not c.paused and not c.frozen
+                   for i in self.live)
+
     def env_gone(self, envid: int) -> None:
         """envid, which left this node, has ended elsewhere: its slot shows
         it free and is given out again (last)."""

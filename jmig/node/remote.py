@@ -185,6 +185,15 @@ class RemoteEnvs:
                     nursery.start_soon(ask, m.addr)
         return found[0] if found else None
 
+    async def finish_fork(self, envid: int) -> None:
+        """Let envid (running) finish a fork in progress (Kernel.forking):
+        its child's pages are mapped from this node's frames, which a move
+        in between would cut off.  At most IPC_DEADLINE_SECONDS, then on."""
+        k = self.node.kernel
+        with trio.move_on_after(IPC_DEADLINE_SECONDS):
+            while k.forking(envid):
+                await trio.sleep(0.001)
+
     async def quiesce(self, envid: int) -> None:
         """Wait until envid has no syscall waiting for another node's answer
         (a migration pauses it, waits here, then takes its registers, so

@@ -138,3 +138,19 @@ def test_the_slot_of_an_env_that_left_shows_it_until_it_ends_elsewhere():
     k.env_gone(envid)                                          # it ended elsewhere
     assert word() == ENV_FREE and k.env_alloc(0).index == e.index
     k.check_invariants()
+
+
+def test_a_fork_in_progress_is_seen_until_the_child_is_made_runnable():
+    m = Machine()
+    p = m.spawn(assemble("""
+    _start:
+        sys SYS_exofork
+        save 0
+        halt
+    """))
+    m.run()
+    child = p.out(0)
+    assert child > 0 and m.k.forking(p.envid)        # the child exists, not yet runnable
+    assert not m.k.forking(child)
+    m.k.set_status(m.k.envs[child & 0x3FF], ENV_RUNNABLE)    # what fork() does last
+    assert not m.k.forking(p.envid)

@@ -45,10 +45,13 @@ class StreamSend(SourceCopy):
         node.migrations.busy[self.envid] = str(self.holds_as)
 
     async def stop(self, out) -> None:
-        """Pause and hold the env: the downtime starts here.  A syscall of
-        it that waits for another node's answer gets it first (paused, the
-        env does not run on it: the answer moves with its registers)."""
+        """Pause and hold the env: the downtime starts here.  A fork in
+        progress finishes first (the child's pages are mapped from this
+        node); a syscall of it that waits for another node's answer gets it
+        (paused, the env does not run on it: the answer moves with its
+        registers)."""
         k = self.node.kernel
+        await self.node.remote.finish_fork(self.envid)
         e = k.get_env(self.envid)
         self.was_paused = e.paused
         if not e.paused:

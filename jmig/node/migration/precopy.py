@@ -121,7 +121,9 @@ class PrecopySend(SourceCopy):
                 break
             to_send = sorted(changed)
         # Stop the process for the rest: O(pages changed in the last round).
-        # A syscall waiting for another node gets its answer first, paused.
+        # A fork in progress finishes first (running); a syscall waiting for
+        # another node gets its answer, paused.
+        await self.node.remote.finish_fork(self.envid)
         e = k.get_env(self.envid)
         if not e.paused:
             k.pause(self.envid)
