@@ -405,6 +405,13 @@ async def cmd_stats(ctx: Ctx):
     migrations = pager.pop("migrations_in", [])
     for k, v in sorted(pager.items()):
         ctx.say(f"  {k:24} {_stat_value(v)}")
+    ipc = dict(res.get("ipc", {}))             # syscalls on envs of other nodes
+    latency = ipc.pop("latency_ms", None)
+    for k, v in sorted(ipc.items()):
+        ctx.say(f"  {k:24} {_stat_value(v)}")
+    if latency:
+        ctx.say(f"  {'ipc_latency_ms':24} p50 {latency['p50']}, p99 {latency['p99']} "
+                f"(last {latency['n']})")
     if migrations:
         render.table(ctx.console, ["ENV", "FROM", "STATE", "FAULTS", "FETCHED", "PUSHED",
                                    "RELEASED AFTER"],

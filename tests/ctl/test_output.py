@@ -66,7 +66,7 @@ def test_every_command_speaks_json_with_one_field_naming(pair, tmp_path):
     assert js(a, "kill", str(s)) == {"envid": s}
     assert {"programs", "bundled", "images"} == set(js(a, "ls"))
     assert js(a, "info")["name"] == "a"
-    assert {"info", "pager"} == set(js(a, "stats"))
+    assert {"info", "pager", "ipc"} == set(js(a, "stats"))
     assert js(a, "vmmap", "4100")["envid"] == 4100
     assert "Test Program" in js(a, "console")["text"]
     assert js(a, "console", "--lines", "0") == {"text": ""}
