@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +38,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
-from jmig.node import secret as secret_file                # noqa: E402
 from jmig.node.balance import MIN_RESIDENCE_SECONDS         # noqa: E402
+from nodes import Nodes                                    # noqa: E402
 
 NODES = 4
 BURNS = 12
@@ -48,69 +47,10 @@ BALANCE_TIMEOUT = 120.0
 WARMUP_SECONDS = 1.0       # before each window: code that just arrived compiles
 
 
-class Cluster:
-    """n node processes on 127.0.NET.2.., node2.. joining node1; with
-    node_ids, node K+1 runs with --node-id K."""
-
-    def __init__(self, tmp: Path, n: int, net: int = 96, node_ids: bool = False):
-        self.tmp = tmp
-        self.secret = secret_file.create(tmp / "secret")
-        self.nodes = [f"127.0.{net}.{i + 2}:50001" for i in range(n)]
-        self.procs = []
-        for i, addr in enumerate(self.nodes):
-            host = addr.split(":")[0]
-            args = (["--node-id", str(i)] if node_ids else []) \
-                + (["--join", self.nodes[0]] if i else [])
-            with open(tmp / f"node{i + 1}.log", "w") as log:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
-                     "--name", f"node{i + 1}", "--data-dir", str(tmp / f"node{i + 1}"),
-                     "--secret-file", str(tmp / "secret"), "--log-level", "warning",
-                     "--log-format", "json", "--no-console", *args],
-                    stdout=subprocess.DEVNULL, stderr=log))
-
-    async def call(self, node: str, op: str, args=None, timeout: float = 60):
-        with trio.fail_after(timeout):
-            async with await ControlClient.open(node, self.secret) as c:
-                return await c.request(op, args)
-
-    async def each(self, op: str, args=None) -> list:
-        """op on every node at once; the answers in node order."""
-        out: list = [None] * len(self.nodes)
-
-        async def one(i, node):
-            out[i] = await self.call(node, op, args)
-        async with trio.open_nursery() as nursery:
-            for i, node in enumerate(self.nodes):
-                nursery.start_soon(one, i, node)
-        return out
-
-    async def wait_up(self) -> None:
-        for node in self.nodes:
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        await self.call(node, "info")
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
-        # Every node lists every node alive.
-        with trio.fail_after(30):
-            while True:
-                views = await self.each("nodes")
-                if all(sum(v["state"] == "alive" for v in view["nodes"]) == len(self.nodes)
-                       for view in views):
-                    return
-                await trio.sleep(0.1)
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+def Cluster(tmp: Path, n: int, net: int = 96, node_ids: bool = False) -> Nodes:
+    """n node processes on 127.0.NET.2.., node2.. joining node1 (with
+    node_ids, node K+1 runs with --node-id K)."""
+    return Nodes(tmp, n, net, join=True, node_ids=node_ids)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,7 +101,7 @@ async def run(window: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="jmig-balance-") as d:
         c = Cluster(Path(d), NODES)
         try:
-            await c.wait_up()
+            await c.wait_up(members=True)
             async with await ControlClient.open(c.nodes[0], c.secret) as cl:
                 for _ in range(BURNS):
                     await cl.request("spawn", {"program": "burn", "args": []})

@@ -128,7 +128,7 @@ async def run(n: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="jmig-ipc-") as d:
         c = Cluster(Path(d), 2, net=94, node_ids=True)
         try:
-            await c.wait_up()
+            await c.wait_up(members=True)
             n1, n2 = c.nodes
             lines = [Lines(), Lines()]
             async with trio.open_nursery() as nursery:

@@ -21,7 +21,6 @@ import json
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient, RemoteError      # noqa: E402
-from jmig.node import secret as secret_file                # noqa: E402
+from nodes import Nodes                                    # noqa: E402
 
 MIB = 1 << 20
 NENV = 1024
@@ -53,52 +52,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-class Cluster:
+class Cluster(Nodes):
+    """n nodes that do not join each other; the last one has FULL_MEMORY."""
+
     def __init__(self, tmp: Path, n: int, memory: str):
-        self.tmp = tmp
-        self.secret = secret_file.create(tmp / "secret")
-        self.nodes = [f"127.0.95.{i + 2}:50001" for i in range(n)]
-        self.procs = []
-        for i, addr in enumerate(self.nodes):
-            host = addr.split(":")[0]
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "jmig.node.main", "--host", host, "--port", "50001",
-                 "--name", f"n{i}", "--data-dir", str(tmp / f"n{i}"), "--secret-file",
-                 str(tmp / "secret"), "--memory", memory if i < n - 1 else FULL_MEMORY,
-                 "--log-level", "warning",
-                 "--log-format", "json", "--no-console"],
-                stdout=subprocess.DEVNULL, stderr=open(tmp / f"n{i}.log", "w")))
-
-    async def call(self, node: str, op: str, args=None, timeout: float = 120):
-        with trio.fail_after(timeout):
-            async with await ControlClient.open(node, self.secret) as c:
-                return await c.request(op, args)
-
-    async def wait_up(self) -> None:
-        for node in self.nodes:
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        await self.call(node, "info")
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
-
-    async def console(self, node: str, envid: int | None = None) -> str:
-        args = {"lines": 100000} if envid is None else {"lines": 100000, "envid": envid}
-        return (await self.call(node, "console", args))["text"]
+        super().__init__(tmp, n, 95, args_of=lambda i: [
+            "--memory", memory if i < n - 1 else FULL_MEMORY])
 
     def rss_all(self) -> list[int]:
         return [rss(p.pid) for p in self.procs]
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 async def ps_latencies(c: Cluster, node: str, n: int = 20) -> list[float]:

@@ -48,8 +48,12 @@ class ClusterDemo(Demo):
         return next((n for n, a in self.nodes.items() if a == addr), addr)
 
     async def follow(self, node: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Record every burn line of node's console (per env: chunks of several
-        envs may interleave); show those of watched envs."""
+        await self.follow_lines(node, self.on_line, task_status=task_status)
+
+    async def follow_lines(self, node: str, on_line,
+                           task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """on_line(node, envid, line) for every whole line of node's console,
+        put together per env (chunks of several envs may interleave)."""
         async with await ControlClient.open(self.nodes[node], self.secret) as c:
             pending: dict[int, str] = {}
 
@@ -57,19 +61,24 @@ class ClusterDemo(Demo):
                 if kind != "console":
                     return
                 envid = data.get("envid") or 0
-                text = pending.get(envid, "") + data.get("text", "")
-                *done, pending[envid] = text.split("\n")
+                *done, pending[envid] = (pending.get(envid, "") + data.get("text", "")
+                                         ).split("\n")
                 for line in done:
-                    m = BURN.search(line)
-                    if not m:
-                        continue
-                    key = (node, int(m.group(1), 16))
-                    self.first.setdefault(key, int(m.group(2)))
-                    self.last[key] = int(m.group(2))
-                    if key in self.watch:
-                        self.say(f"  {node} | {line}")
+                    on_line(node, envid, line)
             task_status.started()
             await c.request("console", {"follow": True, "lines": 0}, on_push=show)
+
+    def on_line(self, node: str, envid: int, line: str) -> None:
+        """Record burn lines: each env's first and last line number per node;
+        show those of watched envs."""
+        m = BURN.search(line)
+        if not m:
+            return
+        key = (node, int(m.group(1), 16))
+        self.first.setdefault(key, int(m.group(2)))
+        self.last[key] = int(m.group(2))
+        if key in self.watch:
+            self.say(f"  {node} | {line}")
 
     async def wait_line(self, key: tuple[str, int], timeout: float = 20.0) -> int:
         """The first line number env key[1] printed on node key[0]."""

@@ -57,30 +57,19 @@ class DistributedDemo(ClusterDemo):
         self.printed: list[tuple[str, int, str]] = []        # (node, envid, line)
         self.born: dict[int, tuple[str, int]] = {}          # parent -> (node, its first child)
 
-    async def follow(self, node: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Record every line of node's console with the env that printed it
-        (chunks of several envs may interleave); show the sieve's own lines
-        (primes, the generator's last line, any panic), not the kernel's
-        "new env" and "exiting" ones; note where each env's first child was
-        born (the kernel's "[PARENT] new env CHILD", as the fork starts)."""
-        async with await ControlClient.open(self.nodes[node], self.secret) as c:
-            pending: dict[int, str] = {}
-
-            def show(kind, data):
-                if kind != "console":
-                    return
-                envid = data.get("envid") or 0
-                *done, pending[envid] = (pending.get(envid, "") + data.get("text", "")
-                                         ).split("\n")
-                for line in done:
-                    self.printed.append((node, envid, line.strip()))
-                    m = NEW_ENV.match(line.strip())
-                    if m:
-                        self.born.setdefault(int(m.group(1), 16), (node, int(m.group(2), 16)))
-                    if SHOWN.search(line.strip()):
-                        self.say(f"  {node} | {line}")
-            task_status.started()
-            await c.request("console", {"follow": True, "lines": 0}, on_push=show)
+    def on_line(self, node: str, envid: int, line: str) -> None:
+        """Record every console line with the env that printed it; show the
+        sieve's own lines (primes, the generator's last line, any panic),
+        not the kernel's "new env" and "exiting" ones; note where each
+        env's first child was born (the kernel's "[PARENT] new env CHILD",
+        as the fork starts)."""
+        line = line.strip()
+        self.printed.append((node, envid, line))
+        m = NEW_ENV.match(line)
+        if m:
+            self.born.setdefault(int(m.group(1), 16), (node, int(m.group(2), 16)))
+        if SHOWN.search(line):
+            self.say(f"  {node} | {line}")
 
     def owners(self) -> dict[int, list[tuple[str, int]]]:
         """prime -> every (node, env) that printed it."""

@@ -190,16 +190,25 @@ def sys_yield(k, e, *_):
     return STOP                          # eax keeps the syscall number, as on JOS
 
 
+def _offered_page(e: Env, srcva: int, perm: int) -> int:
+    """JOS's checks of the page a send offers at srcva (below UTOP): its
+    PTE, or -E_INVAL."""
+    if srcva % PGSIZE or not _perm_ok(perm):
+        return -E_INVAL
+    pte = e.aspace.page_lookup(srcva)
+    if pte is None or (perm & PTE_W and not pte & PTE_W):
+        return -E_INVAL
+    return pte
+
+
 def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm: int, *_):
     t = k.envid2env(envid, e, False)
     if _elsewhere(k, e, envid):
         page = None
         if srcva < UTOP:
-            if srcva % PGSIZE or not _perm_ok(perm):
-                return -E_INVAL
-            pte = e.aspace.page_lookup(srcva)
-            if pte is None or (perm & PTE_W and not pte & PTE_W):
-                return -E_INVAL
+            pte = _offered_page(e, srcva, perm)
+            if pte < 0:
+                return pte
             if pte & PTE_REMOTE:
                 raise _Blocked(e, srcva)
             base = (pte >> 12 & 0xFFFFF) << 12
@@ -214,11 +223,9 @@ def sys_ipc_try_send(k: Kernel, e: Env, envid: int, value: int, srcva: int, perm
         return -E_IPC_NOT_RECV
     sent_perm = 0
     if srcva < UTOP:
-        if srcva % PGSIZE or not _perm_ok(perm):
-            return -E_INVAL
-        pte = e.aspace.page_lookup(srcva)
-        if pte is None or (perm & PTE_W and not pte & PTE_W):
-            return -E_INVAL
+        pte = _offered_page(e, srcva, perm)
+        if pte < 0:
+            return pte
         if t.ipc_dstva < UTOP:
             if pte & PTE_REMOTE:
                 raise _Blocked(e, srcva)
