@@ -237,3 +237,27 @@ def test_an_env_moved_while_its_send_waits_for_a_silent_node_takes_the_answer_al
         os.kill(b.proc.pid, signal.SIGCONT)
     assert took >= 1.0, f"the migration did not wait for the answer ({took:.2f} s)"
     assert "bad environment" not in a.console()
+
+
+def test_an_env_is_found_after_several_moves_and_an_orderly_stop_of_a_node_it_passed(daemons):
+    """The child of `pingpong 300` moves a -> b -> c; b stops cleanly.
+    a's pointer names b, which is gone: a asks every member and finds the
+    child on c; the game ends exactly as unmigrated."""
+    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
+        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
+        for k, name in ((1, "b"), (2, "c"))])
+    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
+    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
+    child = children(a, parent)[0]
+    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    ok(a, "migrate", str(child), "--to", b.addr, "--resume")
+    ok(b, "migrate", str(child), "--to", c.addr, "--method", "precopy", "--resume")
+    assert b.stop() == 0                            # an orderly stop
+    wait_until(lambda: len(game(a, b, c)) == 11, 30, "the game to reach 10")
+    got = game(a, b, c)
+    assert [n for n, _, _ in got] == list(range(11)), got
+    for n, receiver, sender in got:
+        assert (receiver, sender) == ((child, parent) if n % 2 == 0 else (parent, child)), got
+    stats = json.loads(ok(a, "stats", "--json"))["ipc"]
+    assert stats["locate_broadcasts"] >= 1 and stats["ipc_failed"] == 0, stats
