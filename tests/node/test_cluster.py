@@ -137,6 +137,10 @@ def cordoned(d: Daemon, seen_by: Daemon | None = None) -> bool:
     return bool(v[d.addr]["load"].get("cordoned"))
 
 
+def envs_of(d: Daemon, seen_by: Daemon) -> int:
+    return {x["addr"]: x for x in view(seen_by)}[d.addr]["load"]["envs"]
+
+
 def running_jobs(d: Daemon) -> list[dict]:
     return [j for j in json.loads(ok(d, "jobs", "--json")) if j["state"] == "running"]
 
@@ -366,8 +370,10 @@ def test_drain_moves_every_env_off_the_node_and_each_goes_on_where_it_was(daemon
     # a is empty and cordoned; b and c have exactly what a had.
     assert json.loads(ok(a, "ps", "--json")) == []
     assert cordoned(a)
-    wait_until(lambda: cordoned(a, seen_by=b) and cordoned(a, seen_by=c), 3,
-               "b and c to see a cordoned")
+    # (b and c see a as its last heartbeat showed it: wait for one sent
+    # after the drain, which cordoned a first and then emptied it.)
+    wait_until(lambda: all(cordoned(a, seen_by=d) and envs_of(a, seen_by=d) == 0
+                           for d in (b, c)), 3, "b and c to see a cordoned and empty")
     table = ok(b, "nodes").splitlines()
     assert table[0].split() == ["NODE", "NAME", "ID", "STATE", "ENVS", "RUNNABLE", "CPU",
                                 "FREE", "JOBS", "FLAGS", "HEARD"]
