@@ -261,3 +261,29 @@ def test_an_env_is_found_after_several_moves_and_an_orderly_stop_of_a_node_it_pa
         assert (receiver, sender) == ((child, parent) if n % 2 == 0 else (parent, child)), got
     stats = json.loads(ok(a, "stats", "--json"))["ipc"]
     assert stats["locate_broadcasts"] >= 1 and stats["ipc_failed"] == 0, stats
+
+
+def test_a_drain_moves_a_pingpong_pair_that_plays_on(daemons):
+    """Issue 17's drain with a pair that talks: `pingpong 700` on a (node
+    ids 0..2); a is drained after the first turns, both envs leave, each
+    for the least loaded member, and the game ends exactly as unmigrated."""
+    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
+        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
+        for k, name in ((1, "b"), (2, "c"))])
+    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
+    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "700"))["new_envid"]
+    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
+    child = children(a, parent)[0]
+    wait_until(lambda: len(game(a)) >= 1, 10, "the first turn on a")
+    code, out, err = a.ctl("drain", a.addr)
+    assert code == 0, (code, out, err)
+    assert f"{a.addr} drained: 2 envs moved, 0 failed, 0 skipped; 0 envs left there" in out, out
+    wait_until(lambda: len(game(a, b, c)) == 11, 30, "the game to reach 10")
+    got = game(a, b, c)
+    assert [n for n, _, _ in got] == list(range(11)), got
+    for n, receiver, sender in got:
+        assert (receiver, sender) == ((child, parent) if n % 2 == 0 else (parent, child)), got
+    assert len(game(b, c)) >= 5, "most of the game was not played after the drain"
+    assert json.loads(ok(a, "ps", "--json")) == []
+    for d in (a, b, c):
+        assert "panic" not in d.console(), d.console()[-2000:]
