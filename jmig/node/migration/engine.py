@@ -105,7 +105,8 @@ class Migrations:
         elif method == "precopy":
             sender = PrecopySend(node, envid, keep=keep, max_rounds=max_rounds,
                                  downtime_limit_ms=downtime_limit_ms, then=then, push=push,
-                                 prefetch=prefetch, destination_addr=dest)
+                                 prefetch=prefetch, destination_addr=dest,
+                                 page_server=page_server)
         else:
             raise MigrationError("bad-request", f"unknown method {method!r}: use normal, "
                                  "pgfault or precopy")

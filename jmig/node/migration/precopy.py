@@ -51,13 +51,14 @@ class PrecopySend(SourceCopy):
 
     def __init__(self, node, envid: int, *, keep: bool = False, max_rounds: int = 8,
                  downtime_limit_ms: int = 50, then: str = "stop", push: bool = True,
-                 prefetch: int = 0, destination_addr=None):
+                 prefetch: int = 0, destination_addr=None, page_server: str | None = None):
         if keep and then == "pgfault":
             raise MigrationError("bad-request", "--keep makes no sense with --then pgfault: the "
                                  "origin keeps the pages until they have all moved")
         self.node = node
         self.envid = envid
         self.keep = keep
+        self.page_server = page_server          # --then pgfault: where the pager connects
         self.max_rounds = max_rounds
         self.limit_ms = downtime_limit_ms
         self.then = then
@@ -162,7 +163,8 @@ class PrecopySend(SourceCopy):
                 dest_addr=self.destination_addr, token=self.token, push=self.push,
                 prefetch=self.prefetch,
                 runs=runs_of((v, self.snap[v][1]) for v in self.remote)))
-            extra = {"pager": (node.advertised_host(link.fs), node.ports["pager"]),
+            host = self.page_server or node.advertised_host(link.fs)
+            extra = {"pager": (host, node.ports["pager"]),
                      "token": self.token, "push": self.push, "prefetch": self.prefetch}
         await link.send(m.Final(header=header,
                                 map=m.pack_map((v, self.snap[v][1]) for v in final),

@@ -1,26 +1,22 @@
-"""In-process clusters for pytest-trio tests: real nodes on real loopback
-TCP sockets, each on its own 127.0.x.y address with the original ports."""
+"""Nodes inside the test's own process, for white-box tests (pytest-trio):
+each a real jmig Node serving real loopback TCP sockets on an address of its
+own with the original ports, whose kernel, migrations and failpoints the
+test can reach directly.  Tests of what a user sees use real processes
+(jmig.testing.cluster) instead."""
 from __future__ import annotations
 
-import itertools
 import secrets
 from pathlib import Path
 
 import trio
 
-from jmig.ctl.client import ControlClient
-from jmig.node.node import BootSpec, Node, NodeConfig
-
-_addrs = itertools.count(10)
-PORT = 50001
-
-
-def next_host() -> str:
-    n = next(_addrs)
-    return f"127.0.{n // 250 + 10}.{n % 250 + 2}"
+from ..node.node import BootSpec, Node, NodeConfig
+from ..proto.control import ControlClient
+from .cluster import next_host
+from .process import PORT
 
 
-class Cluster:
+class InProcessCluster:
     def __init__(self, nursery: trio.Nursery, tmp: Path):
         self.nursery = nursery
         self.tmp = tmp
@@ -60,11 +56,3 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
 def console_of(node: Node) -> str:
     return node.console.recent(100000)
 
-
-# Several pytest processes on one machine (a developer's run beside CI, or
-# parallel sessions) would otherwise all hand out the same addresses and
-# collide on the original ports: give each process its own stretch of
-# 127.0.0.0/8 (next_host reads _addrs when called).
-import os as _os  # noqa: E402
-
-_addrs = itertools.count(10 + (_os.getpid() % 97) * 600)

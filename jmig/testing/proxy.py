@@ -1,9 +1,11 @@
 """A TCP proxy for fault-injection tests: it sits between two nodes and can
 cut a connection after a given number of bytes, hold it, pause and resume
-forwarding, cut every live connection, or refuse new ones for a while.
+forwarding (a blackhole: bytes are held, as a network that drops packets
+holds them in the sender's retransmissions), cut every live connection,
+refuse new ones for a while, delay and rate-limit what it forwards.
 
-    proxy = Proxy(listen_host, listen_port, target_host, target_port)
-    await nursery.start(proxy.serve)
+    proxy = Proxy(listen_host, listen_port, target_host, target_port, count=1)
+    await nursery.start(proxy.serve)    # or ProxyThread(proxy) outside trio
     proxy.cut_after(c2s=1000)   # the NEXT connection forwards exactly 1000 bytes
                                 # client->server, then both sides are closed
     proxy.hold_after(c2s=1000)  # the next connection forwards 1000 bytes, then
@@ -13,6 +15,11 @@ forwarding, cut every live connection, or refuse new ones for a while.
     proxy.down() / proxy.up()        cut, and refuse new connections until up()
     proxy.rate = 2_000_000           forward at most that many bytes/s per direction
                                      of each connection (None: as fast as it goes)
+    proxy.delay = 0.02               forward each chunk 20 ms after it arrived
+                                     (one-way latency; throughput is kept)
+
+`count` consecutive ports are proxied from listen_port on to target_port on
+(4: every port of a node, P..P+3).
 
 Directions are named from the proxy's clients: c2s is client -> server
 (e.g. the migration source to the destination), s2c the other way.  Byte
@@ -25,7 +32,12 @@ from __future__ import annotations
 import socket
 import struct
 
+import threading
+from functools import partial
+
 import trio
+
+IN_FLIGHT = 16          # chunks of up to 64 KiB read ahead per direction
 
 
 class Link:
@@ -64,12 +76,23 @@ class Link:
                     pass
         self.scope.cancel()
 
-    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str) -> None:
+    async def _read(self, src: trio.SocketStream, out: trio.MemorySendChannel) -> None:
+        """Read src into out, each chunk with the time it arrived (b"" at
+        the end); up to IN_FLIGHT chunks wait in the link, as in socket buffers."""
+        async with out:
+            while True:
+                try:
+                    data = await src.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                await out.send((trio.current_time(), data))
+                if not data:
+                    return
+
+    async def _pump(self, chunks: trio.MemoryReceiveChannel, dst: trio.SocketStream,
+                    direction: str) -> None:
         while True:
-            try:
-                data = await src.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            arrived, data = await chunks.receive()
             if not data:                       # EOF or reset: the whole link goes
                 self.scope.cancel()
                 return
@@ -80,14 +103,8 @@ class Link:
                 data, rest = data[:room], data[room:]
             await self.proxy._flowing_wait()
             if data:
-                try:
-                    await dst.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.scope.cancel()
+                if not await self._forward(dst, data, direction, arrived):
                     return
-                self.bytes[direction] += len(data)
-                if self.proxy.rate:
-                    await trio.sleep(len(data) / self.proxy.rate)
             if limit is not None and self.bytes[direction] >= limit:
                 if self.action == "cut":
                     self.cut()
@@ -96,20 +113,34 @@ class Link:
                 self.held.set()
                 self.limits[direction] = None
                 await self.proxy._released_wait()
-                if rest:
-                    try:
-                        await dst.send_all(rest)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.scope.cancel()
-                        return
-                    self.bytes[direction] += len(rest)
+                if rest and not await self._forward(dst, rest, direction, arrived):
+                    return
+
+    async def _forward(self, dst: trio.SocketStream, data: bytes, direction: str,
+                       arrived: float) -> bool:
+        """Send data on, after the link's delay and at its rate; False
+        (and the link cancelled) if dst is gone."""
+        if self.proxy.delay:
+            await trio.sleep_until(arrived + self.proxy.delay)
+        try:
+            await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.scope.cancel()
+            return False
+        self.bytes[direction] += len(data)
+        if self.proxy.rate:
+            await trio.sleep(len(data) / self.proxy.rate)
+        return True
 
     async def run(self) -> None:
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, self.client, self.server, "c2s")
-                    nursery.start_soon(self._pump, self.server, self.client, "s2c")
+                    for src, dst, direction in ((self.client, self.server, "c2s"),
+                                                (self.server, self.client, "s2c")):
+                        tx, rx = trio.open_memory_channel(IN_FLIGHT)
+                        nursery.start_soon(self._read, src, tx)
+                        nursery.start_soon(self._pump, rx, dst, direction)
         finally:
             with trio.CancelScope(shield=True):
                 for s in (self.client, self.server):
@@ -121,13 +152,16 @@ class Link:
 
 
 class Proxy:
-    def __init__(self, listen_host: str, listen_port: int, target_host: str, target_port: int):
+    def __init__(self, listen_host: str, listen_port: int, target_host: str, target_port: int,
+                 count: int = 1):
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.target = (target_host, target_port)
+        self.count = count
         self.links: list[Link] = []
         self.refused = 0
         self.rate: float | None = None
+        self.delay: float = 0.0
         self._down = False
         self._flowing = trio.Event()
         self._flowing.set()
@@ -191,17 +225,20 @@ class Proxy:
 
     # -- serving ----------------------------------------------------------------------
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
-        task_status.started(self)
-        await trio.serve_listeners(self._handle, listeners)
+        async with trio.open_nursery() as nursery:
+            for i in range(self.count):
+                listeners = await trio.open_tcp_listeners(self.listen_port + i,
+                                                          host=self.listen_host)
+                nursery.start_soon(trio.serve_listeners, partial(self._handle, i), listeners)
+            task_status.started(self)
 
-    async def _handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, i: int, client: trio.SocketStream) -> None:
         if self._down:
             self.refused += 1
             await client.aclose()
             return
         try:
-            server = await trio.open_tcp_stream(*self.target)
+            server = await trio.open_tcp_stream(self.target[0], self.target[1] + i)
         except OSError:
             self.refused += 1
             await client.aclose()
@@ -211,3 +248,62 @@ class Proxy:
         self.links.append(link)
         self.accepted.set()
         await link.run()
+
+
+class ProxyThread:
+    """A Proxy served by trio in a thread of its own, for tests that are not
+    trio code.  Its controls are called through call(), which runs them in
+    the proxy's own event loop:
+
+        with ProxyThread(Proxy(...)) as t:
+            t.call(t.proxy.pause)
+    """
+
+    def __init__(self, proxy: Proxy):
+        self.proxy = proxy
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True,
+                                        name=f"proxy {proxy.addr}")
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as exc:          # reported by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.proxy.serve)
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def start(self) -> "ProxyThread":
+        self._thread.start()
+        if not self._ready.wait(10) or self._error is not None:
+            raise RuntimeError(f"proxy {self.proxy.addr} did not start: {self._error!r}")
+        return self
+
+    def call(self, fn, *args):
+        """fn(*args) in the proxy's event loop; its result."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def close(self) -> None:
+        if self._token is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+            self._thread.join(10)
+
+    def __enter__(self) -> "ProxyThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
