@@ -226,6 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--secret-file")
     a = ap.parse_args(argv)
     secret = open(a.secret_file, "rb").read().strip() if a.secret_file else b""
+    print("attacking", flush=True)          # for a caller waiting until it has begun
     try:
         ATTACKS[a.attack](a.host, a.port, a.conns, a.sources, time.monotonic() + a.seconds,
                           secret=secret)

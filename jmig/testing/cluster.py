@@ -217,7 +217,8 @@ class Cluster:
         return self.ctl_json(node, *argv)
 
     def jobs(self, node: NodeProcess) -> list[dict]:
-        return self.ctl_json(node, "jobs")["jobs"]
+        """Jobs in flight and recently finished (`jmigctl jobs --json`)."""
+        return self.ctl_json(node, "jobs")
 
     # -- links ------------------------------------------------------------------------
     def link(self, src: NodeProcess, dst: NodeProcess) -> Link:

@@ -291,13 +291,28 @@ class ProxyThread:
         return self
 
     def call(self, fn, *args):
-        """fn(*args) in the proxy's event loop; its result."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        """fn(*args) in the proxy's event loop; its result.  Callable from
+        any thread, a trio thread included (it waits microseconds)."""
+        done, box = threading.Event(), {}
+
+        def run():
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+        self._token.run_sync_soon(run)
+        if not done.wait(10):
+            raise RuntimeError(f"proxy {self.proxy.addr} did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
     def close(self) -> None:
         if self._token is not None and self._thread.is_alive():
             try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+                self.call(self._stop.set)
             except trio.RunFinishedError:
                 pass
             self._thread.join(10)

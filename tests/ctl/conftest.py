@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.node.conftest import daemons  # noqa: F401  (fixture)
-from tests.node.daemons import Daemon, make_secret
+from jmig.testing import Cluster, NodeProcess
 
 _hosts = itertools.count(2)
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)")
@@ -27,11 +26,11 @@ def wait_until(pred, timeout: float = 20.0, what: str = "condition"):
         time.sleep(0.03)
 
 
-def counters(d: Daemon, envid: int) -> list[int]:
+def counters(d: NodeProcess, envid: int) -> list[int]:
     return [int(n) for e, n in COUNTER.findall(d.console()) if int(e) == envid]
 
 
-def ctl_env(d: Daemon, **extra) -> dict:
+def ctl_env(d: NodeProcess, **extra) -> dict:
     """The environment of a jmigctl subprocess driving d."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JMIG_")}
     env.update({"JMIG_NODE": d.addr, "JMIG_SECRET_FILE": str(d.secret_file), **extra})
@@ -45,15 +44,10 @@ def jmigctl_argv(*argv) -> list[str]:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Two nodes: a booted the original test program as env 4100, b is empty."""
-    tmp = tmp_path_factory.mktemp("ctl")
-    secret = make_secret(tmp)
-    a = Daemon(tmp, secret, "a", ["--boot", "loop@4100 50"], host=ctl_host()).start(wait=False)
-    b = Daemon(tmp, secret, "b", host=ctl_host()).start(wait=False)
-    try:
+    with Cluster(tmp_path_factory.mktemp("ctl")) as c:
+        a = c.start("a", "--boot", "loop@4100 50", host=ctl_host(), wait=False)
+        b = c.start("b", host=ctl_host(), wait=False)
         a.wait_listening()
         b.wait_listening()
         wait_until(lambda: counters(a, 4100), what="env 4100's first line")
         yield a, b
-    finally:
-        a.kill()
-        b.kill()

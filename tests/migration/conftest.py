@@ -1,9 +1,8 @@
-"""Fixtures for the migration acceptance tests: the node fixtures of
-tests/node, a cached memtest image, and failpoints disarmed after each test."""
+"""Fixtures for the migration acceptance tests: a cached memtest image, and
+failpoints disarmed after each test (nodes come from tests/conftest.py)."""
 import pytest
 
 from jmig.node import failpoints
-from tests.node.conftest import cluster, daemons  # noqa: F401  (fixtures)
 
 from .helpers import build_image
 

@@ -16,14 +16,14 @@ import trio
 
 from jmig.ctl.client import RemoteError
 from jmig.proto.frames import encode_frame
-from tests.node.cluster import PORT, next_host
+from jmig.testing import PORT, next_host
 
 from jmig.proto.handshake import ClientHandshake
 
 from .helpers import (call, ctl_json, dcall, dpasses, dps, env_ids, free, last_pass, memory,
                       no_mismatch, ps_entry, same_memory, start, wait_dpass, wait_pass,
                       wait_sync, wait_until)
-from .proxy import Proxy
+from jmig.testing import Proxy
 
 MEMTEST = ["memtest", "256", "64"]
 METHODS = ["normal", "pgfault", "precopy"]

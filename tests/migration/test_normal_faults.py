@@ -13,20 +13,20 @@ dying) and never runs twice (migration/session.py states the guarantee):
 - the connection cut by a proxy, at each step: the same.
 
 Real daemons die by JMIG_FAILPOINTS (exit 137 at the named point, as if
-SIGKILLed) or by SIGKILL; the cuts use tests/migration/proxy.py in-process.
+SIGKILLed) or by SIGKILL; the cuts use jmig/testing/proxy.py in-process.
 """
 import pytest
 import trio
 
 from jmig.ctl.client import RemoteError
 from jmig.proto.frames import encode_frame
-from tests.node.cluster import PORT, next_host
+from jmig.testing import PORT, next_host
 
 from .helpers import (call, ctl_json, ctl_ok, dcall, dfree, dpasses, dps, env_ids, free,
                       image_file, last_pass, memory, no_mismatch, ps_entry, registers,
                       same_image, same_memory, start, wait_dpass, wait_pass, wait_sync,
                       wait_until)
-from .proxy import Proxy
+from jmig.testing import Proxy
 
 MEMTEST = ["memtest", "256", "64"]       # ~1 MiB, a pass in well under a second
 

@@ -6,7 +6,7 @@
 - a chain normal -> pgfault -> pgfault -> normal over three nodes, moving on
   while pages are still remote on the node being left (that node pulls the
   remaining pages in first: the documented choice);
-- faults: the link to the origin's page server cut (by tests/migration/proxy.py)
+- faults: the link to the origin's page server cut (by jmig/testing/proxy.py)
   while the env faults; the origin killed and restarted; the destination
   killed and the env recovered on the origin; recover refused while the
   destination has the env;
@@ -31,12 +31,12 @@ from jmig.ctl.client import RemoteError
 from jmig.node.migration.origin import Outgoing
 from jmig.proto.handshake import AuthError
 from jmig.proto.wire import connect
-from tests.node.cluster import next_host
+from jmig.testing import next_host
 
 from .helpers import (call, ctl_json, ctl_ok, dfree, dpasses, dps, env_ids, free, image_file,
                       last_pass, no_mismatch, ps_entry, same_image, start, wait_dpass,
                       wait_pass, wait_sync, wait_until)
-from .proxy import Proxy
+from jmig.testing import Proxy
 
 MT_BASE = 0x10000000
 

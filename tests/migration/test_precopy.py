@@ -15,11 +15,11 @@ import pytest
 import trio
 
 from jmig.ctl.client import ControlClient, RemoteError
-from tests.node.cluster import PORT, next_host
+from jmig.testing import PORT, next_host
 
 from .helpers import (call, ctl_json, dcall, dfree, dpasses, dps, env_ids, free, last_pass,
                       no_mismatch, passes, ps_entry, start, wait_dpass, wait_pass, wait_sync, wait_until)
-from .proxy import Proxy
+from jmig.testing import Proxy
 
 
 async def _running_memtest(cluster, node, npages: int, dirty: int) -> tuple[int, int]:

@@ -21,7 +21,6 @@ from jmig.proto.handshake import ClientHandshake
 from jmig.testing.attacks import run_record_image
 
 from tests.migration.helpers import ctl_json, ctl_ok, dps, wait_dpass
-from tests.node.daemons import Daemon
 
 pytestmark = pytest.mark.slow
 MB = 1 << 20
@@ -40,8 +39,9 @@ def attack(d, name: str, *args, watch=None):
     """Run an attack on daemon d for the duration of the block.  watch: a
     list that receives the daemon's RSS every 0.1 s while it runs."""
     cmd = [sys.executable, "-m", "jmig.testing.attacks", name, d.host, str(d.port), *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        p.stdout.readline()                  # "attacking": started (imports take a while)
         time.sleep(1.0)                      # let it get going
         assert p.poll() is None, p.stderr.read().decode()
         yield p
@@ -148,10 +148,9 @@ def test_a_huge_count_frame_from_an_authenticated_peer_costs_no_memory(victim):
     assert "exceeds max_array_len" in log
 
 
-def test_a_node_whose_stdout_nobody_reads_keeps_answering(tmp_path, daemons):
-    node = Daemon(tmp_path, daemons.secret_file, "stuck")
+def test_a_node_whose_stdout_nobody_reads_keeps_answering(daemons):
     r, w = os.pipe()
-    node.start(wait=False, stdout=w)
+    node = daemons("stuck", wait=False, stdout=w)
     os.close(w)
     try:
         node.wait_listening()

@@ -21,7 +21,7 @@ from jmig.proto.frames import (MAX_CONTROL_FRAME, MAX_DATA_FRAME, NEED_DATA, Fra
 from jmig.proto.handshake import PORT_KINDS, AuthError, ClientHandshake
 from jmig.proto.wire import connect
 
-from .cluster import Cluster, console_of, wait_for
+from jmig.testing import InProcessCluster, console_of, wait_for
 
 OFFSETS = {kind: i for i, kind in enumerate(PORT_KINDS)}       # normal P, pgfault P+1, ...
 # What each port accepts after the handshake (before it: a few KiB on all).
@@ -91,7 +91,7 @@ async def send_and_watch(host: str, port: int, data: bytes, eof: bool) -> bytes:
     return got
 
 
-async def still_serving(cluster: Cluster, node) -> None:
+async def still_serving(cluster: InProcessCluster, node) -> None:
     envs = (await cluster.call(node, "ps"))["envs"]
     assert 4100 in [e["envid"] for e in envs]
 

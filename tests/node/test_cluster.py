@@ -4,7 +4,7 @@ cordon (with the memory oracle memtest and the counting programs burn and
 loop showing that every env went on where it was), an interrupted drain,
 and the errors of the cluster commands.  Balancing is in test_balance.py.
 
-Every node runs on its own loopback address (tests/node/daemons.py); the
+Every node runs on its own loopback address (jmig.testing); the
 `daemons` fixture kills them all at the end of each test."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from collections import Counter
 
 from jmig.node.cluster import FAIL_SECONDS, HEARTBEAT_SECONDS
 
-from .daemons import Daemon
+from jmig.testing import NodeProcess
 
 BURN = re.compile(r"burn ([0-9a-f]{8}): (\d+) \(([0-9a-f]{8})\)\n")
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)\n")
@@ -46,35 +46,35 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-def ok(d: Daemon, *argv) -> str:
+def ok(d: NodeProcess, *argv) -> str:
     code, out, err = d.ctl(*argv)
     assert code == 0, f"jmigctl {' '.join(argv)} on {d.name} exited {code}: {err}{out}"
     return out
 
 
-def view(d: Daemon) -> list[dict]:
+def view(d: NodeProcess) -> list[dict]:
     """`jmigctl nodes --json` on d."""
     return json.loads(ok(d, "nodes", "--json"))
 
 
-def states(d: Daemon) -> dict[str, str]:
+def states(d: NodeProcess) -> dict[str, str]:
     """addr -> state, as d sees its cluster (d itself included)."""
     return {v["addr"]: v["state"] for v in view(d)}
 
 
-def ps_all(d: Daemon) -> tuple[int, list[dict], list[dict]]:
+def ps_all(d: NodeProcess) -> tuple[int, list[dict], list[dict]]:
     """`jmigctl ps --all --json` on d: (exit code, env rows, {node, error} rows)."""
     code, out, err = d.ctl("ps", "--all", "--json")
     rows = json.loads(out)
     return code, [r for r in rows if "envid" in r], [r for r in rows if "error" in r]
 
 
-def spawn(d: Daemon, *argv) -> int:
+def spawn(d: NodeProcess, *argv) -> int:
     out = json.loads(ok(d, "spawn", "--json", *argv))
     return out["new_envid"]
 
 
-def start_nodes(daemons, specs) -> list[Daemon]:
+def start_nodes(daemons, specs) -> list[NodeProcess]:
     """Start daemons at once, [(name, args)], args may name earlier ones by
     index via a callable; wait until all listen."""
     started = []
@@ -86,7 +86,7 @@ def start_nodes(daemons, specs) -> list[Daemon]:
     return started
 
 
-def all_alive(nodes: list[Daemon]) -> bool:
+def all_alive(nodes: list[NodeProcess]) -> bool:
     want = {d.addr for d in nodes}
     for d in nodes:
         v = view(d)
@@ -117,7 +117,7 @@ def memtest_passes(text: str) -> dict[int, list[int]]:
     return out
 
 
-def assert_no_bad_memory(*nodes: Daemon) -> None:
+def assert_no_bad_memory(*nodes: NodeProcess) -> None:
     for d in nodes:
         text = d.console()
         for w in BAD_MEMORY:
@@ -125,23 +125,23 @@ def assert_no_bad_memory(*nodes: Daemon) -> None:
                 f"{text[max(0, text.find(w) - 1500):text.find(w) + 500]}"
 
 
-def assert_no_crash(*nodes: Daemon) -> None:
+def assert_no_crash(*nodes: NodeProcess) -> None:
     for d in nodes:
         log = d.log()
         assert "unexpected error" not in log and "Traceback" not in log, \
             f"{d.name} logged an unexpected error:\n{log[-3000:]}"
 
 
-def cordoned(d: Daemon, seen_by: Daemon | None = None) -> bool:
+def cordoned(d: NodeProcess, seen_by: NodeProcess | None = None) -> bool:
     v = {x["addr"]: x for x in view(seen_by or d)}
     return bool(v[d.addr]["load"].get("cordoned"))
 
 
-def envs_of(d: Daemon, seen_by: Daemon) -> int:
+def envs_of(d: NodeProcess, seen_by: NodeProcess) -> int:
     return {x["addr"]: x for x in view(seen_by)}[d.addr]["load"]["envs"]
 
 
-def running_jobs(d: Daemon) -> list[dict]:
+def running_jobs(d: NodeProcess) -> list[dict]:
     return [j for j in json.loads(ok(d, "jobs", "--json")) if j["state"] == "running"]
 
 
@@ -191,7 +191,7 @@ def test_four_nodes_join_and_see_each_other(daemons, tmp_path):
 
 # -- 2. failure detection and recovery ----------------------------------------------------------
 
-def _time_until_all_report(observers: list[Daemon], member: Daemon, state: str,
+def _time_until_all_report(observers: list[NodeProcess], member: NodeProcess, state: str,
                            timeout: float, t0: float) -> dict[str, float]:
     """Seconds from t0 until each observer first listed member in state."""
     seen: dict[str, float] = {}
@@ -313,14 +313,14 @@ def test_a_member_that_stops_cleanly_is_forgotten_not_failed(daemons):
 
 # -- 4. drain ----------------------------------------------------------------------------------
 
-def _three_nodes(daemons) -> list[Daemon]:
+def _three_nodes(daemons) -> list[NodeProcess]:
     nodes = start_nodes(daemons, [("a", []), ("b", lambda s: ["--join", s[0].addr]),
                                   ("c", lambda s: ["--join", s[0].addr])])
     wait_until(lambda: all_alive(nodes), 10, "the three nodes to see each other")
     return nodes
 
 
-def _fill(a: Daemon, memtest_pages: list[int], memtest_args=("64", "50"),
+def _fill(a: NodeProcess, memtest_pages: list[int], memtest_args=("64", "50"),
           wait: bool = True) -> dict:
     """4 burn, 3 loop 100 (the last one paused once it has counted), and a
     memtest per NPAGES on a; wait until each has printed on a (the loops

@@ -11,7 +11,7 @@ from jmig.node import cluster as membership
 from jmig.node.balance import choose_target
 from jmig.node.cluster import LOAD_KEYS, Member, PeersFileError, clean_load, read_peers_file
 
-from .cluster import wait_for
+from jmig.testing import wait_for
 
 
 async def refused(cluster, node, op, args) -> RemoteError:

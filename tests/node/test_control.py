@@ -12,7 +12,7 @@ from jmig import programs
 from jmig.ctl.client import ControlClient, RemoteError
 from jmig.ctl.main import main as jmigctl_main
 
-from .cluster import console_of, wait_for
+from jmig.testing import console_of, wait_for
 
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)\n")
 

@@ -20,14 +20,14 @@ import pytest
 from jmig import programs
 from jmig.ctl.main import main as jmigctl_main
 
-from .cluster import PORT, next_host
-from .daemons import Daemon, make_secret
+from jmig.testing import PORT, next_host
+from jmig.testing import Cluster, NodeProcess, make_secret
 
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)\n")
 HELLO_ELF = Path(programs.__file__).parent / "hello.elf"
 
 
-def counters(d: Daemon, envid: int) -> list[int]:
+def counters(d: NodeProcess, envid: int) -> list[int]:
     return [int(n) for e, n in COUNTER.findall(d.console()) if int(e) == envid]
 
 
@@ -39,36 +39,31 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-def wait_counters(d: Daemon, envid: int, n: int = 1) -> list[int]:
+def wait_counters(d: NodeProcess, envid: int, n: int = 1) -> list[int]:
     wait_until(lambda: len(counters(d, envid)) >= n, what=f"{n} counter lines of env {envid}")
     return counters(d, envid)
 
 
-def ok(d: Daemon, *argv) -> str:
+def ok(d: NodeProcess, *argv) -> str:
     code, out, err = d.ctl(*argv)
     assert code == 0, f"jmigctl {' '.join(argv)} exited {code}: {err}"
     return out
 
 
-def ps(d: Daemon) -> dict[int, dict]:
+def ps(d: NodeProcess) -> dict[int, dict]:
     return {e["envid"]: e for e in json.loads(ok(d, "ps", "--json"))}
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Two daemons, 127.0.x.y:50001 and 127.0.x.z:50001; the first runs env 4100."""
-    tmp = tmp_path_factory.mktemp("pair")
-    secret = make_secret(tmp)
-    a = Daemon(tmp, secret, "a", ["--boot", "loop@4100 50"]).start(wait=False)
-    b = Daemon(tmp, secret, "b").start(wait=False)
-    try:
+    with Cluster(tmp_path_factory.mktemp("pair")) as c:
+        a = c.start("a", "--boot", "loop@4100 50", wait=False)
+        b = c.start("b", wait=False)
         a.wait_listening()
         b.wait_listening()
         wait_counters(a, 4100)
         yield a, b
-    finally:
-        a.kill()
-        b.kill()
 
 
 @pytest.fixture
@@ -347,7 +342,7 @@ def test_two_nodes_on_distinct_addresses_with_the_original_ports(pair):
 
 # -- jmig-node's own exit codes ----------------------------------------------------------
 
-def _exit_of(d: Daemon, timeout: float = 20) -> tuple[int, str]:
+def _exit_of(d: NodeProcess, timeout: float = 20) -> tuple[int, str]:
     code = d.proc.wait(timeout)
     return code, d.stderr_path.read_text()
 
@@ -424,7 +419,7 @@ def test_default_secret_is_created_and_shared_through_home(tmp_path):
     node = subprocess.Popen([sys.executable, "-m", "jmig.node.main", "--host", host,
                              "--log-format", "json"], stdout=out, stderr=err, env=env)
     try:
-        d = Daemon(tmp_path, Path("unused"), "default", host=host)
+        d = NodeProcess(tmp_path, Path("unused"), "default", host=host)
         d.proc = node
         d.wait_listening()
         secret = home / ".config" / "jmig" / "secret"

@@ -10,7 +10,7 @@ from jmig.ctl.client import ControlClient
 from jmig.ctl.main import main as jmigctl_main
 from jmig.kernel.env import NENV
 
-from .cluster import console_of, wait_for
+from jmig.testing import console_of, wait_for
 
 N_ENVS = 1000
 N_CLIENTS = 50

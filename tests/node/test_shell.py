@@ -11,12 +11,12 @@ import pytest
 
 from jmig.ctl.shell import HELP
 
-from .daemons import Daemon, make_secret
+from jmig.testing import Cluster, NodeProcess
 
 COUNTER = re.compile(r"Test Program, Env ID: (\d+), Counter: (\d+)\n")
 
 
-def counters(d: Daemon, envid: int) -> list[int]:
+def counters(d: NodeProcess, envid: int) -> list[int]:
     return [int(n) for e, n in COUNTER.findall(d.console()) if int(e) == envid]
 
 
@@ -27,29 +27,24 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-def shell_env(d: Daemon) -> dict:
+def shell_env(d: NodeProcess) -> dict:
     return dict(os.environ, JMIG_NODE=d.addr, JMIG_SECRET_FILE=str(d.secret_file))
 
 
-def shell(d: Daemon, script: str) -> subprocess.CompletedProcess:
+def shell(d: NodeProcess, script: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jmig.ctl.main", "shell"], input=script,
                           capture_output=True, text=True, timeout=60, env=shell_env(d))
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shell")
-    secret = make_secret(tmp)
-    a = Daemon(tmp, secret, "a", ["--boot", "loop@4100 50"]).start(wait=False)
-    b = Daemon(tmp, secret, "b").start(wait=False)
-    try:
+    with Cluster(tmp_path_factory.mktemp("shell")) as c:
+        a = c.start("a", "--boot", "loop@4100 50", wait=False)
+        b = c.start("b", wait=False)
         a.wait_listening()
         b.wait_listening()
         wait_until(lambda: counters(a, 4100), what="env 4100's first line")
         yield a, b
-    finally:
-        a.kill()
-        b.kill()
 
 
 def test_the_original_commands_print_the_original_messages(pair):

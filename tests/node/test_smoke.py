@@ -1,5 +1,5 @@
 """The two ways tests run nodes both work: real daemons and in-process."""
-from .cluster import console_of, wait_for
+from jmig.testing import console_of, wait_for
 
 
 def test_daemon_boots_the_test_program_as_4100(daemons):
