@@ -60,7 +60,8 @@ def main(argv: list[str]) -> int:
         if "--fast" in rest:
             # Everything but @pytest.mark.slow (the CI runs all).
             rest = ["-m", "not slow", *(a for a in rest if a != "--fast")]
-        args = [str(BIN / "python"), "-m", "pytest", "-q", *rest]
+        # The slowest tests are listed at the end: where the suite's time goes.
+        args = [str(BIN / "python"), "-m", "pytest", "-q", "--durations=15", *rest]
     elif cmd == "bench":
         args = [str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest]
     elif cmd == "shell":

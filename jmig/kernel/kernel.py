@@ -666,11 +666,16 @@ class Kernel(TrapMixin, SnapshotMixin):
         return self._env(envid).aspace.nremote
 
     # -- operations for the node -----------------------------------------------------------
+    def live_env(self, envid: int) -> Env | None:
+        """The env with this id, if it exists here (in any status but free)."""
+        e = self.envs[ENVX(envid)]
+        return e if e.status != ENV_FREE and e.env_id == envid else None
+
     def _env(self, envid: int) -> Env:
         if not isinstance(envid, int) or envid <= 0:
             raise ev.KernelError(ev.NO_SUCH_ENV, f"no env {envid}")
-        e = self.envs[ENVX(envid)]
-        if e.status == ENV_FREE or e.env_id != envid:
+        e = self.live_env(envid)
+        if e is None:
             raise ev.KernelError(ev.NO_SUCH_ENV, f"no env {envid} ({envid:08x})")
         return e
 

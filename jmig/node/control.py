@@ -30,6 +30,7 @@ from ..proto.image import max_image_bytes, scan_file
 from ..proto.migration import MAX_PREFETCH
 from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
+from .args import BadRequest, arg_bool, arg_envid, arg_int, arg_str
 from .console import dropped_notice
 from .disk import DiskError, check_name, fsync_dir
 from .drain import drain
@@ -62,40 +63,6 @@ class Upload:
             os.unlink(self.tmp)
         except OSError:
             pass
-
-
-class BadRequest(Error):
-    code = "bad-request"
-
-
-def _envid(args: dict) -> int:
-    v = args.get("envid")
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 1 << 31:
-        raise BadRequest(f"envid must be a positive env id, got {v!r}")
-    return v
-
-
-def _bool(args: dict, key: str) -> bool:
-    v = args.get(key, False)
-    if not isinstance(v, bool):
-        raise BadRequest(f"{key} must be true or false")
-    return v
-
-
-def _int(args: dict, key: str, default: int, lo: int, hi: int) -> int:
-    v = args.get(key, default)
-    if v is None:
-        v = default
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise BadRequest(f"{key} must be an integer in {lo}..{hi}")
-    return v
-
-
-def _str(args: dict, key: str, maxlen: int = 256) -> str:
-    v = args.get(key)
-    if not isinstance(v, str) or not v or len(v) > maxlen:
-        raise BadRequest(f"{key} must be a non-empty string of at most {maxlen} characters")
-    return v
 
 
 class ControlSession:
@@ -167,7 +134,7 @@ class ControlSession:
         return {**job.result, "job": job.id}
 
     async def start(self, rid: int, args: dict, job: Job):
-        if _bool(args, "detach"):
+        if arg_bool(args, "detach"):
             return {"job": job.id, **job.summary()}
         return await self.watch(rid, job)
 
@@ -184,7 +151,7 @@ class ControlSession:
         return {"envs": envs}
 
     async def op_spawn(self, rid, args):
-        name = _str(args, "program", 64)
+        name = arg_str(args, "program", 64)
         argv = args.get("args", [])
         if not isinstance(argv, list) or len(argv) > MAX_ARGS or not all(
                 isinstance(a, str) and len(a) <= MAX_ARG_LEN for a in argv):
@@ -194,10 +161,10 @@ class ControlSession:
             raise BadRequest("elf must be bytes")
         envid = args.get("envid")
         if envid is not None:
-            envid = _envid(args)
+            envid = arg_envid(args)
         if elf is None:
             check_name(name, "program name")
-        e = self.node.spawn(name, argv, elf=elf, envid=envid, paused=_bool(args, "paused"))
+        e = self.node.spawn(name, argv, elf=elf, envid=envid, paused=arg_bool(args, "paused"))
         if elf is not None:
             # Uploaded: kept on the node's disk, so that ls shows it and spawn NAME runs it.
             try:
@@ -209,20 +176,20 @@ class ControlSession:
         return {"envid": e.env_id, "new_envid": e.env_id, "program": name}
 
     async def op_pause(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         self.node.kernel.pause(envid)
         self.node.log.info("env paused", envid=envid)
         return {"envid": envid}
 
     async def op_resume(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         self.node.kernel.resume(envid)
         self.node.poke()
         self.node.log.info("env resumed", envid=envid)
         return {"envid": envid}
 
     async def op_kill(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         e = self.node.kernel.get_env(envid)
         if e.frozen or envid in self.node.migrations.busy:
             raise ev.KernelError(ev.BAD_STATE, f"env {envid} is "
@@ -233,14 +200,14 @@ class ControlSession:
         return {"envid": envid}
 
     async def op_copy(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         e = self.node.kernel.copy(envid)
         self.node.dispatch_events()
         self.node.log.info("env copied", envid=envid, new_envid=e.env_id)
         return {"envid": envid, "new_envid": e.env_id}
 
     async def op_vmmap(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         return {"envid": envid, "ranges": self.node.kernel.vmmap(envid)}
 
     # -- the node ----------------------------------------------------------------
@@ -256,10 +223,10 @@ class ControlSession:
         lines = args.get("lines", 200)
         if not isinstance(lines, int) or lines < 0:
             raise BadRequest("lines must be a non-negative integer")
-        envid = _envid(args) if args.get("envid") is not None else None
+        envid = arg_envid(args) if args.get("envid") is not None else None
         hub = self.node.console
         recent = hub.recent(lines, envid)
-        if not _bool(args, "follow"):
+        if not arg_bool(args, "follow"):
             return {"text": recent}
         if recent:
             await self.push(rid, "console", {"text": recent})
@@ -269,7 +236,7 @@ class ControlSession:
         def sink(line: str) -> None:
             hub.inject(chan, line + "\n")
         # trace: the node's trace lines too (unless they are on its console already).
-        traced = _bool(args, "trace") and tracer.console is None
+        traced = arg_bool(args, "trace") and tracer.console is None
         if traced:
             tracer.subscribers.add(sink)
         try:
@@ -299,16 +266,16 @@ class ControlSession:
 
     # -- jobs: images and migration ------------------------------------------------------
     async def op_save(self, rid, args):
-        envid = _envid(args)
-        name = check_name(_str(args, "name", 64), "image name")
-        job = self.node.migrations.save(envid, name, force=_bool(args, "force"),
-                                        pause=_bool(args, "pause"), trace=_bool(args, "trace"))
+        envid = arg_envid(args)
+        name = check_name(arg_str(args, "name", 64), "image name")
+        job = self.node.migrations.save(envid, name, force=arg_bool(args, "force"),
+                                        pause=arg_bool(args, "pause"), trace=arg_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_load(self, rid, args):
-        name = check_name(_str(args, "name", 64), "image name")
-        job = self.node.migrations.load(name, resume=_bool(args, "resume"),
-                                        trace=_bool(args, "trace"))
+        name = check_name(arg_str(args, "name", 64), "image name")
+        job = self.node.migrations.load(name, resume=arg_bool(args, "resume"),
+                                        trace=arg_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_migrate(self, rid, args):
@@ -322,27 +289,27 @@ class ControlSession:
             raise BadRequest("timeout must be 0.1 .. 3600 seconds")
         page_server = args.get("page_server")
         if page_server is not None:
-            page_server = _str(args, "page_server", 255)
+            page_server = arg_str(args, "page_server", 255)
         push = args.get("push", True)
         if not isinstance(push, bool):
             raise BadRequest("push must be true or false")
         job = self.node.migrations.migrate(
-            _envid(args), _str(args, "to", 300), method if isinstance(method, str) else "?",
-            keep=_bool(args, "keep"), resume=_bool(args, "resume"), push=push,
-            prefetch=_int(args, "prefetch", 0, 0, MAX_PREFETCH),
-            max_rounds=_int(args, "max_rounds", 8, 1, 1000),
-            downtime_limit_ms=_int(args, "downtime_limit_ms", 50, 0, 3_600_000), then=then,
-            timeout=timeout, page_server=page_server, trace=_bool(args, "trace"))
+            arg_envid(args), arg_str(args, "to", 300), method if isinstance(method, str) else "?",
+            keep=arg_bool(args, "keep"), resume=arg_bool(args, "resume"), push=push,
+            prefetch=arg_int(args, "prefetch", 0, 0, MAX_PREFETCH),
+            max_rounds=arg_int(args, "max_rounds", 8, 1, 1000),
+            downtime_limit_ms=arg_int(args, "downtime_limit_ms", 50, 0, 3_600_000), then=then,
+            timeout=timeout, page_server=page_server, trace=arg_bool(args, "trace"))
         return await self.start(rid, args, job)
 
     async def op_jobs(self, rid, args):
         return {"jobs": self.node.migrations.jobs.list()}
 
     async def op_watch(self, rid, args):
-        return await self.watch(rid, self.node.migrations.jobs.get(_str(args, "job", 16)))
+        return await self.watch(rid, self.node.migrations.jobs.get(arg_str(args, "job", 16)))
 
     async def op_cancel(self, rid, args):
-        job = self.node.migrations.jobs.cancel(_str(args, "job", 16))
+        job = self.node.migrations.jobs.cancel(arg_str(args, "job", 16))
         with trio.move_on_after(30):
             await job.done.wait()
         return job.summary()
@@ -350,7 +317,7 @@ class ControlSession:
     async def op_wait_arrival(self, rid, args):
         """Block until the next migration arrives here (any method); with
         trace, push this node's trace lines meanwhile (kind "trace")."""
-        if not _bool(args, "trace"):
+        if not arg_bool(args, "trace"):
             return await self.node.wait_arrival()
         send, recv = trio.open_memory_channel(1024)
 
@@ -388,7 +355,7 @@ class ControlSession:
 
     # -- images moving between nodes and files ----------------------------------------------
     def _image(self, args) -> tuple[str, object]:
-        name = check_name(_str(args, "name", 64), "image name")
+        name = check_name(arg_str(args, "name", 64), "image name")
         return name, self.node.disk.image_path(name)
 
     async def op_image_export(self, rid, args):
@@ -409,9 +376,9 @@ class ControlSession:
 
     async def op_image_import_begin(self, rid, args):
         name, path = self._image(args)
-        force = _bool(args, "force")
+        force = arg_bool(args, "force")
         limit = max_image_bytes(self.node.kernel.phys.nframes)
-        size = _int(args, "size", -1, 1, limit)
+        size = arg_int(args, "size", -1, 1, limit)
         if path.exists() and not force:
             raise DiskError("exists", f"image {name} already exists on {self.node.name}; "
                             "use --force to replace it")
@@ -498,7 +465,7 @@ class ControlSession:
 
         async def report(event):
             await self.push(rid, "drain", event)
-        return await drain(self.node, method, _bool(args, "force"), report)
+        return await drain(self.node, method, arg_bool(args, "force"), report)
 
     async def op_cordon(self, rid, args):
         node = self.node
@@ -520,11 +487,11 @@ class ControlSession:
                 node.balancer.on = on
                 node.log.info("balancing " + ("on" if on else "off"))
         return {"node": node.name, "balance": node.balancer.on,
-                "decisions": list(node.balancer.decisions)[-_int(args, "last", 10, 0, 100):]
+                "decisions": list(node.balancer.decisions)[-arg_int(args, "last", 10, 0, 100):]
                 if args.get("last") else []}
 
     async def op_pin(self, rid, args):
-        envid = _envid(args)
+        envid = arg_envid(args)
         on = args.get("on", True)
         if not isinstance(on, bool):
             raise BadRequest("on must be true or false")
@@ -532,4 +499,4 @@ class ControlSession:
         return {"envid": envid, "pinned": on}
 
     async def op_recover(self, rid, args):
-        return await self.node.migrations.recover(_envid(args), _bool(args, "force"))
+        return await self.node.migrations.recover(arg_envid(args), arg_bool(args, "force"))

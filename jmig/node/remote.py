@@ -37,6 +37,7 @@ from ..kernel.memlayout import E_BAD_ENV, E_IPC_NOT_RECV
 from ..proto.control import CONTROL_OFFSET, ControlClient, RemoteError
 from ..proto.frames import ProtocolError
 from ..proto.wire import parse_node
+from .args import BadRequest, arg_envid, arg_word
 
 IPC_DEADLINE_SECONDS = 5.0         # a remote send answers within this, or fails -E_BAD_ENV
 CALL_SECONDS = 3.0                 # one request to one node
@@ -142,9 +143,7 @@ class RemoteEnvs:
                 nursery.start_soon(tell, m.addr)
 
     def on_gone(self, args: dict) -> dict:
-        envid = args.get("envid")
-        if not isinstance(envid, int) or isinstance(envid, bool):
-            raise Error("env_gone needs envid", code="bad-request")
+        envid = arg_envid(args)
         self.where.pop(envid, None)
         self.node.kernel.env_gone(envid)
         return {}
@@ -157,14 +156,11 @@ class RemoteEnvs:
 
     def here(self, envid: int) -> bool:
         k = self.node.kernel
-        e = k.envs[envid & 0x3FF]
-        return e.status != 0 and e.env_id == envid and envid not in k.elsewhere
+        return k.live_env(envid) is not None and envid not in k.elsewhere
 
     def on_where(self, args: dict) -> dict:
         """Another node asks whether envid is here (or where it went)."""
-        envid = args.get("envid")
-        if not isinstance(envid, int) or isinstance(envid, bool):
-            raise Error("env_where needs envid", code="bad-request")
+        envid = arg_envid(args)
         return {"here": self.here(envid), "forward": self.where.get(envid)}
 
     async def _ask_everyone(self, envid: int, skip: set[str]) -> str | None:
@@ -264,13 +260,11 @@ class RemoteEnvs:
     def on_ipc_try_send(self, args: dict) -> dict:
         """Another node's env sends to one of ours: {result} or, if it is
         not here, {forward: where it went (or null)}."""
-        ints = [args.get(k) for k in ("src", "dst", "value", "perm")]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
-            raise Error("ipc_try_send needs integer src, dst, value, perm", code="bad-request")
-        src, dst, value, perm = ints
+        src, dst = arg_envid(args, "src"), arg_envid(args, "dst")
+        value, perm = arg_word(args, "value"), arg_word(args, "perm")
         page = args.get("page")
         if page is not None and not isinstance(page, bytes):
-            raise Error("page must be bytes", code="bad-request")
+            raise BadRequest("page must be bytes")
         if not self.here(dst):
             return {"forward": self.where.get(dst)}
         r = self.node.kernel.ipc_deliver(src, dst, value, page, perm)
@@ -281,13 +275,10 @@ class RemoteEnvs:
 
     def on_env_call(self, args: dict) -> dict:
         """Another node's env destroys or sets the status of one of ours."""
-        ints = [args.get(k) for k in ("src", "dst", "arg")]
+        src, dst, arg = arg_envid(args, "src"), arg_envid(args, "dst"), arg_word(args, "arg")
         op = args.get("op")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) \
-                or op not in ("destroy", "set_status"):
-            raise Error("env_call needs integer src, dst, arg and op destroy or set_status",
-                        code="bad-request")
-        src, dst, arg = ints
+        if op not in ("destroy", "set_status"):
+            raise BadRequest("op must be destroy or set_status")
         if not self.here(dst):
             return {"forward": self.where.get(dst)}
         r = self.node.kernel.env_call(src, dst, op, arg)

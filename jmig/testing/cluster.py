@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from .netns import Network
@@ -28,12 +29,27 @@ from .proxy import Proxy, ProxyThread
 _addrs = itertools.count(10 + (os.getpid() % 97) * 600)
 
 
-def next_host() -> str:
-    """A loopback address no other cluster of this process has used.  Each
-    process takes its own stretch of 127.0.0.0/8 (from its pid), so that
-    test runs side by side on one machine do not meet."""
-    n = next(_addrs)
-    return f"127.0.{n // 250 + 10}.{n % 250 + 2}"
+def next_host(port: int = PORT) -> str:
+    """A loopback address no other cluster of this process has used and
+    whose ports port..port+3 are free.  Each process takes its own stretch
+    of 127.0.0.0/8 (from its pid), so that test runs side by side on one
+    machine do not meet."""
+    while True:
+        n = next(_addrs)
+        host = f"127.0.{n // 250 + 10}.{n % 250 + 2}"
+        if _free(host, port):
+            return host
+
+
+def _free(host: str, port: int) -> bool:
+    try:
+        for p in range(port, port + 4):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, p))
+    except OSError:
+        return False
+    return True
 
 
 def make_secret(tmp: Path) -> Path:

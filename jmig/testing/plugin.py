@@ -23,11 +23,16 @@ started is left, and fails the run if one is.
 from __future__ import annotations
 
 import atexit
+import os
+import secrets
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import trio
 
+from ..kernel.x86 import bytecode
 from . import netns
 from .cluster import Cluster
 from .inprocess import InProcessCluster
@@ -145,9 +150,41 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append((f"{title} ({report.when})", text))
 
 
+RUN_TAG = "JMIG_TEST_RUN"
+
+
+def pytest_configure(config):
+    # Every process this run starts, directly or not (nodes, jmigctl, a
+    # demo's nodes), inherits the tag, which is how the end of the run
+    # finds what was left behind.
+    os.environ[RUN_TAG] = f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _tagged() -> dict[int, str]:
+    """Live processes (not this one) carrying this run's tag: pid -> command."""
+    mark = f"{RUN_TAG}={os.environ.get(RUN_TAG, '')}".encode() + b"\0"
+    mine = {os.getpid(), bytecode.helper_pid()}        # this process and its compile helper
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in mine:
+            continue
+        try:
+            if mark in (d / "environ").read_bytes():
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace").strip()
+        except OSError:
+            continue                        # gone, or a zombie
+    return out
+
+
 def left_behind() -> list[str]:
-    """Node processes and namespaces started in this process and still there."""
-    out = [f"node {n.name} (pid {n.proc.pid}) still running" for n in STARTED if n.alive]
+    """Processes started by this run and namespaces created by it that are
+    still there (a process gets 2 s to finish exiting)."""
+    procs = _tagged()
+    if procs:
+        time.sleep(2)
+        procs = {p: c for p, c in _tagged().items() if p in procs}
+    out = [f"process {pid} ({cmd[:120]}) still running" for pid, cmd in sorted(procs.items())]
     out += [f"network namespace or bridge {x} still exists" for x in sorted(netns.left_behind())]
     return out
 
@@ -155,10 +192,16 @@ def left_behind() -> list[str]:
 def _clean_up() -> None:
     for n in STARTED:
         n.kill()
+    for pid in _tagged():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
     for x in netns.left_behind():
         netns.delete(x)
 
 
+@pytest.hookimpl(trylast=True)          # after the session's fixtures are torn down
 def pytest_sessionfinish(session, exitstatus):
     left = left_behind()
     if left:

@@ -104,7 +104,9 @@ def test_a_node_left_running_fails_the_run_and_is_killed(pytester, tmp_path):
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     r.assert_outcomes(passed=1)
     assert r.ret == pytest.ExitCode.TESTS_FAILED
-    assert "jmig: left behind by this run (now removed): node a (pid" in r.stdout.str()
+    out = r.stdout.str()
+    assert "jmig: left behind by this run (now removed): process " in out
+    assert "jmig.node.main --host" in out and "--name a" in out
     assert wait_gone([int(pids.read_text())]) == []
 
 

@@ -55,6 +55,12 @@ def _helper() -> subprocess.Popen:
     return _HELPER
 
 
+def helper_pid() -> int | None:
+    """The helper process of this process, if one runs (it lives as long as
+    this process: it exits when its stdin closes)."""
+    return _HELPER.pid if _HELPER is not None and _HELPER.poll() is None else None
+
+
 def compile_in_helper(text: str, name: str, mode: str):
     """compile(text, name, mode), done by the helper process (in this
     thread if the helper cannot do it).  Call it from a worker thread."""

@@ -62,8 +62,7 @@ class Migrations:
         self.arriving: dict[int, Inbound] = {}  # envid -> committed here, awaiting the go
 
     def _alive(self, envid) -> bool:
-        e = self.node.kernel.envs[envid & 0x3FF] if envid else None
-        return e is not None and e.env_id == envid and e.status != 0
+        return bool(envid) and self.node.kernel.live_env(envid) is not None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
