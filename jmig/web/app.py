@@ -194,6 +194,7 @@ class EventStream:
         self.web = web
         self.poller = web.poller
         self.selected = selected
+        self.known: set[str] | None = None   # migrate jobs of the env done before it was selected
 
     def payload(self) -> dict:
         p = self.poller
@@ -209,20 +210,24 @@ class EventStream:
                 "pagemap": {**pm, "node": sel[0]} if pm else None}
 
     def _follow(self, sel: tuple[str, int]) -> tuple[str, int]:
-        """Where the selected env is now: if it left its node by a migration
-        job of that node, the job's target and new env id."""
+        """Where the selected env is now: if a migration job of its node
+        moved it since it was selected, the job's target and new env id
+        (a pgfault origin still lists the env, serving its pages)."""
         node, envid = sel
         for n in self.poller.view["nodes"]:
-            if n["addr"] != node or "envs" not in n:
+            if n["addr"] != node or "jobs" not in n:
                 continue
-            if any(e["envid"] == envid for e in n["envs"]):
+            done = {j["id"]: j for j in n["jobs"] if j.get("kind") == "migrate"
+                    and j.get("envid") == envid and j.get("state") == "succeeded"
+                    and j.get("target") in self.poller.nodes
+                    and isinstance((j.get("result") or {}).get("new_envid"), int)}
+            if self.known is None:            # the first look: these moved it before
+                self.known = set(done)
                 return sel
-            for j in n["jobs"]:
-                r = j.get("result") or {}
-                if j.get("kind") == "migrate" and j.get("envid") == envid and \
-                        j.get("state") == "succeeded" and j.get("target") in self.poller.nodes \
-                        and isinstance(r.get("new_envid"), int):
-                    return j["target"], r["new_envid"]
+            for jid, j in done.items():
+                if jid not in self.known:
+                    self.known = None         # a new selection: look afresh
+                    return j["target"], j["result"]["new_envid"]
         return sel
 
     async def __call__(self, scope, receive, send) -> None:
