@@ -19,6 +19,7 @@ from ..proto.control import ControlClient, RemoteError
 POLL_INTERVAL = 0.25               # seconds between two looks at the cluster
 REQUEST_TIMEOUT = 2.0              # a node slower than this is shown as not answering
 MEMBERS_INTERVAL = 2.0             # seconds between two `nodes` asks (one node given)
+INFO_INTERVAL = 1.0                # seconds between two `info` asks of a node (memory)
 MAX_NODES = 64
 MAX_SELECTED = 16                  # distinct (node, env) page maps polled at once
 
@@ -39,6 +40,7 @@ class Poller:
         self.polls = 0                                    # looks taken (tests, the bench)
         self._clients: dict[str, ControlClient] = {}
         self._members_at = -math.inf
+        self._info: dict[str, tuple[float, dict]] = {}    # node -> (when asked, info)
 
     # -- viewers --------------------------------------------------------------------
     def attach(self) -> None:
@@ -104,13 +106,15 @@ class Poller:
 
     async def _look(self, node: str) -> dict:
         try:
-            info = await self._ask(node, "info")
+            at, info = self._info.get(node, (-math.inf, None))
+            if trio.current_time() - at >= INFO_INTERVAL:
+                info = await self._ask(node, "info")
+                self._info[node] = (trio.current_time(), info)
             envs = (await self._ask(node, "ps"))["envs"]
             jobs = (await self._ask(node, "jobs"))["jobs"]
         except Exception as exc:        # shown per node; the others go on
             return {"error": _why(exc)}
         return {"name": info.get("name", node), "memory": info.get("memory"),
-                "instructions": info.get("instructions"),
                 "envs": [{k: e.get(k) for k in ("envid", "program", "status", "state", "pages",
                                                 "remote_pages", "runs")} for e in envs],
                 "jobs": [{k: j.get(k) for k in ("id", "kind", "envid", "target", "method",
@@ -146,6 +150,7 @@ class Poller:
                 return await c.request(op, args)
 
     async def _drop(self, node: str) -> None:
+        self._info.pop(node, None)
         c = self._clients.pop(node, None)
         if c is not None:
             with trio.CancelScope(shield=True):
