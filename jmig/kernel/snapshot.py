@@ -96,7 +96,13 @@ class SnapshotMixin:
         logged) or else has its D bit set, PAGE_PRESENT otherwise.  A few
         array operations over the page table; reads nothing else."""
         a = self._env(envid).aspace
-        vpns, vals = _present(a.pte)
+        # (lists first: numpy builds an array from a list twice as fast as
+        # from a dict view)
+        vpns = np.array(list(a.pte.keys()), np.int64)
+        vals = np.array(list(a.pte.values()), np.int64)
+        keep = (vpns < (UTOP >> 12)) & (vals & PTE_P != 0)
+        order = np.argsort(vpns[keep], kind="stable")
+        vpns, vals = vpns[keep][order], vals[keep][order]
         states = np.full(len(vpns), PAGE_PRESENT, np.uint8)
         if a.changes is not None:
             if a.changes:
