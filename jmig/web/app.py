@@ -77,8 +77,7 @@ class Web:
             Route("/api/events", self.events),
             Route("/api/env/{action}", self.control, methods=["POST"]),
         ]
-        self.app = Guard(Starlette(routes=routes, exception_handlers={
-            HTTPError: lambda req, exc: JSONResponse({"error": exc.message}, exc.status)}), self)
+        self.app = Guard(Starlette(routes=routes, exception_handlers={HTTPError: _error}), self)
 
     # -- requests ---------------------------------------------------------------------
     def authed(self, request: Request) -> None:
@@ -128,8 +127,7 @@ class Web:
 
     async def state(self, request: Request) -> Response:
         self.authed(request)
-        if not self.poller.view["nodes"]:
-            await self.poller.poll_once()
+        await self.poller.look()
         return JSONResponse({**self.poller.view, "control": self.allow_control})
 
     def selection(self, request: Request) -> tuple[str, int] | None:
@@ -173,6 +171,10 @@ class Web:
                             getattr(exc, "message", None) or str(exc) or type(exc).__name__) \
                 from None
         return JSONResponse({"ok": True, "result": result})
+
+
+async def _error(request: Request, exc: HTTPError) -> Response:
+    return JSONResponse({"error": exc.message}, exc.status)
 
 
 def _envid(v) -> int:

@@ -40,6 +40,7 @@ class Poller:
         self.polls = 0                                    # looks taken (tests, the bench)
         self._clients: dict[str, ControlClient] = {}
         self._members_at = -math.inf
+        self._looked_at = -math.inf
         self._info: dict[str, tuple[float, dict]] = {}    # node -> (when asked, info)
 
     # -- viewers --------------------------------------------------------------------
@@ -69,6 +70,16 @@ class Poller:
             await self.poll_once()
             await trio.sleep_until(t0 + self.interval)
 
+    async def look(self) -> None:
+        """A fresh look for a one-off request (GET /api/state): none if the
+        last is younger than the poll interval; with no viewer, the node
+        connections are closed again afterwards."""
+        if trio.current_time() - self._looked_at < self.interval:
+            return
+        await self.poll_once()
+        if self.viewers == 0:
+            await self._close_all()
+
     async def poll_once(self) -> None:
         if len(self.seeds) == 1 and trio.current_time() - self._members_at >= MEMBERS_INTERVAL:
             await self._members()
@@ -88,6 +99,7 @@ class Poller:
                      "when": time.time()}
         self.pagemaps = maps
         self.polls += 1
+        self._looked_at = trio.current_time()
         self.version += 1
         self._changed.set()
         self._changed = trio.Event()

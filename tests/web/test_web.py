@@ -222,6 +222,8 @@ def test_no_connection_to_any_node_without_viewers(web, two_nodes):
     time.sleep(0.5)
     assert connections(a) == connections(b) == 1
     cookie = web.login()
+    assert web.request("GET", "/api/state", headers={"Cookie": cookie})[0] == 200
+    assert connections(a) == connections(b) == 1               # a one-off look lets go
     c, resp = web.events(cookie)
     assert read_events(resp, 5.0, most=1)
     assert connections(a) == connections(b) == 2               # the web process asks
