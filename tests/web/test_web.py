@@ -232,3 +232,24 @@ def test_no_connection_to_any_node_without_viewers(web, two_nodes):
     while (connections(a), connections(b)) != (1, 1) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert connections(a) == connections(b) == 1               # and stops when nobody looks
+
+
+def test_one_node_given_shows_every_member_it_lists(daemons):
+    a = daemons("a")
+    b = daemons("b", "--join", a.addr)
+    w = WebProcess(daemons.secret_file, [a.addr])
+    try:
+        cookie = w.login()
+        deadline = time.monotonic() + 30
+        names = []
+        while time.monotonic() < deadline:
+            status, _, body = w.request("GET", "/api/state", headers={"Cookie": cookie})
+            assert status == 200
+            names = [n.get("name") for n in json.loads(body)["nodes"]]
+            if names == ["a", "b"]:
+                break
+            time.sleep(0.3)
+        assert names == ["a", "b"]
+        assert b.addr in [n["addr"] for n in json.loads(body)["nodes"]]
+    finally:
+        w.close()
