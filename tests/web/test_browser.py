@@ -85,7 +85,7 @@ def ctl(node, *argv) -> dict:
 
 def test_page_map_shows_a_pgfault_migration_in_a_real_browser(daemons, browser, tmp_path):
     a, b = daemons("a"), daemons("b")
-    web = WebProcess(daemons.secret_file, [a.addr, b.addr], "--allow-control")
+    web = WebProcess(a.secret_file, [a.addr, b.addr], "--allow-control")
     try:
         envid = ctl(a, "spawn", "memtest", "1024", "256")["new_envid"]
         wait("memtest's 1024 pages", lambda: ctl(a, "ps")[0]["pages"] > 1024)

@@ -21,17 +21,17 @@ def two_nodes(daemons):
 
 
 @pytest.fixture
-def web(two_nodes, daemons):
+def web(two_nodes):
     a, b = two_nodes
-    w = WebProcess(daemons.secret_file, [a.addr, b.addr])
+    w = WebProcess(a.secret_file, [a.addr, b.addr])
     yield w
     w.close()
 
 
 @pytest.fixture
-def web_control(two_nodes, daemons):
+def web_control(two_nodes):
     a, b = two_nodes
-    w = WebProcess(daemons.secret_file, [a.addr, b.addr], "--allow-control")
+    w = WebProcess(a.secret_file, [a.addr, b.addr], "--allow-control")
     yield w
     w.close()
 
@@ -102,11 +102,12 @@ def test_cross_origin_and_foreign_hosts_get_403_even_with_a_session(web):
     assert status == 200
 
 
-def test_the_secret_never_leaves_and_the_token_is_derived_from_it(web, daemons):
-    secret = read_secret(daemons.secret_file)
+def test_the_secret_never_leaves_and_the_token_is_derived_from_it(web, two_nodes):
+    secret_file = two_nodes[0].secret_file
+    secret = read_secret(secret_file)
     assert web.token == token_for(secret)
     r = subprocess.run([sys.executable, "-m", "jmig.ctl.main", "--secret-file",
-                        str(daemons.secret_file), "web", "--print-token"],
+                        str(secret_file), "web", "--print-token"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == web.token
     cookie = web.login()
@@ -237,7 +238,7 @@ def test_no_connection_to_any_node_without_viewers(web, two_nodes):
 def test_one_node_given_shows_every_member_it_lists(daemons):
     a = daemons("a")
     b = daemons("b", "--join", a.addr)
-    w = WebProcess(daemons.secret_file, [a.addr])
+    w = WebProcess(a.secret_file, [a.addr])
     try:
         cookie = w.login()
         deadline = time.monotonic() + 30
