@@ -38,6 +38,7 @@ from .poller import Poller
 MAX_RATE = 4                       # state events a second per browser, at most
 KEEPALIVE = 15.0                   # seconds between comments on an idle stream
 MAX_BODY = 2048
+MAX_STREAMS = 32                   # event streams open at once (503 beyond)
 METHODS = ("normal", "pgfault", "precopy")
 SECURITY_HEADERS = [
     (b"content-security-policy",
@@ -141,7 +142,10 @@ class Web:
 
     async def events(self, request: Request) -> "EventStream":
         self.authed(request)
-        return EventStream(self, self.selection(request))
+        selected = self.selection(request)
+        if self.poller.viewers >= MAX_STREAMS:
+            raise HTTPError(503, f"{MAX_STREAMS} pages are watching already; close one")
+        return EventStream(self, selected)
 
     async def control(self, request: Request) -> Response:
         self.authed(request)
@@ -161,7 +165,11 @@ class Web:
                 raise HTTPError(400, "to must be another of " + ", ".join(self.poller.nodes))
             if method not in METHODS:
                 raise HTTPError(400, f"method must be one of {', '.join(METHODS)}")
-            args.update(to=to, method=method, resume=True, detach=True)
+            # It runs on there as it runs here: resumed unless it is paused.
+            env = next((e for n in self.poller.view["nodes"] if n["addr"] == node
+                        for e in n.get("envs", []) if e["envid"] == args["envid"]), None)
+            paused = env is not None and "paused" in (env.get("state") or "")
+            args.update(to=to, method=method, resume=not paused, detach=True)
         try:
             result = await self.poller.call(node, action, args)
         except trio.TooSlowError:
