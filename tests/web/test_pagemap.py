@@ -50,6 +50,11 @@ def test_page_states_present_dirty_and_logged_changes_while_precopy_tracks():
     k.track_changes(e.env_id)                            # a pre-copy round begins: D cleared
     vpns, states = k.page_states(e.env_id)
     assert PAGE_DIRTY not in states.tolist()
+    k.run(2_000_000)                                     # memtest rewrites its pages
+    changed = set(e.aspace.changes)
+    vpns, states = k.page_states(e.env_id)
+    dirty = {v for v, s in zip(vpns.tolist(), states.tolist()) if s == PAGE_DIRTY}
+    assert dirty and dirty == {v for v in changed if v in set(vpns.tolist())}
 
 
 # -- the op on nodes --------------------------------------------------------------------------
