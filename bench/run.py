@@ -5,7 +5,7 @@
 Each figure is printed next to a reference measured in the same run
 (Unicorn on the same code, the raw file and TCP throughput of this machine,
 the same node without the attack, the cluster before balancing, IPC on one
-node and a raw TCP round trip),
+node and a raw TCP round trip, the node without viewers),
 because this machine is noisy and only same-run ratios mean anything.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     import ipc
     import migration
     import scale
+    import web
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
                "machine": platform.machine()}
     print("== core: guest instructions per second ==")
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     results.update(balance.main(["--quick"] if a.quick else []))
     print("\n== ipc: round trips between two envs, on one node and across two ==")
     results.update(ipc.main(["--quick"] if a.quick else []))
+    print("\n== web: the tight loop with 0 and with 3 viewers of jmigctl web ==")
+    results.update(web.main(["--quick"] if a.quick else []))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

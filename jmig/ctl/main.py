@@ -644,6 +644,11 @@ def cmd_top(ctx: Ctx):
     return top(ctx)
 
 
+def cmd_web(ctx: Ctx):
+    from .web import web
+    return web(ctx)
+
+
 def cmd_completion(ctx: Ctx):
     from .completion import script
     ctx.out.write(script(ctx.args.shell, build_parser()))
@@ -902,6 +907,21 @@ def build_parser() -> argparse.ArgumentParser:
                         ("unpin", cmd_unpin, "let the balancer move an env again")):
         sp = add(name, fn, h, [f"jmigctl {name} 4100"])
         env_arg(sp)
+    sp = add("web", cmd_web, "serve a live web view of the cluster (nodes, envs, jobs, an "
+             "env's pages as they move); prints the URL with its login token",
+             ["jmigctl web --nodes 127.0.0.2:50001,127.0.0.3:50001",
+              "jmigctl --node 127.0.0.2:50001 web --port 8080 --allow-control",
+              "jmigctl web --print-token"])
+    sp.add_argument("--nodes", metavar="A,B,...", help="nodes HOST:P to show (default "
+                    "$JMIG_NODES, or --node and the members of its cluster)")
+    sp.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                    help="the address to serve on (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int_range(0, 65535), default=8080, metavar="PORT",
+                    help="the port to serve on (default 8080; 0: any free one)")
+    sp.add_argument("--allow-control", action="store_true", help="show pause, resume and "
+                    "migrate buttons (default: read-only)")
+    sp.add_argument("--print-token", action="store_true", help="print the login token "
+                    "and exit")
     sp = add("completion", cmd_completion, "print a shell completion script",
              ["jmigctl completion bash > ~/.local/share/bash-completion/completions/jmigctl",
               "jmigctl completion zsh > ~/.zfunc/_jmigctl",

@@ -729,7 +729,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         if e.ipc_recving and self.jos_status(e) == ENV_NOT_RUNNABLE:
             state.append("ipc_recv")
         npages = sum(1 for vpn, pte in e.aspace.pte.items() if pte & PTE_P)
-        remote = sum(1 for pte in e.aspace.pte.values() if pte & PTE_REMOTE)
+        remote = e.aspace.nremote          # kept by the page table (remote_count)
         return {"envid": e.env_id, "parent": e.parent_id, "status": STATUS_NAMES[e.status],
                 "name": e.name, "state": ", ".join(state), "runs": e.runs, "cpu": e.cpunum,
                 "pages": npages, "remote_pages": remote, "eip": e.cpu.eip}

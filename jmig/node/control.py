@@ -36,6 +36,7 @@ from .disk import DiskError, check_name, fsync_dir
 from .drain import drain
 from .migration import Job, JobState
 from .migration.jobs import PROGRESS_INTERVAL
+from .pagemap import pagemap
 from .tasks import nursery as open_nursery
 
 MAX_ARGS = 64
@@ -209,6 +210,11 @@ class ControlSession:
     async def op_vmmap(self, rid, args):
         envid = arg_envid(args)
         return {"envid": envid, "ranges": self.node.kernel.vmmap(envid)}
+
+    async def op_pagemap(self, rid, args):
+        """The env's pages as runs of (first vpn, count, state) for the web
+        view (node/pagemap.py)."""
+        return pagemap(self.node.kernel, self.node.migrations.pager, _envid(args))
 
     # -- the node ----------------------------------------------------------------
     async def op_info(self, rid, args):

@@ -39,6 +39,7 @@ ATTACH_WAIT = 5.0                  # how long a migration waits for the channels
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 FAULTS_FIRST = 0.005               # longest a pushed batch waits for a fault's reply
+ARRIVALS_KEEP = 30.0               # how long after the release the page map shows arrivals
 
 
 @attrs.define(eq=False)
@@ -72,6 +73,10 @@ class Incoming:
     go: trio.Event = attrs.Factory(trio.Event)   # the source handed the env over
     remote: int = -1                 # pages still remote (counted down as they arrive)
     trace: object = None             # trace.MigrationTrace of its faults, or None
+    # vpn -> True (pushed) / False (fetched on a fault), for the web view's
+    # page map (pagemap op); bounded by the env's pages, dropped
+    # ARRIVALS_KEEP s after the release.
+    arrived: dict = attrs.Factory(dict)
 
 
 class Pager:
@@ -79,6 +84,8 @@ class Pager:
         self.node = node
         self.incoming: dict[str, Incoming] = {}
         self.by_env: dict[int, Incoming] = {}
+        self.recent: dict[int, Incoming] = {}    # envid -> its last migration in, for
+                                                   # arrivals() until ARRIVALS_KEEP after release
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.totals = {"remote_faults": 0, "pages_fetched": 0, "pages_pushed": 0,
                        "duplicates": 0, "migrations_lost": 0, "reconnects": 0}
@@ -147,6 +154,7 @@ class Pager:
         inc = self.incoming[mid]
         inc.envid = envid
         self.by_env[envid] = inc
+        self.recent[envid] = inc
         inc.committed.set()
 
     def go(self, mid: str) -> None:
@@ -159,6 +167,8 @@ class Pager:
         if inc is not None:
             if self.by_env.get(inc.envid) is inc:
                 del self.by_env[inc.envid]
+            if self.recent.get(inc.envid) is inc:
+                del self.recent[inc.envid]
             inc.state = "lost"
             inc.committed.set()
             inc.go.set()
@@ -383,6 +393,7 @@ class Pager:
                 self.totals["duplicates"] += 1
                 continue
             inc.remote -= 1
+            inc.arrived[vpn] = push
             if push:
                 inc.pushed += 1
                 self.totals["pages_pushed"] += 1
@@ -421,15 +432,34 @@ class Pager:
         inc.released_after = time.perf_counter() - inc.started
         inc.all_in.set()
         self.by_env.pop(inc.envid, None)
+        self._nursery.start_soon(self._forget_arrivals, inc)
         self.node.log.info("all pages arrived; origin released", envid=inc.envid,
                            origin=inc.origin, seconds=round(inc.released_after, 4),
                            fetched=inc.fetched, pushed=inc.pushed, faults=inc.faults_taken)
+
+    async def _forget_arrivals(self, inc: Incoming) -> None:
+        await trio.sleep(ARRIVALS_KEEP)
+        inc.arrived = {}
+        if self.recent.get(inc.envid) is inc:
+            del self.recent[inc.envid]
+
+    def arrivals(self, envid: int) -> tuple[set[int], dict[int, bool]]:
+        """For the page map: (vpns asked for and not yet here, {vpn: pushed?}
+        of the pages that arrived) of env's last migration in, or two empty
+        ones.  Costs nothing unless asked."""
+        inc = self.recent.get(envid)
+        if inc is None:
+            return set(), {}
+        inflight = set(inc.pending) | inc.asked if inc.state not in ("released", "lost") \
+            else set()
+        return inflight, inc.arrived
 
     def _lost(self, inc: Incoming, why: str) -> None:
         """The origin no longer knows this migration: the remaining pages are gone."""
         inc.state = "lost"
         inc.all_in.set()
         self.by_env.pop(inc.envid, None)
+        self.recent.pop(inc.envid, None)
         self.totals["migrations_lost"] += 1
         k = self.node.kernel
         missing = self._remote_vpns(inc)
