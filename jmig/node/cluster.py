@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from ..errors import Error
-from ..proto.control import CONTROL_OFFSET, ControlClient, RemoteError
+from ..proto.control import RemoteError
 from ..proto.frames import ProtocolError
 from ..proto.wire import ConnectionClosed, parse_node
 
@@ -210,35 +210,26 @@ class Membership:
     async def _peer(self, m: Member) -> None:
         """Ask m for a heartbeat every HEARTBEAT_SECONDS (a failed one every
         RETRY_FAILED_SECONDS) until it is forgotten."""
-        client: ControlClient | None = None
-        host, port = parse_node(m.addr)
+        peers = self.node.peers
         try:
             while self.members.get(m.addr) is m:
                 try:
-                    with trio.fail_after(CALL_SECONDS):
-                        if client is None:
-                            fs = await self.node.connect(host, port + CONTROL_OFFSET, "control",
-                                                         timeout=CALL_SECONDS)
-                            client = ControlClient(fs)
-                        reply = await client.request("cluster_heartbeat", {
-                            "from": self.me(client.fs), "members": self.gossip()})
+                    async with peers.client(m.addr, CALL_SECONDS) as c:
+                        reply = await c.request("cluster_heartbeat", {
+                            "from": self.me(c.fs), "members": self.gossip()})
                     if self.members.get(m.addr) is not m:
                         break
                     if isinstance(reply, dict) and isinstance(reply.get("from"), dict):
                         self._heard(m, reply["from"])
                         self._merge(reply.get("members"))
-                except (OSError, Error, ProtocolError, RemoteError, trio.TooSlowError) as exc:
+                except (OSError, Error, ProtocolError, RemoteError, ConnectionClosed,
+                        trio.TooSlowError) as exc:
                     m.error = getattr(exc, "message", "") or str(exc) or type(exc).__name__
-                    if client is not None:
-                        with trio.CancelScope(shield=True):
-                            await client.aclose()
-                        client = None
                 await trio.sleep((RETRY_FAILED_SECONDS if m.state == FAILED
                                   else HEARTBEAT_SECONDS) * random.uniform(0.9, 1.1))
         finally:
-            if client is not None:
-                with trio.CancelScope(shield=True):
-                    await client.aclose()
+            if m.addr not in self.members:
+                await peers.forget(m.addr)
 
     async def _sweep(self) -> None:
         """Mark members not heard from for FAIL_SECONDS failed; forget
@@ -294,16 +285,12 @@ class Membership:
         me = self.me()
 
         async def tell(m: Member) -> None:
-            host, port = parse_node(m.addr)
-            with trio.move_on_after(CALL_SECONDS):
-                try:
-                    fs = await self.node.connect(host, port + CONTROL_OFFSET, "control",
-                                                 timeout=CALL_SECONDS)
-                    async with ControlClient(fs) as c:
-                        await c.request("cluster_leave", {"addr": me["addr"],
-                                                          "incarnation": me["incarnation"]})
-                except (OSError, Error, ProtocolError, RemoteError, ConnectionClosed):
-                    pass
+            try:
+                await self.node.peers.call(m.addr, "cluster_leave", {
+                    "addr": me["addr"], "incarnation": me["incarnation"]}, CALL_SECONDS)
+            except (OSError, Error, ProtocolError, RemoteError, ConnectionClosed,
+                    trio.TooSlowError):
+                pass
         async with trio.open_nursery() as nursery:
             for m in list(self.members.values()):
                 if m.state == ALIVE:

@@ -214,7 +214,7 @@ class ControlSession:
     async def op_pagemap(self, rid, args):
         """The env's pages as runs of (first vpn, count, state) for the web
         view (node/pagemap.py)."""
-        return pagemap(self.node.kernel, self.node.migrations.pager, _envid(args))
+        return pagemap(self.node.kernel, self.node.migrations.pager, arg_envid(args))
 
     # -- the node ----------------------------------------------------------------
     async def op_info(self, rid, args):

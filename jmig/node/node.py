@@ -40,6 +40,7 @@ from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
 from .migration import Migrations
+from .peers import Peers
 from .remote import RemoteEnvs
 from .trace import Tracer
 
@@ -113,6 +114,7 @@ class Node:
         self.stopping = False            # shutting down: no new migrations in or out
         self.cordoned = False            # no drain or balancer sends envs here
         self.meter = LoadMeter(self.kernel)
+        self.peers = Peers(self)
         self.membership = Membership(self, cfg.join)
         self.balancer = Balancer(self, cfg.balance)
         self.remote = RemoteEnvs(self)

@@ -34,50 +34,20 @@ from ..errors import Error
 from ..kernel import events as ev
 from ..kernel.kernel import WAITING_FOR
 from ..kernel.memlayout import E_BAD_ENV, E_IPC_NOT_RECV
-from ..proto.control import CONTROL_OFFSET, ControlClient, RemoteError
+from ..proto.control import RemoteError
 from ..proto.frames import ProtocolError
-from ..proto.wire import parse_node
 from .args import BadRequest, arg_envid, arg_word
 
 IPC_DEADLINE_SECONDS = 5.0         # a remote send answers within this, or fails -E_BAD_ENV
-CALL_SECONDS = 3.0                 # one request to one node
 MAX_HOPS = 8                       # forwarding pointers followed before asking everyone
 WHERE_KEPT = 4096                  # cached locations (oldest dropped)
 LATENCIES_KEPT = 10_000            # the last remote syscalls' times, for stats
 
 
-class Peers:
-    """One kept control connection per other node, one request at a time."""
-
-    def __init__(self, node):
-        self.node = node
-        self.clients: dict[str, ControlClient] = {}
-        self.locks: dict[str, trio.Lock] = {}
-
-    async def call(self, addr: str, op: str, args: dict):
-        lock = self.locks.setdefault(addr, trio.Lock())
-        async with lock:
-            client = self.clients.get(addr)
-            try:
-                with trio.fail_after(CALL_SECONDS):
-                    if client is None:
-                        host, port = parse_node(addr)
-                        fs = await self.node.connect(host, port + CONTROL_OFFSET, "control",
-                                                     timeout=CALL_SECONDS)
-                        client = self.clients[addr] = ControlClient(fs)
-                    return await client.request(op, args)
-            except BaseException:
-                self.clients.pop(addr, None)
-                if client is not None:
-                    with trio.CancelScope(shield=True):
-                        await client.aclose()
-                raise
-
-
 class RemoteEnvs:
     def __init__(self, node):
         self.node = node
-        self.peers = Peers(node)
+        self.peers = node.peers
         self.where: dict[int, str] = {}          # envid -> HOST:P it went to / was found at
         self.visitors: set[int] = set()          # envs that came here by migration
         self.stats = {"ipc_remote_sends": 0, "ipc_round_trips": 0, "ipc_delivered_here": 0,
