@@ -24,11 +24,13 @@ import re
 import select
 import socket
 
+import attrs
 import pytest
 import trio
 
 from jmig.ctl.client import RemoteError
 from jmig.node.migration.origin import Outgoing
+from jmig.node.migration.pager import FINISHED_KEPT
 from jmig.proto.handshake import AuthError
 from jmig.proto.wire import connect
 from jmig.testing import next_host
@@ -110,6 +112,14 @@ async def test_pgfault_with_push_installs_each_page_once_and_origin_releases_the
     assert b.kernel.remote_pages(new) == []
     await wait_pass(b, new, after=1)
     no_mismatch(a, b)
+    # A long-lived destination remembers its last FINISHED_KEPT finished
+    # migrations only (the newest ones), not every one since it started.
+    pager = b.migrations.pager
+    (done,) = pager.incoming.values()
+    for i in range(2 * FINISHED_KEPT):
+        pager.incoming[f"old{i}"] = attrs.evolve(done, mid=f"old{i}")
+    pager.prune_finished()
+    assert list(pager.incoming) == [f"old{i}" for i in range(FINISHED_KEPT, 2 * FINISHED_KEPT)]
 
 
 async def test_chain_normal_pgfault_pgfault_normal_moving_on_while_pages_are_remote(cluster):

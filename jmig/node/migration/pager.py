@@ -40,6 +40,7 @@ LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 FAULTS_FIRST = 0.005               # longest a pushed batch waits for a fault's reply
 ARRIVALS_KEEP = 30.0               # how long after the release the page map shows arrivals
+FINISHED_KEPT = 64                 # released or lost migrations kept for stats
 
 
 @attrs.define(eq=False)
@@ -135,7 +136,16 @@ class Pager:
         inc.unblocked.set()
         inc.trace = self.node.tracer.migration()
         self.incoming[mid] = inc
+        self.prune_finished()
         self._nursery.start_soon(self._link, inc)
+
+    def prune_finished(self) -> None:
+        """Forget all but the last FINISHED_KEPT released or lost
+        migrations (stats shows the last 16), so a long-lived node's
+        record of them stays bounded."""
+        done = [mid for mid, i in self.incoming.items() if i.state in ("released", "lost")]
+        for mid in done[:max(0, len(done) - FINISHED_KEPT)]:
+            del self.incoming[mid]
 
     async def attached(self, mid: str, timeout: float = ATTACH_WAIT) -> None:
         """Wait until both channels are attached to the origin's page server
