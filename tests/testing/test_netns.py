@@ -101,6 +101,10 @@ def test_every_method_across_four_hosts_with_a_slow_link_memtest_clean(jmig_clus
         for n in c.nodes:
             check_no_mismatch(n.console())
     assert slow.bytes()["fwd"] > 1024 * 4096 // 2      # the hybrid crossed the slow link
+    # Its last dirty pages, if it left any to demand paging, were fetched
+    # back across the link too (migrate --page-server, which the link sets).
+    if c.ctl_json(d, "stats")["pager"]["pages_served"]:
+        assert slow.bytes()["back"] > 0
     # pgfault's destinations fetched from the origin's own namespace address.
     for origin in (b, cc):
         stats = c.ctl_json(origin, "stats")["pager"]
