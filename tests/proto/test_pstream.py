@@ -362,3 +362,33 @@ def test_records_beyond_the_announced_page_count_are_refused():
     dec.receive_data(data)
     with pytest.raises(StreamError, match="more pages than the 5"):
         list(dec.events())
+
+
+@pytest.mark.parametrize("before", [0, 1, 3], ids=["first", "after-1-zero", "after-3-zero"])
+def test_a_batch_one_page_beyond_the_announced_count_is_refused_before_its_data(before):
+    # header {pages: before + 2}; `before` ZERO records; then a BATCH of 3:
+    # one page more than announced.  Its head alone is enough to refuse it.
+    enc = StreamEncoder()
+    vas = [0x800000 + (i << 12) for i in range(3)]
+    head = enc.start({"pages": before + 2}) + b"".join(
+        enc.zero(0x700000 + (i << 12), PTE_U | PTE_P) for i in range(before))
+    batch = b"".join(bytes(x) for x in enc.batch(vas, [PTE_U | PTE_P] * 3, [bytes(PGSIZE)] * 3))
+    dec = StreamDecoder()
+    dec.receive_data(head + batch[:9 + 3 * 10])
+    with pytest.raises(StreamError, match=f"more pages than the {before + 2} the header announced"):
+        list(dec.events())
+    assert dec.pages == before
+
+
+@pytest.mark.parametrize("before", [0, 1, 3], ids=["first", "after-1-zero", "after-3-zero"])
+def test_a_batch_that_ends_exactly_at_the_announced_count_is_accepted(before):
+    enc = StreamEncoder()
+    vas = [0x800000 + (i << 12) for i in range(3)]
+    data = enc.start({"pages": before + 3}) + b"".join(
+        enc.zero(0x700000 + (i << 12), PTE_U | PTE_P) for i in range(before))
+    data += b"".join(bytes(x) for x in enc.batch(vas, [PTE_U | PTE_P] * 3, [bytes(PGSIZE)] * 3))
+    data += enc.trailer()
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    events = list(dec.events())
+    assert isinstance(events[-1], pstream.Trailer) and events[-1].pages == before + 3
