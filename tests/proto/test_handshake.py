@@ -132,12 +132,33 @@ def test_server_refuses_a_client_mac_made_with_another_secret():
     assert reply == {"t": "error", "code": "auth", "message": s.error.message}
 
 
-def test_server_refuses_a_client_mac_right_in_its_first_16_bytes_only():
+# A proof that differs from the right one only in its tail (last byte
+# flipped, second half zero), or is a prefix of it, or has a byte more.
+NEAR_MISSES = {
+    "last-byte": lambda mac: mac[:-1] + bytes([mac[-1] ^ 1]),
+    "tail-zero": lambda mac: mac[:16] + bytes(16),
+    "first-16-only": lambda mac: mac[:16],
+    "one-byte-more": lambda mac: mac + b"\0",
+}
+
+
+@pytest.mark.parametrize("spoil", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_server_refuses_a_client_mac_that_is_almost_right(spoil):
     c, s = pair()
-    hello = c.hello()
-    good = c.receive(s.receive(hello))["mac"]
-    reply = s.receive({"t": "auth", "mac": good[:16] + bytes(16)})
+    good = c.receive(s.receive(c.hello()))["mac"]
+    reply = s.receive({"t": "auth", "mac": spoil(good)})
     assert s.state == FAILED and s.error.code == "auth" and reply["code"] == "auth"
+    assert "mac" not in reply
+
+
+@pytest.mark.parametrize("spoil", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_client_refuses_a_server_mac_that_is_almost_right(spoil):
+    c, s = pair()
+    welcome = s.receive(c.receive(s.receive(c.hello())))
+    assert welcome["t"] == "welcome"
+    with pytest.raises(AuthError) as exc:
+        c.receive(dict(welcome, mac=spoil(welcome["mac"])))
+    assert exc.value.code == "auth" and c.state == FAILED and c.server == ""
 
 
 def test_auth_with_a_garbage_mac_fails_with_auth():
