@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from . import insn_helpers
-from .insn_helpers import ARITH, BASE_FLAGS, CF, CODE, EAX, EBX, ECX, EDX, step
+from .insn_helpers import ARITH, BASE_FLAGS, CF, CODE, EAX, ECX, EDX, step
 
 M32 = 0xFFFFFFFF
 
