@@ -1,12 +1,13 @@
 """Mutation testing with cosmic-ray: `python3 dev.py mutate [PATH] [--sample N]`.
 
 For each module under PATH (targets.toml says which modules and which
-tests), in a copy of the tree under .mutants/tree (so that the work tree
-is never mutated and can be edited meanwhile):
+tests), in a copy of the tree of its own, .mutants/MODULE/tree (so that
+the work tree is never mutated and can be edited meanwhile, and runs on
+different modules can go side by side, one per core):
 
   1. the target's tests run once unmutated (they must pass; their time
      sets the per-mutant timeout);
-  2. a cosmic-ray session .mutants/<module>.sqlite lists the mutants
+  2. a cosmic-ray session .mutants/MODULE/session.sqlite lists the mutants
      (all of them, or N drawn at random with --sample N); those listed
      in equivalent.toml are recorded as equivalent, with their reason,
      and never run;
@@ -16,13 +17,14 @@ is never mutated and can be edited meanwhile):
      every survivor with its id, line and diff.
 
 A session that exists already is resumed (only the mutants without a
-result run), unless --fresh.  The score is killed / (killed + survived):
+result run) if the module and the sample are the same, unless --fresh.  The score is killed / (killed + survived):
 equivalents are left out, and so are mutants cosmic-ray could not run.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import os
 import random
 import shlex
@@ -37,7 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORK = ROOT / ".mutants"
-TREE = WORK / "tree"
 
 
 def load_targets() -> dict:
@@ -75,14 +76,21 @@ def target_of(module: str, cfg: dict) -> dict | None:
     return best
 
 
-def copy_tree() -> None:
-    """jmig/, tests/ and pyproject.toml into .mutants/tree (afresh)."""
-    if TREE.exists():
-        shutil.rmtree(TREE)
+def copy_tree(tree: Path) -> None:
+    """jmig/, tests/ and pyproject.toml into tree (afresh)."""
+    if tree.exists():
+        shutil.rmtree(tree)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     for name in ("jmig", "tests"):
-        shutil.copytree(ROOT / name, TREE / name, ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", TREE / "pyproject.toml")
+        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text()
+    except OSError:
+        return None
 
 
 def test_command(target: dict) -> str:
@@ -90,15 +98,15 @@ def test_command(target: dict) -> str:
                        *target["tests"]])
 
 
-def _env() -> dict:
+def _env(tree: Path) -> dict:
     # The copy first on the path: the tests, and the jmig-node daemons they
     # start (python -m jmig.node.main), import the mutated modules.
-    return dict(os.environ, PYTHONPATH=str(TREE), PYTHONDONTWRITEBYTECODE="1")
+    return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
 
 
 # -- the session ------------------------------------------------------------------------------
 
-def all_mutants(module: str, operators: list[str]) -> list:
+def all_mutants(tree: Path, module: str, operators: list[str]) -> list:
     """cosmic-ray's work items for every operator's every position in
     module, each with the reason it is equivalent by rule (or None)."""
     import cosmic_ray.plugins
@@ -106,13 +114,13 @@ def all_mutants(module: str, operators: list[str]) -> list:
     from cosmic_ray.ast.ast_query import ASTQuery
     from cosmic_ray.work_item import MutationSpec, WorkItem
 
-    path = TREE / module
-    tree = get_ast_from_path(path)
+    path = tree / module
+    ast = get_ast_from_path(path)
     future = FUTURE in path.read_text()
     items = []
     for name in operators:
         op = cosmic_ray.plugins.get_operator(name)()
-        positions = [(node, s, e) for node in ast_nodes(tree) for s, e in op.mutation_positions(node)]
+        positions = [(node, s, e) for node in ast_nodes(ast) for s, e in op.mutation_positions(node)]
         for occurrence, (node, start, end) in enumerate(positions):
             spec = MutationSpec(module_path=str(path), operator_name=name, operator_args={},
                                 occurrence=occurrence, start_pos=start, end_pos=end,
@@ -144,25 +152,25 @@ def _in_annotation(node) -> bool:
     return False
 
 
-def mutant_key(spec, lines: list[str]) -> dict:
+def mutant_key(spec, lines: list[str], tree: Path) -> dict:
     """How equivalent.toml names a mutant: module, operator, the source
     line (stripped) and column where it applies, and its variant (the nth
     mutation of this operator at this position: NumberReplacer's +1 is 0,
     its -1 is 1)."""
     line = spec.start_pos[0]
-    return {"module": Path(spec.module_path).relative_to(TREE).as_posix(),
+    return {"module": Path(spec.module_path).relative_to(tree).as_posix(),
             "operator": spec.operator_name.removeprefix("core/"), "line": line,
             "col": spec.start_pos[1], "code": lines[line - 1].strip()}
 
 
-def _keys(items) -> list[dict]:
+def _keys(items, tree: Path) -> list[dict]:
     src: dict[str, list[str]] = {}
     keys = []
     seen: dict[tuple, int] = {}
     for it in items:
         spec = it.mutations[0]
         lines = src.setdefault(spec.module_path, Path(spec.module_path).read_text().splitlines())
-        k = mutant_key(spec, lines)
+        k = mutant_key(spec, lines, tree)
         pos = (k["module"], k["operator"], k["line"], k["col"])
         k["variant"] = seen.get(pos, 0)
         seen[pos] = k["variant"] + 1
@@ -180,15 +188,16 @@ def equivalent_reason(key: dict, equivalents: list[dict]) -> str | None:
     return None
 
 
-def init_session(db_path: Path, module: str, cfg: dict, sample: int | None, seed: int) -> None:
+def init_session(tree: Path, db_path: Path, module: str, cfg: dict, sample: int | None,
+                 seed: int) -> None:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    pairs = all_mutants(module, cfg["operators"])
+    pairs = all_mutants(tree, module, cfg["operators"])
     if sample is not None and sample < len(pairs):
         pairs = random.Random(f"{seed}:{module}").sample(pairs, sample)
     items = [it for it, _ in pairs]
-    keys = _keys(items)
+    keys = _keys(items, tree)
     equivalents = load_equivalents()
     with use_db(str(db_path), WorkDB.Mode.create) as db:
         db.clear()
@@ -200,10 +209,10 @@ def init_session(db_path: Path, module: str, cfg: dict, sample: int | None, seed
                                                     output=f"equivalent: {reason}"))
 
 
-def write_config(path: Path, module: str, command: str, timeout: float) -> None:
+def write_config(path: Path, tree: Path, module: str, command: str, timeout: float) -> None:
     path.write_text(
         "[cosmic-ray]\n"
-        f"module-path = {str(TREE / module)!r}\n"
+        f"module-path = {str(tree / module)!r}\n"
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
         f"test-command = {command!r}\n"
@@ -212,7 +221,7 @@ def write_config(path: Path, module: str, command: str, timeout: float) -> None:
 
 # -- the report -------------------------------------------------------------------------------
 
-def report(db_path: Path, module: str) -> dict:
+def report(tree: Path, db_path: Path, module: str) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
@@ -220,7 +229,7 @@ def report(db_path: Path, module: str) -> dict:
     survivors = []
     with use_db(str(db_path), WorkDB.Mode.open) as db:
         items = list(db.work_items)
-        keys = dict(zip((it.job_id for it in items), _keys(items)))
+        keys = dict(zip((it.job_id for it in items), _keys(items, tree)))
         results = dict(db.results)
         for it in items:
             r = results.get(it.job_id)
@@ -275,32 +284,31 @@ def main(argv: list[str]) -> int:
         for m in modules:
             print(f"{m}: {' '.join(target_of(m, cfg)['tests'])}")
         return 0
-    WORK.mkdir(exist_ok=True)
-    if not args.report:
-        lock = WORK / "lock"
+    summary = []
+    for module in modules:
+        d = WORK / module.replace("/", ".").removesuffix(".py")
+        tree, db_path = d / "tree", d / "session.sqlite"
+        if args.report:
+            if db_path.exists():
+                summary.append(report(tree, db_path, module))
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        lock = d / "lock"
         try:
             other = int(lock.read_text())
             os.kill(other, 0)
         except (OSError, ValueError):
             pass
         else:
-            print(f"dev.py mutate: another run (pid {other}) uses {TREE}; wait for it",
+            print(f"dev.py mutate: another run (pid {other}) is mutating {module}",
                   file=sys.stderr)
             return 1
         lock.write_text(str(os.getpid()))
-        copy_tree()
-    summary = []
-    for module in modules:
-        slug = module.replace("/", ".").removesuffix(".py")
-        db_path = WORK / f"{slug}.sqlite"
-        if args.report:
-            if db_path.exists():
-                summary.append(report(db_path, module))
-            continue
+        copy_tree(tree)
         target = target_of(module, cfg)
         command = test_command(target)
         t0 = time.monotonic()
-        base = subprocess.run(shlex.split(command), cwd=TREE, env=_env(),
+        base = subprocess.run(shlex.split(command), cwd=tree, env=_env(tree),
                               capture_output=True, text=True)
         took = time.monotonic() - t0
         if base.returncode != 0:
@@ -309,19 +317,24 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr)
             return 1
         timeout = max(cfg.get("min_timeout", 30), cfg.get("timeout_factor", 3.0) * took)
-        if args.fresh or not db_path.exists():
-            init_session(db_path, module, cfg, args.sample, args.seed)
-        config = WORK / f"{slug}.toml"
-        write_config(config, module, command, timeout)
+        # A session goes on only for the same source and the same sample.
+        stamp = (hashlib.sha256((tree / module).read_bytes()).hexdigest()
+                 + f" sample={args.sample} seed={args.seed}")
+        if args.fresh or not db_path.exists() or _read(d / "stamp") != stamp:
+            init_session(tree, db_path, module, cfg, args.sample, args.seed)
+            (d / "stamp").write_text(stamp)
+        config = d / "cosmic-ray.toml"
+        write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
               f"timeout {timeout:.0f} s)", flush=True)
         t0 = time.monotonic()
         r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
-                            str(config), str(db_path)], cwd=TREE, env=_env())
+                            str(config), str(db_path)], cwd=tree, env=_env(tree))
+        lock.unlink()
         if r.returncode != 0:
             print(f"dev.py mutate: cosmic-ray exec failed for {module}", file=sys.stderr)
             return 1
-        s = report(db_path, module)
+        s = report(tree, db_path, module)
         s["seconds"] = time.monotonic() - t0
         print(f"   ({s['seconds']:.0f} s)")
         summary.append(s)
