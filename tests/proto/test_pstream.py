@@ -452,3 +452,28 @@ def test_env_header_refuses_a_field_outside_32_bits(field, value):
     fields[field] = value
     with pytest.raises(StreamError):
         pstream.env_header(fields)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3])
+def test_a_page_batch_with_one_chunk_number_wrong_is_refused(chunk):
+    data = bytearray(encode_pages([(0x800000, PTE_U | PTE_P, bytes(range(256)) * 16)]))
+    data[5 + 6 + chunk * 1025] = 9
+    with pytest.raises(StreamError, match="chunk sequence numbers are not 1, 2, 3, 4"):
+        decode_pages(bytes(data))
+
+
+def test_a_record_of_unknown_tag_is_refused_from_its_5_byte_head():
+    dec = StreamDecoder()
+    dec.receive_data(StreamEncoder().start({"pages": 1}) + b"X\x00\x00\x00\x06")
+    with pytest.raises(StreamError, match="unknown record tag b'X'"):
+        list(dec.events())
+
+
+def test_an_overlapping_run_is_refused_naming_its_address():
+    enc = StreamEncoder()
+    data = (enc.start({"pages": 5}) + enc.remote_run(0x800000, 3, PTE_U | PTE_P)
+            + enc.remote_run(0x802000, 2, PTE_U | PTE_P))
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    with pytest.raises(StreamError, match="run at 0x00802000 overlaps"):
+        list(dec.events())
