@@ -470,9 +470,10 @@ def test_a_record_of_unknown_tag_is_refused_from_its_5_byte_head():
 
 
 def test_an_overlapping_run_is_refused_naming_its_address():
-    enc = StreamEncoder()
+    enc, other = StreamEncoder(), StreamEncoder()     # an encoder refuses it too
+    other.start({"pages": 5})
     data = (enc.start({"pages": 5}) + enc.remote_run(0x800000, 3, PTE_U | PTE_P)
-            + enc.remote_run(0x802000, 2, PTE_U | PTE_P))
+            + other.remote_run(0x802000, 2, PTE_U | PTE_P))
     dec = StreamDecoder()
     dec.receive_data(data)
     with pytest.raises(StreamError, match="run at 0x00802000 overlaps"):
