@@ -17,7 +17,8 @@ different modules can go side by side, one per core):
      every survivor with its id, line and diff.
 
 A session that exists already is resumed (only the mutants without a
-result run) if the module and the sample are the same, unless --fresh.  The score is killed / (killed + survived):
+result run) if the module and the sample are the same, unless --fresh;
+--survivors runs its survivors again, after new tests.  The score is killed / (killed + survived):
 equivalents are left out, and so are mutants cosmic-ray could not run.
 """
 from __future__ import annotations
@@ -164,16 +165,24 @@ def mutant_key(spec, lines: list[str], tree: Path) -> dict:
 
 
 def _keys(items, tree: Path) -> list[dict]:
+    import cosmic_ray.plugins
+    from cosmic_ray.ast import ast_nodes, get_ast_from_path
+
     src: dict[str, list[str]] = {}
+    starts: dict[tuple, list] = {}
     keys = []
-    seen: dict[tuple, int] = {}
     for it in items:
         spec = it.mutations[0]
         lines = src.setdefault(spec.module_path, Path(spec.module_path).read_text().splitlines())
         k = mutant_key(spec, lines, tree)
-        pos = (k["module"], k["operator"], k["line"], k["col"])
-        k["variant"] = seen.get(pos, 0)
-        seen[pos] = k["variant"] + 1
+        # The variant counts this operator's earlier occurrences at the same
+        # spot in the whole module (not only in a sample).
+        where = (spec.module_path, spec.operator_name)
+        if where not in starts:
+            op = cosmic_ray.plugins.get_operator(spec.operator_name)()
+            ast = get_ast_from_path(Path(spec.module_path))
+            starts[where] = [st for node in ast_nodes(ast) for st, _ in op.mutation_positions(node)]
+        k["variant"] = starts[where][:spec.occurrence].count(tuple(spec.start_pos))
         keys.append(k)
     return keys
 
@@ -204,6 +213,28 @@ def init_session(tree: Path, db_path: Path, module: str, cfg: dict, sample: int 
         db.add_work_items(items)
         for (it, by_rule), k in zip(pairs, keys):
             reason = by_rule or equivalent_reason(k, equivalents)
+            if reason is not None:
+                db.set_result(it.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                    output=f"equivalent: {reason}"))
+
+
+def retry_survivors(tree: Path, db_path: Path) -> None:
+    """Forget the survivors' results, so that exec runs them again (after
+    new tests), except those equivalent.toml now lists: those are recorded
+    as equivalent."""
+    import sqlite3
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    equivalents = load_equivalents()
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        items = list(db.work_items)
+        done = {job for job, _ in db.results}
+        for it, k in zip(items, _keys(items, tree)):
+            reason = None if it.job_id in done else equivalent_reason(k, equivalents)
             if reason is not None:
                 db.set_result(it.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
                                                     output=f"equivalent: {reason}"))
@@ -272,6 +303,9 @@ def main(argv: list[str]) -> int:
                     help="N mutants drawn at random per module (default: all)")
     ap.add_argument("--seed", type=int, default=20, help="of the sample (default 20)")
     ap.add_argument("--fresh", action="store_true", help="start the sessions anew")
+    ap.add_argument("--survivors", action="store_true",
+                    help="run the survivors of the sessions again (after new tests or "
+                         "new entries in equivalent.toml)")
     ap.add_argument("--report", action="store_true", help="only report existing sessions")
     ap.add_argument("--list", action="store_true", help="only list modules and their tests")
     args = ap.parse_args(argv)
@@ -323,6 +357,8 @@ def main(argv: list[str]) -> int:
         if args.fresh or not db_path.exists() or _read(d / "stamp") != stamp:
             init_session(tree, db_path, module, cfg, args.sample, args.seed)
             (d / "stamp").write_text(stamp)
+        elif args.survivors:
+            retry_survivors(tree, db_path)
         config = d / "cosmic-ray.toml"
         write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
