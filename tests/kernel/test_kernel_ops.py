@@ -317,6 +317,35 @@ def test_install_page_refuses_data_that_is_not_one_page_and_keeps_the_page_remot
     assert m.k.install_page(e.env_id, pages[0][0], pages[0][2])
 
 
+def test_install_page_of_a_page_already_local_changes_nothing():
+    # A late or duplicate page (the pager sent it twice, or after the env
+    # had it and wrote to it): the env's own contents win.
+    m, p = counting()
+    m.k.pause(p.envid)
+    h, pages = snapshot(m, p.envid)
+    m.k.kill(p.envid)
+    e = m.k.create_from(h)
+    for va, perm, _ in pages:
+        m.k.restore_page(e, va, perm, None)
+    m.k.commit_incoming(e)
+    for va, _, data in pages:
+        assert m.k.install_page(e.env_id, va, data)
+    m.k.resume(e.env_id)
+    q = m.proc(e.env_id, p.prog)
+    before = q.out(0)
+    m.run(3_000)
+    now = q.out(0)
+    assert now > before
+    out_page = q.prog.out_va & ~0xFFF
+    stale = dict((va, data) for va, _, data in pages)[out_page]
+    free = m.k.phys.nfree
+    assert not m.k.install_page(e.env_id, out_page, stale)
+    assert not m.k.install_page(e.env_id, out_page, b"\xff" * PGSIZE)
+    assert q.out(0) == now, "a late page overwrote what the env wrote"
+    assert m.k.phys.nfree == free
+    m.k.check_invariants()
+
+
 def test_create_from_refuses_a_header_with_a_bad_status():
     m, p = counting()
     h = attrs.evolve(m.k.header(p.envid), status=3)

@@ -9,6 +9,8 @@ from jmig.kernel.memlayout import PTE_A, PTE_D, PTE_P, PTE_U, PTE_W, UVPD, UVPT
 from jmig.kernel.pmap import KernelPanic
 from jmig.kernel.runner import VirtualClock
 
+from .asm import Machine, assemble, needs_binutils
+
 
 def run_checking_mirrors(name, *args, engine=None, slice_=3000, limit=3_000_000):
     """Run a program, checking every live env's page-table frames after
@@ -68,3 +70,41 @@ def test_a_stale_page_table_frame_is_caught():
     k.phys.m32[(pfn << 10) | 5] ^= PTE_W
     with pytest.raises(KernelPanic, match=r"uvpt\[0x"):
         a.check_mirror()
+
+
+def test_remote_pages_show_their_own_permissions_and_a_run_gets_every_page_table():
+    k = Kernel(clock=VirtualClock())
+    e = k.env_create(programs.load("hello"), ["hello"], name="hello", paused=True)
+    a = e.aspace
+    assert a.set_remote(0x500000, PTE_U | PTE_P)
+    assert a.set_remote(0x501000, PTE_U | PTE_W | PTE_P)
+    assert [a.rd32(UVPT + v * 4) for v in (0x500, 0x501)] == [PTE_U | PTE_P,
+                                                              PTE_U | PTE_W | PTE_P]
+    # 0x13fe000..0x1402000: four pages over two page tables, neither there before.
+    assert 4 not in a.ptpages and 5 not in a.ptpages
+    assert a.set_remote_run(0x13FE, 4, PTE_U | PTE_P)
+    assert [a.rd32(UVPT + v * 4) for v in range(0x13FE, 0x1402)] == [PTE_U | PTE_P] * 4
+    assert a.nremote == 6
+    a.check_mirror()
+
+
+@needs_binutils
+def test_enter_reads_its_display_from_the_first_word_of_uenvs():
+    # enter $0,$2 with ebp = UENVS + 4 copies the frame pointer at
+    # [ebp - 4] = UENVS (= UTOP), the first word of the read-only envs[],
+    # to -4 of the new frame.
+    m = Machine()
+    p = m.spawn(assemble("""
+_start:
+    mov %ebp, %edi
+    mov $0xeec00004, %ebp
+    enter $0, $2
+    mov -4(%ebp), %eax
+    mov %eax, out
+    mov %edi, %ebp
+    movl $1, out+4
+    halt
+"""))
+    m.run(10_000)
+    assert "user fault" not in m.console
+    assert p.outs(2) == [int.from_bytes(p.read(0xEEC00000, 4), "little"), 1]

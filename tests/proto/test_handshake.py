@@ -132,12 +132,33 @@ def test_server_refuses_a_client_mac_made_with_another_secret():
     assert reply == {"t": "error", "code": "auth", "message": s.error.message}
 
 
-def test_server_refuses_a_client_mac_right_in_its_first_16_bytes_only():
+# A proof that differs from the right one only in its tail (last byte
+# flipped, second half zero), or is a prefix of it, or has a byte more.
+NEAR_MISSES = {
+    "last-byte": lambda mac: mac[:-1] + bytes([mac[-1] ^ 1]),
+    "tail-zero": lambda mac: mac[:16] + bytes(16),
+    "first-16-only": lambda mac: mac[:16],
+    "one-byte-more": lambda mac: mac + b"\0",
+}
+
+
+@pytest.mark.parametrize("spoil", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_server_refuses_a_client_mac_that_is_almost_right(spoil):
     c, s = pair()
-    hello = c.hello()
-    good = c.receive(s.receive(hello))["mac"]
-    reply = s.receive({"t": "auth", "mac": good[:16] + bytes(16)})
+    good = c.receive(s.receive(c.hello()))["mac"]
+    reply = s.receive({"t": "auth", "mac": spoil(good)})
     assert s.state == FAILED and s.error.code == "auth" and reply["code"] == "auth"
+    assert "mac" not in reply
+
+
+@pytest.mark.parametrize("spoil", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_client_refuses_a_server_mac_that_is_almost_right(spoil):
+    c, s = pair()
+    welcome = s.receive(c.receive(s.receive(c.hello())))
+    assert welcome["t"] == "welcome"
+    with pytest.raises(AuthError) as exc:
+        c.receive(dict(welcome, mac=spoil(welcome["mac"])))
+    assert exc.value.code == "auth" and c.state == FAILED and c.server == ""
 
 
 def test_auth_with_a_garbage_mac_fails_with_auth():
@@ -310,6 +331,79 @@ def test_client_refuses_a_malformed_challenge(challenge):
     with pytest.raises(AuthError):
         c.receive(challenge)
     assert c.state == FAILED
+
+
+# -- what the wire carries, to the byte --------------------------------------------------
+
+def test_the_wire_speaks_version_2_with_nonces_of_32_bytes():
+    # Other nodes' jmig, not this module's constants, decide what is compatible.
+    c, s = pair()
+    msgs = run(c, s)
+    assert msgs[0]["v"] == 2 and msgs[1]["v"] == 2
+    assert len(msgs[0]["nonce"]) == 32 and len(msgs[1]["nonce"]) == 32
+    assert len(msgs[2]["mac"]) == 32 and len(msgs[3]["mac"]) == 32
+
+
+@pytest.mark.parametrize("n", [31, 33])
+def test_server_refuses_a_hello_whose_nonce_is_not_32_bytes(n):
+    c, s = pair()
+    reply = s.receive(dict(c.hello(), nonce=bytes(n)))
+    assert s.state == FAILED and s.error.code == "protocol" and reply["code"] == "protocol"
+
+
+@pytest.mark.parametrize("n", [31, 33])
+def test_client_refuses_a_challenge_whose_nonce_is_not_32_bytes(n):
+    c, s = pair()
+    challenge = s.receive(c.hello())
+    with pytest.raises(AuthError) as exc:
+        c.receive(dict(challenge, nonce=bytes(n)))
+    assert exc.value.code == "protocol"
+
+
+def test_node_names_are_cut_at_64_characters():
+    c = ClientHandshake(SECRET, "control", "c" * 100)
+    s = ServerHandshake(SECRET, "control", "s" * 100, "0.1.0")
+    run(c, s)
+    assert s.peer == "c" * 64 and c.server == "s" * 64
+    c, s = pair()
+    c.node, s.node = "c" * 64, "s" * 64
+    run(c, s)
+    assert s.peer == "c" * 64 and c.server == "s" * 64
+
+
+@pytest.mark.parametrize("code,prefix", [("version", "the node refused: "), ("busy", "")])
+def test_a_refusal_shows_at_most_200_characters_of_the_nodes_words(code, prefix):
+    c, s = pair()
+    c.hello()
+    with pytest.raises(AuthError) as exc:
+        c.receive({"t": "error", "code": code, "message": "x" * 199 + "yz" + "w" * 300})
+    assert exc.value.code == code and exc.value.message == prefix + "x" * 199 + "y"
+
+
+def test_server_keeps_at_most_200_characters_of_why_the_client_left():
+    c, s = pair()
+    s.receive(c.hello())
+    s.receive({"t": "error", "code": "auth", "message": "x" * 199 + "yz"})
+    assert s.error.message == "the client gave up: " + "x" * 199 + "y"
+
+
+@pytest.mark.parametrize("msg", [
+    {"t": "auth", "mac": "text"},
+    {"t": "auth"},
+    {"t": "welcome", "mac": None},
+], ids=["str-mac", "no-mac", "not-auth"])
+def test_server_refuses_an_auth_that_is_malformed_with_protocol(msg):
+    c, s = pair()
+    s.receive(c.hello())
+    reply = s.receive(msg)
+    assert s.state == FAILED and s.error.code == "protocol" and reply["code"] == "protocol"
+
+
+def test_server_refuses_another_message_carrying_a_valid_mac_in_place_of_auth():
+    c, s = pair()
+    auth = c.receive(s.receive(c.hello()))
+    reply = s.receive(dict(auth, t="welcome"))
+    assert s.state == FAILED and s.error.code == "protocol" and "mac" not in reply
 
 
 # -- the secret never crosses the wire ---------------------------------------------

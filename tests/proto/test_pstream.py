@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jmig import programs
 from jmig.kernel.kernel import Kernel
 from jmig.kernel.memlayout import PGSIZE, PTE_AVAIL, PTE_P, PTE_U, PTE_W, UTOP
+from jmig.kernel.snapshot import EnvHeader
 from jmig.node.migration.stream import StreamWriter
 from jmig.proto import pstream
 from jmig.proto.pstream import (MAGIC, StreamDecoder, StreamEncoder, StreamError, decode_pages,
@@ -361,4 +362,119 @@ def test_records_beyond_the_announced_page_count_are_refused():
     dec = StreamDecoder()
     dec.receive_data(data)
     with pytest.raises(StreamError, match="more pages than the 5"):
+        list(dec.events())
+
+
+@pytest.mark.parametrize("before", [0, 1, 3], ids=["first", "after-1-zero", "after-3-zero"])
+def test_a_batch_one_page_beyond_the_announced_count_is_refused_before_its_data(before):
+    # header {pages: before + 2}; `before` ZERO records; then a BATCH of 3:
+    # one page more than announced.  Its head alone is enough to refuse it.
+    enc = StreamEncoder()
+    vas = [0x800000 + (i << 12) for i in range(3)]
+    head = enc.start({"pages": before + 2}) + b"".join(
+        enc.zero(0x700000 + (i << 12), PTE_U | PTE_P) for i in range(before))
+    batch = b"".join(bytes(x) for x in enc.batch(vas, [PTE_U | PTE_P] * 3, [bytes(PGSIZE)] * 3))
+    dec = StreamDecoder()
+    dec.receive_data(head + batch[:9 + 3 * 10])
+    with pytest.raises(StreamError, match=f"more pages than the {before + 2} the header announced"):
+        list(dec.events())
+    assert dec.pages == before
+
+
+@pytest.mark.parametrize("before", [0, 1, 3], ids=["first", "after-1-zero", "after-3-zero"])
+def test_a_batch_that_ends_exactly_at_the_announced_count_is_accepted(before):
+    enc = StreamEncoder()
+    vas = [0x800000 + (i << 12) for i in range(3)]
+    data = enc.start({"pages": before + 3}) + b"".join(
+        enc.zero(0x700000 + (i << 12), PTE_U | PTE_P) for i in range(before))
+    data += b"".join(bytes(x) for x in enc.batch(vas, [PTE_U | PTE_P] * 3, [bytes(PGSIZE)] * 3))
+    data += enc.trailer()
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    events = list(dec.events())
+    assert isinstance(events[-1], pstream.Trailer) and events[-1].pages == before + 3
+
+
+def test_a_stream_of_several_mib_fed_in_small_pieces_decodes_every_page():
+    # receive_data drops what it has decoded once more than 1 MiB of it is
+    # buffered: the pages after that point must still arrive intact.
+    vas = [0x800000 + (i << 12) for i in range(600)]
+    pages = [bytes([i % 251 + 1]) * PGSIZE for i in range(600)]
+    enc = StreamEncoder()
+    data = enc.start({"pages": 600})
+    for k in range(0, 600, 256):
+        n = len(vas[k:k + 256])
+        data += b"".join(bytes(x) for x in enc.batch(vas[k:k + n], [PTE_U | PTE_P] * n,
+                                                     pages[k:k + n]))
+    data += enc.trailer()
+    dec = StreamDecoder()
+    got = {}
+    for off in range(0, len(data), 65536):
+        dec.receive_data(data[off:off + 65536])
+        while (e := dec.next_event()) is not pstream.NEED_DATA:
+            if isinstance(e, pstream.Batch):
+                bufs = [bytearray(PGSIZE) for _ in e.vas]
+                dec.sink(bufs)
+                got.update(zip(e.vas, bufs))
+    assert dec.state == "done" and dec.trailer.pages == 600
+    assert [bytes(got[va]) for va in vas] == pages
+
+
+def _env_header(**kw):
+    base = dict(envid=0x1001, parent_id=0, name="", status=2, runs=0, regs=(0,) * 8, eip=0,
+                eflags=0, trapno=0, err=0, pgfault_upcall=0, ipc_recving=0, ipc_dstva=0,
+                ipc_value=0, ipc_from=0, ipc_perm=0, sleep_ms=None)
+    return EnvHeader(**(base | kw))
+
+
+@pytest.mark.parametrize("h", [
+    _env_header(),                                                       # every field 0
+    _env_header(envid=0xFFFFFFFF, parent_id=0xFFFFFFFF, name="n" * 64, status=4,
+                runs=0xFFFFFFFF, regs=(0xFFFFFFFF,) * 8, eip=0xFFFFFFFF, eflags=0xFFFFFFFF,
+                trapno=0xFFFFFFFF, err=0xFFFFFFFF, pgfault_upcall=0xFFFFFFFF,
+                ipc_recving=0xFFFFFFFF, ipc_dstva=0xFFFFFFFF, ipc_value=0xFFFFFFFF,
+                ipc_from=0xFFFFFFFF, ipc_perm=0xFFFFFFFF, sleep_ms=0),
+    _env_header(envid=0x1002, parent_id=0x1001, name="loop", runs=7, regs=tuple(range(1, 9)),
+                eip=0x800020, eflags=0x202, trapno=14, err=6, pgfault_upcall=0x801000,
+                ipc_recving=1, ipc_dstva=0x5000, ipc_value=11, ipc_from=0x1003, ipc_perm=7,
+                sleep_ms=250),
+], ids=["zeros", "all-ones", "distinct"])
+def test_env_header_reads_back_every_field_written_from_0_to_0xffffffff(h):
+    fields = pstream.header_fields(h, node="a", jmig_version="0", pages=0, method="image")
+    assert pstream.env_header(fields) == h
+
+
+@pytest.mark.parametrize("field,value", [("runs", -1), ("eip", 1 << 32), ("err", True),
+                                         ("ipc", [0, 0, 0, 0, 1 << 32])])
+def test_env_header_refuses_a_field_outside_32_bits(field, value):
+    fields = pstream.header_fields(_env_header(), node="a", jmig_version="0", pages=0,
+                                   method="image")
+    fields[field] = value
+    with pytest.raises(StreamError):
+        pstream.env_header(fields)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3])
+def test_a_page_batch_with_one_chunk_number_wrong_is_refused(chunk):
+    data = bytearray(encode_pages([(0x800000, PTE_U | PTE_P, bytes(range(256)) * 16)]))
+    data[5 + 6 + chunk * 1025] = 9
+    with pytest.raises(StreamError, match="chunk sequence numbers are not 1, 2, 3, 4"):
+        decode_pages(bytes(data))
+
+
+def test_a_record_of_unknown_tag_is_refused_from_its_5_byte_head():
+    dec = StreamDecoder()
+    dec.receive_data(StreamEncoder().start({"pages": 1}) + b"X\x00\x00\x00\x06")
+    with pytest.raises(StreamError, match="unknown record tag b'X'"):
+        list(dec.events())
+
+
+def test_an_overlapping_run_is_refused_naming_its_address():
+    enc, other = StreamEncoder(), StreamEncoder()     # an encoder refuses it too
+    other.start({"pages": 5})
+    data = (enc.start({"pages": 5}) + enc.remote_run(0x800000, 3, PTE_U | PTE_P)
+            + other.remote_run(0x802000, 2, PTE_U | PTE_P))
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    with pytest.raises(StreamError, match="run at 0x00802000 overlaps"):
         list(dec.events())

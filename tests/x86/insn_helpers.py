@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from jmig.kernel.memlayout import (
     FL_AF, FL_CF, FL_DF, FL_IF, FL_OF, FL_PF, FL_RESERVED1, FL_SF, FL_TF, FL_ZF,
-    PGSIZE, PTE_U, PTE_W, USTACKTOP,
+    PGSIZE, PTE_A, PTE_D, PTE_U, PTE_W, USTACKTOP,
 )
 from jmig.kernel.pmap import AddressSpace, PhysMem
 from jmig.kernel.x86 import cpu as core
@@ -50,7 +50,7 @@ from jmig.kernel.x86.decode import decode
 __all__ = [
     "ENGINES", "PREFIX", "EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI",
     "CF", "PF", "AF", "ZF", "SF", "TF", "IF", "DF", "OF", "ARITH", "BASE_FLAGS",
-    "CODE", "DATA", "RO", "STACK", "UNMAPPED",
+    "CODE", "DATA", "RO", "STACK", "UNMAPPED", "AD_PAGES",
     "BUDGET", "SYSCALL", "TRAP", "Stepped", "step",
 ]
 
@@ -66,6 +66,7 @@ RO = 0x00A00000
 STACK = USTACKTOP - 0x100
 UNMAPPED = 0x00B00000
 PREFIX = 0x00700000
+AD_PAGES = (DATA, DATA + PGSIZE, RO, USTACKTOP - PGSIZE)   # what step(fresh_ad=True) clears
 
 ENGINES = ("interp", "blocks", "blocks-mid")
 ENGINE = "interp"                          # set by tests/x86/conftest.py
@@ -111,17 +112,20 @@ class Stepped:
 
 
 def step(code: bytes, *, eflags: int = BASE_FLAGS, mem: dict | None = None, n: int = 1,
-         eip: int = CODE, **regs: int) -> Stepped:
+         eip: int = CODE, fresh_ad: bool = False, **regs: int) -> Stepped:
     """Map the pages above, place `code` at `eip` and `mem` ({va: bytes}),
     set the registers (eax=..., esp defaults to STACK) and eflags, and run
-    `n` instructions (or until a trap or syscall) on ENGINE."""
+    `n` instructions (or until a trap or syscall) on ENGINE.  fresh_ad:
+    clear the A and D bits of the data, read-only and stack pages (and
+    their TLB entries) just before the run, so that it shows which the run
+    set (the setup's own writes set them)."""
     if ENGINE == "interp":
-        cpu, space, _ = _machine(code, eflags, mem, eip, regs, ())
+        cpu, space, _ = _machine(code, eflags, mem, eip, regs, (), fresh_ad=fresh_ad)
         return Stepped(cpu, run(cpu, space, n), space)
     mid = ENGINE == "blocks-mid"
     pre = 2 if mid else 0
     planted = _terminators(code, eip, mem or {})
-    cpu, space, ran = _machine(code, eflags, mem, eip, regs, planted, mid)
+    cpu, space, ran = _machine(code, eflags, mem, eip, regs, planted, mid, fresh_ad)
     stop = _blocks(cpu, space, n + 1 + pre, ran)
     if stop.count == n + 1 + pre and (stop.reason == SYSCALL or
                                       stop.reason == TRAP and stop.trapno == 3):
@@ -132,7 +136,7 @@ def step(code: bytes, *, eflags: int = BASE_FLAGS, mem: dict | None = None, n: i
     elif stop.reason != BUDGET and stop.count <= n + pre:
         stop = _unprefixed(stop, pre)      # a trap, fault or syscall of the snippet
     else:
-        cpu, space, ran = _machine(code, eflags, mem, eip, regs, planted, mid)
+        cpu, space, ran = _machine(code, eflags, mem, eip, regs, planted, mid, fresh_ad)
         stop = _unprefixed(_blocks(cpu, space, n + pre, ran), pre)
     if ran[0]:
         raise AssertionError(f"the interpreter ran {ran[0]} of the snippet's instructions "
@@ -176,7 +180,7 @@ def _blocks(cpu: Cpu, space: AddressSpace, budget: int, ran: list) -> Stop:
         core.run = real
 
 
-def _machine(code, eflags, mem, eip, regs, planted, mid=False):
+def _machine(code, eflags, mem, eip, regs, planted, mid=False, fresh_ad=False):
     phys = PhysMem(64)
     space = AddressSpace(phys)
     pages = [(CODE, PTE_U | PTE_W), (DATA, PTE_U | PTE_W), (DATA + PGSIZE, PTE_U | PTE_W),
@@ -204,6 +208,9 @@ def _machine(code, eflags, mem, eip, regs, planted, mid=False):
         # Every page in the TLB: memory accesses run in the translated code.
         for va, perm in pages:
             space.translate(va, bool(perm & PTE_W))
+    if fresh_ad:
+        for va in AD_PAGES:
+            space.set_perm(va >> 12, space.pte[va >> 12] & ~(PTE_A | PTE_D))
     cpu = Cpu()
     cpu.eip = start
     cpu.r[ESP] = STACK

@@ -557,9 +557,40 @@ class Gen:
             self.emit(b"\x8d" + bytes((0x40 | r.randrange(8) << 3 | self.pick((0, 1, 2, 3, 5, 6, 7)),))
                       + bytes((r.randrange(256),)))
 
+    def carry(self):
+        """A carry that matters: cmp or sub of equal registers (CF = 0, what
+        random operands almost never give) or of any two, then an
+        instruction that consumes CF -- the block translator computes that
+        carry from the setter's operands, not from eflags."""
+        r = self.r
+        regs = (0, 1, 2, 3, 5, 6, 7)                    # not esp
+        a, b = self.pick(regs), self.pick(regs)
+        if self.chance(0.6):
+            self.emit(bytes((0x89, 0xC0 | b << 3 | a)))          # mov %b,%a: equal
+        setter = self.pick((0x39, 0x29, 0x38, 0x19, 0x11))   # cmp, sub, cmp8, sbb, adc
+        self.emit(self.p66(0.15) + bytes((setter, 0xC0 | b << 3 | a)))
+        c, d = self.pick(regs), self.pick(regs)
+        form = r.randrange(8)
+        if form == 0:
+            self.emit(bytes((self.pick((0x11, 0x19)), 0xC0 | d << 3 | c)))   # adc/sbb %d,%c
+        elif form == 1:
+            self.emit(bytes((0x83, 0xC0 | self.pick((2, 3)) << 3 | c)) + self.imm(1))
+        elif form == 2:
+            self.emit(bytes((0x0F, self.pick((0x92, 0x93)), 0xC0 | c)))      # setb/setae
+        elif form == 3:
+            self.emit(bytes((0x0F, self.pick((0x42, 0x43)), 0xC0 | c << 3 | d)))   # cmovb/ae
+        elif form == 4:
+            self.emit(bytes((0xD1, 0xC0 | self.pick((2, 3)) << 3 | c)))      # rcl/rcr $1
+        elif form == 5:
+            self.emit(b"\xf5" + bytes((0x11, 0xC0 | d << 3 | c)))           # cmc; adc
+        elif form == 6:
+            self.emit(bytes((0x19, 0xC0 | c << 3 | c)))                       # sbb %c,%c
+        else:
+            self.emit(b"\x9c")                                                # pushf
+
 
 FAMILIES = ("alu", "incdec", "unary", "imul", "mov", "movx", "lea", "xchg", "stack", "flags",
-            "shift", "shxd", "bits", "cond", "string", "control", "misc")
+            "shift", "shxd", "bits", "cond", "string", "control", "misc", "carry")
 
 
 def layout(items: list, start: int) -> tuple[bytes, list[int]]:

@@ -1,0 +1,386 @@
+"""Mutation testing with cosmic-ray: `python3 dev.py mutate [PATH] [--sample N]`.
+
+For each module under PATH (targets.toml says which modules and which
+tests), in a copy of the tree of its own, .mutants/MODULE/tree (so that
+the work tree is never mutated and can be edited meanwhile, and runs on
+different modules can go side by side, one per core):
+
+  1. the target's tests run once unmutated (they must pass; their time
+     sets the per-mutant timeout);
+  2. a cosmic-ray session .mutants/MODULE/session.sqlite lists the mutants
+     (all of them, or N drawn at random with --sample N); those listed
+     in equivalent.toml are recorded as equivalent, with their reason,
+     and never run;
+  3. `cosmic-ray exec` applies each mutant to the copy and runs the tests
+     (pytest -x: a killed mutant stops at its first failing test);
+  4. a report: per module killed / survived / equivalent / score, and
+     every survivor with its id, line and diff.
+
+A session that exists already is resumed (only the mutants without a
+result run) if the module and the sample are the same, unless --fresh;
+--survivors runs its survivors again, after new tests.  The score is killed / (killed + survived):
+equivalents are left out, and so are mutants cosmic-ray could not run.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+WORK = ROOT / ".mutants"
+
+
+def load_targets() -> dict:
+    with open(HERE / "targets.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def load_equivalents() -> list[dict]:
+    with open(HERE / "equivalent.toml", "rb") as f:
+        return tomllib.load(f).get("mutant", [])
+
+
+def modules_under(path: str, cfg: dict) -> list[str]:
+    """The .py files under path (relative to ROOT) that some target covers."""
+    p = (ROOT / path).resolve()
+    files = [p] if p.is_file() else sorted(p.rglob("*.py"))
+    out = []
+    for f in files:
+        rel = f.relative_to(ROOT).as_posix()
+        if any(fnmatch.fnmatch(rel, pat) for pat in cfg.get("exclude", ())):
+            continue
+        if target_of(rel, cfg) is not None:
+            out.append(rel)
+    return out
+
+
+def target_of(module: str, cfg: dict) -> dict | None:
+    """The most specific target whose path is module or contains it."""
+    best = None
+    for t in cfg["target"]:
+        tp = t["path"].rstrip("/")
+        if module == tp or module.startswith(tp + "/"):
+            if best is None or len(tp) > len(best["path"].rstrip("/")):
+                best = t
+    return best
+
+
+def copy_tree(tree: Path) -> None:
+    """jmig/, tests/ and pyproject.toml into tree (afresh)."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("jmig", "tests"):
+        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text()
+    except OSError:
+        return None
+
+
+def test_command(target: dict) -> str:
+    return shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                       *target["tests"]])
+
+
+def _env(tree: Path) -> dict:
+    # The copy first on the path: the tests, and the jmig-node daemons they
+    # start (python -m jmig.node.main), import the mutated modules.
+    return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+
+
+# -- the session ------------------------------------------------------------------------------
+
+def all_mutants(tree: Path, module: str, operators: list[str]) -> list:
+    """cosmic-ray's work items for every operator's every position in
+    module, each with the reason it is equivalent by rule (or None)."""
+    import cosmic_ray.plugins
+    from cosmic_ray.ast import ast_nodes, get_ast_from_path
+    from cosmic_ray.ast.ast_query import ASTQuery
+    from cosmic_ray.work_item import MutationSpec, WorkItem
+
+    path = tree / module
+    ast = get_ast_from_path(path)
+    future = FUTURE in path.read_text()
+    items = []
+    for name in operators:
+        op = cosmic_ray.plugins.get_operator(name)()
+        positions = [(node, s, e) for node in ast_nodes(ast) for s, e in op.mutation_positions(node)]
+        for occurrence, (node, start, end) in enumerate(positions):
+            spec = MutationSpec(module_path=str(path), operator_name=name, operator_args={},
+                                occurrence=occurrence, start_pos=start, end_pos=end,
+                                definition_name=ASTQuery(node).get_definition_name())
+            item = WorkItem.single(job_id=uuid.uuid4().hex, mutation=spec)
+            items.append((item, IN_ANNOTATION if future and _in_annotation(node) else None))
+    return items
+
+
+FUTURE = "from __future__ import annotations"
+IN_ANNOTATION = ("in an annotation, never evaluated (the module imports annotations "
+                 "from __future__)")
+
+
+def _in_annotation(node) -> bool:
+    """Whether a parso node lies in a parameter, return or variable annotation."""
+    child, p = node, node.parent
+    while p is not None:
+        if p.type == "tfpdef":
+            return child is p.children[-1] and len(p.children) == 3
+        if p.type == "annassign":
+            return child is p.children[1]
+        if p.type == "funcdef":
+            i = p.children.index(child)
+            return i > 0 and getattr(p.children[i - 1], "value", None) == "->"
+        if p.type in ("suite", "file_input", "classdef"):
+            return False
+        child, p = p, p.parent
+    return False
+
+
+def mutant_key(spec, lines: list[str], tree: Path) -> dict:
+    """How equivalent.toml names a mutant: module, operator, the source
+    line (stripped) and column where it applies, and its variant (the nth
+    mutation of this operator at this position: NumberReplacer's +1 is 0,
+    its -1 is 1)."""
+    line = spec.start_pos[0]
+    return {"module": Path(spec.module_path).relative_to(tree).as_posix(),
+            "operator": spec.operator_name.removeprefix("core/"), "line": line,
+            "col": spec.start_pos[1], "code": lines[line - 1].strip()}
+
+
+def _keys(items, tree: Path) -> list[dict]:
+    import cosmic_ray.plugins
+    from cosmic_ray.ast import ast_nodes, get_ast_from_path
+
+    src: dict[str, list[str]] = {}
+    starts: dict[tuple, list] = {}
+    keys = []
+    for it in items:
+        spec = it.mutations[0]
+        lines = src.setdefault(spec.module_path, Path(spec.module_path).read_text().splitlines())
+        k = mutant_key(spec, lines, tree)
+        # The variant counts this operator's earlier occurrences at the same
+        # spot in the whole module (not only in a sample).
+        where = (spec.module_path, spec.operator_name)
+        if where not in starts:
+            op = cosmic_ray.plugins.get_operator(spec.operator_name)()
+            ast = get_ast_from_path(Path(spec.module_path))
+            starts[where] = [st for node in ast_nodes(ast) for st, _ in op.mutation_positions(node)]
+        k["variant"] = starts[where][:spec.occurrence].count(tuple(spec.start_pos))
+        keys.append(k)
+    return keys
+
+
+def equivalent_reason(key: dict, equivalents: list[dict]) -> str | None:
+    for e in equivalents:
+        if (e["module"] == key["module"] and e["operator"] == key["operator"]
+                and e["code"] == key["code"] and e.get("col", key["col"]) == key["col"]
+                and e.get("variant", 0) == key["variant"]
+                and e.get("line", key["line"]) == key["line"]):
+            return e["reason"]
+    return None
+
+
+def init_session(tree: Path, db_path: Path, module: str, cfg: dict, sample: int | None,
+                 seed: int) -> None:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    pairs = all_mutants(tree, module, cfg["operators"])
+    if sample is not None and sample < len(pairs):
+        pairs = random.Random(f"{seed}:{module}").sample(pairs, sample)
+    items = [it for it, _ in pairs]
+    keys = _keys(items, tree)
+    equivalents = load_equivalents()
+    with use_db(str(db_path), WorkDB.Mode.create) as db:
+        db.clear()
+        db.add_work_items(items)
+        for (it, by_rule), k in zip(pairs, keys):
+            reason = by_rule or equivalent_reason(k, equivalents)
+            if reason is not None:
+                db.set_result(it.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                    output=f"equivalent: {reason}"))
+
+
+def retry_survivors(tree: Path, db_path: Path) -> None:
+    """Forget the survivors' results, so that exec runs them again (after
+    new tests), except those equivalent.toml now lists: those are recorded
+    as equivalent."""
+    import sqlite3
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    equivalents = load_equivalents()
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        items = list(db.work_items)
+        done = {job for job, _ in db.results}
+        for it, k in zip(items, _keys(items, tree)):
+            reason = None if it.job_id in done else equivalent_reason(k, equivalents)
+            if reason is not None:
+                db.set_result(it.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                    output=f"equivalent: {reason}"))
+
+
+def write_config(path: Path, tree: Path, module: str, command: str, timeout: float) -> None:
+    path.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {str(tree / module)!r}\n"
+        f"timeout = {timeout:.0f}\n"
+        "excluded-modules = []\n"
+        f"test-command = {command!r}\n"
+        "\n[cosmic-ray.distributor]\nname = \"local\"\n")
+
+
+# -- the report -------------------------------------------------------------------------------
+
+def report(tree: Path, db_path: Path, module: str) -> dict:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    counts = {"killed": 0, "survived": 0, "equivalent": 0, "other": 0, "pending": 0}
+    survivors = []
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        items = list(db.work_items)
+        keys = dict(zip((it.job_id for it in items), _keys(items, tree)))
+        results = dict(db.results)
+        for it in items:
+            r = results.get(it.job_id)
+            if r is None:
+                counts["pending"] += 1
+            elif r.worker_outcome == WorkerOutcome.SKIPPED and (r.output or "").startswith("equivalent"):
+                counts["equivalent"] += 1
+            elif r.worker_outcome != WorkerOutcome.NORMAL:
+                counts["other"] += 1
+            elif r.test_outcome == TestOutcome.SURVIVED:
+                counts["survived"] += 1
+                survivors.append((keys[it.job_id], r.diff or ""))
+            elif r.test_outcome == TestOutcome.KILLED:
+                counts["killed"] += 1
+            else:
+                counts["other"] += 1
+    run = counts["killed"] + counts["survived"]
+    score = counts["killed"] / run if run else float("nan")
+    print(f"\n== {module}: {len(items)} mutants: {counts['killed']} killed, "
+          f"{counts['survived']} survived, {counts['equivalent']} equivalent, "
+          f"{counts['other']} not run (incompetent/no-test), {counts['pending']} pending; "
+          f"score {score:.1%}")
+    for k, diff in sorted(survivors, key=lambda s: (s[0]["line"], s[0]["operator"])):
+        print(f"  SURVIVED {k['module']}:{k['line']}:{k['col']} {k['operator']}"
+              f"{'#' + str(k['variant']) if k['variant'] else ''}")
+        for d in diff.splitlines():
+            if d.startswith(("-", "+")) and not d.startswith(("---", "+++")):
+                print(f"      {d}")
+    return dict(counts, module=module, score=score)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="dev.py mutate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", nargs="?", default="jmig",
+                    help="a module or directory (default: every configured module)")
+    ap.add_argument("--sample", type=int, metavar="N",
+                    help="N mutants drawn at random per module (default: all)")
+    ap.add_argument("--seed", type=int, default=20, help="of the sample (default 20)")
+    ap.add_argument("--fresh", action="store_true", help="start the sessions anew")
+    ap.add_argument("--survivors", action="store_true",
+                    help="run the survivors of the sessions again (after new tests or "
+                         "new entries in equivalent.toml)")
+    ap.add_argument("--report", action="store_true", help="only report existing sessions")
+    ap.add_argument("--list", action="store_true", help="only list modules and their tests")
+    args = ap.parse_args(argv)
+    cfg = load_targets()
+    modules = modules_under(args.path, cfg)
+    if not modules:
+        print(f"dev.py mutate: no configured module under {args.path}", file=sys.stderr)
+        return 2
+    if args.list:
+        for m in modules:
+            print(f"{m}: {' '.join(target_of(m, cfg)['tests'])}")
+        return 0
+    summary = []
+    for module in modules:
+        d = WORK / module.replace("/", ".").removesuffix(".py")
+        tree, db_path = d / "tree", d / "session.sqlite"
+        if args.report:
+            if db_path.exists():
+                summary.append(report(tree, db_path, module))
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        lock = d / "lock"
+        try:
+            other = int(lock.read_text())
+            os.kill(other, 0)
+        except (OSError, ValueError):
+            pass
+        else:
+            print(f"dev.py mutate: another run (pid {other}) is mutating {module}",
+                  file=sys.stderr)
+            return 1
+        lock.write_text(str(os.getpid()))
+        copy_tree(tree)
+        target = target_of(module, cfg)
+        command = test_command(target)
+        t0 = time.monotonic()
+        base = subprocess.run(shlex.split(command), cwd=tree, env=_env(tree),
+                              capture_output=True, text=True)
+        took = time.monotonic() - t0
+        if base.returncode != 0:
+            print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
+            print(f"dev.py mutate: the tests of {module} fail unmutated: fix them first",
+                  file=sys.stderr)
+            return 1
+        timeout = max(cfg.get("min_timeout", 30), cfg.get("timeout_factor", 3.0) * took)
+        # A session goes on only for the same source and the same sample.
+        stamp = (hashlib.sha256((tree / module).read_bytes()).hexdigest()
+                 + f" sample={args.sample} seed={args.seed}")
+        if args.fresh or not db_path.exists() or _read(d / "stamp") != stamp:
+            init_session(tree, db_path, module, cfg, args.sample, args.seed)
+            (d / "stamp").write_text(stamp)
+        elif args.survivors:
+            retry_survivors(tree, db_path)
+        config = d / "cosmic-ray.toml"
+        write_config(config, tree, module, command, timeout)
+        print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
+              f"timeout {timeout:.0f} s)", flush=True)
+        t0 = time.monotonic()
+        r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
+                            str(config), str(db_path)], cwd=tree, env=_env(tree))
+        lock.unlink()
+        if r.returncode != 0:
+            print(f"dev.py mutate: cosmic-ray exec failed for {module}", file=sys.stderr)
+            return 1
+        s = report(tree, db_path, module)
+        s["seconds"] = time.monotonic() - t0
+        print(f"   ({s['seconds']:.0f} s)")
+        summary.append(s)
+    if len(summary) > 1:
+        print("\nmodule                                   killed survived equiv  score")
+        for s in summary:
+            print(f"{s['module']:<40} {s['killed']:>6} {s['survived']:>8} {s['equivalent']:>5} "
+                  f"{s['score']:>6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
