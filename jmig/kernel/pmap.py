@@ -339,18 +339,10 @@ class AddressSpace:
         self.invlpg(vpn)
         return True
 
-    def insert_fresh(self, pfn: int, vpn: int, perm: int) -> bool:
-        """page_insert for a vpn known to be unmapped in an env that has not
-        run (no TLB entries): the restore fast path.  False: no page table."""
-        if vpn >> 10 not in self.ptpages and not self.pgdir_walk(vpn << 12, True):
-            return False
-        self.phys.ref[pfn] += 1
-        self._set_pte(vpn, (pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P)
-        return True
-
     def insert_fresh_run(self, pfns: list[int], vpns: list[int], perms: list[int]) -> bool:
-        """insert_fresh for many pages at once (restore): frame pfns[i] at
-        vpns[i] with perms[i]; the vpns are unmapped and the env has not run.
+        """page_insert for many pages known to be unmapped in an env that has
+        not run (no TLB entries), at once: the restore fast path.  Frame
+        pfns[i] at vpns[i] with perms[i].
         False (nothing mapped; page tables made meanwhile stay) if a page
         table could not be allocated."""
         ptpages = self.ptpages
