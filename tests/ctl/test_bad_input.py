@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from jmig import programs
 
 from .conftest import ctl_env, ctl_host, jmigctl_argv
 

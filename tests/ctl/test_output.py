@@ -4,14 +4,13 @@ on, new_envid: the one it created); `program` survives save, load, copy
 and migration; piped tables never wrap."""
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from jmig import programs
 
-from .conftest import counters, ctl_env, jmigctl_argv, wait_until
+from .conftest import ctl_env, jmigctl_argv
 
 
 def run(d, *argv, env=None, check=True):
