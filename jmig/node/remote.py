@@ -167,8 +167,7 @@ class RemoteEnvs:
         IPC_DEADLINE_SECONDS)."""
         k = self.node.kernel
         with trio.move_on_after(IPC_DEADLINE_SECONDS + 1):
-            while k.envs[envid & 0x3FF].env_id == envid \
-                    and k.envs[envid & 0x3FF].frozen.startswith(WAITING_FOR):
+            while (e := k.live_env(envid)) is not None and e.frozen.startswith(WAITING_FOR):
                 await trio.sleep(0.001)
 
     # -- asking -------------------------------------------------------------------------

@@ -66,8 +66,8 @@ class SourceCopy:
         migration paused it).  Returns it, or None if it is gone."""
         node, k = self.node, self.node.kernel
         node.migrations.busy.pop(self.envid, None)
-        e = k.envs[self.envid & 0x3FF]
-        if e.env_id != self.envid or not e.status:
+        e = k.live_env(self.envid)
+        if e is None:
             return None
         e.frozen = ""
         if self.paused_here and e.paused:

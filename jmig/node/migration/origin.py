@@ -272,8 +272,8 @@ class PageServer:
         if out.trace is not None:
             out.trace.summary("requests")
         k = self.node.kernel
-        e = k.envs[out.envid & 0x3FF]
-        if e.env_id == out.envid and e.status:
+        e = k.live_env(out.envid)
+        if e is not None:
             self.totals["releases"] += 1
             e.frozen = ""
             k.env_destroy(e, 0, "released by destination")

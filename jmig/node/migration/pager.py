@@ -295,8 +295,7 @@ class Pager:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _env_alive(self, inc: Incoming) -> bool:
-        e = self.node.kernel.envs[inc.envid & 0x3FF]
-        return e.env_id == inc.envid and e.status != 0
+        return self.node.kernel.live_env(inc.envid) is not None
 
     def _remote_vpns(self, inc: Incoming) -> list[int]:
         try:

@@ -304,8 +304,8 @@ class Outbound:
 
     def _where(self) -> str:
         """Where the env is after a roll back, in words."""
-        e = self.node.kernel.envs[self.envid & 0x3FF]
-        if e.env_id != self.envid or not e.status:
+        e = self.node.kernel.live_env(self.envid)
+        if e is None:
             return f"env {self.envid} is gone"
         return f"env {self.envid} is still here, {'paused' if e.paused else 'running'}"
 
