@@ -31,19 +31,29 @@ def children(d, parent: int) -> list[int]:
     return [e["envid"] for e in json.loads(ok(d, "ps", "--json")) if e["parent"] == parent]
 
 
-def two_nodes(daemons):
-    a, b = start_nodes(daemons, [("a", []), ("b", lambda s: ["--join", s[0].addr])])
-    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
-    return a, b
+def joined(daemons, n: int, node_ids: bool = False) -> list:
+    """n nodes a, b, ... that joined a (with node ids 0.., if node_ids),
+    once every one sees the others alive."""
+    def args(k):
+        ids = ["--node-id", str(k)] if node_ids else []
+        return ids if k == 0 else lambda s: [*ids, "--join", s[0].addr]
+    nodes = start_nodes(daemons, [("abcd"[k], args(k)) for k in range(n)])
+    wait_until(lambda: all_alive(nodes), 10, "the nodes to see each other")
+    return nodes
+
+
+def forked(d, program: str, *args: str) -> tuple[int, int]:
+    """Spawn program on d; (its envid, its first child's) once it forked."""
+    parent = json.loads(ok(d, "spawn", "--json", program, *args))["new_envid"]
+    wait_until(lambda: children(d, parent), 5, f"{program} to fork its child")
+    return parent, children(d, parent)[0]
 
 
 @pytest.mark.parametrize("there,back", [("normal", "precopy"), ("precopy", "pgfault"),
                                         ("pgfault", "normal")])
 def test_pingpong_counts_to_ten_with_the_child_moved_away_and_back(daemons, there, back):
-    a, b = two_nodes(daemons)
-    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "150"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
-    child = children(a, parent)[0]
+    a, b = joined(daemons, 2)
+    parent, child = forked(a, "pingpong", "150")
     wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
     res = json.loads(ok(a, "migrate", str(child), "--to", b.addr, "--method", there,
                         "--resume", "--json"))
@@ -74,10 +84,8 @@ def test_pingpong_counts_to_ten_with_the_child_moved_away_and_back(daemons, ther
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_a_send_to_a_node_that_is_gone_or_silent_fails_within_the_deadline(daemons, how):
-    a, b = two_nodes(daemons)
-    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
-    child = children(a, parent)[0]
+    a, b = joined(daemons, 2)
+    parent, child = forked(a, "pingpong", "300")
     # After the parent got 1 the child waits in ipc_recv and the parent
     # sleeps 300 ms before sending it 2: move the child now, then kill b.
     wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
@@ -104,7 +112,7 @@ def test_a_send_to_a_node_that_is_gone_or_silent_fails_within_the_deadline(daemo
 
 
 def test_a_parent_destroys_its_child_on_another_node(daemons):
-    a, b = two_nodes(daemons)
+    a, b = joined(daemons, 2)
     # `spin 2500`: the parent forks a child that spins, sleeps 2.5 s, then
     # destroys it (and panics if sys_env_destroy fails).
     parent = json.loads(ok(a, "spawn", "--json", "spin", "2500"))["new_envid"]
@@ -123,14 +131,10 @@ def test_a_parent_destroys_its_child_on_another_node(daemons):
 
 
 def test_sendpage_passes_a_page_between_nodes(daemons):
-    a, b = start_nodes(daemons, [("a", ["--node-id", "0"]),
-                                 ("b", lambda s: ["--node-id", "1", "--join", s[0].addr])])
-    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
+    a, b = joined(daemons, 2, node_ids=True)
     # `sendpage 1500`: the parent waits 1.5 s before sending its page; the
     # child, blocked in ipc_recv, moves to b meanwhile.
-    parent = json.loads(ok(a, "spawn", "--json", "sendpage", "1500"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "sendpage to fork its child")
-    child = children(a, parent)[0]
+    parent, child = forked(a, "sendpage", "1500")
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     wait_until(lambda: "parent received correct message" in a.console(), 15,
                "the parent to get the child's page back")
@@ -149,11 +153,8 @@ def test_primes_runs_with_its_filters_spread_over_four_nodes(daemons):
     first three filters move, one by one, to three other nodes while it
     runs (a filter forked after its parent moved is born on that node, with
     an env id of that node's slots).  Exactly the primes up to 200 are printed, each once."""
-    nodes = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
-        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
-        for k, name in ((1, "b"), (2, "c"), (3, "d"))])
+    nodes = joined(daemons, 4, node_ids=True)
     a = nodes[0]
-    wait_until(lambda: all_alive(nodes), 10, "the four nodes to see each other")
     gen = json.loads(ok(a, "spawn", "--json", "primes", "30", str(PRIMES_TO)))["new_envid"]
     stage, moved = gen, []
     for d in nodes[1:]:
@@ -187,12 +188,8 @@ def test_a_parent_watching_envs_sees_its_moved_child_until_it_ends_elsewhere(dae
     """`waitchild 2000`: the parent polls envs[ENVX(child)] until the slot no
     longer holds the child.  Moved to b, the child still shows in a's
     envs[] (as Runnable) until it exits on b; then a frees the slot."""
-    a, b = start_nodes(daemons, [("a", ["--node-id", "0"]),
-                                 ("b", lambda s: ["--node-id", "1", "--join", s[0].addr])])
-    wait_until(lambda: all_alive([a, b]), 10, "a and b to see each other")
-    parent = json.loads(ok(a, "spawn", "--json", "waitchild", "2000"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "waitchild to fork its child")
-    child = children(a, parent)[0]
+    a, b = joined(daemons, 2, node_ids=True)
+    parent, child = forked(a, "waitchild", "2000")
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     time.sleep(0.5)
     assert "is gone" not in a.console(), "the parent lost sight of its child when it moved"
@@ -210,13 +207,8 @@ def test_an_env_moved_while_its_send_waits_for_a_silent_node_takes_the_answer_al
     answer (-E_BAD_ENV after the deadline) and the env carries it: JOS's
     ipc_send panics on c with it.  (An answer lost in the move would leave
     eax holding the syscall number, which ipc_send takes for success.)"""
-    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
-        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
-        for k, name in ((1, "b"), (2, "c"))])
-    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
-    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
-    child = children(a, parent)[0]
+    a, b, c = joined(daemons, 3, node_ids=True)
+    parent, child = forked(a, "pingpong", "300")
     wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     os.kill(b.proc.pid, signal.SIGSTOP)
@@ -243,13 +235,8 @@ def test_an_env_is_found_after_several_moves_and_an_orderly_stop_of_a_node_it_pa
     """The child of `pingpong 300` moves a -> b -> c; b stops cleanly.
     a's pointer names b, which is gone: a asks every member and finds the
     child on c; the game ends exactly as unmigrated."""
-    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
-        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
-        for k, name in ((1, "b"), (2, "c"))])
-    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
-    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "300"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
-    child = children(a, parent)[0]
+    a, b, c = joined(daemons, 3, node_ids=True)
+    parent, child = forked(a, "pingpong", "300")
     wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     ok(b, "migrate", str(child), "--to", c.addr, "--method", "precopy", "--resume")
@@ -267,13 +254,8 @@ def test_a_drain_moves_a_pingpong_pair_that_plays_on(daemons):
     """Issue 17's drain with a pair that talks: `pingpong 700` on a (node
     ids 0..2); a is drained after the first turns, both envs leave, each
     for the least loaded member, and the game ends exactly as unmigrated."""
-    a, b, c = start_nodes(daemons, [("a", ["--node-id", "0"])] + [
-        (name, lambda s, k=k: ["--node-id", str(k), "--join", s[0].addr])
-        for k, name in ((1, "b"), (2, "c"))])
-    wait_until(lambda: all_alive([a, b, c]), 10, "the nodes to see each other")
-    parent = json.loads(ok(a, "spawn", "--json", "pingpong", "700"))["new_envid"]
-    wait_until(lambda: children(a, parent), 5, "pingpong to fork its child")
-    child = children(a, parent)[0]
+    a, b, c = joined(daemons, 3, node_ids=True)
+    parent, child = forked(a, "pingpong", "700")
     wait_until(lambda: len(game(a)) >= 1, 10, "the first turn on a")
     code, out, err = a.ctl("drain", a.addr)
     assert code == 0, (code, out, err)
