@@ -9,6 +9,9 @@ nodes that talk to each other (membership, cluster-wide commands).
 from __future__ import annotations
 
 import itertools
+from contextlib import asynccontextmanager
+
+import trio
 
 from .wire import FramedStream, connect, parse_node
 
@@ -69,3 +72,63 @@ class ControlClient:
 
     async def __aexit__(self, *exc):
         await self.aclose()
+
+
+class ControlPool:
+    """Kept control connections, one per node address, opened by
+    `opener(addr, timeout)` when first needed.  One request at a time on
+    each (a ControlClient cannot share its stream between tasks); a
+    connection is dropped when a request on it fails other than by the
+    node's own error answer, and the next request reconnects."""
+
+    def __init__(self, opener):
+        self.opener = opener
+        self.clients: dict[str, ControlClient] = {}
+        self.locks: dict[str, trio.Lock] = {}
+
+    @asynccontextmanager
+    async def client(self, addr: str, timeout: float):
+        """The connection to addr (HOST:P), held for this block alone, which
+        must be over within timeout, waiting for the connection included
+        (trio.TooSlowError otherwise)."""
+        lock = self.locks.setdefault(addr, trio.Lock())
+        with trio.fail_after(timeout):
+            async with lock:
+                client = self.clients.get(addr)
+                try:
+                    if client is None:
+                        client = self.clients[addr] = await self.opener(addr, timeout)
+                    yield client
+                except RemoteError:
+                    raise                        # answered: the connection is fine
+                except BaseException:
+                    if client is not None:
+                        if self.clients.get(addr) is client:
+                            del self.clients[addr]
+                        with trio.CancelScope(shield=True):
+                            await _close_quietly(client)
+                    raise
+
+    async def call(self, addr: str, op: str, args: dict | None, timeout: float):
+        """One request to addr; its reply."""
+        async with self.client(addr, timeout) as c:
+            return await c.request(op, args)
+
+    async def forget(self, addr: str) -> None:
+        """Close the connection to addr, if there is one."""
+        client = self.clients.pop(addr, None)
+        self.locks.pop(addr, None)
+        if client is not None:
+            with trio.CancelScope(shield=True):
+                await _close_quietly(client)
+
+    async def close_all(self) -> None:
+        for addr in list(self.clients):
+            await self.forget(addr)
+
+
+async def _close_quietly(client: ControlClient) -> None:
+    try:
+        await client.aclose()
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

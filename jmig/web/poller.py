@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from ..proto.control import ControlClient, RemoteError
+from ..proto.control import ControlClient, ControlPool
 
 POLL_INTERVAL = 0.25               # seconds between two looks at the cluster
 REQUEST_TIMEOUT = 2.0              # a node slower than this is shown as not answering
@@ -38,7 +38,7 @@ class Poller:
         self.pagemaps: dict[tuple[str, int], dict] = {}   # (node, envid) -> pagemap or error
         self.selected: dict[object, tuple[str, int]] = {}  # viewer -> (node, envid)
         self.polls = 0                                    # looks taken (tests, the bench)
-        self._clients: dict[str, ControlClient] = {}
+        self._pool = ControlPool(self._open)          # kept connections, one per node
         self._members_at = -math.inf
         self._looked_at = -math.inf
         self._info: dict[str, tuple[float, dict]] = {}    # node -> (when asked, info)
@@ -139,19 +139,18 @@ class Poller:
         except Exception as exc:
             return {"envid": envid, "error": _why(exc)}
 
+    async def _open(self, node: str, timeout: float) -> ControlClient:
+        return await ControlClient.open(node, self.secret, timeout=timeout, name="jmig-web")
+
     async def _ask(self, node: str, op: str, args: dict | None = None):
         """One request on the node's kept connection (opened on demand,
-        dropped on any failure)."""
-        c = self._clients.get(node)
+        dropped on a failure other than the node's error answer; a look
+        for /api/state and the loop's never use it at the same time)."""
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                if c is None:
-                    c = self._clients[node] = await ControlClient.open(
-                        node, self.secret, timeout=REQUEST_TIMEOUT, name="jmig-web")
-                return await c.request(op, args)
-        except Exception as exc:
-            if not isinstance(exc, RemoteError):
-                await self._drop(node)
+            return await self._pool.call(node, op, args, REQUEST_TIMEOUT)
+        except Exception:
+            if node not in self._pool.clients:
+                self._info.pop(node, None)
             raise
 
     async def call(self, node: str, op: str, args: dict) -> dict:
@@ -161,19 +160,9 @@ class Poller:
                                                 name="jmig-web") as c:
                 return await c.request(op, args)
 
-    async def _drop(self, node: str) -> None:
-        self._info.pop(node, None)
-        c = self._clients.pop(node, None)
-        if c is not None:
-            with trio.CancelScope(shield=True):
-                try:
-                    await c.aclose()
-                except Exception:
-                    pass
-
     async def _close_all(self) -> None:
-        for node in list(self._clients):
-            await self._drop(node)
+        self._info.clear()
+        await self._pool.close_all()
 
 
 def _why(exc: BaseException) -> str:
