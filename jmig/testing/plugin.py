@@ -17,8 +17,9 @@ called several times in one test (several clusters).  With netns=True each
 node is a host of its own in a network namespace (needs root and `ip`; the
 test is skipped, saying why, where that is not so).  When a test fails, each
 node's last console and log lines are added to its report.  At the end of
-the session the plugin checks that no node process and no namespace it
-started is left, and fails the run if one is.
+the session the plugin checks that no process the run started (directly or
+not: they carry its JMIG_TEST_RUN tag) and no namespace it made is left,
+removes any and fails the run naming them.
 """
 from __future__ import annotations
 
