@@ -4,11 +4,12 @@ secret can make (and a few that need it), next to the same node quiet.
     python bench/abuse.py [--json FILE] [--quick]
 
 For each attack a fresh jmig-node (running the original `loop` as env
-4100) is started on loopback; `ps` is timed 20 times (a new connection,
+4100) is started on loopback; `ps` is timed 100 times (a new connection,
 handshake and request each time, as jmigctl does) with the node quiet, then
 the attack starts in a process of its own (jmig/testing/attacks.py): `ps`
 is timed 10 times from its first moment (while the node shuts out the
-flooding addresses), then 20 times more, while the node's resident memory
+flooding addresses), then 100 times more (20 ms apart; the p99 of
+100 calls is the second slowest), while the node's resident memory
 is sampled throughout.  Reported per attack: ps latency p50/p99 quiet and
 under attack, the ratio of the p99s, the node's peak RSS growth, and the
 slowest ps of the attack's first half second.
@@ -44,7 +45,8 @@ from jmig.node import secret as secret_file                # noqa: E402
 from jmig.testing.attacks import run_record_image          # noqa: E402
 
 MIB = 1 << 20
-CALLS = 20
+CALLS = 100                # ps calls per phase: p99 is then the second slowest, not the max
+GAP = 0.02                 # seconds between two calls
 RAMP_CALLS = 10             # ps calls from the attack's first moment (about half a second)
 ATTACKS = ["idle", "slowloris", "bigframe", "hugecount", "garbage", "authed-hugecount",
            "runimage", "stdout"]
@@ -100,7 +102,8 @@ class Node:
         self.proc.wait(10)
 
 
-async def ps_latencies(node: Node, calls: int = CALLS, background=None) -> list[float]:
+async def ps_latencies(node: Node, calls: int = CALLS, background=None,
+                       gap: float = GAP) -> list[float]:
     out = []
     for _ in range(calls):
         if background is not None:
@@ -109,7 +112,7 @@ async def ps_latencies(node: Node, calls: int = CALLS, background=None) -> list[
         envs = (await node.call("ps"))["envs"]
         out.append(time.perf_counter() - t)
         assert any(e["envid"] == 4100 for e in envs)
-        await trio.sleep(0.05)
+        await trio.sleep(gap)
     return out
 
 
@@ -169,7 +172,7 @@ async def one(tmp: Path, attack: str, index: int) -> dict:
                "--secret-file", str(node.secret_path)]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            ramp = await ps_latencies(node, RAMP_CALLS)     # while the node shuts the door
+            ramp = await ps_latencies(node, RAMP_CALLS, gap=0.05)     # while the node shuts the door
             if p.poll() is not None:
                 raise RuntimeError(f"attack {attack} died: {p.stderr.read().decode()}")
             lat, peak = await measure(node)
