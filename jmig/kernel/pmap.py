@@ -189,6 +189,11 @@ class PhysMem:
                 s.add((entry_pfn, key))
 
 
+def remote_pte(perm: int) -> int:
+    """The PTE of a present page whose contents are on another node."""
+    return PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
+
+
 class _Tlb(dict):
     """A TLB dictionary (page va -> frame base - page va) that fills itself
     on a miss for an aligned key, as the MMU's walk does (setting A, and D
@@ -257,6 +262,12 @@ class AddressSpace:
         # (mapped, unmapped, remapped, made dirty) since pre-copy last took
         # them (track_changes / take_changes).
         self.changes: set[int] | None = None
+        # Counts every change of the mapping (a page mapped, unmapped or
+        # remapped, its permissions changed; not A or D being set), so that
+        # what was computed from the page table can be kept while it holds
+        # (snapshot.page_runs keeps (mapgen, runs) in runs_memo).
+        self.mapgen = 0
+        self.runs_memo: tuple | None = None
         # cpu.py: (regions it replaces, future) of a region compiling elsewhere
         self.compiling = None
         self.nremote = 0                       # PTEs with PTE_REMOTE
@@ -307,8 +318,10 @@ class AddressSpace:
         if diff & ~PTE_A:
             if self.changes is not None:
                 self.changes.add(vpn)
-            if diff & PTE_REMOTE:
-                self.nremote += 1 if pte & PTE_REMOTE else -1
+            if diff & ~PTE_D:
+                self.mapgen += 1
+                if diff & PTE_REMOTE:
+                    self.nremote += 1 if pte & PTE_REMOTE else -1
         self._store_pte(vpn, pte)
 
     def _store_pte(self, vpn: int, pte: int) -> None:
@@ -354,6 +367,7 @@ class AddressSpace:
             ref[pfn] += 1
         vals = [(pfn << 12) | (perm & PTE_PERM_MASK) | PTE_P for pfn, perm in zip(pfns, perms)]
         self.pte.update(zip(vpns, vals))
+        self.mapgen += 1
         if self.changes is not None:
             self.changes.update(vpns)
         m32 = self.m32
@@ -366,6 +380,7 @@ class AddressSpace:
         vpn = va >> 12
         old = self.pte.pop(vpn, None)
         if old is not None:
+            self.mapgen += 1
             if self.changes is not None:
                 self.changes.add(vpn)
             if old & PTE_REMOTE:
@@ -379,28 +394,38 @@ class AddressSpace:
         if not self.pgdir_walk(va, True):
             return False
         self.page_remove(va)
-        self._set_pte(va >> 12, PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P)
+        self._set_pte(va >> 12, remote_pte(perm))
         return True
 
     def set_remote_run(self, vpn: int, count: int, perm: int) -> bool:
         """Mark count unmapped pages from vpn remote with perm (restores).
         False if out of memory for a page table (nothing marked)."""
-        for pdx in range(vpn >> 10, ((vpn + count - 1) >> 10) + 1):
-            if not self.pgdir_walk(pdx << 22, True):
-                return False
-        pte = PTE_REMOTE | (perm & PTE_PERM_MASK) | PTE_P
-        vpns = range(vpn, vpn + count)
+        pte = remote_pte(perm)
+        return self.set_remote_table(dict.fromkeys(range(vpn, vpn + count), pte),
+                                     ((vpn, count, perm),))
+
+    def set_remote_table(self, table: dict[int, int], runs) -> bool:
+        """Add table, the remote PTEs (remote_pte) of runs [(first vpn,
+        count, perm)], none of them mapped here, in one step: a dict
+        update, one uvpt[] slice per page table and run.  False if out of
+        memory for a page table (nothing marked)."""
+        for first, count, _ in runs:
+            for pdx in range(first >> 10, ((first + count - 1) >> 10) + 1):
+                if not self.pgdir_walk(pdx << 22, True):
+                    return False
         if self.changes is not None:
-            self.changes.update(vpns)
-        self.pte.update(dict.fromkeys(vpns, pte))
-        self.nremote += count
-        shown = array("I", [pte & PTE_PERM_MASK])       # what uvpt[] shows for each
-        v, end = vpn, vpn + count
-        while v < end:                                   # one slice per page table
-            stop = min(end, (v | 0x3FF) + 1)
-            base = self.ptpages[v >> 10] << 10
-            self.m32[base | (v & 0x3FF):base + (stop - (v & ~0x3FF))] = shown * (stop - v)
-            v = stop
+            self.changes.update(table)
+        self.pte.update(table)            # a copy of table's hash table when pte is empty
+        self.nremote += len(table)
+        self.mapgen += 1
+        for vpn, count, perm in runs:
+            shown = array("I", [perm & PTE_PERM_MASK])      # what uvpt[] shows for each
+            v, end = vpn, vpn + count
+            while v < end:                                   # one slice per page table
+                stop = min(end, (v | 0x3FF) + 1)
+                base = self.ptpages[v >> 10] << 10
+                self.m32[base | (v & 0x3FF):base + (stop - (v & ~0x3FF))] = shown * (stop - v)
+                v = stop
         return True
 
     def _drop(self, vpn: int, pte: int) -> None:
@@ -475,6 +500,7 @@ class AddressSpace:
         for vpn, pte in self.pte.items():
             self._drop(vpn, pte)
         self.pte.clear()
+        self.mapgen += 1
         self.nremote = 0
         for pfn in self.ptpages.values():
             self.phys.decref(pfn)

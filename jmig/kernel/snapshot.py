@@ -12,6 +12,7 @@ from .env import ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVGENSH
 from .memlayout import (
     FL_IF, FL_RESERVED1, PGSIZE, PTE_D, PTE_P, PTE_REMOTE, PTE_SYSCALL, PTE_U, UTOP,
 )
+from .pmap import remote_pte
 
 # page_states: what a page is, as the web view's page map shows it
 PAGE_PRESENT, PAGE_REMOTE, PAGE_DIRTY = 0, 1, 2
@@ -37,6 +38,20 @@ class EnvHeader:
     ipc_from: int
     ipc_perm: int
     sleep_ms: int | None           # remaining sys_sleep_msec time, if sleeping
+
+
+@attrs.frozen(eq=False)
+class RemoteTable:
+    """Remote PTEs prepared ahead of a restore (Kernel.remote_table)."""
+    runs: tuple                    # ((first vpn, count, perm), ...), in address order
+    pte: dict                      # vpn -> remote PTE, every page of runs
+
+
+def _check_run(first: int, count: int, perm: int) -> None:
+    """A run of remote pages must lie in user space, with user permissions."""
+    if first < 0 or count < 1 or (first + count) * PGSIZE > UTOP or perm & ~PTE_SYSCALL \
+            or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+        raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page run {first << 12:#x}+{count} perm {perm:#x}")
 
 
 @attrs.frozen
@@ -74,20 +89,29 @@ class SnapshotMixin:
         return list(zip((vpns << 12).tolist(), (vals & PTE_SYSCALL).tolist(),
                         (vals >> 12 & 0xFFFFF).tolist()))
 
-    def page_runs(self, envid: int) -> list[tuple[int, int, int]]:
-        """[(first vpn, count, perm)]: the env's pages below UTOP as runs of
-        consecutive pages with equal permissions, in address order (a few
-        array operations over the page table, not a loop per page)."""
-        vpns, vals = _present(self._env(envid).aspace.pte)
+    def page_runs(self, envid: int) -> tuple[tuple[int, int, int], ...]:
+        """((first vpn, count, perm), ...): the env's pages below UTOP as runs
+        of consecutive pages with equal permissions, in address order (a few
+        array operations over the page table, not a loop per page).  Kept
+        until the mapping changes: asked again before then, it costs nothing
+        (a migration asks once while the process runs, and again once it
+        has stopped)."""
+        a = self._env(envid).aspace
+        if a.runs_memo is not None and a.runs_memo[0] == a.mapgen:
+            return a.runs_memo[1]
+        vpns, vals = _present(a.pte)
         if not len(vpns):
-            return []
-        perms = vals & PTE_SYSCALL
-        # A run starts where the vpn is not the last one's + 1 or the perm changes.
-        start = np.ones(len(vpns), bool)
-        start[1:] = (np.diff(vpns) != 1) | (perms[1:] != perms[:-1])
-        firsts = np.flatnonzero(start)
-        counts = np.diff(np.append(firsts, len(vpns)))
-        return list(zip(vpns[firsts].tolist(), counts.tolist(), perms[firsts].tolist()))
+            runs = ()
+        else:
+            perms = vals & PTE_SYSCALL
+            # A run starts where the vpn is not the last one's + 1 or the perm changes.
+            start = np.ones(len(vpns), bool)
+            start[1:] = (np.diff(vpns) != 1) | (perms[1:] != perms[:-1])
+            firsts = np.flatnonzero(start)
+            counts = np.diff(np.append(firsts, len(vpns)))
+            runs = tuple(zip(vpns[firsts].tolist(), counts.tolist(), perms[firsts].tolist()))
+        a.runs_memo = (a.mapgen, runs)
+        return runs
 
     def page_states(self, envid: int) -> tuple[np.ndarray, np.ndarray]:
         """(vpns, states) of the env's pages below UTOP, in address order, as
@@ -115,9 +139,9 @@ class SnapshotMixin:
 
     def restore_remote_run(self, e: Env, va: int, count: int, perm: int) -> None:
         """Mark count consecutive pages of an incoming env remote at once."""
-        if va % PGSIZE or count < 1 or va + count * PGSIZE > UTOP or perm & ~PTE_SYSCALL \
-                or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
+        if va % PGSIZE:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page run {va:#x}+{count} perm {perm:#x}")
+        _check_run(va >> 12, count, perm)
         a = e.aspace
         first = va >> 12
         end = first + count
@@ -126,6 +150,35 @@ class SnapshotMixin:
                 else not a.pte.keys().isdisjoint(range(first, end)):
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {va:08x} overlaps mapped pages")
         if not a.set_remote_run(first, count, perm):
+            raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
+
+    @staticmethod
+    def remote_table(runs) -> RemoteTable:
+        """The remote PTEs of runs ((first vpn, count, perm), ...), built
+        ahead of a restore (demand paging: from the runs announced while
+        the process still runs at the source).  Raises KernelError
+        BAD_SNAPSHOT for a bad run, or runs out of order or overlapping."""
+        runs = tuple((int(f), int(c), int(p)) for f, c, p in runs)
+        table: dict[int, int] = {}
+        end = 0
+        for first, count, perm in runs:
+            _check_run(first, count, perm)
+            if first < end:
+                raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {first << 12:08x} is out "
+                                     "of order or overlaps the one before")
+            end = first + count
+            table.update(dict.fromkeys(range(first, end), remote_pte(perm)))
+        return RemoteTable(runs, table)
+
+    def restore_remote_table(self, e: Env, t: RemoteTable) -> None:
+        """restore_remote_run for every run of t at once (an incoming env):
+        a copy of the prebuilt table when the env has no pages yet."""
+        a = e.aspace
+        if a.pte and not a.pte.keys().isdisjoint(t.pte):
+            twice = next(v for v in t.pte if v in a.pte)
+            raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {twice << 12:08x} overlaps "
+                                 "mapped pages")
+        if not a.set_remote_table(t.pte, t.runs):
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
 
     def page_data(self, envid: int, va: int) -> memoryview:
