@@ -41,6 +41,8 @@ MID_LEN = 16                      # hex characters of a migration id
 TOKEN_LEN = 16
 MAX_NAME = 64
 MAX_TEXT = 1024
+RUN_LEN = 10                      # a page run in Begin: u32 first vpn, u32 count, u16 perm
+MAX_RUNS_BYTES = 1 << 20          # Begin announces at most this many bytes of runs
 
 
 # -- field checks -------------------------------------------------------------------
@@ -144,7 +146,8 @@ def message(tag: str, **checks):
 @message("begin", mid=_mid, method=_choice(METHODS), src=_str(MAX_NAME), src_addr=_addr,
          incarnation=_str(32), resume=_bool, pages=_optional(_u32), header=_optional(_map),
          pager=_optional(_addr), token=_optional(_bytes(TOKEN_LEN, exact=TOKEN_LEN)),
-         push=_optional(_bool), prefetch=_optional(_int(0, MAX_PREFETCH)))
+         push=_optional(_bool), prefetch=_optional(_int(0, MAX_PREFETCH)),
+         runs=_optional(_bytes(MAX_RUNS_BYTES, RUN_LEN)))
 class Begin:
     """The start of a migration.  src_addr is (host, P) of the source, where
     the destination asks about this migration if the link breaks;
@@ -153,7 +156,11 @@ class Begin:
     self-delimiting); `pages` is its page count (normal; pgfault's Begin
     comes before the process stops, so only the stream's header has it);
     pgfault also names the origin's page server (`pager`), the migration's
-    `token`, `push` and `prefetch`.  precopy: `header` is the env's header at the start."""
+    `token`, `push` and `prefetch`, and may announce the process's page
+    runs as they are while it still runs (`runs`: u32 first vpn, u32
+    count, u16 perm each), so that the destination can build its page
+    table before the process stops; the stream's RUN records stay what
+    counts.  precopy: `header` is the env's header at the start."""
     mid: str
     method: str
     src: str
@@ -166,6 +173,10 @@ class Begin:
     token: bytes | None = None
     push: bool | None = None
     prefetch: int | None = None
+    runs: bytes | None = None
+
+    def page_runs(self) -> list[tuple[int, int, int]] | None:
+        return None if self.runs is None else list(struct.iter_unpack(">IIH", self.runs))
 
 
 @message("pages", b=_bytes(4 << 20), round=_int(1, 100_000))
@@ -389,6 +400,13 @@ def pack_vpns(vpns) -> bytes:
 
 def unpack_vpns(b: bytes) -> list[int]:
     return list(struct.unpack(f">{len(b) // 4}I", b))
+
+
+def pack_runs(runs) -> bytes | None:
+    """Begin's `runs`, or None if there are too many to announce."""
+    if len(runs) * RUN_LEN > MAX_RUNS_BYTES:
+        return None
+    return b"".join(struct.pack(">IIH", *r) for r in runs)
 
 
 def pack_map(items) -> bytes:

@@ -115,10 +115,12 @@ class StreamReceive:
     def __init__(self, node):
         self.node = node
         self.restorer: StreamRestorer | None = None
+        self.expected = None            # pgfault: the remote PTEs built before the stream
 
     async def receive(self, inb, link):
         r = self.restorer = StreamRestorer(self.node.kernel, keep_id=True,
-                                           allow_remote=self.allow_remote, node=self.node.name)
+                                           allow_remote=self.allow_remote, node=self.node.name,
+                                           expected=self.expected)
         try:
             await link.receive_stream(r)
             r.finish()

@@ -155,11 +155,15 @@ class PageServer:
         self.by_env[out.envid] = out
 
     def serve(self, mid: str) -> None:
-        """The migration is handed over: serve its pages (and push them if
-        asked); the env is held SERVING here."""
+        """The migration is handed over: serve its pages; the env is held
+        SERVING here."""
         out = self.outgoing[mid]
         self.node.kernel.get_env(out.envid).frozen = Hold.SERVING
-        if out.push:
+
+    def push(self, mid: str) -> None:
+        """The destination runs it: push its pages, if asked to."""
+        out = self.outgoing.get(mid)
+        if out is not None and out.push:
             out.pushing.set()
 
     def forget(self, mid: str) -> None:

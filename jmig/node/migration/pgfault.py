@@ -3,14 +3,25 @@
 instead of contents, to the destination's P+1); the origin keeps the
 pages and serves them (origin.py) to the destination's pager (pager.py).
 
-    source -> dest   Begin{pager, token, push, prefetch}
-    dest -> source   Ready                 (its pager attached to the origin's page server)
+    source -> dest   Begin{pager, token, push, prefetch, runs}
+    dest -> source   Ready                 (its pager attached to the origin's page server,
+                                            its page table built from the runs)
     source -> dest   <process stream of RUN records>   (the process stops just before)
+
+The switch (pause to runnable) is kept to what changed: Begin announces
+the page runs as they are while the process runs, and the destination
+builds the page table from them before it answers Ready; after the pause
+the source finds the runs unchanged at no cost (Kernel.page_runs is kept
+until the mapping changes) and the destination, seeing the same runs in
+the stream, takes the prebuilt table in one step.  Background push starts
+once the destination has said Started, so that no pushed page stands
+between the Go and the Started of the switch.
 """
 from __future__ import annotations
 
 import os
 
+from ...kernel.events import KernelError
 from ...proto import migration as m
 from ...proto.migration import MAX_PREFETCH
 from .base import MigrationError
@@ -44,7 +55,8 @@ class PgfaultSend(StreamSend):
             token=self.token, push=self.push, prefetch=self.prefetch, runs=[]))
         host = self.page_server or self.node.advertised_host(link.fs)
         return {"pager": (host, self.node.ports["pager"]), "token": self.token,
-                "push": self.push, "prefetch": self.prefetch}
+                "push": self.push, "prefetch": self.prefetch,
+                "runs": m.pack_runs(self.node.kernel.page_runs(self.envid))}
 
     def prepared(self, out) -> None:
         """The destination holds it: the pages to serve are the ones sent as remote."""
@@ -53,6 +65,10 @@ class PgfaultSend(StreamSend):
     def hand_over(self, out) -> None:
         """GO: keep the pages and serve them until the destination has them all."""
         self.node.migrations.origin.serve(out.mid)
+
+    def released(self, out) -> None:
+        """The destination was told to run it (or will ask): push now."""
+        self.node.migrations.origin.push(out.mid)
 
     def roll_back(self, out) -> None:
         self.node.migrations.origin.forget(out.mid)
@@ -73,6 +89,12 @@ class PgfaultReceive(StreamReceive):
                                  "and carry a token")
         pager = self.node.migrations.pager
         pager.prepare(b.mid, b.src, b.pager, b.token, b.prefetch or 0)
+        if b.runs is not None:
+            try:
+                self.expected = self.node.kernel.remote_table(b.page_runs())
+            except KernelError as exc:
+                raise MigrationError("bad-request", f"the announced page runs: {exc.message}") \
+                    from None
         await pager.attached(b.mid)
         await link.send(m.Ready())
         return await super().receive(inb, link)

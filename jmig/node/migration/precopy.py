@@ -205,6 +205,14 @@ class PrecopySend(SourceCopy):
             self.keep_or_give_up()
         node.dispatch_events()
 
+    def released(self, out) -> None:
+        """The destination was told to run it: push the pages left here
+        (then pgfault), or free our copy."""
+        if self.remote:
+            self.node.migrations.origin.push(out.mid)
+        else:
+            super().released(out)
+
     def roll_back(self, out) -> None:
         self.node.migrations.origin.forget(out.mid)
         if self.give_back() is not None:

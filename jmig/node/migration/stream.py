@@ -20,6 +20,7 @@ import jmig
 from ... import logs
 from ...kernel import events as ev
 from ...kernel.kernel import Kernel
+from ...kernel.snapshot import RemoteTable
 from ...proto import pstream
 from ...proto.pstream import (BATCH_MAX, ZERO_PAGE, StreamDecoder,
                               StreamEncoder, StreamError)
@@ -118,11 +119,17 @@ class StreamRestorer:
     """
 
     def __init__(self, kernel: Kernel | None, keep_id: bool = True, allow_remote: bool = False,
-                 create: bool = True, node: str = ""):
+                 create: bool = True, node: str = "", expected: RemoteTable | None = None):
+        """expected: remote PTEs built ahead (Kernel.remote_table) from the
+        runs the source announced; if the stream's RUN records are exactly
+        those runs, the env takes the table in one step at the trailer,
+        else they are restored one by one as they come."""
         self.kernel = kernel
         self.keep_id = keep_id
         self.allow_remote = allow_remote
         self.create = create and kernel is not None   # False: verify only, create nothing
+        self.expected = expected if self.create else None
+        self.deferred: list[tuple[int, int, int]] = []     # RUN records matching expected
         self.dec = StreamDecoder(kernel.phys.nframes if kernel is not None
                                  else pstream.MAX_RUN, allow_remote=allow_remote)
         self.env = None
@@ -182,10 +189,33 @@ class StreamRestorer:
             elif isinstance(e, pstream.RemoteRun):
                 self.pages += e.count
                 if self.env is not None:
-                    k.restore_remote_run(self.env, e.va, e.count, e.perm)
+                    self._remote_run((e.va >> 12, e.count, e.perm))   # (va aligned: decoder)
             elif isinstance(e, pstream.Trailer):
                 if self.total != e.pages:
                     raise StreamError(f"header announces {self.total} pages, trailer {e.pages}")
+                if self.env is not None and self.deferred:
+                    if len(self.deferred) == len(self.expected.runs):
+                        k.restore_remote_table(self.env, self.expected)
+                    else:
+                        self._restore_deferred()
+
+    def _remote_run(self, run: tuple[int, int, int]) -> None:
+        """A RUN record: deferred while it is the next of the expected runs."""
+        x = self.expected
+        if x is not None and len(self.deferred) < len(x.runs) \
+                and x.runs[len(self.deferred)] == run:
+            self.deferred.append(run)
+            return
+        self._restore_deferred()
+        first, count, perm = run
+        self.kernel.restore_remote_run(self.env, first << 12, count, perm)
+
+    def _restore_deferred(self) -> None:
+        """The stream left the expected runs: restore what was deferred."""
+        for first, count, perm in self.deferred:
+            self.kernel.restore_remote_run(self.env, first << 12, count, perm)
+        self.deferred = []
+        self.expected = None
 
     def finish(self) -> None:
         """Check that the stream ended properly."""
