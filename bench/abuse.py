@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
 from jmig.node import secret as secret_file                # noqa: E402
+from jmig.testing.process import die_with_parent          # noqa: E402
 from jmig.testing.attacks import run_record_image          # noqa: E402
 
 MIB = 1 << 20
@@ -82,7 +83,7 @@ class Node:
              "--data-dir", str(self.data), "--secret-file", str(self.secret_path),
              "--log-level", "warning", "--log-format", "json", "--boot", "loop@4100 100",
              *(["--boot", "loop 0"] * envs)],
-            stdout=stdout, stderr=open(tmp / f"{host}.log", "w"))
+            stdout=stdout, stderr=open(tmp / f"{host}.log", "w"), preexec_fn=die_with_parent)
 
     async def call(self, op: str, args=None):
         async with await ControlClient.open(self.addr, self.secret) as c:
@@ -170,7 +171,8 @@ async def one(tmp: Path, attack: str, index: int) -> dict:
             return result(attack, quiet, lat, peak - before)
         cmd = [sys.executable, "-m", "jmig.testing.attacks", attack, host, "50001",
                "--secret-file", str(node.secret_path)]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=die_with_parent)
         try:
             ramp = await ps_latencies(node, RAMP_CALLS, gap=0.05)     # while the node shuts the door
             if p.poll() is not None:

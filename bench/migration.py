@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
 from jmig.node import secret as secret_file                # noqa: E402
+from jmig.testing.process import die_with_parent          # noqa: E402
 
 MIB = 1 << 20
 
@@ -61,7 +62,8 @@ class Bench:
              "--name", name, "--data-dir", str(self.tmp / name), "--secret-file",
              str(self.tmp / "secret"), "--memory", str(memory), "--log-level", "warning",
              "--log-format", "json", "--no-console"],
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"))
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"),
+            preexec_fn=die_with_parent)
         self.procs.append(p)
         return f"{host}:50001"
 
@@ -153,7 +155,8 @@ async def raw_round_trip(n: int = 2000) -> tuple[float, float]:
     """p50, p99 seconds of a 16-byte request answered by 4 KiB (a page and
     its head) from another process over trio TCP on loopback: the floor
     under a remote fault, which adds the two nodes' own work to this."""
-    p = subprocess.Popen([sys.executable, "-c", RTT_SERVER], stdout=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-c", RTT_SERVER], stdout=subprocess.PIPE,
+                         preexec_fn=die_with_parent)
     try:
         port = int(p.stdout.readline())
         s = await trio.open_tcp_stream("127.0.0.1", port)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jmig.ctl.client import ControlClient                 # noqa: E402
 from jmig.node import secret as secret_file                # noqa: E402
+from jmig.testing.process import die_with_parent          # noqa: E402
 
 
 class Nodes:
@@ -40,7 +41,7 @@ class Nodes:
                      "--log-level", "warning", "--log-format", "json", "--no-console",
                      *(["--node-id", str(i)] if node_ids else []),
                      *(["--join", self.nodes[0]] if join and i else []), *args_of(i)],
-                    stdout=subprocess.DEVNULL, stderr=log))
+                    stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent))
 
     async def call(self, node: str, op: str, args=None, timeout: float = 120):
         with trio.fail_after(timeout):

@@ -28,7 +28,7 @@ _PR_SET_PDEATHSIG = 1
 STARTED: list["NodeProcess"] = []
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the process that started it
     dies, so that a test run killed outright leaves no node behind."""
     try:
@@ -89,7 +89,7 @@ class NodeProcess:
         descriptor `stdout`); with wait, return once it accepts connections."""
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(self.argv(), stdout=out if stdout is None else stdout,
-                                         stderr=err, env=self.env, preexec_fn=_die_with_parent)
+                                         stderr=err, env=self.env, preexec_fn=die_with_parent)
         self.stopped = False
         STARTED.append(self)
         if wait:
