@@ -264,6 +264,7 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
         envid = res["new_envid"]
         key = "push" if push else "nopush"
         out[f"pgfault_{key}_to_runnable_s"] = res["downtime_s"]
+        out[f"pgfault_{key}_steps_ms"] = res.get("steps_ms")     # where the switch went
         if push:
             await b.until_released(src, res["envid"])
             out[f"pgfault_{key}_until_release_s"] = time.perf_counter() - t0
