@@ -1,0 +1,35 @@
+"""pytest plugin for mutate.py's unmutated run (`-p tests.mutation.pytest_timing`):
+writes to $JMIG_MUTATE_TIMING a JSON object with every test's node id in
+the order they ran, its time (setup + call + teardown), the whole
+session's time, and the jmig modules imported by the end."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+_start = 0.0
+_durations: dict[str, float] = {}
+
+
+def pytest_sessionstart(session):
+    global _start
+    _start = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("JMIG_MUTATE_TIMING")
+    if not path:
+        return
+    # Start-up before sessionstart (imports, plugins) is not counted: the
+    # caller adds the process's own wall time.
+    data = {"order": list(_durations), "durations": _durations,
+            "seconds": time.monotonic() - _start,
+            "modules": sorted(m for m in sys.modules if m.startswith("jmig"))}
+    with open(path, "w") as f:
+        json.dump(data, f)
