@@ -10,7 +10,9 @@ selection.json in the module's .mutants dir:
              the statement the line belongs to
   whole      lines that run when the module is imported (module and class
              level, def headers: defaults, decorators): a mutant there
-             runs every test of the target, if the module was imported
+             runs every test of the target, if the module was imported,
+             those that executed some line of the module first (`touching`:
+             the likeliest to fail, and pytest -x stops at the first)
   durations  node id -> seconds (setup + call + teardown), and `overhead`,
              the rest of the run (start-up, collection): for the timeout
 
@@ -77,6 +79,7 @@ def build_map(source: str, contexts_by_line: dict[int, set[str]], timing: dict,
             lines.setdefault(i, set()).update(tests)
     return {
         "order": order,
+        "touching": sorted(set().union(*ran.values())),
         "lines": {str(k): sorted(v) for k, v in sorted(lines.items()) if v},
         "whole": sorted(import_time_lines(source)),
         "imported": module_name in timing["modules"],
@@ -101,7 +104,10 @@ def tests_for(sel: dict, lines: set[int]) -> list[str]:
     order = sel["order"]
     whole = set(sel["whole"])
     if any(i in whole for i in lines):
-        return order if sel["imported"] else []
+        if not sel["imported"]:
+            return []
+        first = sel.get("touching", [])
+        return [order[i] for i in first] + [t for i, t in enumerate(order) if i not in set(first)]
     picked = set().union(*(sel["lines"].get(str(i), ()) for i in lines))
     return [order[i] for i in sorted(picked)]
 

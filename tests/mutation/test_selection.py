@@ -31,7 +31,7 @@ A, B, C = "t.py::test_a", "t.py::test_b[x y-1]", "t.py::test_c"
 # ran nothing of the module; the module body ran at collection ("").
 CONTEXTS = {1: {""}, 4: {""}, 6: {A + "|run", B + "|run"}, 8: {B + "|run"},
             10: {A + "|run"}, 13: {""}}
-TIMING = {"order": [A, B, C], "durations": {A: 0.5, B: 0.25, C: 2.0}, "seconds": 5.0,
+TIMING = {"order": [C, A, B], "durations": {A: 0.5, B: 0.25, C: 2.0}, "seconds": 5.0,
           "modules": ["jmig", "jmig.m"]}
 
 
@@ -58,6 +58,8 @@ def test_a_line_no_test_executes_selects_nothing():
 
 def test_a_line_run_at_import_runs_every_test_if_the_module_was_imported():
     # LIMIT, and the default of `strict` in the def line: set at import.
+    # Those that ran some line of the module first (pytest -x stops at the
+    # first failure).
     for line in (1, 4):
         assert selection.tests_for(sel(), {line}) == [A, B, C]
         assert selection.tests_for(sel(imported=False), {line}) == []
