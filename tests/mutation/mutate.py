@@ -146,6 +146,24 @@ def _env(tree: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
 
 
+def start_forkserver(d: Path, tree: Path) -> subprocess.Popen:
+    """forkserver.py in the tree, preloading what the unmutated run imported
+    from outside it; runtests.py uses it while its socket exists."""
+    sock = d / "forkserver.sock"
+    sock.unlink(missing_ok=True)
+    timing = json.loads((d / "timing.json").read_text())
+    (d / "preload.json").write_text(json.dumps(timing.get("outside", [])))
+    # One BLAS thread: the children are forked from a process that imported numpy.
+    env = dict(_env(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(HERE / "forkserver.py"), str(sock),
+                             str(d / "preload.json")], cwd=tree, env=env)
+    for _ in range(1200):
+        if sock.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return proc
+
+
 # -- the session ------------------------------------------------------------------------------
 
 def all_mutants(tree: Path, module: str, operators: list[str]) -> list:
@@ -422,13 +440,20 @@ def main(argv: list[str]) -> int:
             (d / "stamp").write_text(stamp)
         elif args.survivors:
             retry_survivors(tree, db_path)
+        server = start_forkserver(d, tree) if select else None
         config = d / "cosmic-ray.toml"
         write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
               f"timeout {timeout:.0f} s; {how})", flush=True)
         t0 = time.monotonic()
-        r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
-                            str(config), str(db_path)], cwd=tree, env=_env(tree))
+        try:
+            r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
+                                str(config), str(db_path)], cwd=tree, env=_env(tree))
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+                (d / "forkserver.sock").unlink(missing_ok=True)
         lock.unlink()
         if r.returncode != 0:
             print(f"dev.py mutate: cosmic-ray exec failed for {module}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """pytest plugin for mutate.py's unmutated run (`-p tests.mutation.pytest_timing`):
 writes to $JMIG_MUTATE_TIMING a JSON object with every test's node id in
 the order they ran, its time (setup + call + teardown), the whole
-session's time, and the jmig modules imported by the end."""
+session's time, the jmig modules imported by the end, and the modules
+imported from outside the working directory (forkserver.py preloads them)."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,18 @@ def pytest_sessionfinish(session, exitstatus):
     # caller adds the process's own wall time.
     data = {"order": list(_durations), "durations": _durations,
             "seconds": time.monotonic() - _start,
-            "modules": sorted(m for m in sys.modules if m.startswith("jmig"))}
+            "modules": sorted(m for m in sys.modules if m.startswith("jmig")),
+            "outside": _outside()}
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def _outside() -> list[str]:
+    here = os.getcwd() + os.sep
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if name != "__main__" and f and not os.path.abspath(f).startswith(here) \
+                and not name.startswith(("jmig", "tests", "conftest")):
+            out.append(name)
+    return sorted(out)

@@ -13,10 +13,13 @@ the tests are stopped and the mutant counts as killed (an endless loop).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,13 +50,8 @@ def main(argv: list[str]) -> int:
     args.write_text("".join(t + "\n" for t in tests))
     need = sel["overhead"] + sum(sel["durations"].get(t, 0.0) for t in tests)
     timeout = max(sel["min_timeout"], sel["timeout_factor"] * need)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                             f"@{args}"], stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    rc = run_pytest(d, ["-x", "-q", "-p", "no:cacheprovider", f"@{args}"], timeout)
+    if rc is None:
         print(f"jmig-mutate: timeout after {timeout:.0f} s")
         return 1
     if rc in (4, 5):
@@ -61,6 +59,48 @@ def main(argv: list[str]) -> int:
         # the selection's fault, not the tests'; the report lists it apart.
         print(f"{SELECTION_ERROR}: pytest exit {rc} on the selected ids")
     return rc
+
+
+def run_pytest(d: Path, args: list[str], timeout: float) -> int | None:
+    """pytest's exit status (None: stopped at the timeout), by the fork
+    server if mutate.py started one (forkserver.py), else a new process."""
+    sock = d / "forkserver.sock"
+    if sock.exists():
+        # The server preloaded pytest's plugins (hypothesis, pytest-trio):
+        # too late to rewrite their asserts, which only word their messages.
+        quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+        try:
+            return _by_server(sock, d / "pytest.out", quiet + args, timeout)
+        except (OSError, ValueError) as e:
+            print(f"jmig-mutate: fork server unusable ({e!r}): a new process", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+def _by_server(sock: Path, out: Path, args: list[str], timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall((json.dumps({"args": args, "out": str(out)}) + "\n").encode())
+        f = s.makefile("r")
+        pid = int(f.readline())          # ValueError if the server died: a new process
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            line = f.readline()
+        except TimeoutError:
+            os.killpg(pid, signal.SIGKILL)
+            return None
+        finally:
+            sys.stdout.write(out.read_text(errors="replace") if out.exists() else "")
+            sys.stdout.flush()
+        return int(line)
 
 
 if __name__ == "__main__":
