@@ -164,6 +164,24 @@ def start_forkserver(d: Path, tree: Path) -> subprocess.Popen:
     return proc
 
 
+def _baseline_env(tree: Path, d: Path) -> dict:
+    # The unmutated run may write bytecode (jmig's modules, pytest's
+    # rewritten tests) into the tree: every mutant's run reads it rather
+    # than compiling them again -- all but the mutated module's, removed
+    # after this run (_forget_bytecode); mutants' runs write none.
+    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"))
+    del env["PYTHONDONTWRITEBYTECODE"]
+    return env
+
+
+def _forget_bytecode(tree: Path, module: str) -> None:
+    """No cached bytecode of the module to be mutated: each mutant is
+    compiled from its source."""
+    path = tree / module
+    for pyc in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
+        pyc.unlink()
+
+
 # -- the session ------------------------------------------------------------------------------
 
 def all_mutants(tree: Path, module: str, operators: list[str]) -> list:
@@ -414,9 +432,10 @@ def main(argv: list[str]) -> int:
         command = test_command(target)
         base_cmd = coverage_command(target, d, tree, module) if select else shlex.split(command)
         t0 = time.monotonic()
-        base = subprocess.run(base_cmd, cwd=tree, env=dict(_env(tree), JMIG_MUTATE_TIMING=str(
-                              d / "timing.json")), capture_output=True, text=True)
+        base = subprocess.run(base_cmd, cwd=tree, env=_baseline_env(tree, d),
+                              capture_output=True, text=True)
         took = time.monotonic() - t0
+        _forget_bytecode(tree, module)
         if base.returncode != 0:
             print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
             print(f"dev.py mutate: the tests of {module} fail unmutated: fix them first",
