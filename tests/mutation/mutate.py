@@ -164,6 +164,14 @@ def start_forkserver(d: Path, tree: Path) -> subprocess.Popen:
     return proc
 
 
+def _children_cpu() -> float:
+    """User + system seconds of the waited-for child processes so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _baseline_env(tree: Path, d: Path) -> dict:
     # The unmutated run may write bytecode (jmig's modules, pytest's
     # rewritten tests) into the tree: every mutant's run reads it rather
@@ -464,7 +472,7 @@ def main(argv: list[str]) -> int:
         write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
               f"timeout {timeout:.0f} s; {how})", flush=True)
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _children_cpu()
         try:
             r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
                                 str(config), str(db_path)], cwd=tree, env=_env(tree))
@@ -479,7 +487,9 @@ def main(argv: list[str]) -> int:
             return 1
         s = report(tree, db_path, module)
         s["seconds"] = time.monotonic() - t0
-        print(f"   ({s['seconds']:.0f} s)")
+        # CPU time too: on a shared machine the wall time says more about
+        # the other users than about the mutants.
+        print(f"   ({s['seconds']:.0f} s, {_children_cpu() - cpu0:.0f} s of CPU)")
         summary.append(s)
     if len(summary) > 1:
         print("\nmodule                                   killed survived uncovered equiv  score")
