@@ -111,13 +111,16 @@ def test_command(target: dict) -> str:
 
 
 def coverage_command(target: dict, d: Path, tree: Path, module: str) -> list[str]:
-    """The target's tests with one coverage context per test (pytest-cov),
-    the module's directory measured, and the timing plugin."""
+    """The target's tests under coverage, started before pytest (so that it
+    sees the imports of jmig's pytest plugin too), the module's directory
+    measured, and the timing plugin, which gives each test its context."""
     rc = d / "coveragerc"
-    rc.write_text(f"[run]\ndata_file = {d / 'coverage.sqlite'}\n")
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            "-p", "tests.mutation.pytest_timing", f"--cov={(tree / module).parent}",
-            f"--cov-config={rc}", "--cov-context=test", "--cov-report=", *target["tests"]]
+    (d / "coverage.sqlite").unlink(missing_ok=True)
+    rc.write_text(f"[run]\ndata_file = {d / 'coverage.sqlite'}\n"
+                  f"source = {(tree / module).parent}\n")
+    return [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest",
+            "-x", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.pytest_timing",
+            *target["tests"]]
 
 
 def write_selection(d: Path, tree: Path, module: str, took: float, cfg: dict) -> dict:

@@ -1,14 +1,24 @@
-"""pytest plugin for mutate.py's unmutated run (`-p tests.mutation.pytest_timing`):
-writes to $JMIG_MUTATE_TIMING a JSON object with every test's node id in
-the order they ran, its time (setup + call + teardown), the whole
-session's time, the jmig modules imported by the end, and the modules
-imported from outside the working directory (forkserver.py preloads them)."""
+"""pytest plugin for mutate.py's unmutated run (`-p tests.mutation.pytest_timing`).
+
+Under `coverage run`, it switches coverage's context to "NODEID|setup",
+"|run" and "|teardown" around each test's phases (as pytest-cov's
+--cov-context=test does), and back to "" between tests: what runs outside
+every test -- imports above all, which coverage, started before pytest,
+sees too -- keeps the empty context.
+
+At the end it writes to $JMIG_MUTATE_TIMING a JSON object with every
+test's node id in the order they ran, its time (setup + call + teardown),
+the whole session's time, the jmig modules imported by the end, and the
+modules imported from outside the working directory (forkserver.py
+preloads them)."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 import time
+
+import pytest
 
 _start = 0.0
 _durations: dict[str, float] = {}
@@ -17,6 +27,35 @@ _durations: dict[str, float] = {}
 def pytest_sessionstart(session):
     global _start
     _start = time.monotonic()
+
+
+def _context(name: str) -> None:
+    try:
+        import coverage
+    except ImportError:
+        return
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.switch_context(name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    _context(item.nodeid + "|setup")
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _context(item.nodeid + "|run")
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    _context(item.nodeid + "|teardown")
+    yield
+    _context("")
 
 
 def pytest_runtest_logreport(report):

@@ -1,16 +1,17 @@
 """Per-mutant test selection (docs/mutation.md, "Which tests a mutant runs").
 
 Before a module's mutants, mutate.py runs its target's tests once under
-coverage with one context per test (pytest-cov's --cov-context=test) and
-the timing plugin (pytest_timing.py).  build_map turns that into
-selection.json in the module's .mutants dir:
+coverage with one context per test, "" outside them (the timing plugin,
+pytest_timing.py).  build_map turns that into selection.json in the
+module's .mutants dir:
 
   order      every test's node id, in the order they ran
   lines      source line -> indexes in `order` of the tests that executed
              the statement the line belongs to
   whole      lines that run when the module is imported (module and class
-             level, def headers: defaults, decorators): a mutant there
-             runs every test of the target, if the module was imported,
+             level, def headers: defaults, decorators), and lines that ran
+             outside every test (a function called at import): a mutant
+             there runs every test of the target, if the module was imported,
              those that executed some line of the module first (`touching`:
              the likeliest to fail, and pytest -x stops at the first)
   durations  node id -> seconds (setup + call + teardown), and `overhead`,
@@ -67,22 +68,27 @@ def build_map(source: str, contexts_by_line: dict[int, set[str]], timing: dict,
     order = list(timing["order"])
     index = {nid: i for i, nid in enumerate(order)}
     ran: dict[int, set[int]] = {}
+    outside = {line for line, ctxs in contexts_by_line.items() if "" in ctxs}
     for line, ctxs in contexts_by_line.items():
         for c in ctxs:
             nid = c.rpartition("|")[0]
             if nid in index:
                 ran.setdefault(line, set()).add(index[nid])
     lines: dict[int, set[int]] = {}
+    whole = import_time_lines(source)
     for first, last in statement_spans(source):
-        tests = set().union(*(ran.get(i, ()) for i in range(first, last + 1)))
-        for i in range(first, last + 1):
+        span = range(first, last + 1)
+        tests = set().union(*(ran.get(i, ()) for i in span))
+        for i in span:
             lines.setdefault(i, set()).update(tests)
+        if any(i in outside for i in span):
+            whole.update(span)
     return {
         "order": order,
         "touching": sorted(set().union(*ran.values())),
         "lines": {str(k): sorted(v) for k, v in sorted(lines.items()) if v},
-        "whole": sorted(import_time_lines(source)),
-        "imported": module_name in timing["modules"],
+        "whole": sorted(whole),
+        "imported": module_name in timing["modules"] or bool(outside),
         "durations": timing["durations"],
         "overhead": max(0.0, timing["seconds"] - sum(timing["durations"].values())),
     }

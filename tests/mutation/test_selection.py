@@ -36,8 +36,10 @@ TIMING = {"order": [C, A, B], "durations": {A: 0.5, B: 0.25, C: 2.0}, "seconds":
 
 
 def sel(imported=True):
+    # Not imported: neither in sys.modules at the end nor run at all.
     timing = dict(TIMING, modules=["jmig.m"] if imported else [])
-    return selection.build_map(SOURCE, CONTEXTS, timing, "jmig.m")
+    ctx = CONTEXTS if imported else {k: v - {""} for k, v in CONTEXTS.items() if v - {""}}
+    return selection.build_map(SOURCE, ctx, timing, "jmig.m")
 
 
 def test_a_line_runs_the_tests_that_executed_its_statement_in_run_order():
@@ -67,6 +69,14 @@ def test_a_line_run_at_import_runs_every_test_if_the_module_was_imported():
 
 def test_the_overhead_is_the_run_time_outside_the_tests():
     assert sel()["overhead"] == 5.0 - 2.75
+
+
+def test_a_line_run_outside_every_test_runs_every_test():
+    # unused() called at import (line 14 in the "" context): its mutants may
+    # change what every test sees.
+    ctx = {**CONTEXTS, 14: {""}}
+    sel = selection.build_map(SOURCE, ctx, dict(TIMING, modules=[]), "jmig.m")
+    assert selection.tests_for(sel, {14}) == [A, B, C]
 
 
 def test_changed_lines_are_those_the_mutant_rewrites():
