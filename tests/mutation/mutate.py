@@ -388,6 +388,16 @@ def report(tree: Path, db_path: Path, module: str) -> dict:
     return dict(counts, module=module, score=score)
 
 
+def session_name(module: str, args) -> str:
+    """A module's directory under .mutants: one session per module, per
+    sample (so that a sample never replaces the whole module's results),
+    and per way of running (--whole)."""
+    name = module.replace("/", ".").removesuffix(".py")
+    if args.sample is not None:
+        name += f"+sample{args.sample}-seed{args.seed}"
+    return name + ("+whole" if args.whole else "")
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> int:
@@ -419,7 +429,7 @@ def main(argv: list[str]) -> int:
         return 0
     summary = []
     for module in modules:
-        d = WORK / (module.replace("/", ".").removesuffix(".py") + ("+whole" if args.whole else ""))
+        d = WORK / session_name(module, args)
         tree, db_path = d / "tree", d / "session.sqlite"
         if args.report:
             if db_path.exists():
