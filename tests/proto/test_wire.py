@@ -1,0 +1,189 @@
+"""The trio side of the wire (proto/wire.py): node addresses, raw byte
+streams between frames (a migration's process stream), byte counts, and
+connect's patience with a busy node."""
+import socket
+
+import pytest
+import trio
+
+from jmig.proto import wire
+from jmig.proto.frames import DATA
+from jmig.proto.handshake import AuthError
+from jmig.proto.wire import (ClosedMidFrame, ConnectionClosed, FramedStream, advance, byte_views,
+                             connect, parse_node, server_handshake)
+
+SECRET = b"s" * 32
+
+
+# -- node addresses -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("addr, want", [("127.0.0.1:50001", ("127.0.0.1", 50001)),
+                                        ("node-b:1", ("node-b", 1)),
+                                        ("h:65532", ("h", 65532)),
+                                        ("[::1]:7000", ("::1", 7000))])
+def test_a_node_is_named_host_colon_port(addr, want):
+    assert parse_node(addr) == want
+
+
+@pytest.mark.parametrize("addr", ["h:0", "h:65533", "h:70000", "h:", ":7000", "h", "h:7o",
+                                  "h:-1", ""])
+def test_a_bad_node_address_is_refused_with_an_example(addr):
+    # The node's ports are P..P+3: P may be at most 65532.
+    with pytest.raises(ValueError, match="use HOST:PORT, e.g. 127.0.0.1:50001"):
+        parse_node(addr)
+
+
+# -- buffers ----------------------------------------------------------------------------
+
+def test_byte_views_address_every_buffer_by_byte():
+    ints = memoryview(bytearray(8)).cast("I")
+    views = byte_views([b"ab", bytearray(b"cd"), ints, memoryview(b"ef")])
+    assert [v.format for v in views] == ["B"] * 4
+    assert [len(v) for v in views] == [2, 2, 8, 2]
+    mine = memoryview(b"xyz")
+    assert byte_views([mine])[0] is mine
+
+
+@pytest.mark.parametrize("n, left", [(0, [b"abc", b"de", b"f"]), (1, [b"bc", b"de", b"f"]),
+                                     (3, [b"de", b"f"]), (4, [b"e", b"f"]), (5, [b"f"]),
+                                     (6, [])])
+def test_advance_drops_the_first_n_bytes(n, left):
+    views = byte_views([b"abc", b"de", b"f"])
+    advance(views, n)
+    assert [bytes(v) for v in views] == left
+
+
+# -- raw streams --------------------------------------------------------------------------
+
+def pair(buf=None):
+    a, b = trio.socket.socketpair()
+    if buf:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buf)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buf)
+    return FramedStream(trio.SocketStream(a), DATA), FramedStream(trio.SocketStream(b), DATA)
+
+
+async def read_all(fs: FramedStream, n: int) -> bytes:
+    out = bytearray(fs.take_buffered())
+    while len(out) < n:
+        out += await fs.receive_some()
+    return bytes(out)
+
+
+async def test_raw_parts_follow_a_frame_in_order_and_are_counted():
+    tx, rx = pair(4096)
+    parts = [bytes([i % 251]) * (100 + i % 7) for i in range(1500)]      # more than IOV_MAX buffers
+    total = sum(map(len, parts))
+    got = []
+    async with trio.open_nursery() as n:
+        async def send():
+            await tx.send({"t": "begin"})
+            await tx.send_parts(parts)
+
+        n.start_soon(send)
+        assert await rx.receive() == {"t": "begin"}
+        got.append(await read_all(rx, total))
+    assert got[0] == b"".join(parts)
+    assert tx.bytes_sent == rx.bytes_received == total + len(wire.encode_frame({"t": "begin"}))
+
+
+async def test_receive_into_fills_the_buffers_in_order():
+    tx, rx = pair()
+    await tx.send_parts([b"0123456789"])
+    bufs = [bytearray(4), bytearray(6)]
+    assert await rx.receive_into([memoryview(b) for b in bufs]) == 10
+    assert bufs == [bytearray(b"0123"), bytearray(b"456789")] and rx.bytes_received == 10
+
+
+async def test_the_end_of_a_raw_stream_is_connection_closed():
+    tx, rx = pair()
+    await tx.send_parts([b"ab"])
+    await tx.aclose()
+    assert await read_all(rx, 2) == b"ab"
+    with pytest.raises(ConnectionClosed, match="closed by peer"):
+        await rx.receive_some()
+    tx2, rx2 = pair()
+    await tx2.aclose()
+    with pytest.raises(ConnectionClosed, match="closed by peer"):
+        await rx2.receive_into([memoryview(bytearray(4))])
+
+
+async def test_a_connection_closed_inside_a_frame_is_both_lost_and_a_protocol_error():
+    tx, rx = pair()
+    frame = wire.encode_frame({"t": "x", "b": bytes(100)})
+    await tx.stream.send_all(frame[:50])
+    await tx.aclose()
+    with pytest.raises(ClosedMidFrame, match="in the middle of a frame"):
+        await rx.receive()
+    tx, rx = pair()
+    await tx.aclose()
+    with pytest.raises(ConnectionClosed, match="closed by peer") as e:
+        await rx.receive()
+    assert not isinstance(e.value, ClosedMidFrame)
+
+
+async def test_sending_on_a_closed_stream_is_connection_closed():
+    tx, rx = pair()
+    await tx.aclose()
+    with pytest.raises(ConnectionClosed):
+        await tx.send({"t": "x"})
+    with pytest.raises(ConnectionClosed):
+        await tx.send_parts([b"x"])
+
+
+# -- connect -------------------------------------------------------------------------------
+
+async def serve(nursery, answers):
+    """A listener that, per connection, takes the next of `answers`: "busy"
+    (refuse as busy), "close" (close at once), "ok" (authenticate)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    seen = []
+
+    async def handle(stream):
+        what = answers.pop(0) if answers else "ok"
+        seen.append(what)
+        fs = FramedStream(stream)
+        if what == "close":
+            await stream.aclose()
+            return
+        if what == "busy":
+            await fs.receive()
+            await fs.send({"t": "error", "code": "busy", "message": "too many peers"})
+            await stream.aclose()
+            return
+        await server_handshake(fs, SECRET, "control", "srv")
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    return port, seen
+
+
+async def test_connect_tries_a_busy_or_silent_node_again_until_it_answers():
+    async with trio.open_nursery() as n:
+        port, seen = await serve(n, ["busy", "close", "busy"])
+        fs = await connect("127.0.0.1", port, SECRET, "control", "cli", timeout=10)
+        assert fs.peer == "srv" and seen == ["busy", "close", "busy", "ok"]
+        n.cancel_scope.cancel()
+
+
+async def test_connect_gives_up_on_a_node_busy_past_the_timeout():
+    async with trio.open_nursery() as n:
+        port, seen = await serve(n, ["busy"] * 100)
+        t0 = trio.current_time()
+        with pytest.raises(AuthError) as e:
+            await connect("127.0.0.1", port, SECRET, "control", "cli", timeout=1.5)
+        assert e.value.code == "busy" and trio.current_time() - t0 <= 1.5
+        # Tried again (pauses from 20 ms, doubling up to 0.5 s: at most a dozen
+        # tries in 1.5 s, fewer on a loaded machine), none past the timeout.
+        assert 2 <= len(seen) <= 14
+        n.cancel_scope.cancel()
+
+
+async def test_connect_does_not_retry_a_wrong_secret():
+    async with trio.open_nursery() as n:
+        port, seen = await serve(n, [])
+        with pytest.raises(AuthError) as e:
+            await connect("127.0.0.1", port, b"t" * 32, "control", "cli", timeout=10)
+        assert e.value.code != "busy" and seen == ["ok"]
+        n.cancel_scope.cancel()
