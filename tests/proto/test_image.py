@@ -162,3 +162,6 @@ def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
             got.append(chunk)
     assert sum(map(len, got)) == 60
     assert b"".join(read_chunks(f, 150)) == bytes(150)
+    f.write_bytes(bytes(101))             # one byte past the limit is too many
+    with pytest.raises(StreamError, match="grew past 100 bytes"):
+        list(read_chunks(f, 100))
