@@ -35,6 +35,7 @@ class Script:
         return f
 
     async def aclose(self):
+        await trio.sleep(0)              # a real stream's close waits too
         self.closed += 1
         if self.close_error is not None:
             raise self.close_error
@@ -200,6 +201,17 @@ async def test_one_request_at_a_time_per_node():
         nursery.start_soon(call)
         nursery.start_soon(call)
     assert sorted(results) == [1, 2] and order == [("receive", 1), ("receive", 2)]
+
+
+async def test_a_connection_is_closed_even_by_a_cancelled_caller():
+    # A caller whose own deadline passed still closes what it drops.
+    a = Script(resp(1, 1))
+    pool = ControlPool(Opener(n_1=[a]))
+    await pool.call("n:1", "ps", None, 5)
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await pool.forget("n:1")
+    assert a.closed == 1
 
 
 async def test_forget_closes_the_nodes_connection_only():

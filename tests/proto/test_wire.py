@@ -187,3 +187,94 @@ async def test_connect_does_not_retry_a_wrong_secret():
             await connect("127.0.0.1", port, b"t" * 32, "control", "cli", timeout=10)
         assert e.value.code != "busy" and seen == ["ok"]
         n.cancel_scope.cancel()
+
+
+async def test_send_now_is_refused_while_a_task_is_sending():
+    # Writing then would put its bytes inside the other task's frame, even
+    # with room in the socket.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    gate = trio.Event()
+
+    class Slow(trio.abc.SendStream):
+        socket = a
+
+        async def send_all(self, data):
+            await gate.wait()
+
+        async def wait_send_all_might_not_block(self):
+            pass
+
+        async def aclose(self):
+            pass
+
+    tx = FramedStream(Slow(), DATA)
+    async with trio.open_nursery() as n:
+        n.start_soon(tx.send, {"t": "first"})
+        await trio.sleep(0.01)              # the task holds the stream, waiting
+        assert tx.send_now({"t": "second"}) is False
+        with pytest.raises(BlockingIOError):
+            b.recv(100)                    # nothing was written
+        gate.set()
+    a.close()
+    b.close()
+
+
+async def test_connect_and_the_handshake_wait_10_and_3_seconds_by_default(monkeypatch,
+                                                                         autojump_clock):
+    # A node that accepts but never answers: the client gives up after 10 s;
+    # a client that never speaks: the node after 3 s.
+    async def open_tcp_stream(host, port, local_address=None):
+        client, server = trio.testing.memory_stream_pair()
+        return client
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await connect("h", 7000, SECRET, "control", "cli")
+    assert trio.current_time() - t0 == 10
+    client, server = trio.testing.memory_stream_pair()
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await server_handshake(FramedStream(server), SECRET, "control", "srv")
+    assert trio.current_time() - t0 == 3
+
+
+async def test_closing_a_stream_that_hangs_takes_one_second(autojump_clock):
+    class Hung(trio.abc.Stream):
+        async def aclose(self):
+            await trio.sleep_forever()
+
+        async def send_all(self, data):
+            pass
+
+        async def wait_send_all_might_not_block(self):
+            pass
+
+        async def receive_some(self, max_bytes=None):
+            await trio.sleep_forever()
+
+    t0 = trio.current_time()
+    await FramedStream(Hung()).aclose()
+    assert trio.current_time() - t0 == 1
+
+
+async def test_connect_keeps_to_its_timeout_after_a_busy_answer(monkeypatch, autojump_clock):
+    # The node answers "busy", then accepts but never says a word: connect
+    # gives up at its timeout, not a second later.
+    tries = []
+
+    async def open_tcp_stream(host, port, local_address=None):
+        client, server = trio.testing.memory_stream_pair()
+        tries.append(server)
+        if len(tries) == 1:
+            fs = FramedStream(server)
+            await fs.send({"t": "error", "code": "busy", "message": "later"})
+        return client
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await connect("h", 7000, SECRET, "control", "cli", timeout=0.3)
+    assert len(tries) == 2 and trio.current_time() - t0 <= 0.3 + 1e-9
