@@ -114,3 +114,29 @@ def test_a_long_frame_within_the_limits_waits_for_the_rest():
     assert dec.next_frame() is NEED_DATA
     dec.receive_data(body[100 * KIB:])
     assert dec.next_frame() == {"b": bytes(MIB)}
+
+
+def test_msgpack_extension_types_are_refused_in_any_frame():
+    # jmig's messages hold none; a peer sending one is refused, whether the
+    # frame is short or long (checked on its first 64 KiB, before the rest).
+    ext = msgpack.packb({"x": msgpack.ExtType(1, b"a")})
+    dec = FrameDecoder(frames.DATA)
+    dec.receive_data(struct.pack(">I", len(ext)) + ext)
+    with pytest.raises(RemoteProtocolError, match="not valid msgpack"):
+        dec.next_frame()
+    body = b"\x82" + msgpack.packb("x") + msgpack.packb(msgpack.ExtType(1, b"a")) \
+        + msgpack.packb("pad") + msgpack.packb(bytes(MIB), use_bin_type=True)
+    dec = FrameDecoder(frames.DATA)
+    dec.receive_data(struct.pack(">I", len(body)) + body[:64 * KIB])
+    with pytest.raises(RemoteProtocolError, match="not valid msgpack"):
+        dec.next_frame()
+
+
+def test_depth_counts_nesting_a_scalar_being_0():
+    assert frames.depth_of(5, 4) == 0
+    assert frames.depth_of({}, 4) == 1
+    assert frames.depth_of({"a": [1, {"b": []}]}, 8) == 4
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    assert frames.depth_of(deep, 4) == 5          # counted no deeper than limit + 1

@@ -5,6 +5,7 @@ is allowed.  A stream breaking one is refused with the page it is about.
 
 The records are written out byte by byte (the encoder runs the same
 checks, so a stream it made could not break them)."""
+import re
 import struct
 
 import msgpack
@@ -146,3 +147,44 @@ def test_a_full_copy_refuses_remote_pages_and_takes_every_other_record():
             decode(rec, allow_remote=False)
     events = decode(zero(0x800000, RW), batch([(0x801000, R)]), allow_remote=False)
     assert [type(e).__name__ for e in events] == ["Header", "Page", "Batch"]
+
+
+@pytest.mark.parametrize("pages", ["5", 5.0, True, None, -1, [5]])
+def test_a_header_must_announce_a_whole_number_of_pages(pages):
+    dec = StreamDecoder()
+    body = msgpack.packb({"pages": pages}, use_bin_type=True)
+    dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
+    with pytest.raises(StreamError, match=re.escape(f"header announces {pages!r} pages")):
+        dec.next_event()
+
+
+@pytest.mark.parametrize("n", [0, 257])
+def test_a_batch_of_a_bad_size_is_refused_from_its_9_byte_head(n):
+    dec = StreamDecoder()
+    dec.receive_data(MAGIC + header(64) + b"B" + struct.pack(">II", 4 + n * 4106, n))
+    assert isinstance(dec.next_event(), pstream.Header)
+    with pytest.raises(StreamError, match=f"batch record of {n} pages"):
+        dec.next_event()
+
+
+# -- page batches from the page server (decode_pages) ---------------------------------
+
+def test_a_page_batch_holds_page_and_zero_records_only():
+    for rec in (remote(0x800000, RW), run(0x800000, 1, RW), b"Z" + struct.pack(">IIHB", 7, 0x800000, RW, 0)):
+        with pytest.raises(StreamError, match=f"bad record {rec[:1]!r} \\(length"):
+            pstream.decode_pages(rec)
+
+
+def test_a_record_head_with_nothing_after_it_is_named_for_its_tag():
+    with pytest.raises(StreamError, match="bad record b'X' \\(length 6\\)"):
+        pstream.decode_pages(b"X" + struct.pack(">I", 6))
+    with pytest.raises(StreamError, match="truncated page record"):
+        pstream.decode_pages(b"Z" + struct.pack(">I", 6))
+
+
+@pytest.mark.parametrize("cut", [1, 4, 5, 8, 10])
+def test_a_truncated_zero_record_is_refused(cut):
+    rec = zero(0x800000, RW)
+    assert pstream.decode_pages(rec)[0].zero
+    with pytest.raises(StreamError, match="truncated page record"):
+        pstream.decode_pages(rec + rec[:cut])
