@@ -163,7 +163,8 @@ def test_a_batch_of_a_bad_size_is_refused_from_its_9_byte_head(n):
     dec = StreamDecoder()
     dec.receive_data(MAGIC + header(64) + b"B" + struct.pack(">II", 4 + n * 4106, n))
     assert isinstance(dec.next_event(), pstream.Header)
-    with pytest.raises(StreamError, match=f"batch record of {n} pages"):
+    with pytest.raises(StreamError, match=f"batch record of {n} pages has length {4 + n * 4106}; "
+                                          "a batch holds 1..256 pages of 4106 bytes each"):
         dec.next_event()
 
 
