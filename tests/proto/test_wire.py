@@ -284,3 +284,15 @@ async def test_connect_keeps_to_its_timeout_after_a_busy_answer(monkeypatch, aut
     with pytest.raises(trio.TooSlowError):
         await connect("h", 7000, SECRET, "control", "cli", timeout=0.3)
     assert len(tries) == 2 and trio.current_time() - t0 <= 0.3 + 1e-9
+
+
+async def test_send_now_on_a_full_socket_is_refused_and_sends_nothing():
+    import os
+
+    tx, rx = pair(4096)
+    fd = tx.stream.socket.fileno()
+    with pytest.raises(BlockingIOError):
+        while True:
+            os.write(fd, b"x" * 4096)       # fill the socket, bypassing the stream
+    assert tx.send_now({"t": "get", "vpn": 1}) is False
+    assert tx.bytes_sent == 0 and not tx.unsent
