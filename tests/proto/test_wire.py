@@ -296,3 +296,59 @@ async def test_send_now_on_a_full_socket_is_refused_and_sends_nothing():
             os.write(fd, b"x" * 4096)       # fill the socket, bypassing the stream
     assert tx.send_now({"t": "get", "vpn": 1}) is False
     assert tx.bytes_sent == 0 and not tx.unsent
+
+
+async def test_after_the_handshake_each_side_of_a_control_port_reads_its_own_limits():
+    # jmigctl's requests may carry strings of 64 KiB at most; the node's
+    # replies, 8 MiB (console text, a vmmap).
+    left, right = trio.testing.memory_stream_pair()
+    cfs, sfs = FramedStream(left), FramedStream(right)
+    async with trio.open_nursery() as n:
+        n.start_soon(server_handshake, sfs, SECRET, "control", "srv")
+        await wire.client_handshake(cfs, SECRET, "control", "cli")
+    async with trio.open_nursery() as n:
+        n.start_soon(sfs.send, {"t": "resp", "text": "x" * (1 << 20)})
+        assert len((await cfs.receive())["text"]) == 1 << 20
+    async with trio.open_nursery() as n:
+        n.start_soon(cfs.send, {"t": "req", "text": "x" * (64 << 10)})
+        assert len((await sfs.receive())["text"]) == 64 << 10
+    async with trio.open_nursery() as n:
+        n.start_soon(cfs.send, {"t": "req", "text": "x" * ((64 << 10) + 1)})
+        with pytest.raises(wire.RemoteProtocolError, match="not valid msgpack"):
+            await sfs.receive()
+
+
+def closing_node(monkeypatch, tries: list, first: bytes = b""):
+    """trio.open_tcp_stream to a node (in memory) that sends `first` and
+    closes every connection."""
+    async def open_tcp_stream(host, port, local_address=None):
+        client, server = trio.testing.memory_stream_pair()
+        tries.append(trio.current_time())
+        if first:
+            await server.send_all(first)
+            await server.send_eof()          # it still reads the hello
+        else:
+            await server.aclose()
+        return client
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+
+
+async def test_a_node_that_closes_before_a_word_is_tried_until_the_timeout(monkeypatch,
+                                                                          autojump_clock):
+    tries: list = []
+    closing_node(monkeypatch, tries)
+    monkeypatch.setattr(wire.random, "random", lambda: 0.5)
+    t0 = trio.current_time()
+    with pytest.raises(ConnectionClosed):
+        await connect("h", 7000, SECRET, "control", "cli", timeout=1)
+    assert [round(t - t0, 2) for t in tries] == [0, .02, .06, .14, .3, .62]
+
+
+async def test_a_node_that_closes_in_the_middle_of_a_frame_is_not_tried_again(monkeypatch,
+                                                                             autojump_clock):
+    tries: list = []
+    closing_node(monkeypatch, tries, first=b"\x00\x00")
+    with pytest.raises(ClosedMidFrame):
+        await connect("h", 7000, SECRET, "control", "cli", timeout=10)
+    assert len(tries) == 1
