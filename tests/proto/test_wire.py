@@ -352,3 +352,16 @@ async def test_a_node_that_closes_in_the_middle_of_a_frame_is_not_tried_again(mo
     with pytest.raises(ClosedMidFrame):
         await connect("h", 7000, SECRET, "control", "cli", timeout=10)
     assert len(tries) == 1
+
+
+async def test_a_pause_that_ends_past_the_timeout_ends_connect_as_too_slow(monkeypatch,
+                                                                          autojump_clock):
+    # Pauses of 1.5 x 20, 40, 80 ms (the random factor pinned near its top):
+    # the third ends at 0.21 s, past the 0.2 s timeout: the fourth try is
+    # cut at once, and connect times out.
+    tries: list = []
+    busy_node(monkeypatch, tries, busy=100)
+    monkeypatch.setattr(wire.random, "random", lambda: 0.999)
+    with pytest.raises(trio.TooSlowError):
+        await connect("h", 7000, SECRET, "control", "cli", timeout=0.2)
+    assert len(tries) == 4
