@@ -189,3 +189,14 @@ def test_a_truncated_zero_record_is_refused(cut):
     assert pstream.decode_pages(rec)[0].zero
     with pytest.raises(StreamError, match="truncated page record"):
         pstream.decode_pages(rec + rec[:cut])
+
+
+def test_a_stream_is_judged_on_its_8_byte_magic_alone():
+    dec = StreamDecoder()
+    dec.receive_data(b"NOTJMIG\x02")
+    with pytest.raises(StreamError, match="bad magic"):
+        dec.next_event()
+    dec = StreamDecoder()
+    dec.receive_data(b"JMIGPS\x00\x01")
+    with pytest.raises(StreamError, match="version 1 is not supported"):
+        dec.next_event()
