@@ -6,26 +6,33 @@ the work tree is never mutated and can be edited meanwhile, and runs on
 different modules can go side by side, one per core):
 
   1. the target's tests run once unmutated (they must pass; their time
-     sets the per-mutant timeout);
+     sets the per-mutant timeout), under coverage with one context per
+     test unless the target says `select = false`: selection.json maps
+     each line of the module to the tests that run it (selection.py);
   2. a cosmic-ray session .mutants/MODULE/session.sqlite lists the mutants
      (all of them, or N drawn at random with --sample N); those listed
      in equivalent.toml are recorded as equivalent, with their reason,
      and never run;
   3. `cosmic-ray exec` applies each mutant to the copy and runs the tests
-     (pytest -x: a killed mutant stops at its first failing test);
-  4. a report: per module killed / survived / equivalent / score, and
-     every survivor with its id, line and diff.
+     (pytest -x: a killed mutant stops at its first failing test): only
+     those that run the mutated line (runtests.py), or, with
+     `select = false` or --whole, all the target's tests;
+  4. a report: per module killed / survived / not covered (no test runs
+     the line) / equivalent / score, and every survivor with its id, line
+     and diff.
 
 A session that exists already is resumed (only the mutants without a
 result run) if the module and the sample are the same, unless --fresh;
---survivors runs its survivors again, after new tests.  The score is killed / (killed + survived):
-equivalents are left out, and so are mutants cosmic-ray could not run.
+--survivors runs its survivors again, after new tests.  The score is
+killed / (killed + survived + not covered): equivalents are left out, and
+so are mutants cosmic-ray could not run.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import hashlib
+import json
 import os
 import random
 import shlex
@@ -40,6 +47,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORK = ROOT / ".mutants"
+
+sys.path.insert(0, str(HERE))
+import runtests  # noqa: E402
+import selection  # noqa: E402
 
 
 def load_targets() -> dict:
@@ -99,10 +110,87 @@ def test_command(target: dict) -> str:
                        *target["tests"]])
 
 
+def coverage_command(target: dict, d: Path, tree: Path, module: str) -> list[str]:
+    """The target's tests under coverage, started before pytest (so that it
+    sees the imports of jmig's pytest plugin too), the module's directory
+    measured, and the timing plugin, which gives each test its context."""
+    rc = d / "coveragerc"
+    (d / "coverage.sqlite").unlink(missing_ok=True)
+    rc.write_text(f"[run]\ndata_file = {d / 'coverage.sqlite'}\n"
+                  f"source = {(tree / module).parent}\n")
+    return [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest",
+            "-x", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.pytest_timing",
+            *target["tests"]]
+
+
+def write_selection(d: Path, tree: Path, module: str, took: float, cfg: dict) -> dict:
+    """selection.json (selection.py) from the coverage run, and pristine.py,
+    the module as it was, which runtests.py compares the mutant with."""
+    from coverage import CoverageData
+
+    data = CoverageData(str(d / "coverage.sqlite"))
+    data.read()
+    src = (tree / module).read_text()
+    timing = json.loads((d / "timing.json").read_text())
+    timing["seconds"] = took           # the process's wall time, start-up included
+    by_line = data.contexts_by_lineno(str(tree / module)) or {}
+    sel = selection.build_map(src, by_line, timing,
+                              module.removesuffix(".py").replace("/", "."))
+    sel.update(tree=str(tree), module=module, timeout_factor=cfg.get("timeout_factor", 3.0),
+               min_timeout=cfg.get("min_timeout", 30))
+    (d / "selection.json").write_text(json.dumps(sel))
+    (d / "pristine.py").write_text(src)
+    return sel
+
+
 def _env(tree: Path) -> dict:
     # The copy first on the path: the tests, and the jmig-node daemons they
     # start (python -m jmig.node.main), import the mutated modules.
     return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+
+
+def start_forkserver(d: Path, tree: Path) -> subprocess.Popen:
+    """forkserver.py in the tree, preloading what the unmutated run imported
+    from outside it; runtests.py uses it while its socket exists."""
+    sock = d / "forkserver.sock"
+    sock.unlink(missing_ok=True)
+    timing = json.loads((d / "timing.json").read_text())
+    (d / "preload.json").write_text(json.dumps(timing.get("outside", [])))
+    # One BLAS thread: the children are forked from a process that imported numpy.
+    env = dict(_env(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(HERE / "forkserver.py"), str(sock),
+                             str(d / "preload.json")], cwd=tree, env=env)
+    for _ in range(1200):
+        if sock.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return proc
+
+
+def _children_cpu() -> float:
+    """User + system seconds of the waited-for child processes so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _baseline_env(tree: Path, d: Path) -> dict:
+    # The unmutated run may write bytecode (jmig's modules, pytest's
+    # rewritten tests) into the tree: every mutant's run reads it rather
+    # than compiling them again -- all but the mutated module's, removed
+    # after this run (_forget_bytecode); mutants' runs write none.
+    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"))
+    del env["PYTHONDONTWRITEBYTECODE"]
+    return env
+
+
+def _forget_bytecode(tree: Path, module: str) -> None:
+    """No cached bytecode of the module to be mutated: each mutant is
+    compiled from its source."""
+    path = tree / module
+    for pyc in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
+        pyc.unlink()
 
 
 # -- the session ------------------------------------------------------------------------------
@@ -256,8 +344,9 @@ def report(tree: Path, db_path: Path, module: str) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
-    counts = {"killed": 0, "survived": 0, "equivalent": 0, "other": 0, "pending": 0}
-    survivors = []
+    counts = {"killed": 0, "survived": 0, "not covered": 0, "equivalent": 0, "other": 0,
+              "pending": 0}
+    survivors, uncovered = [], []
     with use_db(str(db_path), WorkDB.Mode.open) as db:
         items = list(db.work_items)
         keys = dict(zip((it.job_id for it in items), _keys(items, tree)))
@@ -268,8 +357,12 @@ def report(tree: Path, db_path: Path, module: str) -> dict:
                 counts["pending"] += 1
             elif r.worker_outcome == WorkerOutcome.SKIPPED and (r.output or "").startswith("equivalent"):
                 counts["equivalent"] += 1
-            elif r.worker_outcome != WorkerOutcome.NORMAL:
+            elif (r.worker_outcome != WorkerOutcome.NORMAL
+                  or runtests.SELECTION_ERROR in (r.output or "")):
                 counts["other"] += 1
+            elif r.test_outcome == TestOutcome.SURVIVED and runtests.NOT_COVERED in (r.output or ""):
+                counts["not covered"] += 1
+                uncovered.append((keys[it.job_id], r.diff or ""))
             elif r.test_outcome == TestOutcome.SURVIVED:
                 counts["survived"] += 1
                 survivors.append((keys[it.job_id], r.diff or ""))
@@ -277,19 +370,32 @@ def report(tree: Path, db_path: Path, module: str) -> dict:
                 counts["killed"] += 1
             else:
                 counts["other"] += 1
-    run = counts["killed"] + counts["survived"]
+    run = counts["killed"] + counts["survived"] + counts["not covered"]
     score = counts["killed"] / run if run else float("nan")
     print(f"\n== {module}: {len(items)} mutants: {counts['killed']} killed, "
-          f"{counts['survived']} survived, {counts['equivalent']} equivalent, "
-          f"{counts['other']} not run (incompetent/no-test), {counts['pending']} pending; "
-          f"score {score:.1%}")
-    for k, diff in sorted(survivors, key=lambda s: (s[0]["line"], s[0]["operator"])):
-        print(f"  SURVIVED {k['module']}:{k['line']}:{k['col']} {k['operator']}"
-              f"{'#' + str(k['variant']) if k['variant'] else ''}")
-        for d in diff.splitlines():
-            if d.startswith(("-", "+")) and not d.startswith(("---", "+++")):
-                print(f"      {d}")
+          f"{counts['survived']} survived (tests run the line), "
+          f"{counts['not covered']} not covered by any test, "
+          f"{counts['equivalent']} equivalent, "
+          f"{counts['other']} not run (incompetent/selection error), "
+          f"{counts['pending']} pending; score {score:.1%}")
+    for what, group in (("SURVIVED", survivors), ("NOT COVERED", uncovered)):
+        for k, diff in sorted(group, key=lambda s: (s[0]["line"], s[0]["operator"])):
+            print(f"  {what} {k['module']}:{k['line']}:{k['col']} {k['operator']}"
+                  f"{'#' + str(k['variant']) if k['variant'] else ''}")
+            for d in diff.splitlines():
+                if d.startswith(("-", "+")) and not d.startswith(("---", "+++")):
+                    print(f"      {d}")
     return dict(counts, module=module, score=score)
+
+
+def session_name(module: str, args) -> str:
+    """A module's directory under .mutants: one session per module, per
+    sample (so that a sample never replaces the whole module's results),
+    and per way of running (--whole)."""
+    name = module.replace("/", ".").removesuffix(".py")
+    if args.sample is not None:
+        name += f"+sample{args.sample}-seed{args.seed}"
+    return name + ("+whole" if args.whole else "")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -306,6 +412,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--survivors", action="store_true",
                     help="run the survivors of the sessions again (after new tests or "
                          "new entries in equivalent.toml)")
+    ap.add_argument("--whole", action="store_true",
+                    help="every mutant runs all its target's tests, no selection (a session "
+                         "of its own, .mutants/MODULE+whole: to compare)")
     ap.add_argument("--report", action="store_true", help="only report existing sessions")
     ap.add_argument("--list", action="store_true", help="only list modules and their tests")
     args = ap.parse_args(argv)
@@ -320,7 +429,7 @@ def main(argv: list[str]) -> int:
         return 0
     summary = []
     for module in modules:
-        d = WORK / module.replace("/", ".").removesuffix(".py")
+        d = WORK / session_name(module, args)
         tree, db_path = d / "tree", d / "session.sqlite"
         if args.report:
             if db_path.exists():
@@ -340,17 +449,29 @@ def main(argv: list[str]) -> int:
         lock.write_text(str(os.getpid()))
         copy_tree(tree)
         target = target_of(module, cfg)
+        select = target.get("select", True) and not args.whole
         command = test_command(target)
+        base_cmd = coverage_command(target, d, tree, module) if select else shlex.split(command)
         t0 = time.monotonic()
-        base = subprocess.run(shlex.split(command), cwd=tree, env=_env(tree),
+        base = subprocess.run(base_cmd, cwd=tree, env=_baseline_env(tree, d),
                               capture_output=True, text=True)
         took = time.monotonic() - t0
+        _forget_bytecode(tree, module)
         if base.returncode != 0:
             print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
             print(f"dev.py mutate: the tests of {module} fail unmutated: fix them first",
                   file=sys.stderr)
             return 1
+        # The whole run's timeout; with selection it is only a backstop:
+        # runtests.py stops the selected tests after their own share.
         timeout = max(cfg.get("min_timeout", 30), cfg.get("timeout_factor", 3.0) * took)
+        if select:
+            sel = write_selection(d, tree, module, took, cfg)
+            command = shlex.join([sys.executable, str(HERE / "runtests.py"), str(d)])
+            how = (f"selected by coverage: {len(sel['order'])} tests, "
+                   f"{len(sel['lines'])} lines run by some")
+        else:
+            how = "all of them for every mutant"
         # A session goes on only for the same source and the same sample.
         stamp = (hashlib.sha256((tree / module).read_bytes()).hexdigest()
                  + f" sample={args.sample} seed={args.seed}")
@@ -359,26 +480,35 @@ def main(argv: list[str]) -> int:
             (d / "stamp").write_text(stamp)
         elif args.survivors:
             retry_survivors(tree, db_path)
+        server = start_forkserver(d, tree) if select else None
         config = d / "cosmic-ray.toml"
         write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
-              f"timeout {timeout:.0f} s)", flush=True)
-        t0 = time.monotonic()
-        r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
-                            str(config), str(db_path)], cwd=tree, env=_env(tree))
+              f"timeout {timeout:.0f} s; {how})", flush=True)
+        t0, cpu0 = time.monotonic(), _children_cpu()
+        try:
+            r = subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "exec",
+                                str(config), str(db_path)], cwd=tree, env=_env(tree))
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+                (d / "forkserver.sock").unlink(missing_ok=True)
         lock.unlink()
         if r.returncode != 0:
             print(f"dev.py mutate: cosmic-ray exec failed for {module}", file=sys.stderr)
             return 1
         s = report(tree, db_path, module)
         s["seconds"] = time.monotonic() - t0
-        print(f"   ({s['seconds']:.0f} s)")
+        # CPU time too: on a shared machine the wall time says more about
+        # the other users than about the mutants.
+        print(f"   ({s['seconds']:.0f} s, {_children_cpu() - cpu0:.0f} s of CPU)")
         summary.append(s)
     if len(summary) > 1:
-        print("\nmodule                                   killed survived equiv  score")
+        print("\nmodule                                   killed survived uncovered equiv  score")
         for s in summary:
-            print(f"{s['module']:<40} {s['killed']:>6} {s['survived']:>8} {s['equivalent']:>5} "
-                  f"{s['score']:>6.1%}")
+            print(f"{s['module']:<40} {s['killed']:>6} {s['survived']:>8} "
+                  f"{s['not covered']:>9} {s['equivalent']:>5} {s['score']:>6.1%}")
     return 0
 
 
