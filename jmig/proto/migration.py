@@ -42,7 +42,8 @@ TOKEN_LEN = 16
 MAX_NAME = 64
 MAX_TEXT = 1024
 RUN_LEN = 10                      # a page run in Begin: u32 first vpn, u32 count, u16 perm
-MAX_RUNS_BYTES = 1 << 20          # Begin announces at most this many bytes of runs
+MAX_RUNS = 100_000                # Begin announces at most this many page runs
+MAX_RUNS_BYTES = MAX_RUNS * RUN_LEN
 
 
 # -- field checks -------------------------------------------------------------------

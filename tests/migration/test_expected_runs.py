@@ -11,7 +11,6 @@ from jmig import programs
 from jmig.kernel.kernel import Kernel
 from jmig.kernel.memlayout import PTE_P, PTE_U, PTE_W
 from jmig.node.migration.stream import StreamRestorer, StreamWriter
-from jmig.proto import migration as m
 
 
 def paused(argv, until):
@@ -92,15 +91,3 @@ def test_announced_runs_that_differ_from_the_stream_change_nothing_it_says(sourc
     k2, env, took = restore(stream_of(k, e.env_id), runs)
     assert not took
     assert k2.page_runs(env.env_id) == k.page_runs(e.env_id)
-
-
-def test_begin_carries_the_runs_and_refuses_a_partial_one():
-    runs = [(0x800, 64, PTE_U | PTE_W | PTE_P), (0xEEBFD, 1, PTE_U | PTE_W | PTE_P)]
-    begin = m.Begin(mid="0" * 16, method="pgfault", src="a", src_addr=("127.0.0.1", 50001),
-                    incarnation="x", resume=True, runs=m.pack_runs(runs))
-    back = m.decode(m.encode(begin), frozenset({m.Begin}))
-    assert back.page_runs() == runs
-    bad = dict(m.encode(begin), runs=m.pack_runs(runs)[:-1])
-    with pytest.raises(m.RemoteProtocolError, match="runs"):
-        m.decode(bad, frozenset({m.Begin}))
-    assert m.pack_runs([(0x800, 1, PTE_U | PTE_P)] * (m.MAX_RUNS_BYTES // m.RUN_LEN + 1)) is None

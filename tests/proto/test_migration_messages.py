@@ -181,6 +181,7 @@ BYTES_LIMITS = [
     ("final", "remote", 4 << 20, 4),
     ("final", "drops", 4 << 20, 4),
     ("attach", "need", 4 << 20, 4),
+    ("begin", "runs", m.MAX_RUNS_BYTES, m.RUN_LEN),
 ]
 
 
@@ -280,3 +281,14 @@ def test_page_numbers_and_maps_pack_big_endian():
     assert m.pack_map([(0x800, 7), (1, 5)]) == b"\x00\x00\x08\x00\x00\x07\x00\x00\x00\x01\x00\x05"
     final = m.decode(with_("final", map=m.pack_map([(3, 1), (4, 7)])), ANY)
     assert final.page_map() == [(3, 1), (4, 7)]
+
+
+def test_page_runs_pack_big_endian_and_too_many_are_not_announced():
+    runs = [(0x800, 64, 7), (0xEEBFD, 1, 7)]
+    assert m.pack_runs(runs)[:10] == b"\x00\x00\x08\x00\x00\x00\x00\x40\x00\x07"
+    begin = m.decode(with_("begin", runs=m.pack_runs(runs)), ANY)
+    assert begin.page_runs() == runs
+    assert m.decode(with_("begin"), ANY).page_runs() is None
+    most = m.MAX_RUNS_BYTES // m.RUN_LEN
+    assert len(m.pack_runs([(1, 1, 7)] * most)) == most * m.RUN_LEN
+    assert m.pack_runs([(1, 1, 7)] * (most + 1)) is None
