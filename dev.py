@@ -13,7 +13,7 @@ pyproject.toml changes.  Extra arguments are passed through, e.g.
 `python3 dev.py test -k cpu -x`.  `test --fast` leaves out the tests marked
 `@pytest.mark.slow` (Unicorn differential runs, whole programs in lockstep,
 long programs): the inner loop for development; the CI runs them all.
-`mutate` installs the `mutate` extra (cosmic-ray) on first use and runs
+`mutate` installs the `mutate` extra (cosmic-ray, coverage) on first use and runs
 tests/mutation/mutate.py: minutes for a sample, hours for everything.
 """
 from __future__ import annotations
