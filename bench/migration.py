@@ -226,16 +226,18 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
     # -- save / load ---------------------------------------------------------------
     # SAVE_ROUNDS of each, alternating with the raw file's write and read of
     # the same bytes; the medians are compared (one sample of either side
-    # swings by 2x on this machine).
+    # swings by 2x on this machine).  Each save writes a new image, as the
+    # raw write writes a new file (replacing an image, save --force, also
+    # frees the old one's blocks: 80 ms for 64 MiB here, docs/performance.md).
     saves, loads, writes, reads = [], [], [], []
-    for _ in range(SAVE_ROUNDS):
-        res = await b.call(a, "save", {"envid": envid, "name": "img", "force": True})
+    for i in range(SAVE_ROUNDS):
+        res = await b.call(a, "save", {"envid": envid, "name": f"img{i}"})
         nbytes = res["bytes"]
         saves.append(res["seconds"])
         tw, tr = raw_file(b.tmp, nbytes)
         writes.append(tw)
         reads.append(tr)
-        res = await b.call(a, "load", {"name": "img"})
+        res = await b.call(a, "load", {"name": f"img{i}"})
         loads.append(res["seconds"])
         await b.call(a, "kill", {"envid": res["envid"]})
     out["image_bytes"] = nbytes
