@@ -174,7 +174,8 @@ class SnapshotMixin:
         """restore_remote_run for every run of t at once (an incoming env):
         a copy of the prebuilt table when the env has no pages yet."""
         a = e.aspace
-        if a.pte and not a.pte.keys().isdisjoint(t.pte):
+        # Two key views: the smaller side is the one looked through.
+        if not a.pte.keys().isdisjoint(t.pte.keys()):
             twice = next(v for v in t.pte if v in a.pte)
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page run at {twice << 12:08x} overlaps "
                                  "mapped pages")
