@@ -234,13 +234,17 @@ def test_an_env_moved_while_its_send_waits_for_a_silent_node_takes_the_answer_al
 def test_an_env_is_found_after_several_moves_and_an_orderly_stop_of_a_node_it_passed(daemons):
     """The child of `pingpong 300` moves a -> b -> c; b stops cleanly.
     a's pointer names b, which is gone: a asks every member and finds the
-    child on c; the game ends exactly as unmigrated."""
+    child on c; the game ends exactly as unmigrated.  The parent is paused
+    while the child moves and b stops: a send of its in between would ask
+    b, learn c from b's pointer, and never need to ask everyone."""
     a, b, c = joined(daemons, 3, node_ids=True)
     parent, child = forked(a, "pingpong", "300")
     wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    ok(a, "pause", str(parent))
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     ok(b, "migrate", str(child), "--to", c.addr, "--method", "precopy", "--resume")
     assert b.stop() == 0                            # an orderly stop
+    ok(a, "resume", str(parent))
     wait_until(lambda: len(game(a, b, c)) == 11, 30, "the game to reach 10")
     got = game(a, b, c)
     assert [n for n, _, _ in got] == list(range(11)), got
