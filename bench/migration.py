@@ -45,7 +45,7 @@ from jmig.node import secret as secret_file                # noqa: E402
 from jmig.testing.process import die_with_parent          # noqa: E402
 
 MIB = 1 << 20
-SAVE_ROUNDS = 3                  # saves and loads per size, alternating with the raw file
+SAVE_ROUNDS = 7                  # saves and loads per size, alternating with the raw file
 
 
 class Bench:
@@ -241,6 +241,9 @@ async def bench_size(b: Bench, size_mib: int, quick: bool) -> dict:
         loads.append(res["seconds"])
         await b.call(a, "kill", {"envid": res["envid"]})
     out["image_bytes"] = nbytes
+    out["save_ms"] = [round(x * 1e3, 1) for x in saves]
+    out["raw_write_ms"] = [round(x * 1e3, 1) for x in writes]
+    out["load_ms"] = [round(x * 1e3, 1) for x in loads]
     out["save_mib_s"] = nbytes / MIB / statistics.median(saves)
     out["raw_write_mib_s"] = nbytes / MIB / statistics.median(writes)
     out["raw_read_mib_s"] = nbytes / MIB / statistics.median(reads)

@@ -36,6 +36,8 @@ import weakref
 from array import array
 from struct import pack_into, unpack_from
 
+import numpy as np
+
 from .memlayout import (
     FEC_PR, FEC_U, FEC_WR, NPDENTRIES, NPTENTRIES, PDX, PGSIZE, PTE_A, PTE_D, PTE_P,
     PTE_REMOTE, PTE_U, PTE_W, ULIM, UPAGES, UTOP, UVPT,
@@ -84,6 +86,8 @@ class PhysMem:
         self.m8 = memoryview(self.mem)
         self.m32 = self.m8.cast("I")
         self.m16 = self.m8.cast("H")
+        # Frame pfn is frames[pfn]: 512 words, for whole-batch copies and checks.
+        self.frames = np.frombuffer(self.mem, np.uint64).reshape(nframes, PGSIZE // 8)
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
         # LIFO: pop() takes the highest frame first, page_free pushes back.

@@ -116,7 +116,7 @@ class MigrationTrace:
                         self.item([f"Send Page Table Entry: {vpn << 12:#010x}"])
                 self.summary("page table entries")
         else:
-            for va, _, _ in w.pages[self.done:done]:
+            for va in w.vas[self.done:done].tolist():
                 self.item(page_lines("Send", va))
             if done >= w.npages:
                 self.summary()

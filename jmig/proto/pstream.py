@@ -156,7 +156,8 @@ class _Seen:
 
     def add_many(self, vpns: np.ndarray, what: str) -> None:
         m = self.map
-        if m[vpns].any() or len(np.unique(vpns)) != len(vpns):
+        ascending = len(vpns) < 2 or bool((vpns[1:] > vpns[:-1]).all())   # no repeats
+        if m[vpns].any() or not ascending and len(np.unique(vpns)) != len(vpns):
             dup = next(int(v) for i, v in enumerate(vpns)
                        if m[v] or int(v) in set(int(x) for x in vpns[:i]))
             raise StreamError(f"page {dup << 12:#010x} {what}")
@@ -201,12 +202,9 @@ class StreamEncoder:
         if not self.started or self.finished:
             raise StreamError("page outside the stream")
 
-    def batch(self, vas, perms, pages) -> list:
-        """A BATCH record for pages (4096-byte buffers) at vas with perms:
-        its head and entries as bytes, then the pages themselves (not
-        copied), to be written in that order."""
+    def _batch_head(self, vas, perms, n: int) -> bytes:
+        """A BATCH record's head and entries; its pages counted."""
         self._body()
-        n = len(pages)
         if not 1 <= n <= BATCH_MAX or len(vas) != n or len(perms) != n:
             raise StreamError(f"a batch holds 1..{BATCH_MAX} pages, not {n}")
         va = np.asarray(vas, dtype=np.int64)
@@ -217,16 +215,34 @@ class StreamEncoder:
         ent["va"] = va
         ent["perm"] = pm
         ent["seq"] = _SEQ_ROW
-        head = _BATCH_HEAD.pack(TAG_BATCH, 4 + n * (ENTRY + PGSIZE), n) + ent.tobytes()
-        crc = crc32(head, self.crc)
+        self.nbytes += 9 + n * (ENTRY + PGSIZE)
+        self.pages += n
+        return _BATCH_HEAD.pack(TAG_BATCH, 4 + n * (ENTRY + PGSIZE), n) + ent.tobytes()
+
+    def batch(self, vas, perms, pages) -> list:
+        """A BATCH record for pages (4096-byte buffers) at vas with perms:
+        its head and entries as bytes, then the pages themselves (not
+        copied), to be written in that order."""
         for p in pages:
             if len(p) != PGSIZE:
                 raise StreamError(f"a page of {len(p)} bytes, not {PGSIZE}")
+        head = self._batch_head(vas, perms, len(pages))
+        crc = crc32(head, self.crc)
+        for p in pages:
             crc = crc32(p, crc)
         self.crc = crc
-        self.nbytes += len(head) + n * PGSIZE
-        self.pages += n
         return [head, *pages]
+
+    def batch_data(self, vas, perms, data) -> list:
+        """A BATCH record whose pages lie back to back in one buffer
+        (len(vas) * 4096 bytes): its head, then data itself (not copied).
+        One checksum call for the whole batch."""
+        data = memoryview(data).cast("B")
+        if len(data) != len(vas) * PGSIZE:
+            raise StreamError(f"{len(data)} bytes of data for {len(vas)} pages")
+        head = self._batch_head(vas, perms, len(vas))
+        self.crc = crc32(data, crc32(head, self.crc))
+        return [head, data]
 
     def zero(self, va: int, perm: int) -> bytes:
         """A ZERO record: an all-zero page."""

@@ -5,9 +5,10 @@ The session's steps (session.py) run unchanged; the file answers as a
 destination or a source that never fails on its own:
 
     save   the process stream -> written to a hidden temporary file beside
-           NAME.img with writev, straight from the env's frames; its
-           trailer written -> fsync, then Prepared;  Commit -> rename onto
-           NAME.img (atomic) and fsync the directory, then Committed;
+           NAME.img with writev, a batch at a time in a worker thread
+           while the next batch is built; its trailer written ->
+           Prepared;  Commit -> fsync, rename onto NAME.img (atomic)
+           and fsync the directory, then Committed;
            Go -> Started.  Abort or close before the commit: the
            temporary file goes; an older image NAME stays.
     load   the file, read into the incoming env (page data with readv
@@ -17,6 +18,7 @@ destination or a source that never fails on its own:
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -49,19 +51,48 @@ class SaveLink:
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._replies: list = []
         self.committed = False
+        self._writing: trio.Event | None = None   # set when the write in flight is done
+        self._result = None                       # its outcome (bytes written, or the error)
 
     async def send_stream(self, parts) -> None:
+        """Write parts in a worker thread, returning once the parts before
+        are written: writing one batch overlaps building the next (whose
+        buffers StreamWriter does not reuse until the batch after it is
+        asked for).  A write error surfaces here or before Prepared."""
+        await self._written()
         views = byte_views(parts)
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result) -> None:            # in the worker thread
+            def finish() -> None:
+                self._result = result
+                done.set()
+            token.run_sync_soon(finish)
+        self._writing = done
+        trio.lowlevel.start_thread_soon(partial(self._write_all, views), deliver)
+
+    def _write_all(self, views: list) -> int:
+        n = 0
         while views:
-            n = os.writev(self._fd, views[:IOV_MAX])
-            self.bytes_sent += n
-            advance(views, n)
-        await trio.sleep(0)
+            k = os.writev(self._fd, views[:IOV_MAX])
+            n += k
+            advance(views, k)
+        return n
+
+    async def _written(self) -> None:
+        """Wait for the write in flight, if any, and raise its error."""
+        if self._writing is None:
+            return
+        await self._writing.wait()
+        self._writing = None
+        self.bytes_sent += self._result.unwrap()
 
     async def send(self, msg, timeout: float | None = None) -> None:
         if isinstance(msg, m.Begin):
             return
         if isinstance(msg, m.Commit):
+            await self._written()
             await trio.to_thread.run_sync(os.fsync, self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -74,6 +105,7 @@ class SaveLink:
 
     async def receive(self, allowed, timeout: float | None = None):
         if m.Prepared in allowed:
+            await self._written()
             return m.Prepared(self.envid)      # the whole stream is written
         return self._replies.pop(0)
 
@@ -81,6 +113,10 @@ class SaveLink:
         pass
 
     async def aclose(self) -> None:
+        if self._writing is not None:           # a write in flight ends first (one batch)
+            with trio.CancelScope(shield=True):
+                await self._writing.wait()
+            self._writing = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
