@@ -240,6 +240,27 @@ def test_straddling_instruction_sees_its_second_page_change():
     assert c.eip == start and c.r[0] == 0x44335511
 
 
+def test_an_instruction_already_run_is_decoded_again_once_its_bytes_change():
+    """The interpreter caches a decoded instruction in its frame and marks
+    its bytes as code; a store over them (the guest's own, or the
+    kernel's) drops the cache, so the next run executes the new bytes."""
+    ph = PhysMem(16)
+    a = AddressSpace(ph)
+    a.page_insert(ph.page_alloc(), CODE, PTE_U | PTE_W)
+    start = CODE + 0x100                              # mid-page
+    # mov $0x44332211,%eax; int $0x30; movb $0x55,1(%ebx); int $0x30
+    a.write(start, bytes.fromhex("b8 11223344 cd30" "c6 43 01 55 cd30"))
+    c = Cpu([0, 0, 0, start, 0, 0, 0, 0], start)
+    assert run(c, a, 5).reason == SYSCALL and c.r[0] == 0x44332211
+    c.eip = start + 7                                 # the guest's store over the mov's immediate
+    assert run(c, a, 5).reason == SYSCALL
+    c.eip = start
+    assert run(c, a, 5).reason == SYSCALL and c.r[0] == 0x44332255
+    a.write(start + 4, b"\x66")                       # the kernel's write (e.g. a restored page)
+    c.eip = start
+    assert run(c, a, 5).reason == SYSCALL and c.r[0] == 0x66332255
+
+
 def test_self_modifying_code_agrees_with_unicorn():
     """A store into the next instruction: both execute the new bytes."""
     # mov $0x90909090, 6(%eip-relative via ebx) ; the patched instruction
