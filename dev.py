@@ -4,6 +4,7 @@
     python3 dev.py demo      # set up .venv on first use, then play the two-node demo
     python3 dev.py test      # set up .venv (with test extras) on first use, then run the tests
     python3 dev.py test --fast   # the same without the tests marked slow (under a minute)
+                             # (both in two worker processes; add -n 0 for one)
     python3 dev.py bench     # run every benchmark (bench/run.py)
     python3 dev.py shell     # print the command that activates the venv
     python3 dev.py mutate [PATH] [--sample N]   # mutation testing (docs/mutation.md)
@@ -67,8 +68,9 @@ def main(argv: list[str]) -> int:
         if "--fast" in rest:
             # Everything but @pytest.mark.slow (the CI runs all).
             rest = ["-m", "not slow", *(a for a in rest if a != "--fast")]
-        # The slowest tests are listed at the end: where the suite's time goes.
-        args = [str(BIN / "python"), "-m", "pytest", "-q", "--durations=15", *rest]
+        # Two worker processes (pytest-xdist; `-n 0` runs in this one); the
+        # slowest tests are listed at the end: where the suite's time goes.
+        args = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "2", "--durations=15", *rest]
     elif cmd == "bench":
         args = [str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest]
     elif cmd == "mutate":

@@ -31,8 +31,11 @@ def counters(d: NodeProcess, envid: int) -> list[int]:
 
 
 def ctl_env(d: NodeProcess, **extra) -> dict:
-    """The environment of a jmigctl subprocess driving d."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JMIG_")}
+    """The environment of a jmigctl subprocess driving d (without this
+    process's COLUMNS and LINES: pytest-xdist's workers have 80x24, which
+    rich would take over the size of the test's own terminal)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JMIG_") and k not in ("COLUMNS", "LINES")}
     env.update({"JMIG_NODE": d.addr, "JMIG_SECRET_FILE": str(d.secret_file), **extra})
     return env
 
