@@ -93,6 +93,23 @@ def reencode_zero_copy(data: bytes, sizes) -> bytes:
     return b"".join(out)
 
 
+def _decoded_pages(data: bytes) -> dict[int, tuple[int, bytes, bool]]:
+    """va -> (perm, contents, travelled as a ZERO record) of a stream."""
+    dec = StreamDecoder()
+    dec.receive_data(data)
+    pages = {}
+    while (e := dec.next_event()) is not pstream.NEED_DATA:
+        if isinstance(e, pstream.Batch):
+            bufs = [bytearray(PGSIZE) for _ in e.vas]
+            dec.sink(bufs)
+            for va, perm, b in zip(e.vas, e.perms, bufs):
+                pages[va] = (perm, b, False)
+        elif isinstance(e, pstream.Page):
+            pages[e.va] = (e.perm, e.data, e.zero)
+    assert dec.state == "done"
+    return {va: (perm, bytes(b), z) for va, (perm, b, z) in pages.items()}
+
+
 def program_image(argv, until=None, instructions=0, remote=False, method="image") -> bytes:
     """Run a bundled program until its console shows `until` (or for a number
     of instructions), pause it, and serialize it as `jmigctl save` does."""
@@ -268,15 +285,7 @@ def test_decode_encode_reproduces_generated_streams_byte_for_byte(header, record
 @given(header=_headers, records=_records())
 def test_a_batch_fills_the_sink_with_exactly_the_pages_sent(header, records):
     header = _with_pages(header, records)
-    data = _encode(header, records)
-    dec = StreamDecoder()
-    dec.receive_data(data)
-    got = {}
-    while (e := dec.next_event()) is not pstream.NEED_DATA:
-        if isinstance(e, pstream.Batch):
-            bufs = [bytearray(PGSIZE) for _ in e.vas]
-            dec.sink(bufs)
-            got.update(zip(e.vas, map(bytes, bufs)))
+    got = {va: c for va, (_, c, _) in _decoded_pages(_encode(header, records)).items()}
     for vpn, perm, kind, contents, seed, count in records:
         if kind == "batch":
             for i in range(count):
@@ -478,23 +487,6 @@ def test_an_overlapping_run_is_refused_naming_its_address():
     dec.receive_data(data)
     with pytest.raises(StreamError, match="run at 0x00802000 overlaps"):
         list(dec.events())
-
-
-def _decoded_pages(data: bytes) -> dict[int, tuple[int, bytes, bool]]:
-    """va -> (perm, contents, travelled as a ZERO record) of a stream."""
-    dec = StreamDecoder()
-    dec.receive_data(data)
-    pages = {}
-    while (e := dec.next_event()) is not pstream.NEED_DATA:
-        if isinstance(e, pstream.Batch):
-            bufs = [bytearray(PGSIZE) for _ in e.vas]
-            dec.sink(bufs)
-            for va, perm, b in zip(e.vas, e.perms, bufs):
-                pages[va] = (perm, b, False)
-        elif isinstance(e, pstream.Page):
-            pages[e.va] = (e.perm, e.data, e.zero)
-    assert dec.state == "done"
-    return {va: (perm, bytes(b), z) for va, (perm, b, z) in pages.items()}
 
 
 _PAGE_KINDS = ["zeros", "sparse", "random", "first word zero", "last byte"]
