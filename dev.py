@@ -68,9 +68,11 @@ def main(argv: list[str]) -> int:
         if "--fast" in rest:
             # Everything but @pytest.mark.slow (the CI runs all).
             rest = ["-m", "not slow", *(a for a in rest if a != "--fast")]
-        # Two worker processes (pytest-xdist; `-n 0` runs in this one); the
+        # Two worker processes (pytest-xdist; an idle worker takes tests queued
+        # for the other; `-n 0` runs in this one); the
         # slowest tests are listed at the end: where the suite's time goes.
-        args = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "2", "--durations=15", *rest]
+        args = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "2", "--dist", "worksteal",
+                "--durations=15", *rest]
     elif cmd == "bench":
         args = [str(BIN / "python"), str(ROOT / "bench" / "run.py"), *rest]
     elif cmd == "mutate":
