@@ -69,8 +69,8 @@ def main(argv: list[str]) -> int:
             # Everything but @pytest.mark.slow (the CI runs all).
             rest = ["-m", "not slow", *(a for a in rest if a != "--fast")]
         # Two worker processes (pytest-xdist; an idle worker takes tests queued
-        # for the other; `-n 0` runs in this one); the
-        # slowest tests are listed at the end: where the suite's time goes.
+        # for the other; `-n 0` runs in this one).  The slowest tests are
+        # listed at the end: where the suite's time goes.
         args = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "2", "--dist", "worksteal",
                 "--durations=15", *rest]
     elif cmd == "bench":

@@ -215,7 +215,7 @@ class StreamEncoder:
         ent["va"] = va
         ent["perm"] = pm
         ent["seq"] = _SEQ_ROW
-        self.nbytes += 9 + n * (ENTRY + PGSIZE)
+        self.nbytes += _BATCH_HEAD.size + n * (ENTRY + PGSIZE)
         self.pages += n
         return _BATCH_HEAD.pack(TAG_BATCH, 4 + n * (ENTRY + PGSIZE), n) + ent.tobytes()
 
