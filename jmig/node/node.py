@@ -148,7 +148,7 @@ class Node:
                 target = IO_QUANTUM_SECONDS if self.io_active else QUANTUM_SECONDS
                 quantum = int(min(2_000_000, max(200, quantum * target / dt)))
             if res.idle:
-                if self._wakeup.is_set():
+                if self._wakeup.is_set() or self.migrations.pager.take_reply():
                     self._wakeup = trio.Event()
                     continue
                 deadline = float("inf") if res.next_wake is None else res.next_wake / 1000.0

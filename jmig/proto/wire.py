@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 
 import trio
 
@@ -89,6 +90,7 @@ class FramedStream:
         self.bytes_received = 0
         self._send_lock = trio.Lock()
         self._unsent = b""                  # the tail of a frame send_now began
+        self._unread = None                 # a frame receive_now gave back
 
     async def send(self, obj: dict) -> None:
         await self.send_raw(encode_frame(obj, self.max_frame))
@@ -123,6 +125,33 @@ class FramedStream:
             return False
         self.bytes_sent += n
         self._unsent = data[n:]
+        return True
+
+    def send_blocking(self, obj: dict, timeout: float) -> bool:
+        """Send a frame from a thread that has the connection to itself (no
+        task sends or receives on it meanwhile), waiting for the socket in
+        a blocking poll.  False if the link broke or took nothing for
+        timeout seconds: the rest of the frame is then `unsent`, for the
+        event loop to send (or to fail on) with its next send."""
+        data = memoryview(self._unsent + encode_frame(obj, self.max_frame))
+        self._unsent = b""
+        fd = self.stream.socket.fileno()
+        writable = select.poll()
+        writable.register(fd, select.POLLOUT)
+        while data:
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                if writable.poll(timeout * 1000):
+                    continue
+                n = 0
+            except OSError:
+                n = 0
+            if not n:
+                self._unsent = bytes(data)
+                return False
+            self.bytes_sent += n
+            data = data[n:]
         return True
 
     @property
@@ -174,9 +203,38 @@ class FramedStream:
         self.bytes_received += n
         return n
 
+    def receive_now(self):
+        """The next frame if it is here or in the socket now, else None;
+        never waits (for synchronous code that must not yield: the kernel
+        task taking a fault's reply).  EOF and errors are left for
+        receive() to report; a malformed frame raises RemoteProtocolError
+        here and again in receive()."""
+        if self._unread is not None:
+            return None
+        frame = self.decoder.next_frame()
+        if frame is NEED_DATA:
+            try:
+                data = os.read(self.stream.socket.fileno(), min(RECV_SIZE,
+                                                               self.decoder.max_frame + 4))
+            except OSError:             # would block, or broken: receive() reports it
+                return None
+            if not data:
+                return None
+            self.bytes_received += len(data)
+            self.decoder.receive_data(data)
+            frame = self.decoder.next_frame()
+        return None if frame is NEED_DATA else frame
+
+    def unread(self, frame: dict) -> None:
+        """Give back the frame receive_now returned: receive() returns it next."""
+        self._unread = frame
+
     async def receive(self) -> dict:
         """The next frame.  Raises ConnectionClosed at EOF and
         RemoteProtocolError for a malformed or oversized frame."""
+        if self._unread is not None:
+            frame, self._unread = self._unread, None
+            return frame
         while True:
             frame = self.decoder.next_frame()
             if frame is not NEED_DATA:

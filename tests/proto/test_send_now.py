@@ -2,10 +2,11 @@
 stream intact even when the socket takes only part of it."""
 import socket
 
+import pytest
 import trio
 
-from jmig.proto.frames import DATA
-from jmig.proto.wire import FramedStream
+from jmig.proto.frames import DATA, RemoteProtocolError, encode_frame
+from jmig.proto.wire import ConnectionClosed, FramedStream
 
 
 async def _pair():
@@ -43,3 +44,82 @@ async def test_a_partial_send_now_is_completed_before_the_next_frame():
         await tx.send({"t": "last"})
     assert [m["t"] for m in got] == ["big", "after", "last"]
     assert got[0]["b"] == big
+
+
+# -- receive_now and send_blocking: a fault's round trip outside the event loop ------------
+
+async def test_receive_now_takes_only_whole_frames_and_never_waits():
+    tx, rx = await _pair()
+    assert rx.receive_now() is None                    # nothing there: no wait
+    await tx.send({"t": "get", "vpn": 1})
+    await tx.send({"t": "get", "vpn": 2})
+    assert rx.receive_now()["vpn"] == 1
+    assert rx.receive_now()["vpn"] == 2
+    frame = encode_frame({"t": "get", "vpn": 3})
+    await tx.send_raw(frame[:7])
+    assert rx.receive_now() is None                    # half a frame stays buffered
+    await tx.send_raw(frame[7:])
+    with trio.fail_after(5):
+        assert (await rx.receive())["vpn"] == 3
+
+
+async def test_a_frame_given_back_is_the_next_one_received():
+    tx, rx = await _pair()
+    await tx.send({"t": "released"})
+    await tx.send({"t": "after"})
+    frame = rx.receive_now()
+    rx.unread(frame)
+    assert rx.receive_now() is None                    # nothing overtakes it
+    assert await rx.receive() == {"t": "released"}
+    assert (await rx.receive())["t"] == "after"
+
+
+async def test_receive_now_leaves_the_end_of_the_stream_to_receive():
+    tx, rx = await _pair()
+    await tx.send({"t": "last"})
+    await tx.stream.aclose()
+    assert rx.receive_now() == {"t": "last"}
+    assert rx.receive_now() is None
+    with pytest.raises(ConnectionClosed):
+        await rx.receive()
+
+
+async def test_a_malformed_frame_fails_receive_now_and_then_receive_alike():
+    tx, rx = await _pair()
+    await tx.send_raw(b"\x00\x00\x00\x01\x01")          # a body that is no map
+    with pytest.raises(RemoteProtocolError):
+        rx.receive_now()
+    with pytest.raises(RemoteProtocolError):
+        await rx.receive()
+
+
+async def test_send_blocking_from_a_thread_sends_frames_whole_and_in_order():
+    tx, rx = await _pair()
+    big = bytes(range(256)) * 2000                     # far more than the buffers hold
+    got = []
+
+    async def reader():
+        for _ in range(3):
+            got.append(await rx.receive())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        sent = await trio.to_thread.run_sync(
+            lambda: [tx.send_blocking({"t": "page", "b": big, "i": i}, 5.0) for i in range(3)])
+    assert sent == [True, True, True] and not tx.unsent
+    assert [(g["i"], g["b"] == big) for g in got] == [(0, True), (1, True), (2, True)]
+
+
+async def test_send_blocking_on_a_stalled_link_gives_up_and_leaves_the_rest_for_the_loop():
+    tx, rx = await _pair()
+    big = bytes(range(256)) * 2000
+    ok = await trio.to_thread.run_sync(tx.send_blocking, {"t": "page", "b": big}, 0.05)
+    assert ok is False and tx.unsent                   # nobody read: it stopped waiting
+    async with trio.open_nursery() as n:
+        async def reader():
+            got.append(await rx.receive())
+            got.append(await rx.receive())
+        got = []
+        n.start_soon(reader)
+        await tx.send({"t": "after"})                  # the loop sends the rest first
+    assert got[0]["b"] == big and got[1]["t"] == "after"

@@ -11,7 +11,11 @@ starting with Attach{channel}:
 
 Faults have a connection of their own so that a fault's page never waits
 behind pushed pages (in this node's send queue or in the kernel's socket
-buffers), and the push gives way while a request waits unread on it.  A
+buffers), and the push gives way while a request waits unread on it.
+A thread of its own reads that connection and answers each Get the moment
+it arrives, so that a fault waits neither for the event loop to wake nor
+for the push it is busy with; anything else on it (a Release, an error,
+the end) goes back to the event loop.  A
 page is pushed at most once; a fault is answered even if the page was
 pushed already (its copy may still be in flight on the push connection:
 the destination installs whichever arrives first and drops the other).
@@ -26,6 +30,7 @@ shutting down (`drain`), so that an orderly shutdown loses no page.
 from __future__ import annotations
 
 import hmac
+import os
 import select
 import time
 from bisect import bisect_right
@@ -35,7 +40,9 @@ import attrs
 import trio
 
 from ...errors import Error
+from ...kernel.events import KernelError
 from ...proto import migration as m
+from ...proto.frames import ProtocolError
 from ...proto.pstream import encode_pages
 from ..failpoints import failpoint
 from ..tasks import nursery as open_nursery
@@ -46,6 +53,8 @@ from .session import ask
 PUSH_BATCH = 16                    # pages per pushed frame
 GIVE_WAY_STEPS = 8                 # scheduler rounds a push batch waits for a fault's reply
 ATTACH_TIMEOUT = 120.0             # from a page-server connection to its Attach
+FAULT_THREADS = 16                 # faults connections served by threads at once
+_UNLIMITED = trio.CapacityLimiter(float("inf"))   # they are counted by fault_threads
 
 
 @attrs.define(eq=False)
@@ -144,6 +153,7 @@ class PageServer:
         self.by_env: dict[int, Outgoing] = {}
         self.totals = {"pages_served": 0, "page_requests": 0, "pages_push_sent": 0,
                        "releases": 0}
+        self.fault_threads = 0
 
     # -- the table -------------------------------------------------------------------
     def expect(self, out: Outgoing) -> None:
@@ -219,24 +229,100 @@ class PageServer:
         return (va, out.perm_of(vpn), self.node.kernel.page_data(out.envid, va))
 
     async def _faults(self, link: Link, out: Outgoing) -> None:
-        """Answer each fault at once, on this connection."""
+        """Answer each fault at once, on this connection: from a thread of
+        its own while Gets come (_serve_faults), here for anything else."""
         while True:
+            # A trace's sinks are the event loop's; past FAULT_THREADS
+            # connections, the rest are served here.
+            if out.trace is None and self.fault_threads < FAULT_THREADS:
+                self.fault_threads += 1
+                try:
+                    await self._faults_thread(link, out)
+                finally:
+                    self.fault_threads -= 1
+                if link.fs.unsent:
+                    await link.flush()
             msg = await link.receive(m.FROM_PAGER, timeout=float("inf"))
             if isinstance(msg, m.Release):
                 await self._release(link, out)
                 return
-            self.totals["page_requests"] += 1
-            if out.perm_of(msg.vpn) is None:
-                continue
-            if out.trace is not None:
-                out.trace.request(msg.vpn << 12)
-            batch = [msg.vpn] + [v for v in out.following(msg.vpn, msg.n) if v not in out.sent]
-            out.sent.update(batch)
-            await link.send_first({"t": "page-batch", "b": encode_pages(
-                [self._page(out, v) for v in batch]), "push": False})
-            out.served += len(batch)
-            self.totals["pages_served"] += len(batch)
-            failpoint("pager.origin.after_pages")
+            reply = self._answer(out, msg)
+            if reply is not None:
+                await link.send_first(reply)
+                failpoint("pager.origin.after_pages")
+
+    def _answer(self, out: Outgoing, msg: m.Get) -> dict | None:
+        """The reply to a fault: its page and up to n following ones not
+        sent yet (None for a page the env does not have)."""
+        self.totals["page_requests"] += 1
+        if out.perm_of(msg.vpn) is None:
+            return None
+        if out.trace is not None:
+            out.trace.request(msg.vpn << 12)
+        batch = [msg.vpn] + [v for v in out.following(msg.vpn, msg.n) if v not in out.sent]
+        out.sent.update(batch)
+        out.served += len(batch)
+        self.totals["pages_served"] += len(batch)
+        return {"t": "page-batch", "b": encode_pages([self._page(out, v) for v in batch]),
+                "push": False}
+
+    async def _faults_thread(self, link: Link, out: Outgoing) -> None:
+        """Run _serve_faults in a thread until it hands the link back
+        (cancelling this stops it: it is never abandoned, so nothing
+        touches the socket once this returns)."""
+        stop_r, stop_w = os.pipe()
+        try:
+            async with open_nursery() as nursery:
+                async def stop_when_cancelled():
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        os.write(stop_w, b"x")
+
+                nursery.start_soon(stop_when_cancelled)
+                await trio.to_thread.run_sync(self._serve_faults, link.fs, out, stop_r,
+                                              link.timeout, limiter=_UNLIMITED)
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(stop_r)
+            os.close(stop_w)
+
+    def _serve_faults(self, fs, out: Outgoing, stop_fd: int, timeout: float) -> None:
+        """In a thread: read Gets from the faults socket and answer each at
+        once, without the event loop (a request waits neither for its
+        wake-up nor behind the pushed pages it is busy with).  Returns on
+        anything else, left unread for link.receive: a Release, a frame
+        that is no Get, end of file, a broken or stalled link, half a
+        frame; or when stop_fd becomes readable.  The env is held SERVING:
+        its pages do not change while they are read here."""
+        poll = select.poll()
+        poll.register(fs.stream.socket.fileno(), select.POLLIN)
+        poll.register(stop_fd, select.POLLIN)
+        while True:
+            try:
+                frame = fs.receive_now()
+                if frame is None:
+                    if any(fd == stop_fd for fd, _ in poll.poll()):
+                        return
+                    frame = fs.receive_now()
+            except ProtocolError:
+                return                     # link.receive raises it again
+            if frame is None:
+                return
+            try:
+                msg = m.decode(frame, frozenset({m.Get}))
+            except ProtocolError:
+                fs.unread(frame)
+                return
+            try:
+                reply = self._answer(out, msg)
+            except KernelError:                # the env went meanwhile: the loop's to report
+                fs.unread(frame)
+                return
+            if reply is not None:
+                if not fs.send_blocking(reply, timeout):
+                    return
+                failpoint("pager.origin.after_pages")
 
     async def _push(self, link: Link, out: Outgoing) -> None:
         """Push every page not sent yet (once pushing is on); then wait for

@@ -7,7 +7,9 @@ channels to the origin's page server (origin.py), so that none of that is
 downtime; once the migration is handed over (session.py's Go) it asks on
 `faults` for each page an env blocks on (with up to `prefetch` following
 pages), and takes on `push` whatever the origin sends by itself, a fault's
-reply first.  The env alone waits for its page; everything else runs.
+reply first.  When nothing else can run, the kernel task itself waits a
+moment for a fault's reply on the socket and installs it (take_reply):
+the event loop's wake-up would cost about as much as the round trip.  The env alone waits for its page; everything else runs.
 When no page is remote any more (or the env died) it releases the
 origin.  A broken link leaves the env "waiting for pages"; the pager
 reconnects with backoff and asks again for what it still needs.  An origin that no longer knows the migration (it
@@ -20,6 +22,7 @@ in (`pull_all`, asking once per run of consecutive pages).
 from __future__ import annotations
 
 import math
+import select
 import time
 from collections import deque
 
@@ -29,6 +32,7 @@ import trio
 from ...errors import Error
 from ...kernel import events as ev
 from ...proto import migration as m
+from ...proto.frames import ProtocolError
 from ...proto.pstream import decode_pages
 from ..tasks import nursery as open_nursery
 from .base import MigrationError
@@ -39,6 +43,7 @@ ATTACH_WAIT = 5.0                  # how long a migration waits for the channels
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 FAULTS_FIRST = 0.005               # longest a pushed batch waits for a fault's reply
+REPLY_WAIT = 0.002                 # longest the idle kernel task blocks for a fault's reply
 ARRIVALS_KEEP = 30.0               # how long after the release the page map shows arrivals
 FINISHED_KEPT = 64                 # released or lost migrations kept for stats
 
@@ -209,6 +214,57 @@ class Pager:
                 inc.requests.send_nowait(b"")          # the asker flushes the rest
             return
         inc.requests.send_nowait(vpn)
+
+    def take_reply(self) -> bool:
+        """For the kernel task when nothing is runnable: if an env waits for
+        a page it asked for less than REPLY_WAIT ago, wait for the reply in
+        a blocking poll of the faults socket (not through the event loop,
+        whose wake-up would cost about as much as the round trip) and
+        install it.  True if a page was installed (the kernel was poked).
+        A reply later than that, or anything else, comes through
+        _exchange's fault_reader as usual."""
+        now = time.perf_counter()
+        waiting = [inc for inc in self.by_env.values()
+                   if inc.pending and inc.faults is not None and inc.state == "active"]
+        if not waiting:
+            return False
+        deadline = min(min(inc.pending.values()) for inc in waiting) + REPLY_WAIT
+        if deadline <= now:
+            return False
+        poll = select.poll()
+        fds = {inc.faults.fs.stream.socket.fileno(): inc for inc in waiting}
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        installed = False
+        while not installed:
+            for inc in waiting:
+                installed |= self._take_replies(inc)
+            left = deadline - time.perf_counter()
+            if installed or left <= 0 or not poll.poll(left * 1000):
+                break
+        return installed
+
+    def _take_replies(self, inc: Incoming) -> bool:
+        """Install the fault replies already readable on inc's faults link."""
+        fs = inc.faults.fs
+        installed = False
+        while True:
+            try:
+                frame = fs.receive_now()
+            except ProtocolError:
+                return installed      # left to fault_reader, which reports it
+            if frame is None:
+                return installed
+            try:
+                msg = m.decode(frame, frozenset({m.PageBatch}))
+            except ProtocolError:
+                fs.unread(frame)      # Released, an error, or bad: fault_reader's
+                return installed
+            self._install(inc, decode_pages(msg.b), msg.push)
+            installed = True
+            if inc.remote <= 0:
+                inc.all_in.set()
+                inc.requests.send_nowait(None)        # the asker releases the origin
 
     def env_gone(self, envid: int) -> None:
         """An env here died: stop fetching its pages and let the origin go."""
