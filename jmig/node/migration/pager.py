@@ -22,7 +22,6 @@ in (`pull_all`, asking once per run of consecutive pages).
 from __future__ import annotations
 
 import math
-import select
 import time
 from collections import deque
 
@@ -43,7 +42,7 @@ ATTACH_WAIT = 5.0                  # how long a migration waits for the channels
 LATENCY_SAMPLES = 100_000
 PUSH_GRACE = 0.5                   # a push link closing may just precede Released on faults
 FAULTS_FIRST = 0.005               # longest a pushed batch waits for a fault's reply
-REPLY_WAIT = 0.002                 # longest the idle kernel task blocks for a fault's reply
+REPLY_WAIT = 0.002                 # longest the idle kernel task polls for a fault's reply
 ARRIVALS_KEEP = 30.0               # how long after the release the page map shows arrivals
 FINISHED_KEPT = 64                 # released or lost migrations kept for stats
 
@@ -217,12 +216,14 @@ class Pager:
 
     def take_reply(self) -> bool:
         """For the kernel task when nothing is runnable: if an env waits for
-        a page it asked for less than REPLY_WAIT ago, wait for the reply in
-        a blocking poll of the faults socket (not through the event loop,
-        whose wake-up would cost about as much as the round trip) and
-        install it.  True if a page was installed (the kernel was poked).
-        A reply later than that, or anything else, comes through
-        _exchange's fault_reader as usual."""
+        a page it asked for less than REPLY_WAIT ago, poll the faults
+        socket for the reply without sleeping and install it.  Neither the
+        event loop's wake-up nor a sleeping CPU's (on a virtual machine,
+        about as long as the round trip itself) then stands between the
+        reply and the env; the price is this CPU, for at most REPLY_WAIT
+        per fault.  True if a page was installed (the kernel was poked).
+        A later reply, or anything else, comes through _exchange's
+        fault_reader as usual."""
         now = time.perf_counter()
         waiting = [inc for inc in self.by_env.values()
                    if inc.pending and inc.faults is not None and inc.state == "active"]
@@ -231,17 +232,10 @@ class Pager:
         deadline = min(min(inc.pending.values()) for inc in waiting) + REPLY_WAIT
         if deadline <= now:
             return False
-        poll = select.poll()
-        fds = {inc.faults.fs.stream.socket.fileno(): inc for inc in waiting}
-        for fd in fds:
-            poll.register(fd, select.POLLIN)
         installed = False
-        while not installed:
+        while not installed and time.perf_counter() < deadline:
             for inc in waiting:
                 installed |= self._take_replies(inc)
-            left = deadline - time.perf_counter()
-            if installed or left <= 0 or not poll.poll(left * 1000):
-                break
         return installed
 
     def _take_replies(self, inc: Incoming) -> bool:
