@@ -7,11 +7,11 @@ channels to the origin's page server (origin.py), so that none of that is
 downtime; once the migration is handed over (session.py's Go) it asks on
 `faults` for each page an env blocks on (with up to `prefetch` following
 pages), and takes on `push` whatever the origin sends by itself, a fault's
-reply first.  When nothing else can run, the kernel task itself waits a
-moment for a fault's reply on the socket and installs it (take_reply):
-the event loop's wake-up would cost about as much as the round trip.  The env alone waits for its page; everything else runs.
-When no page is remote any more (or the env died) it releases the
-origin.  A broken link leaves the env "waiting for pages"; the pager
+reply first.  The env alone waits for its page; everything else runs.
+When nothing else can run, the kernel task itself polls for a fault's
+reply and installs it (take_reply): the event loop's wake-up would cost
+about as much as the round trip.  When no page is remote any more (or
+the env died) it releases the origin.  A broken link leaves the env "waiting for pages"; the pager
 reconnects with backoff and asks again for what it still needs.  An origin that no longer knows the migration (it
 restarted) means the remaining pages are gone: the env is destroyed,
 naming them.
@@ -251,10 +251,10 @@ class Pager:
                 return installed
             try:
                 msg = m.decode(frame, frozenset({m.PageBatch}))
-            except ProtocolError:
-                fs.unread(frame)      # Released, an error, or bad: fault_reader's
-                return installed
-            self._install(inc, decode_pages(msg.b), msg.push)
+                self._install(inc, decode_pages(msg.b), msg.push)
+            except Exception:         # never raised in the kernel task: a
+                fs.unread(frame)      # Released, an error reply, a bad batch or no
+                return installed      # free frame is fault_reader's to handle or report
             installed = True
             if inc.remote <= 0:
                 inc.all_in.set()

@@ -1,0 +1,114 @@
+"""The destination's kernel task taking a fault's reply itself (Pager.take_reply):
+a real kernel whose env has every page remote, and a real faults connection
+(a socket pair) on which the test plays the origin."""
+import math
+import time
+import types
+
+import pytest
+import trio
+
+from jmig.node.migration.link import Link
+from jmig.node.migration.pager import Incoming, Pager
+from jmig.proto import migration as m
+from jmig.proto.frames import DATA
+from jmig.proto.pstream import StreamError, decode_pages, encode_pages
+from jmig.proto.wire import FramedStream
+
+from ..kernel.test_kernel_ops import counting, snapshot
+
+
+def arrived_remote():
+    """A kernel with an env whose pages are all remote, as after a pgfault
+    migration's commit."""
+    mach, p = counting()
+    mach.k.pause(p.envid)
+    h, pages = snapshot(mach, p.envid)
+    mach.k.kill(p.envid)
+    e = mach.k.create_from(h)
+    for va, perm, _ in pages:
+        mach.k.restore_page(e, va, perm, None)
+    mach.k.commit_incoming(e)
+    return mach.k, e.env_id, pages
+
+
+async def pager_with_link():
+    k, envid, pages = arrived_remote()
+    pokes = []
+    pager = Pager(types.SimpleNamespace(kernel=k, poke=lambda: pokes.append(1)))
+    a, b = trio.socket.socketpair()
+    origin = FramedStream(trio.SocketStream(b), DATA)
+    inc = Incoming(mid="m1", envid=envid, origin="o", addr=("127.0.0.1", 1), token=b"t" * 16,
+                   prefetch=0)
+    inc.requests, inc.requests_recv = trio.open_memory_channel(math.inf)
+    inc.faults = Link(FramedStream(trio.SocketStream(a), DATA))
+    inc.state = "active"
+    inc.remote = len(pages)
+    pager.by_env[envid] = inc
+    return pager, inc, origin, k, envid, pages, pokes
+
+
+def fault(inc, va):
+    inc.pending[va >> 12] = time.perf_counter()
+
+
+async def test_a_reply_already_on_the_socket_is_installed_by_the_kernel_task():
+    pager, inc, origin, k, envid, pages, pokes = await pager_with_link()
+    assert pager.take_reply() is False                 # nothing waited for
+    va, perm, data = pages[0]
+    fault(inc, va)
+    await origin.send(m.encode(m.PageBatch(encode_pages([(va, perm, data)]), False)))
+    assert pager.take_reply() is True
+    assert bytes(k.page_data(envid, va)) == data
+    assert k.remote_count(envid) == len(pages) - 1
+    assert not inc.pending and inc.fetched == 1 and len(inc.latencies) == 1 and pokes
+
+
+async def test_no_reply_within_the_wait_leaves_the_fault_to_the_event_loop():
+    pager, inc, origin, k, envid, pages, _ = await pager_with_link()
+    va = pages[0][0]
+    fault(inc, va)
+    assert pager.take_reply() is False
+    assert k.remote_count(envid) == len(pages) and inc.pending
+
+
+async def test_a_fault_asked_long_ago_is_not_polled_for_again():
+    pager, inc, origin, k, envid, pages, _ = await pager_with_link()
+    va, perm, data = pages[0]
+    inc.pending[va >> 12] = time.perf_counter() - 1.0  # its wait is over
+    await origin.send(m.encode(m.PageBatch(encode_pages([(va, perm, data)]), False)))
+    assert pager.take_reply() is False                 # fault_reader takes it
+    assert k.remote_count(envid) == len(pages)
+
+
+async def test_anything_but_a_good_page_batch_is_given_back_to_the_link_untouched():
+    pager, inc, origin, k, envid, pages, _ = await pager_with_link()
+    va, perm, data = pages[0]
+    # A batch whose records are malformed: nothing installed, the node goes
+    # on, and the link's reader gets the same frame (and reports it).
+    fault(inc, va)
+    await origin.send({"t": "page-batch", "b": b"\x01\x02\x03", "push": False})
+    assert pager.take_reply() is False
+    msg = await inc.faults.receive(frozenset({m.PageBatch}))
+    with pytest.raises(StreamError):
+        decode_pages(msg.b)
+    # Released (an answer to a Release, not a page): given back as it came.
+    fault(inc, va)
+    await origin.send(m.encode(m.Released()))
+    assert pager.take_reply() is False
+    assert isinstance(await inc.faults.receive(frozenset({m.Released})), m.Released)
+    assert k.remote_count(envid) == len(pages)
+    # The page itself afterwards is taken as usual.
+    fault(inc, va)
+    await origin.send(m.encode(m.PageBatch(encode_pages([(va, perm, data)]), False)))
+    assert pager.take_reply() is True and bytes(k.page_data(envid, va)) == data
+
+
+async def test_the_last_remote_page_wakes_the_asker_to_release_the_origin():
+    pager, inc, origin, k, envid, pages, _ = await pager_with_link()
+    for va, perm, data in pages:
+        fault(inc, va)
+        await origin.send(m.encode(m.PageBatch(encode_pages([(va, perm, data)]), False)))
+        assert pager.take_reply() is True
+    assert k.remote_count(envid) == 0 and inc.all_in.is_set()
+    assert inc.requests_recv.receive_nowait() is None  # the asker's cue to send Release
