@@ -214,6 +214,20 @@ def snapshot(m, envid):
     return h, pages
 
 
+def arrived_remote(m, envid):
+    """Env envid moved into a new env whose pages are all remote, as a
+    pgfault migration's destination has it after the commit: (the new
+    env, [(va, perm, data)] of the pages it lacks)."""
+    m.k.pause(envid)
+    h, pages = snapshot(m, envid)
+    m.k.kill(envid)
+    e = m.k.create_from(h)
+    for va, perm, _ in pages:
+        m.k.restore_page(e, va, perm, None)
+    m.k.commit_incoming(e)
+    return e, pages
+
+
 def restore(m, h, pages, **kw):
     e = m.k.create_from(h, **kw)
     for va, perm, data in pages:
@@ -321,13 +335,7 @@ def test_install_page_of_a_page_already_local_changes_nothing():
     # A late or duplicate page (the pager sent it twice, or after the env
     # had it and wrote to it): the env's own contents win.
     m, p = counting()
-    m.k.pause(p.envid)
-    h, pages = snapshot(m, p.envid)
-    m.k.kill(p.envid)
-    e = m.k.create_from(h)
-    for va, perm, _ in pages:
-        m.k.restore_page(e, va, perm, None)
-    m.k.commit_incoming(e)
+    e, pages = arrived_remote(m, p.envid)
     for va, _, data in pages:
         assert m.k.install_page(e.env_id, va, data)
     m.k.resume(e.env_id)

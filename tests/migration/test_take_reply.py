@@ -15,25 +15,13 @@ from jmig.proto.frames import DATA
 from jmig.proto.pstream import StreamError, decode_pages, encode_pages
 from jmig.proto.wire import FramedStream
 
-from ..kernel.test_kernel_ops import counting, snapshot
-
-
-def arrived_remote():
-    """A kernel with an env whose pages are all remote, as after a pgfault
-    migration's commit."""
-    mach, p = counting()
-    mach.k.pause(p.envid)
-    h, pages = snapshot(mach, p.envid)
-    mach.k.kill(p.envid)
-    e = mach.k.create_from(h)
-    for va, perm, _ in pages:
-        mach.k.restore_page(e, va, perm, None)
-    mach.k.commit_incoming(e)
-    return mach.k, e.env_id, pages
+from ..kernel.test_kernel_ops import arrived_remote, counting
 
 
 async def pager_with_link():
-    k, envid, pages = arrived_remote()
+    mach, p = counting()
+    e, pages = arrived_remote(mach, p.envid)
+    k, envid = mach.k, e.env_id
     pokes = []
     pager = Pager(types.SimpleNamespace(kernel=k, poke=lambda: pokes.append(1)))
     a, b = trio.socket.socketpair()
