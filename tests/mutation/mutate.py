@@ -276,11 +276,14 @@ def _keys(items, tree: Path) -> list[dict]:
 
 
 def equivalent_reason(key: dict, equivalents: list[dict]) -> str | None:
+    """The reason an entry of equivalent.toml gives for this mutant, if one
+    names it: by module, operator, the line's code, column and variant.
+    An entry's `line` is where the line was when it was written, for a
+    reader: lines move as the module grows, the code stays."""
     for e in equivalents:
         if (e["module"] == key["module"] and e["operator"] == key["operator"]
                 and e["code"] == key["code"] and e.get("col", key["col"]) == key["col"]
-                and e.get("variant", 0) == key["variant"]
-                and e.get("line", key["line"]) == key["line"]):
+                and e.get("variant", 0) == key["variant"]):
             return e["reason"]
     return None
 
