@@ -123,3 +123,36 @@ async def test_send_blocking_on_a_stalled_link_gives_up_and_leaves_the_rest_for_
         n.start_soon(reader)
         await tx.send({"t": "after"})                  # the loop sends the rest first
     assert got[0]["b"] == big and got[1]["t"] == "after"
+
+
+async def test_send_blocking_to_a_peer_that_is_gone_says_so_and_raises_nothing():
+    tx, rx = await _pair()
+    rx.stream.socket.close()
+    ok = await trio.to_thread.run_sync(tx.send_blocking, {"t": "page", "b": b"x" * 100}, 5.0)
+    assert ok is False and tx.unsent                   # the loop's next send reports it
+    with pytest.raises(ConnectionClosed):
+        await tx.send({"t": "after"})
+
+
+async def test_raw_parts_after_a_partial_send_now_follow_the_rest_of_its_frame():
+    tx, rx = await _pair()
+    big = b"y" * 600_000
+    assert tx.send_now({"t": "big", "b": big}) and tx.unsent
+    got = []
+
+    async def reader():
+        got.append(await rx.receive())
+        got.append(await read_exactly(rx, 5))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await tx.send_parts([b"ab", b"cde"])
+    assert got[0]["b"] == big and got[1] == b"abcde"
+
+
+async def read_exactly(fs: FramedStream, n: int) -> bytes:
+    out = bytearray(fs.take_buffered())
+    while len(out) < n:
+        out += await fs.receive_some()
+    return bytes(out)
