@@ -365,3 +365,14 @@ async def test_a_pause_that_ends_past_the_timeout_ends_connect_as_too_slow(monke
     with pytest.raises(trio.TooSlowError):
         await connect("h", 7000, SECRET, "control", "cli", timeout=0.2)
     assert len(tries) == 4
+
+
+async def test_closing_in_a_cancelled_scope_closes_and_lets_the_next_close_run():
+    # A cancelled task's cleanup (the pager's: close faults, then push) must
+    # close every connection, not stop at the first.
+    (a1, _), (a2, _) = pair(), pair()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await a1.aclose()
+        await a2.aclose()
+    assert a1.stream.socket.fileno() == -1 and a2.stream.socket.fileno() == -1
