@@ -116,6 +116,49 @@ def test_a_long_frame_within_the_limits_waits_for_the_rest():
     assert dec.next_frame() == {"b": bytes(MIB)}
 
 
+def test_the_second_long_frame_on_a_connection_is_checked_on_its_first_64_kib_too():
+    good = msgpack.packb({"b": bytes(MIB)}, use_bin_type=True)
+    bad = b"\xdf" + struct.pack(">I", 10**6) + bytes(MIB - 5)
+    dec = FrameDecoder(frames.DATA)
+    dec.receive_data(struct.pack(">I", len(good)) + good)
+    assert dec.next_frame() == {"b": bytes(MIB)}
+    dec.receive_data(struct.pack(">I", len(bad)) + bad[:64 * KIB])
+    with pytest.raises(RemoteProtocolError, match="not valid msgpack"):
+        dec.next_frame()
+
+
+def test_a_long_frame_arriving_in_pieces_has_its_beginning_looked_at_once(monkeypatch):
+    # Each piece of a 1 MiB frame does not parse its first 64 KiB again.
+    body = msgpack.packb({"b": bytes(MIB)}, use_bin_type=True)
+    dec = FrameDecoder(frames.DATA)
+    made = []
+    real = dec._unpacker
+    monkeypatch.setattr(dec, "_unpacker", lambda: made.append(1) or real())
+    dec.receive_data(struct.pack(">I", len(body)))
+    for i in range(0, len(body), 16 * KIB):
+        dec.receive_data(body[i:i + 16 * KIB])
+        frame = dec.next_frame()
+    assert frame == {"b": bytes(MIB)} and len(made) == 1
+
+
+def test_the_first_64_kib_are_checked_as_the_whole_frame_is_decoded():
+    # What the early check refuses, the whole frame's decoding refuses too
+    # (a str that is not UTF-8), and what that accepts the early check
+    # accepts (a map key that is no str).
+    bad = b"\x82" + msgpack.packb("t") + b"\xa2\xff\xfe" + msgpack.packb("pad") \
+        + msgpack.packb(bytes(MIB), use_bin_type=True)
+    dec = FrameDecoder(frames.DATA)
+    dec.receive_data(struct.pack(">I", len(bad)) + bad[:64 * KIB])
+    with pytest.raises(RemoteProtocolError, match="not valid msgpack"):
+        dec.next_frame()
+    good = msgpack.packb({7: "int key", "b": bytes(MIB)}, use_bin_type=True)
+    dec = FrameDecoder(frames.DATA)
+    dec.receive_data(struct.pack(">I", len(good)) + good[:64 * KIB])
+    assert dec.next_frame() is NEED_DATA
+    dec.receive_data(good[64 * KIB:])
+    assert dec.next_frame() == {7: "int key", "b": bytes(MIB)}
+
+
 def test_msgpack_extension_types_are_refused_in_any_frame():
     # jmig's messages hold none; a peer sending one is refused, whether the
     # frame is short or long (checked on its first 64 KiB, before the rest).
