@@ -203,6 +203,12 @@ class FramedStream:
         self.bytes_received += n
         return n
 
+    def _read_size(self) -> int:
+        """How much to read at most while a frame is due: never far past
+        what one frame may be (before the handshake: a few KiB), so a flood
+        costs no memory here."""
+        return min(RECV_SIZE, self.decoder.max_frame + 4)
+
     def receive_now(self):
         """The next frame if it is here or in the socket now, else None;
         never waits (for synchronous code that must not yield: the kernel
@@ -214,8 +220,7 @@ class FramedStream:
         frame = self.decoder.next_frame()
         if frame is NEED_DATA:
             try:
-                data = os.read(self.stream.socket.fileno(), min(RECV_SIZE,
-                                                               self.decoder.max_frame + 4))
+                data = os.read(self.stream.socket.fileno(), self._read_size())
             except OSError:             # would block, or broken: receive() reports it
                 return None
             if not data:
@@ -240,9 +245,7 @@ class FramedStream:
             if frame is not NEED_DATA:
                 return frame
             try:
-                # Never read far past what one frame may be (before the
-                # handshake: a few KiB), so a flood costs no memory here.
-                data = await self.stream.receive_some(min(RECV_SIZE, self.decoder.max_frame + 4))
+                data = await self.stream.receive_some(self._read_size())
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed("connection lost") from exc
             if not data:
