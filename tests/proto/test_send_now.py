@@ -8,6 +8,8 @@ import trio
 from jmig.proto.frames import DATA, RemoteProtocolError, encode_frame
 from jmig.proto.wire import ConnectionClosed, FramedStream
 
+from .test_wire import read_all
+
 
 async def _pair():
     a, b = trio.socket.socketpair()
@@ -142,17 +144,10 @@ async def test_raw_parts_after_a_partial_send_now_follow_the_rest_of_its_frame()
 
     async def reader():
         got.append(await rx.receive())
-        got.append(await read_exactly(rx, 5))
+        got.append(await read_all(rx, 5))
 
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             n.start_soon(reader)
             await tx.send_parts([b"ab", b"cde"])
     assert got[0]["b"] == big and got[1] == b"abcde"
-
-
-async def read_exactly(fs: FramedStream, n: int) -> bytes:
-    out = bytearray(fs.take_buffered())
-    while len(out) < n:
-        out += await fs.receive_some()
-    return bytes(out)
