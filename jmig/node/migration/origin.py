@@ -15,10 +15,10 @@ buffers), and the push gives way while a request waits unread on it.
 A thread of its own reads that connection and answers each Get the moment
 it arrives, so that a fault waits neither for the event loop to wake nor
 for the push it is busy with; anything else on it (a Release, an error,
-the end) goes back to the event loop.  A
-page is pushed at most once; a fault is answered even if the page was
-pushed already (its copy may still be in flight on the push connection:
-the destination installs whichever arrives first and drops the other).
+the end) goes back to the event loop.  A page is pushed at most once; a
+fault is answered even if the page was pushed already (its copy may still
+be in flight on the push connection: the destination installs whichever
+arrives first and drops the other).
 On re-attach the destination lists the pages it still needs, which
 become unsent again, so after a broken link nothing is missing.
 Only the migration's destination (its node name from the handshake),

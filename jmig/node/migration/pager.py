@@ -11,8 +11,9 @@ reply first.  The env alone waits for its page; everything else runs.
 When nothing else can run, the kernel task itself polls for a fault's
 reply and installs it (take_reply): the event loop's wake-up would cost
 about as much as the round trip.  When no page is remote any more (or
-the env died) it releases the origin.  A broken link leaves the env "waiting for pages"; the pager
-reconnects with backoff and asks again for what it still needs.  An origin that no longer knows the migration (it
+the env died) it releases the origin.  A broken link leaves the env
+"waiting for pages"; the pager reconnects with backoff and asks again for
+what it still needs.  An origin that no longer knows the migration (it
 restarted) means the remaining pages are gone: the env is destroyed,
 naming them.
 
