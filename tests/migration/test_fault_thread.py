@@ -1,10 +1,17 @@
 """The origin's faults connection served from a thread of its own
 (PageServer._faults): a real kernel holding the env SERVING, a real socket
 pair, the test playing the destination with a blocking socket."""
+import os
+import resource
 import socket
+import subprocess
+import sys
+import threading
 import time
 import types
+from pathlib import Path
 
+import pytest
 import structlog
 import trio
 
@@ -123,3 +130,51 @@ async def test_a_half_frame_or_the_end_goes_back_to_the_loop_which_reports_the_e
         b.close()
     assert ended and "lost the link" in str(ended[0])
     assert server.fault_threads == 0
+
+
+def fifo_threads() -> list[int]:
+    """The ids of this process's threads that run SCHED_FIFO."""
+    return [int(t) for t in os.listdir("/proc/self/task")
+            if os.sched_getscheduler(int(t)) == os.SCHED_FIFO]
+
+
+def can_realtime() -> bool:
+    """Whether this process may raise a thread to real-time priority."""
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] > 0
+
+
+async def test_the_thread_serves_at_real_time_priority_and_leaves_it_when_done():
+    if not can_realtime():
+        pytest.skip("needs root or RLIMIT_RTPRIO to raise a thread's priority")
+    server, out, k, pages = serving()
+    a, b = socket.socketpair()
+    link = Link(FramedStream(trio.SocketStream(trio.socket.from_stdlib_socket(a)), DATA))
+    assert fifo_threads() == []
+    with trio.move_on_after(0.2):
+        await server._faults(link, out)                    # waits in its thread, unasked
+    # trio keeps its threads for the next job: the thread must not keep the priority.
+    assert fifo_threads() == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._faults, link, out)
+        await trio.sleep(0.05)
+        serving_threads = fifo_threads()
+        assert len(serving_threads) == 1 and serving_threads[0] != threading.get_native_id()
+        assert server.stats()["fault_priority"] == "realtime"
+        nursery.cancel_scope.cancel()
+    assert fifo_threads() == []
+
+
+def test_without_the_privilege_the_thread_serves_at_normal_priority():
+    # A child that gave up root (setuid nobody: no CAP_SYS_NICE, and
+    # RLIMIT_RTPRIO 0) runs the same block: it is told so and nothing changes.
+    # (Everything is imported first: nobody may not read the interpreter's files.)
+    code = ("import os, resource\n"
+            "from jmig.node.migration.origin import realtime\n"
+            "resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))\n"
+            "if os.geteuid() == 0: os.setuid(65534)\n"
+            "with realtime() as raised:\n"
+            "    print(raised, os.sched_getscheduler(0) == os.SCHED_OTHER)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True"]

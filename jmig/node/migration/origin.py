@@ -15,7 +15,11 @@ buffers), and the push gives way while a request waits unread on it.
 A thread of its own reads that connection and answers each Get the moment
 it arrives, so that a fault waits neither for the event loop to wake nor
 for the push it is busy with; anything else on it (a Release, an error,
-the end) goes back to the event loop.  A page is pushed at most once; a
+the end) goes back to the event loop.  That thread runs at the lowest
+real-time priority (SCHED_FIFO 1) while it serves, where the node may
+(root or CAP_SYS_NICE): otherwise a request arriving while the push and
+the destination keep every CPU busy waits for the scheduler's next turn
+(up to 4 ms on two CPUs), not for its wake-up.  A page is pushed at most once; a
 fault is answered even if the page was pushed already (its copy may still
 be in flight on the push connection: the destination installs whichever
 arrives first and drops the other).
@@ -34,6 +38,7 @@ import os
 import select
 import time
 from bisect import bisect_right
+from contextlib import contextmanager
 from itertools import chain
 
 import attrs
@@ -135,6 +140,26 @@ class Outgoing:
             yield batch
 
 
+@contextmanager
+def realtime():
+    """Run the calling thread at SCHED_FIFO priority 1 (the lowest real-time
+    one) inside the block, and at normal priority again after it (trio
+    reuses its threads); yields False, changing nothing, where that is not
+    allowed.  For a thread that sleeps in poll() between short bursts of
+    work: Linux keeps real-time threads to 95% of each second
+    (kernel.sched_rt_runtime_us), so even a flood of requests cannot stop
+    the rest of the machine."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def runs_of(vpn_perms) -> list[tuple[int, int, int]]:
     """[(first vpn, count, perm)] from (vpn, perm) pairs in address order."""
     runs: list[list[int]] = []
@@ -154,6 +179,7 @@ class PageServer:
         self.totals = {"pages_served": 0, "page_requests": 0, "pages_push_sent": 0,
                        "releases": 0}
         self.fault_threads = 0
+        self.fault_priority: str | None = None   # "realtime" or "normal", once a thread served
 
     # -- the table -------------------------------------------------------------------
     def expect(self, out: Outgoing) -> None:
@@ -187,7 +213,8 @@ class PageServer:
             out.pushing.set()
 
     def stats(self) -> dict:
-        return {**self.totals, "outgoing_active": len(self.outgoing)}
+        return {**self.totals, "outgoing_active": len(self.outgoing),
+                "fault_priority": self.fault_priority}
 
     # -- the page server's connections ----------------------------------------------------
     async def handle(self, link: Link) -> None:
@@ -290,11 +317,20 @@ class PageServer:
     def _serve_faults(self, fs, out: Outgoing, stop_fd: int, timeout: float) -> None:
         """In a thread: read Gets from the faults socket and answer each at
         once, without the event loop (a request waits neither for its
-        wake-up nor behind the pushed pages it is busy with).  Returns on
-        anything else, left unread for link.receive: a Release, a frame
-        that is no Get, end of file, a broken or stalled link, half a
-        frame; or when stop_fd becomes readable.  The env is held SERVING:
-        its pages do not change while they are read here."""
+        wake-up nor behind the pushed pages it is busy with), at real-time
+        priority where allowed.  Returns on anything else, left unread for
+        link.receive: a Release, a frame that is no Get, end of file, a
+        broken or stalled link, half a frame; or when stop_fd becomes
+        readable.  The env is held SERVING: its pages do not change while
+        they are read here."""
+        with realtime() as raised:
+            if not raised and self.fault_priority != "normal":
+                self.node.log.warning("fault replies served at normal priority: real-time "
+                                      "scheduling is not allowed (needs CAP_SYS_NICE)")
+            self.fault_priority = "realtime" if raised else "normal"
+            self._serve_gets(fs, out, stop_fd, timeout)
+
+    def _serve_gets(self, fs, out: Outgoing, stop_fd: int, timeout: float) -> None:
         poll = select.poll()
         poll.register(fs.stream.socket.fileno(), select.POLLIN)
         poll.register(stop_fd, select.POLLIN)
