@@ -52,6 +52,18 @@ async def test_a_reply_already_on_the_socket_is_installed_by_the_kernel_task():
     assert not inc.pending and inc.fetched == 1 and len(inc.latencies) == 1 and pokes
 
 
+async def test_the_first_faults_are_taken_before_the_link_task_has_seen_the_go():
+    # The env runs as soon as the go arrives; its link task sets "active" a
+    # task switch later, with the event loop busy finishing the migration.
+    pager, inc, origin, k, envid, pages, _ = await pager_with_link()
+    inc.state = "connecting"
+    va, perm, data = pages[0]
+    fault(inc, va)
+    await origin.send(m.encode(m.PageBatch(encode_pages([(va, perm, data)]), False)))
+    assert pager.take_reply() is True
+    assert bytes(k.page_data(envid, va)) == data and not inc.pending
+
+
 async def test_no_reply_within_the_wait_leaves_the_fault_to_the_event_loop():
     pager, inc, origin, k, envid, pages, _ = await pager_with_link()
     va = pages[0][0]

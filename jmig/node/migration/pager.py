@@ -226,8 +226,9 @@ class Pager:
         A later reply, or anything else, comes through _exchange's
         fault_reader as usual."""
         now = time.perf_counter()
-        waiting = [inc for inc in self.by_env.values()
-                   if inc.pending and inc.faults is not None and inc.state == "active"]
+        # inc.faults is set from the commit until its link closes: the env's
+        # first faults come before _link_loop has seen the go.
+        waiting = [inc for inc in self.by_env.values() if inc.pending and inc.faults is not None]
         if not waiting:
             return False
         deadline = min(min(inc.pending.values()) for inc in waiting) + REPLY_WAIT
