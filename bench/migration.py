@@ -1,7 +1,7 @@
 """Migration speed: save, load and the three migration methods on memtest
 processes, next to the raw figures of this machine from the same run.
 
-    python bench/migration.py [--sizes 16,64] [--json FILE] [--quick]
+    python bench/migration.py [--sizes 16,64] [--json FILE] [--quick | --faults-only]
 
 For each size S MiB: a memtest of S MiB is started on node A of a cluster
 of two jmig-node processes on loopback; then
@@ -21,7 +21,9 @@ of two jmig-node processes on loopback; then
     which rewrites 1/8 of its pages every pass: total time, downtime, rounds,
     and downtime as a fraction of normal migration's.
 Then memtest 4096 (16 MiB) rewriting every page each pass: pre-copy's
-downtime against normal migration's on the same process.
+downtime against normal migration's on the same process.  Last, remote
+fault latency while background push runs, over every fault of six pgfault
+migrations of a 48 MiB memtest (--faults-only: that alone).
 """
 from __future__ import annotations
 
@@ -346,6 +348,59 @@ async def bench_rewrite_all(b: Bench) -> dict:
     return out
 
 
+FAULT_SIZE_MIB = 48                # the process of the faults-under-push figure
+FAULT_ROUNDS = 6                   # pgfault migrations with push, back and forth
+
+
+async def bench_faults_under_push(b: Bench) -> dict:
+    """Remote fault latency while background push runs: a 48 MiB memtest
+    migrated pgfault with push FAULT_ROUNDS times between two fresh nodes,
+    each time resumed at once; p50/p99 over every fault each node took (the
+    node's own figures, so every fault counts, not only a migration's
+    first ones; the worse node is shown), next to a raw round trip."""
+    pages = FAULT_SIZE_MIB * 256
+    a, c = b.node("f1", 128 * MIB), b.node("f2", 128 * MIB)
+    await b.wait_up(a)
+    await b.wait_up(c)
+    envid = await b.memtest(a, pages, pages // 8, 0)
+    src, dst = a, c
+    faults = 0
+    for _ in range(FAULT_ROUNDS):
+        await b.compiled(src)
+        await b.compiled(dst)
+        res = await b.call(src, "migrate", {"envid": envid, "to": dst, "method": "pgfault",
+                                            "push": True, "resume": True})
+        envid = res["new_envid"]
+        await b.until_released(src, res["envid"])
+        faults += (await b.call(dst, "stats"))["pager"]["migrations_in"][-1]["faults"]
+        src, dst = dst, src
+    nodes = [(await b.call(n, "stats")) for n in (a, c)]
+    pagers = [st["pager"] for st in nodes]
+    rtt50, rtt99 = await raw_round_trip()
+    seen = await b.passes(src)
+    with trio.fail_after(900):
+        while await b.passes(src) < seen + 1:
+            await trio.sleep(0.1)
+    out = {"size_mib": FAULT_SIZE_MIB, "migrations": FAULT_ROUNDS, "faults": faults,
+           "fault_p50_ms": max(p["fault_latency_p50_ms"] for p in pagers),
+           "fault_p99_ms": max(p["fault_latency_p99_ms"] for p in pagers),
+           "raw_rtt_p50_ms": rtt50 * 1000, "raw_rtt_p99_ms": rtt99 * 1000,
+           "fault_priority": sorted({p.get("fault_priority") for p in pagers}
+                                    - {None}),
+           "memtest_ok": not [n for n in (a, c) if "MISMATCH" in await b.console(n)]}
+    await b.call(src, "kill", {"envid": envid})
+    return out
+
+
+def show_faults_under_push(r: dict) -> None:
+    print(f"faults while push runs, {r['size_mib']} MiB memtest, {r['migrations']} pgfault "
+          f"migrations with push: {r['faults']} faults, p50 {_ms(r['fault_p50_ms'])} "
+          f"p99 {_ms(r['fault_p99_ms'])} (raw rtt p50 {_ms(r['raw_rtt_p50_ms'])} "
+          f"p99 {_ms(r['raw_rtt_p99_ms'])}); origin threads at "
+          f"{'/'.join(r['fault_priority']) or '?'} priority; memtest verified: "
+          f"{r['memtest_ok']}")
+
+
 def show_rewrite_all(r: dict) -> None:
     print(f"memtest 4096 (16 MiB, every page rewritten each pass): precopy downtime "
           f"{r['precopy_downtime_s'] * 1000:.1f} ms ({r['precopy_rounds']} rounds, "
@@ -402,17 +457,20 @@ def _ms(v):
     return "-" if v is None else f"{v:.2f}ms"
 
 
-async def amain(sizes, quick):
+async def amain(sizes, quick, faults_only=False):
     results = []
     with tempfile.TemporaryDirectory(prefix="jmig-bench-") as d:
         b = Bench(Path(d))
         try:
+            if faults_only:
+                return [], None, await bench_faults_under_push(b)
             for s in sizes:
                 results.append(await bench_size(b, s, quick))
             rewrite = None if quick else await bench_rewrite_all(b)
+            faults = None if quick else await bench_faults_under_push(b)
         finally:
             b.close()
-    return results, rewrite
+    return results, rewrite, faults
 
 
 def main(argv=None) -> dict:
@@ -421,13 +479,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", default="16,64", help="process sizes in MiB (default 16,64)")
     ap.add_argument("--json", help="write results to this file")
     ap.add_argument("--quick", action="store_true", help="only 4 MiB")
+    ap.add_argument("--faults-only", action="store_true",
+                    help="only the fault latency while push runs (48 MiB)")
     a = ap.parse_args(argv)
     sizes = [4] if a.quick else [int(s) for s in a.sizes.split(",")]
-    results, rewrite = trio.run(amain, sizes, a.quick)
-    show(results)
+    results, rewrite, faults = trio.run(amain, sizes, a.quick, a.faults_only)
+    if results:
+        show(results)
     if rewrite:
         show_rewrite_all(rewrite)
-    out = {"migration": results, "rewrite_all": rewrite}
+    if faults:
+        show_faults_under_push(faults)
+    out = {"migration": results, "rewrite_all": rewrite, "faults_under_push": faults}
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return out
