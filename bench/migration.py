@@ -345,6 +345,7 @@ async def bench_rewrite_all(b: Bench) -> dict:
         while await b.passes(a) < seen + 1:
             await trio.sleep(0.1)
     out["memtest_ok"] = not [n for n in (a, c) if "MISMATCH" in await b.console(n)]
+    await b.call(a, "kill", {"envid": res["new_envid"]})    # no load left for what follows
     return out
 
 
