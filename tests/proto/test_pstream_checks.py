@@ -102,6 +102,26 @@ def test_a_page_named_twice_in_one_batch_is_refused_naming_it():
         decode(batch([(0x801000, RW), (0x803000, RW), (0x802000, R), (0x803000, R)]))
 
 
+def test_a_batch_of_two_naming_one_page_twice_is_refused():
+    # Two entries, the same page, in either order of permissions: a batch
+    # short enough that its order alone proves nothing.
+    for perms in ((RW, R), (R, RW)):
+        with pytest.raises(StreamError, match="page 0x00803000 appears twice"):
+            decode(batch([(0x803000, perms[0]), (0x803000, perms[1])]))
+    with pytest.raises(StreamError, match="page 0x00a01000 written twice"):
+        enc = StreamEncoder()
+        enc.start({"pages": 2})
+        enc.batch([0xA01000, 0xA01000], [RW] * 2, [bytes(4096)] * 2)
+
+
+def test_a_batch_in_descending_order_is_accepted_and_one_repeating_a_page_is_not():
+    events = decode(batch([(0x805000, RW), (0x804000, RW), (0x803000, R)]))
+    assert [list(map(int, e.vas)) for e in events if isinstance(e, pstream.Batch)] == \
+        [[0x805000, 0x804000, 0x803000]]
+    with pytest.raises(StreamError, match="page 0x00804000 appears twice"):
+        decode(batch([(0x805000, RW), (0x804000, RW), (0x804000, R)]))
+
+
 def test_a_batch_naming_a_page_seen_before_is_refused_naming_it():
     with pytest.raises(StreamError, match="page 0x00805000 appears twice"):
         decode(zero(0x805000, RW), batch([(0x804000, RW), (0x805000, RW)]))
@@ -200,3 +220,15 @@ def test_a_stream_is_judged_on_its_8_byte_magic_alone():
     dec.receive_data(b"JMIGPS\x00\x01")
     with pytest.raises(StreamError, match="version 1 is not supported"):
         dec.next_event()
+
+
+def test_asking_for_the_next_event_before_giving_a_batch_a_sink_is_an_error():
+    # A consumer that forgot sink() would otherwise wait for data forever.
+    dec = StreamDecoder()
+    dec.receive_data(MAGIC + header(2) + batch([(0x801000, RW), (0x802000, RW)]))
+    assert isinstance(dec.next_event(), pstream.Header)
+    assert isinstance(dec.next_event(), pstream.Batch)
+    with pytest.raises(StreamError, match="arrived with nowhere to go"):
+        dec.next_event()
+    dec.sink(None)                                  # given one, the pages go there
+    assert dec.next_event() is pstream.NEED_DATA    # (the trailer has not come)
