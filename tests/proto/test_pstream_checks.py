@@ -232,3 +232,17 @@ def test_asking_for_the_next_event_before_giving_a_batch_a_sink_is_an_error():
         dec.next_event()
     dec.sink(None)                                  # given one, the pages go there
     assert dec.next_event() is pstream.NEED_DATA    # (the trailer has not come)
+
+
+@pytest.mark.parametrize("kind", ["zero", "remote"])
+def test_a_single_page_record_beyond_the_announced_count_is_refused_at_once(kind):
+    # Not at the trailer: a stream announcing 1 page could otherwise name
+    # thousands, each one installed before the count is checked.
+    record = RECORDS[kind]
+    dec = StreamDecoder()
+    dec.receive_data(MAGIC + header(1) + record(0x801000, RW) + record(0x802000, RW))
+    assert isinstance(dec.next_event(), pstream.Header)
+    dec.next_event()
+    with pytest.raises(StreamError, match="more pages than the 1 the header announced"):
+        dec.next_event()
+    assert dec.pages == 1
