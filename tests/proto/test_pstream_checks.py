@@ -246,3 +246,13 @@ def test_a_single_page_record_beyond_the_announced_count_is_refused_at_once(kind
     with pytest.raises(StreamError, match="more pages than the 1 the header announced"):
         dec.next_event()
     assert dec.pages == 1
+
+
+def test_a_batch_entry_with_bad_chunk_numbers_is_named_wherever_it_is():
+    good = [(0x801000 + (i << 12), RW) for i in range(3)]
+    for at in (0, 1, 2):
+        rec = bytearray(batch(good))
+        seq_at = 9 + at * 10 + 6                  # the entry's 4 sequence bytes
+        rec[seq_at:seq_at + 4] = b"\x01\x02\x04\x03"
+        with pytest.raises(StreamError, match=f"page {good[at][0]:#010x}: chunk sequence"):
+            decode(bytes(rec))
