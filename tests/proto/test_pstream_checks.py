@@ -256,3 +256,46 @@ def test_a_batch_entry_with_bad_chunk_numbers_is_named_wherever_it_is():
         rec[seq_at:seq_at + 4] = b"\x01\x02\x04\x03"
         with pytest.raises(StreamError, match=f"page {good[at][0]:#010x}: chunk sequence"):
             decode(bytes(rec))
+
+
+def test_a_run_that_ends_past_utop_is_refused_and_one_that_ends_at_it_accepted():
+    with pytest.raises(StreamError, match="run of 2 pages at 0xeebff000 does not fit below UTOP"):
+        decode(run(UTOP - 0x1000, 2, RW))
+    assert len(decode(run(UTOP - 0x2000, 2, RW))) == 2
+    enc = StreamEncoder()
+    enc.start({"pages": 4})
+    with pytest.raises(StreamError, match="does not fit below UTOP"):
+        enc.remote_run(UTOP - 0x1000, 2, RW)
+
+
+def test_the_encoder_refuses_pages_before_the_header_and_after_the_trailer():
+    enc = StreamEncoder()
+    with pytest.raises(StreamError, match="page outside the stream"):
+        enc.zero(0x800000, RW)
+    enc.start({"pages": 1})
+    enc.zero(0x800000, RW)
+    enc.trailer()
+    for write in (lambda: enc.zero(0x801000, RW), lambda: enc.remote(0x801000, RW),
+                  lambda: enc.remote_run(0x801000, 1, RW),
+                  lambda: enc.batch([0x801000], [RW], [bytes(4096)])):
+        with pytest.raises(StreamError, match="page outside the stream"):
+            write()
+    with pytest.raises(StreamError, match="trailer outside the stream"):
+        enc.trailer()
+
+
+def test_the_encoder_refuses_an_empty_batch():
+    enc = StreamEncoder()
+    enc.start({"pages": 1})
+    with pytest.raises(StreamError, match="a batch holds 1..256 pages, not 0"):
+        enc.batch([], [], [])
+
+
+@pytest.mark.parametrize("at", range(7))
+def test_a_stream_whose_magic_differs_in_any_byte_is_refused(at):
+    bad = bytearray(MAGIC)
+    bad[at] ^= 0x20
+    dec = StreamDecoder()
+    dec.receive_data(bytes(bad) + header(0))
+    with pytest.raises(StreamError, match="not a jmig process stream"):
+        dec.next_event()
