@@ -463,6 +463,15 @@ def test_env_header_refuses_a_field_outside_32_bits(field, value):
         pstream.env_header(fields)
 
 
+@pytest.mark.parametrize("name", ["n" * 65, 5, None, b"loop"])
+def test_env_header_refuses_a_name_that_is_not_a_string_of_at_most_64(name):
+    fields = pstream.header_fields(_env_header(), node="a", jmig_version="0", pages=0,
+                                   method="image")
+    fields["name"] = name
+    with pytest.raises(StreamError, match="header field 'name' is not a short string"):
+        pstream.env_header(fields)
+
+
 @pytest.mark.parametrize("chunk", [0, 1, 2, 3])
 def test_a_page_batch_with_one_chunk_number_wrong_is_refused(chunk):
     data = bytearray(encode_pages([(0x800000, PTE_U | PTE_P, bytes(range(256)) * 16)]))

@@ -284,6 +284,19 @@ def test_the_encoder_refuses_pages_before_the_header_and_after_the_trailer():
         enc.trailer()
 
 
+def test_the_encoder_refuses_a_trailer_before_the_header():
+    with pytest.raises(StreamError, match="trailer outside the stream"):
+        StreamEncoder().trailer()
+
+
+@pytest.mark.parametrize("size", [0, 4095, 4097])
+def test_the_encoder_refuses_a_page_that_is_not_4096_bytes(size):
+    enc = StreamEncoder()
+    enc.start({"pages": 2})
+    with pytest.raises(StreamError, match=f"a page of {size} bytes, not 4096"):
+        enc.batch([0x800000, 0x801000], [RW, RW], [bytes(4096), bytes(size)])
+
+
 def test_the_encoder_refuses_an_empty_batch():
     enc = StreamEncoder()
     enc.start({"pages": 1})
