@@ -312,3 +312,28 @@ def test_a_stream_whose_magic_differs_in_any_byte_is_refused(at):
     dec.receive_data(bytes(bad) + header(0))
     with pytest.raises(StreamError, match="not a jmig process stream"):
         dec.next_event()
+
+
+def test_decode_pages_says_which_pages_travelled_as_zero_records():
+    data = bytes(range(256)) * 16
+    pages = pstream.decode_pages(pstream.encode_pages(
+        [(0x800000, RW, data), (0x801000, RW, bytes(4096)), (0x802000, R, data)]))
+    assert [(p.va, p.zero, p.data == data) for p in pages] == \
+        [(0x800000, False, True), (0x801000, True, False), (0x802000, False, True)]
+
+
+def test_the_encoder_refuses_a_run_over_a_page_it_wrote_before():
+    enc = StreamEncoder()
+    enc.start({"pages": 8})
+    enc.zero(0x801000, RW)
+    with pytest.raises(StreamError, match="run at 0x00800000 overlaps pages already written"):
+        enc.remote_run(0x800000, 4, RW)
+
+
+def test_the_decoder_takes_a_header_of_exactly_64_kib():
+    pad = (64 << 10) - len(msgpack.packb({"pages": 0, "pad": ""}, use_bin_type=True)) - 2
+    body = msgpack.packb({"pages": 0, "pad": "x" * pad}, use_bin_type=True)
+    assert len(body) == 64 << 10
+    dec = StreamDecoder()
+    dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
+    assert dec.next_event().fields["pages"] == 0
