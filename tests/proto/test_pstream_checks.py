@@ -6,6 +6,7 @@ is allowed.  A stream breaking one is refused with the page it is about.
 The records are written out byte by byte (the encoder runs the same
 checks, so a stream it made could not break them)."""
 import re
+import tracemalloc
 import struct
 
 import msgpack
@@ -337,3 +338,48 @@ def test_the_decoder_takes_a_header_of_exactly_64_kib():
     dec = StreamDecoder()
     dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
     assert dec.next_event().fields["pages"] == 0
+
+
+def test_a_run_of_no_pages_is_refused():
+    with pytest.raises(StreamError, match="run of 0 pages at 0x00800000 does not fit"):
+        decode(run(0x800000, 0, RW))
+    enc = StreamEncoder()
+    enc.start({"pages": 1})
+    with pytest.raises(StreamError, match="run of 0 pages"):
+        enc.remote_run(0x800000, 0, RW)
+
+
+@pytest.mark.parametrize("vas,perms", [([0x800000], [RW, RW]), ([0x800000, 0x801000], [RW])],
+                         ids=["vas-short", "perms-short"])
+def test_the_encoder_refuses_a_batch_whose_lists_differ_in_length(vas, perms):
+    enc = StreamEncoder()
+    enc.start({"pages": 2})
+    with pytest.raises(StreamError, match="a batch holds"):
+        enc.batch(vas, perms, [bytes(4096)] * 2)
+
+
+def test_a_long_stream_decoded_in_pieces_holds_a_bounded_buffer():
+    # 48 MiB of pages fed 2 MiB at a time: the bytes already decoded are
+    # dropped as it goes, so the decoder holds a few MiB, not the stream.
+    n = 48 * 256
+    enc = StreamEncoder()
+    parts = [enc.start({"pages": n})]
+    page = bytes(range(256)) * 16
+    for first in range(0, n, 256):
+        vas = [(0x100 + i) << 12 for i in range(first, first + 256)]
+        parts += [bytes(x) for x in enc.batch(vas, [RW] * 256, [page] * 256)]
+    parts.append(enc.trailer())
+    stream = memoryview(b"".join(parts))
+    dec = StreamDecoder()
+    tracemalloc.start()
+    try:
+        for at in range(0, len(stream), 2 << 20):
+            dec.receive_data(stream[at:at + (2 << 20)])
+            while (e := dec.next_event()) is not pstream.NEED_DATA:
+                if isinstance(e, pstream.Batch):
+                    dec.sink(None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dec.state == "done" and dec.trailer.pages == n
+    assert peak < 12 << 20, f"the decoder held {peak >> 20} MiB for a 48 MiB stream"
