@@ -463,6 +463,24 @@ def test_env_header_refuses_a_field_outside_32_bits(field, value):
         pstream.env_header(fields)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("regs", [0] * 7, "'regs' is not a list of 8 registers"),
+    ("regs", [0] * 9, "'regs' is not a list of 8 registers"),
+    ("regs", 0, "'regs' is not a list of 8 registers"),
+    ("regs", [0] * 7 + [1 << 32], "'regs\\[7\\]' is not a 32-bit unsigned integer"),
+    ("regs", [-1] + [0] * 7, "'regs\\[0\\]' is not a 32-bit unsigned integer"),
+    ("ipc", [0] * 4, "'ipc' is not a list of 5 values"),
+    ("ipc", [0] * 6, "'ipc' is not a list of 5 values"),
+    ("ipc", None, "'ipc' is not a list of 5 values"),
+])
+def test_env_header_refuses_registers_and_ipc_of_the_wrong_shape(field, value, message):
+    fields = pstream.header_fields(_env_header(), node="a", jmig_version="0", pages=0,
+                                   method="image")
+    fields[field] = value
+    with pytest.raises(StreamError, match=message):
+        pstream.env_header(fields)
+
+
 @pytest.mark.parametrize("name", ["n" * 65, 5, None, b"loop"])
 def test_env_header_refuses_a_name_that_is_not_a_string_of_at_most_64(name):
     fields = pstream.header_fields(_env_header(), node="a", jmig_version="0", pages=0,

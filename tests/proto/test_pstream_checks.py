@@ -383,3 +383,13 @@ def test_a_long_stream_decoded_in_pieces_holds_a_bounded_buffer():
         tracemalloc.stop()
     assert dec.state == "done" and dec.trailer.pages == n
     assert peak < 12 << 20, f"the decoder held {peak >> 20} MiB for a 48 MiB stream"
+
+
+def test_a_page_batch_record_whose_tag_and_length_disagree_is_refused():
+    page = pstream.encode_pages([(0x800000, RW, bytes(range(256)) * 16)])
+    as_zero = b"Z" + page[1:]                       # a ZERO tag with a PAGE's length
+    with pytest.raises(StreamError, match="bad record b'Z' \\(length 4106\\)"):
+        pstream.decode_pages(as_zero)
+    short_page = b"P" + zero(0x800000, RW)[1:]      # a PAGE tag with a ZERO's length
+    with pytest.raises(StreamError, match="bad record b'P' \\(length 6\\)"):
+        pstream.decode_pages(short_page + page)
