@@ -8,6 +8,7 @@ import types
 import pytest
 import trio
 
+from jmig.node.migration import pager as pager_module
 from jmig.node.migration.link import Link
 from jmig.node.migration.pager import Incoming, Pager
 from jmig.proto import migration as m
@@ -34,6 +35,15 @@ async def pager_with_link():
     inc.remote = len(pages)
     pager.by_env[envid] = inc
     return pager, inc, origin, k, envid, pages, pokes
+
+
+@pytest.fixture(autouse=True)
+def patient_wait(monkeypatch):
+    """The kernel task polls for a reply only until REPLY_WAIT (2 ms) after
+    the fault; on a loaded test machine more than that can pass between a
+    test's fault and its poll.  How long to wait is a tuning, not what
+    these tests are about: they wait 250 ms."""
+    monkeypatch.setattr(pager_module, "REPLY_WAIT", 0.25)
 
 
 def fault(inc, va):
