@@ -375,8 +375,7 @@ async def bench_faults_under_push(b: Bench) -> dict:
         await b.until_released(src, res["envid"])
         faults += (await b.call(dst, "stats"))["pager"]["migrations_in"][-1]["faults"]
         src, dst = dst, src
-    nodes = [(await b.call(n, "stats")) for n in (a, c)]
-    pagers = [st["pager"] for st in nodes]
+    pagers = [(await b.call(n, "stats"))["pager"] for n in (a, c)]
     rtt50, rtt99 = await raw_round_trip()
     seen = await b.passes(src)
     with trio.fail_after(900):

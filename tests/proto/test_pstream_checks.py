@@ -147,11 +147,15 @@ def test_a_header_of_64_kib_is_the_largest():
     StreamEncoder().start(fields(64 << 10))
     with pytest.raises(StreamError, match=f"header of {(64 << 10) + 1} bytes exceeds 65536"):
         StreamEncoder().start(fields((64 << 10) + 1))
-    dec = StreamDecoder()
-    body = msgpack.packb(fields((64 << 10) + 1), use_bin_type=True)
-    dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
-    with pytest.raises(StreamError, match="has length 65537, expected at most 65536"):
-        dec.next_event()
+    for size in (64 << 10, (64 << 10) + 1):
+        dec = StreamDecoder()
+        body = msgpack.packb(fields(size), use_bin_type=True)
+        dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
+        if size == 64 << 10:
+            assert dec.next_event().fields["pages"] == 0
+        else:
+            with pytest.raises(StreamError, match="has length 65537, expected at most 65536"):
+                dec.next_event()
 
 
 def test_a_stream_may_announce_every_user_page_and_no_more():
@@ -329,15 +333,6 @@ def test_the_encoder_refuses_a_run_over_a_page_it_wrote_before():
     enc.zero(0x801000, RW)
     with pytest.raises(StreamError, match="run at 0x00800000 overlaps pages already written"):
         enc.remote_run(0x800000, 4, RW)
-
-
-def test_the_decoder_takes_a_header_of_exactly_64_kib():
-    pad = (64 << 10) - len(msgpack.packb({"pages": 0, "pad": ""}, use_bin_type=True)) - 2
-    body = msgpack.packb({"pages": 0, "pad": "x" * pad}, use_bin_type=True)
-    assert len(body) == 64 << 10
-    dec = StreamDecoder()
-    dec.receive_data(MAGIC + b"H" + struct.pack(">I", len(body)) + body)
-    assert dec.next_event().fields["pages"] == 0
 
 
 def test_a_run_of_no_pages_is_refused():
