@@ -393,6 +393,71 @@ def _pure(v: str) -> bool:
     return "[" not in v and _CALL.search(v) is None
 
 
+# -- upper bounds of values, for loads that stay in one page ------------------------
+#
+# Along a path, RegionGen knows an exclusive upper bound for some locals:
+# the result of `shr $k` is below 2**(32-k), of `and $c` at most c, a byte
+# or word load below 256 or 65536.  An access whose address is then known
+# to stay in one page, aligned (`uvpd[PDX(va)]`: (va >> 22) * 4 + UVPD),
+# has a TLB key known at compile time; in a loop its entry is looked up
+# once before the loop, not once per turn.
+
+NOPAGE = 1 << 40        # a hoisted TLB entry for a page not in the TLB: indexes past memory
+
+
+_SHR = re.compile(r"\(?([A-Za-z_]\w*) >> (\d+)\)?")
+_AND = re.compile(r"\(?[A-Za-z_]\w*(?: >> \d+)? & (0x[0-9a-fA-F]+|\d+)\)?")
+
+
+@functools.lru_cache(maxsize=8192)
+def _bound_form(expr: str):
+    """How an expression's value is bounded, from its text (the forms
+    codegen writes them in): ("c", n) below the constant n; ("r", name)
+    below the bound of a local; ("s", name, k) that shifted right by k;
+    None: not known."""
+    if expr.isidentifier():
+        return ("r", expr)
+    m = _SHR.fullmatch(expr)
+    if m:
+        return ("s", m[1], int(m[2]))
+    m = _AND.fullmatch(expr)
+    if m:
+        return ("c", int(m[1], 0) + 1)
+    if expr.startswith(("MEM[", "M16[")) and _closes_at_end(expr, 3):
+        return ("c", 0x100 if expr[1] == "E" else 0x10000)
+    if expr[:1].isdigit():
+        try:
+            return ("c", int(expr, 0) + 1)
+        except ValueError:
+            return None
+    return None
+
+
+_HQ = re.compile(r"\b_hq(\d+)\b")
+
+
+def _inline_entry(key: tuple) -> str:
+    """A TLB entry (see RegionGen._entry) looked up where it is used."""
+    kind, a = key
+    if kind == "d":
+        return f"RD[{a:#x}]"
+    return f"(({a:#x} + RD[{a & ~0xFFF:#x}]) >> 2)"
+
+
+def _closes_at_end(expr: str, k: int) -> bool:
+    """Whether the bracket opened at expr[k] closes at the last character."""
+    depth = 0
+    for i in range(k, len(expr)):
+        c = expr[i]
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth == 0:
+                return i == len(expr) - 1
+    return False
+
+
 @functools.lru_cache(maxsize=4096)
 def _fs_words(fs: tuple) -> frozenset:
     """The names a symbolic flag state's expressions use."""
@@ -433,6 +498,16 @@ class RegionGen(Gen):
         # to change, or anything but ALIAS_SAFE code follows (a possible
         # fault, a branch, the end of a path): then `dst = src` is emitted.
         self.alias: dict[int, str] = {}
+        # Exclusive upper bounds of locals (registers, temps) on this path,
+        # below 2**32 (see _bound_form).
+        self.ub: dict[str, int] = {}
+        self.onepage: dict[str, tuple] = {}  # ea expression -> (page, operand, disp)
+        # In a loop tree: the TLB entries its loads use, (kind, page) ->
+        # number (see _entry); else None.  path_keys: those used on the
+        # current path; looping: those used on a path back to the head.
+        self.hoist: dict[tuple, int] | None = None
+        self.path_keys: frozenset = frozenset()
+        self.looping: set[tuple] = set()
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -451,7 +526,41 @@ class RegionGen(Gen):
         self.busy.add(name)
         if expr is not None:
             self.emit(f"{name} = {expr}")
+            self._bounded(name, expr)
+        else:
+            self.ub.pop(name, None)
         return name
+
+    def bound(self, expr: str) -> int | None:
+        """An exclusive upper bound of expr's value here, or None."""
+        return self._eval_bound(_bound_form(expr))
+
+    def _eval_bound(self, f) -> int | None:
+        if f is None:
+            return None
+        if f[0] == "c":
+            return f[1]
+        b = self.ub.get(f[1])
+        if b is None:
+            if f[1] not in REGN:
+                return None
+            b = 1 << 32
+        return b if f[0] == "r" else ((b - 1) >> f[2]) + 1
+
+    def _bounded(self, name: str, expr: str) -> None:
+        """name = expr was emitted: name's bound is expr's."""
+        b = self.bound(expr)
+        if b is not None and b < 1 << 32:
+            self.ub[name] = b
+        else:
+            self.ub.pop(name, None)
+
+    def _commit_reg(self, n: int, size: int, v: str) -> None:
+        if size == 4:
+            self._bounded(REGN[n], v)
+        else:
+            self.ub.pop(REGN[n if size != 1 or n < 4 else n - 4], None)
+        super()._commit_reg(n, size, v)
 
     def _pinned(self) -> set[str]:
         out = set()
@@ -469,6 +578,7 @@ class RegionGen(Gen):
         self.pending_flags = []
         self.next_expr = None
         self.eas = {}
+        self.onepage = {}
         self.ends = False
         self.next_fs = None
         self.recipes.append((insn.addr, count, LOC if self.mat else self.fs, False))
@@ -480,6 +590,7 @@ class RegionGen(Gen):
         """Give every aliased register its value in its local."""
         for n, src in self.alias.items():
             self.emit(f"{REGN[n]} = {src}")
+            self._bounded(REGN[n], src)
             self.written.add(n)
         self.alias = {}
 
@@ -514,7 +625,7 @@ class RegionGen(Gen):
         pinned = self._pinned()
         lines = self.lines
         for n, size, v in self.pending_regs:
-            if size == 4 and v.startswith("_t") and v not in pinned:
+            if size == 4 and v.startswith("_t") and (v not in pinned or self._repin(v, REGN[n])):
                 # `_tN = e` then `reg = _tN`: one assignment if _tN has no other use.
                 head = "    " * self.indent + f"{v} = "
                 mine = lines[self.first:]
@@ -522,12 +633,26 @@ class RegionGen(Gen):
                         sum(len(_WORD.findall(x)) - len([w for w in _WORD.findall(x) if w != v])
                             for x in mine) == 1:
                     lines[-1] = "    " * self.indent + f"{REGN[n]} = " + mine[-1][len(head):]
+                    self._bounded(REGN[n], v)
                     self.pending_regs = [p for p in self.pending_regs if p[2] != v]
         super().commit()
         if self.next_fs is not None:
             self.fs = self.next_fs
             self.mat = self.fs is LOC
             self.next_fs = None
+
+    def _repin(self, v: str, reg: str) -> bool:
+        """The temp v, which this instruction commits to reg whole, is
+        pinned only by the flags it sets: make them refer to reg instead
+        (equal from the commit on; a later write to reg copies it first,
+        as for any register the flags refer to), so that v can go."""
+        fs = self.next_fs
+        if fs is None or len(fs) != 5 or any(
+                o is not None and len(o) == 5 and v in _fs_words(o) for o in (self.fs, *self.saved)):
+            return False
+        word = re.compile(rf"\b{v}\b")
+        self.next_fs = tuple(word.sub(reg, p) if isinstance(p, str) else p for p in fs)
+        return True
 
     def _realias(self) -> None:
         """Before this instruction's registers are committed: an aliased
@@ -541,6 +666,7 @@ class RegionGen(Gen):
         for k, (n, src) in enumerate(stale):
             self.lines.insert(self.first + k, "    " * self.indent + f"{REGN[n]} = {src}")
             self.tags.insert(self.first + k, self.cur)
+            self._bounded(REGN[n], src)
             self.written.add(n)
         self.alias = {n: src for n, src in self.alias.items()
                       if n not in changing and REGN.index(src) not in changing}
@@ -572,6 +698,10 @@ class RegionGen(Gen):
         (a displacement below -1 MiB is wrapped here) has a key above ULIM,
         so either restarts in the interpreter, which wraps it.  lea wraps."""
         disp = (op.disp + extra) & M32
+        if self.insn.op != "lea":
+            one = self._one_page(op, extra, disp)
+            if one is not None:
+                return one
         if self.insn.op == "lea" or (0x100000 <= disp < 0xFFF00000):
             return super().ea(op, extra)
         key = id(op) ^ extra
@@ -595,11 +725,103 @@ class RegionGen(Gen):
         self.eas[key] = name
         return name
 
+    def _one_page(self, op, extra: int, disp: int) -> str | None:
+        """The address of a memory operand known to stay in one page (its
+        registers' bounds), as an expression without wrapping (it cannot
+        pass 4 GiB); None if it may leave the page of its displacement."""
+        key = id(op) ^ extra
+        name = self.eas.get(key)
+        if name is not None:
+            return name if name in self.onepage else None
+        hi = disp
+        parts = []
+        for n, scale in ((op.base, 1), (op.index, op.scale)):
+            if n < 0:
+                continue
+            v = self.r32(n)
+            b = self.bound(v)
+            if b is None:
+                return None
+            hi += (b - 1) * scale
+            parts.append(v if scale == 1 else f"{v} * {scale}")
+        if hi >> 12 != disp >> 12:
+            return None
+        expr = f"({' + '.join(parts)} + {disp:#x})" if parts else hex(disp)
+        self.onepage[expr] = (disp & ~0xFFF, op, disp)
+        self.eas[key] = expr
+        return expr
+
+    def _entry(self, kind: str, page: int, disp: int) -> str:
+        """The TLB entry of a page known at compile time: kind "d" its
+        delta (physical address = va + delta), "w" the word index of disp
+        in it.  In a loop tree a placeholder (_hqN) that settle() makes a
+        local assigned before the loop if a path back to the head uses
+        it; else looked up where it is used (a KeyError for a miss)."""
+        if self.hoist is None:
+            return _inline_entry((kind, page if kind == "d" else disp))
+        key = (kind, page if kind == "d" else disp)
+        k = self.hoist.get(key)
+        if k is None:
+            k = self.hoist[key] = len(self.hoist)
+        self.path_keys |= {key}
+        return f"_hq{k}"
+
+    def settle(self, mark: int) -> None:
+        """After a loop tree whose code starts at line mark: its entries
+        used on a path back to the head are looked up once, before the
+        loop (NOPAGE when the page is not in the TLB: the load then
+        indexes past memory, an IndexError, and is restarted as a miss
+        is); the others where they are used."""
+        names = {}
+        before = []
+        for key, k in self.hoist.items():
+            if key not in self.looping:
+                names[str(k)] = _inline_entry(key)
+                continue
+            names[str(k)] = name = f"_h{k}"
+            kind, a = key
+            if kind == "d":
+                before.append(f"{name} = RD.get({a:#x}, {NOPAGE:#x})")
+            else:
+                before.append(f"{name} = ({a:#x} + RD.get({a & ~0xFFF:#x}, {NOPAGE:#x})) >> 2")
+        if names:
+            sub = functools.partial(_HQ.sub, lambda m: names[m[1]])
+            lines = self.lines
+            for i in range(mark, len(lines)):
+                if "_hq" in lines[i]:
+                    lines[i] = sub(lines[i])
+        pad = "    " * self.indent
+        self.lines[mark:mark] = [pad + x for x in before]
+        self.tags[mark:mark] = [-1] * len(before)
+
+    def _load_one_page(self, addr: str, size: int) -> str | None:
+        """A load from an address _one_page made, aligned for its size
+        (its TLB key is then the page), or None."""
+        page, op, disp = self.onepage[addr]
+        if size > 1 and (disp % size or op.base >= 0 or op.index >= 0 and op.scale % size):
+            return None
+        if size == 4 and op.base < 0:
+            w = self._entry("w", page, disp)
+            if op.index < 0:
+                return self.tmp(f"M32[{w}]")
+            if op.scale == 4:
+                return self.tmp(f"M32[{self.r32(op.index)} + {w}]")
+        d = self._entry("d", page, disp)
+        if size == 4:
+            return self.tmp(f"M32[({addr} + {d}) >> 2]")
+        if size == 1:
+            return self.tmp(f"MEM[{addr} + {d}]")
+        return self.tmp(f"M16[({addr} + {d}) >> 1]")
+
     # -- memory -------------------------------------------------------------------
     def _addr(self, addr: str) -> str:
         return addr if _is_simple(addr) or addr in REGN else self.tmp(addr)
 
     def load(self, addr: str, size: int) -> str:
+        if addr in self.onepage and self.insn.addr not in self.slow:
+            v = self._load_one_page(addr, size)
+            if v is not None:
+                return v
         a = self._addr(addr)
         if self.insn.addr in self.slow:
             fn = codegen.RD[size]
@@ -830,6 +1052,8 @@ class RegionGen(Gen):
         self.next_expr = self.tmp(f"{name}(cpu, r, m, {i.size}, {i.rep}, {i.addr:#x}, "
                                   f"{i.next:#x})")
         self.emit("eax, ecx, edx, ebx, esp, ebp, esi, edi = r")
+        for reg in REGN:
+            self.ub.pop(reg, None)
         if name in ("cmps", "scas"):
             self.emit("fk = cpu.fk; fa = cpu.fa; fb = cpu.fb; fr = cpu.fr")
             self.fs = LOC
@@ -902,14 +1126,14 @@ def _emit_region(plan: Plan, slow: frozenset):
         if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
                 or t["followed"] + len(bb.insns) > MAX_FOLLOW:
             return
-        saved = (g.fs, g.mat, t["fid0"], t["page"])
+        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys)
         g.saved.append(g.fs)
         g.emit(f"if {expr} == {target:#x}:")
         g.indent += 1
         edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
         g.indent -= 1
         g.saved.pop()
-        g.fs, g.mat, t["fid0"], t["page"] = saved
+        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
         g.unalias()
@@ -918,6 +1142,7 @@ def _emit_region(plan: Plan, slow: frozenset):
         dead = target in heads and not plan.live[target]
         if self_loop:
             t["back"] = True
+            g.looping |= g.path_keys
             if dead:
                 fid = g.fid()
                 g.emit(f"n += {cnt}")
@@ -970,11 +1195,11 @@ def _emit_region(plan: Plan, slow: frozenset):
                 if insn.rep:
                     g.emit(f"if {nxt} != {insn.next:#x}:")
                     g.indent += 1
-                    saved = (g.fs, g.mat, t["fid0"])
+                    saved = (g.fs, g.mat, t["fid0"], dict(g.ub), g.path_keys)
                     g.saved.append(g.fs)
                     leave(nxt, cnt + 1, t)
                     g.saved.pop()
-                    g.fs, g.mat, t["fid0"] = saved
+                    g.fs, g.mat, t["fid0"], g.ub, g.path_keys = saved
                     g.indent -= 1
             else:
                 g.commit()
@@ -998,14 +1223,14 @@ def _emit_region(plan: Plan, slow: frozenset):
                 g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
                 cond = "ecx" if zf is None else f"(ecx and {zf})"
-            saved = (g.fs, g.mat, t["fid0"], t["page"])
+            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys)
             g.saved.append(g.fs)
             g.emit(f"if {cond}:")
             g.indent += 1
             edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             g.indent -= 1
             g.saved.pop()
-            g.fs, g.mat, t["fid0"], t["page"] = saved
+            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys = saved
             edge(term.next, cnt, t, depth, ctx, inl)
             return
         if op in ("int", "int3"):
@@ -1032,6 +1257,8 @@ def _emit_region(plan: Plan, slow: frozenset):
         live = plan.live[head]
         g.fs, g.mat = (LOC, True) if live else (UNK, False)
         g.alias = {}
+        g.ub = {}
+        g.path_keys = frozenset()
         t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
              "fid0": live, "followed": 0, "page": head >> 12}
         path(bbs[head], 0, t, 0, (), frozenset((head,)))
@@ -1046,8 +1273,13 @@ def _emit_region(plan: Plan, slow: frozenset):
                 mark = len(g.lines)
                 g.emit("while True:")
                 g.indent += 1
+                g.hoist = {}
+                g.looping = set()
                 t = tree(h, True)
                 g.indent -= 1
+                if t["back"]:
+                    g.settle(mark)
+                g.hoist = None
                 if not t["back"]:
                     # No path returns to this head: no loop.
                     del g.lines[mark:]
@@ -1158,6 +1390,7 @@ def compile_region(plan: Plan, slow: frozenset = frozenset(), to_code=compile):
               _restart=_restart, _fault=_fault, _flags=_flags, _frame=sys._getframe,
               _touch=_touch,
               _RECIPES=g.recipes, _LINES={first + k: t for k, t in enumerate(tags) if t >= 0},
+              _AT={},
               _FIDS={v: k for k, v in g.fids.items()},
               _REGS=tuple(REGN[i] for i in regs))
     exec(to_code(text, f"<region {plan.entry:#010x}>", "exec"), ns)
@@ -1241,9 +1474,15 @@ def _writeback(e, cpu, r, n, regs, fk, fa, fb, fr, ef, frame):
     returns (its eip, instructions completed)."""
     tb = e.__traceback__
     g = tb.tb_frame.f_globals
-    k = g["_LINES"].get(tb.tb_lineno)
+    # tb_lineno scans the function's line table (a region's has thousands
+    # of lines); the bytecode offset of the same place is remembered.
+    at = g["_AT"]
+    k = at.get(tb.tb_lasti)
     if k is None:
-        raise AssertionError(f"no instruction at line {tb.tb_lineno}") from e
+        k = g["_LINES"].get(tb.tb_lineno)
+        if k is None:
+            raise AssertionError(f"no instruction at line {tb.tb_lineno}") from e
+        at[tb.tb_lasti] = k
     eip, offset, fs, synced = g["_RECIPES"][k]
     if not synced:
         names = g["_REGS"]
