@@ -607,9 +607,13 @@ class RegionGen(Gen):
                         for n, size, _ in self.pending_regs}
             if changing:
                 parts = list(fs)
+                copies = {}                 # one temp for equal parts (test %eax,%eax)
                 for k in (2, 3, 4):
                     if changing & set(_WORD.findall(parts[k])):
-                        parts[k] = self.tmp(parts[k])
+                        c = copies.get(parts[k])
+                        if c is None:
+                            c = copies[parts[k]] = self.tmp(parts[k])
+                        parts[k] = c
                 fs = tuple(parts)
                 if self.next_fs is not None:
                     self.next_fs = fs
