@@ -71,7 +71,7 @@ from . import bytecode, codegen, runtime
 from .codegen import Gen, _is_simple
 from .decode import MAX_LEN, Truncated, decode
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
-from .insn import MEM, Insn
+from .insn import MEM, REG, Insn
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 M32 = 0xFFFFFFFF
@@ -434,6 +434,7 @@ def _bound_form(expr: str):
 
 
 _HQ = re.compile(r"\b_hq(\d+)\b")
+_LOW_TEST = re.compile(r"\(\(([a-z]{3}) & 0xFF\) & (0x[0-9a-fA-F]+)\)")
 
 
 def _inline_entry(key: tuple) -> str:
@@ -692,8 +693,11 @@ class RegionGen(Gen):
         super().setreg(n, size, expr)
 
     def read_tmp(self, op) -> str:
-        if op.kind == 0 and op.size == 4:
+        if op.kind == REG and op.size == 4:
             return self.r32(op.reg)          # unchanged until this instruction commits
+        if op.kind == REG and op.size == 1 and op.reg < 4 and self.insn.op in ("test", "cmp"):
+            # Only compared: `(eax & 0xFF) == 0x2d` needs no temp.
+            return f"({self.r32(op.reg)} & 0xFF)"
         return super().read_tmp(op)
 
     def ea(self, op, extra: int = 0) -> str:
@@ -885,6 +889,9 @@ class RegionGen(Gen):
         if self.dead:
             self.next_fs = UNK
             return
+        m = _LOW_TEST.fullmatch(res)
+        if m and int(m[2], 16) <= 0xFF:
+            res = f"({m[1]} & {m[2]})"         # test $imm8,%al: `eax & imm`
         self.next_fs = ("k", kind << 3 | size, self._operand(a), self._operand(b),
                         self._operand(res))
 
@@ -998,7 +1005,7 @@ class RegionGen(Gen):
         a, b, r = fs[2], fs[3], fs[4]
         S = SIGN[size]
         if c == 2:
-            return f"({a} == {b})" if kind == SUB else f"({r} == 0)"
+            return f"({a} == {b})" if kind == SUB else f"(not {r})"
         if c == 4:
             return f"({r} & {S:#x})"
         if kind == SUB:
