@@ -607,6 +607,8 @@ def encode_pages(pages) -> bytes:
     out = []
     for va, perm, data in pages:
         check_page(va, perm)
+        if len(data) != PGSIZE:
+            raise StreamError(f"page {va:#010x}: {len(data)} bytes, not {PGSIZE}")
         if data == ZERO_PAGE:
             out.append(_REC.pack(TAG_ZERO, SMALL_BODY) + _VAPERM.pack(va, perm))
         else:

@@ -388,3 +388,9 @@ def test_a_page_batch_record_whose_tag_and_length_disagree_is_refused():
     short_page = b"P" + zero(0x800000, RW)[1:]      # a PAGE tag with a ZERO's length
     with pytest.raises(StreamError, match="bad record b'P' \\(length 6\\)"):
         pstream.decode_pages(short_page + page)
+
+
+@pytest.mark.parametrize("n", [0, 4095, 4097])
+def test_a_page_of_another_length_is_refused_when_encoded(n):
+    with pytest.raises(StreamError, match=f"page 0x00800000: {n} bytes, not 4096"):
+        pstream.encode_pages([(0x800000, RW, bytes(n))])
