@@ -311,6 +311,24 @@ def test_testb_imm_memory():
     assert arith(cpu) == SF
 
 
+def test_testb_imm_high_byte_register():
+    # test $0x1,%ah with ah = 1 (al = 0): result 1, not zero, odd parity
+    cpu = step(b"\xf6\xc4\x01", eax=0x0100)
+    assert arith(cpu) == 0
+
+
+def test_cmpb_high_byte_register_as_source():
+    # cmp %ah,%bl: bl - ah = 5 - 5
+    cpu = step(b"\x38\xe3", eax=0x0500, ebx=0x05)
+    assert arith(cpu) == ZF | PF
+
+
+def test_cmpb_high_byte_register_as_destination():
+    # cmp %al,%bh: bh - al = 3 - 3
+    cpu = step(b"\x38\xc7", eax=0x03, ebx=0x0300)
+    assert arith(cpu) == ZF | PF
+
+
 def test_testl_imm32_with_register():
     # test $0x80000000,%edx
     cpu = step(b"\xf7\xc2\x00\x00\x00\x80", edx=0x7FFFFFFF, eflags=BASE_FLAGS | CF | OF)
