@@ -412,3 +412,27 @@ def test_a_store_from_a_region_into_a_frame_holding_code():
         blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
         assert blocks == interp
         assert interp[0][-1].reason == SYSCALL
+
+
+# -- flags in regions that refer to registers (translate.RegionGen.commit, _flags) -----------
+
+@pytest.mark.parametrize("code_hex,regs", [
+    # cmp %eax,%ebx; mov $1,%ah; je +2; inc %ecx; inc %ecx: the flags refer to
+    # eax, which changes in part before je reads them (equal: je is taken)
+    ("39c3 b401 7402 41 41", [0x11223344, 0, 0, 0x11223344, 0x900800, 0, 0, 0]),
+    # cmp %ecx,%eax; mov 1(%ebx),%edx (misaligned: restarted in the
+    # interpreter, the symbolic flags written back); jb +2; inc %esi; inc %esi
+    ("39c8 8b5301 7202 46 46", [5, 7, 0, 0x900010, 0x900800, 0, 0, 0]),
+    # the same with eax above ecx (jb not taken)
+    ("39c8 8b5301 7202 46 46", [9, 7, 0, 0x900010, 0x900800, 0, 0, 0]),
+])
+def test_flags_that_refer_to_registers_give_the_interpreters_branch(code_hex, regs):
+    """A flag state kept as expressions of registers survives a partial
+    write of such a register and a restart in the interpreter: every cut
+    ends with the interpreter's registers, flags and memory."""
+    code = bytes.fromhex(code_hex.replace(" ", "")) + b"\xcd\x30"
+    for budget in (1, 2, 3, 100):
+        m = make_machine(code, data={0x900000: (bytes(range(256)) * 16, True)}, regs=regs)
+        interp = _drive(run, m, 50, budget)
+        blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
+        assert blocks == interp, (code_hex, budget)
