@@ -420,6 +420,8 @@ def test_a_store_from_a_region_into_a_frame_holding_code():
     # cmp %eax,%ebx; mov $1,%ah; je +2; inc %ecx; inc %ecx: the flags refer to
     # eax, which changes in part before je reads them (equal: je is taken)
     ("39c3 b401 7402 41 41", [0x11223344, 0, 0, 0x11223344, 0x900800, 0, 0, 0]),
+    # cmp %ebx,%eax; mov $1,%bl; je: the same with bl
+    ("39d8 b301 7402 41 41", [0x11223344, 0, 0, 0x11223344, 0x900800, 0, 0, 0]),
     # cmp %ecx,%eax; mov 1(%ebx),%edx (misaligned: restarted in the
     # interpreter, the symbolic flags written back); jb +2; inc %esi; inc %esi
     ("39c8 8b5301 7202 46 46", [5, 7, 0, 0x900010, 0x900800, 0, 0, 0]),
