@@ -16,7 +16,7 @@ UP, CTRL_A, CTRL_C, META_D, TAB = "\x1b[A", "\x01", "\x03", "\x1bd", "\t"
 def shell(d, tmp, **env) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, ["-m", "jmig.ctl.main", "shell"],
                           env=ctl_env(d, HOME=str(tmp), TERM="xterm", **env),
-                          encoding="utf-8", timeout=30, dimensions=(50, 250))
+                          encoding="utf-8", timeout=60, dimensions=(50, 250))   # generous: CI runs two workers
     child.expect_exact(f"jmig shell on {d.addr}; type help for the commands.")
     prompt(child, d)
     return child
