@@ -414,7 +414,7 @@ def _bound_form(expr: str):
     """How an expression's value is bounded, from its text (the forms
     codegen writes them in): ("c", n) below the constant n; ("r", name)
     below the bound of a local; ("s", name, k) that shifted right by k;
-    None: not known."""
+    None: not known.  (A load's temp gets its bound from load itself.)"""
     if expr.isidentifier():
         return ("r", expr)
     m = _SHR.fullmatch(expr)
@@ -423,8 +423,6 @@ def _bound_form(expr: str):
     m = _AND.fullmatch(expr)
     if m:
         return ("c", int(m[1], 0) + 1)
-    if expr.startswith(("MEM[", "M16[")) and _closes_at_end(expr, 3):
-        return ("c", 0x100 if expr[1] == "E" else 0x10000)
     if expr[:1].isdigit():
         try:
             return ("c", int(expr, 0) + 1)
@@ -437,26 +435,13 @@ _HQ = re.compile(r"\b_hq(\d+)\b")
 _LOW_TEST = re.compile(r"\(\(([a-z]{3}) & 0xFF\) & (0x[0-9a-fA-F]+)\)")
 
 
-def _inline_entry(key: tuple) -> str:
-    """A TLB entry (see RegionGen._entry) looked up where it is used."""
+def _entry_expr(key: tuple, hoisted: bool) -> str:
+    """A TLB entry (see RegionGen._entry): looked up where it is used (a
+    KeyError for a miss), or before a loop (NOPAGE for a miss)."""
     kind, a = key
-    if kind == "d":
-        return f"RD[{a:#x}]"
-    return f"(({a:#x} + RD[{a & ~0xFFF:#x}]) >> 2)"
-
-
-def _closes_at_end(expr: str, k: int) -> bool:
-    """Whether the bracket opened at expr[k] closes at the last character."""
-    depth = 0
-    for i in range(k, len(expr)):
-        c = expr[i]
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth -= 1
-            if depth == 0:
-                return i == len(expr) - 1
-    return False
+    page = a & ~0xFFF
+    delta = f"RD.get({page:#x}, {NOPAGE:#x})" if hoisted else f"RD[{page:#x}]"
+    return delta if kind == "d" else f"(({a:#x} + {delta}) >> 2)"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -765,9 +750,9 @@ class RegionGen(Gen):
         in it.  In a loop tree a placeholder (_hqN) that settle() makes a
         local assigned before the loop if a path back to the head uses
         it; else looked up where it is used (a KeyError for a miss)."""
-        if self.hoist is None:
-            return _inline_entry((kind, page if kind == "d" else disp))
         key = (kind, page if kind == "d" else disp)
+        if self.hoist is None:
+            return _entry_expr(key, False)
         k = self.hoist.get(key)
         if k is None:
             k = self.hoist[key] = len(self.hoist)
@@ -784,14 +769,10 @@ class RegionGen(Gen):
         before = []
         for key, k in self.hoist.items():
             if key not in self.looping:
-                names[str(k)] = _inline_entry(key)
+                names[str(k)] = _entry_expr(key, False)
                 continue
             names[str(k)] = name = f"_h{k}"
-            kind, a = key
-            if kind == "d":
-                before.append(f"{name} = RD.get({a:#x}, {NOPAGE:#x})")
-            else:
-                before.append(f"{name} = ({a:#x} + RD.get({a & ~0xFFF:#x}, {NOPAGE:#x})) >> 2")
+            before.append(f"{name} = {_entry_expr(key, True)}")
         if names:
             sub = functools.partial(_HQ.sub, lambda m: names[m[1]])
             lines = self.lines
@@ -826,6 +807,12 @@ class RegionGen(Gen):
         return addr if _is_simple(addr) or addr in REGN else self.tmp(addr)
 
     def load(self, addr: str, size: int) -> str:
+        v = self._load(addr, size)
+        if size < 4:
+            self.ub[v] = 1 << 8 * size          # a byte or a word: below 256 or 65,536
+        return v
+
+    def _load(self, addr: str, size: int) -> str:
         if addr in self.onepage and self.insn.addr not in self.slow:
             v = self._load_one_page(addr, size)
             if v is not None:
