@@ -389,10 +389,16 @@ def test_register_aliases_give_the_interpreters_registers(code_hex):
     ends: every case ends with the interpreter's registers, flags and
     memory, with the code compiled at its first run and cut at every
     instruction."""
+    _regions_agree(code_hex, [0x11223344, 0x5, 0x77, 0x900010, 0x900800, 0x900900, 6, 7])
+
+
+def _regions_agree(code_hex: str, regs) -> None:
+    """The code (then int $0x30), compiled at its first run and cut after
+    1, 2, 3 and 100 instructions, ends with the interpreter's stops,
+    registers, flags and memory."""
     code = bytes.fromhex(code_hex.replace(" ", "")) + b"\xcd\x30"
     for budget in (1, 2, 3, 100):
-        m = make_machine(code, data={0x900000: (bytes(range(256)) * 16, True)},
-                         regs=[0x11223344, 0x5, 0x77, 0x900010, 0x900800, 0x900900, 6, 7])
+        m = make_machine(code, data={0x900000: (bytes(range(256)) * 16, True)}, regs=regs)
         interp = _drive(run, m, 50, budget)
         blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
         assert blocks == interp, (code_hex, budget)
@@ -432,9 +438,4 @@ def test_flags_that_refer_to_registers_give_the_interpreters_branch(code_hex, re
     """A flag state kept as expressions of registers survives a partial
     write of such a register and a restart in the interpreter: every cut
     ends with the interpreter's registers, flags and memory."""
-    code = bytes.fromhex(code_hex.replace(" ", "")) + b"\xcd\x30"
-    for budget in (1, 2, 3, 100):
-        m = make_machine(code, data={0x900000: (bytes(range(256)) * 16, True)}, regs=regs)
-        interp = _drive(run, m, 50, budget)
-        blocks = _drive(lambda c, a, b: run_blocks(c, a, b, hot=0), m, 50, budget)
-        assert blocks == interp, (code_hex, budget)
+    _regions_agree(code_hex, regs)
