@@ -67,11 +67,11 @@ from collections import deque
 
 from ..memlayout import PGSIZE, UTOP
 from ..pmap import CpuFault, PageFault, RemotePage
-from . import bytecode, codegen, runtime
+from . import bytecode, codegen, groups, runtime
 from .codegen import Gen, _is_simple
 from .decode import MAX_LEN, Truncated, decode
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
-from .insn import MEM, REG, Insn
+from .insn import EBP, ESP, MEM, REG, Insn
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 M32 = 0xFFFFFFFF
@@ -494,6 +494,21 @@ class RegionGen(Gen):
         self.hoist: dict[tuple, int] | None = None
         self.path_keys: frozenset = frozenset()
         self.looping: set[tuple] = set()
+        # Word accesses sharing one TLB lookup (groups.py): the current
+        # block's plan, the current instruction's accesses still to emit,
+        # and the groups whose leader this block has emitted.
+        self.gplan: dict[int, dict] = {}
+        self.gacc: dict[str, groups.Access] = {}
+        self.gdone: set[str] = set()
+
+    def group_block(self, insns: list[Insn]) -> None:
+        """A block starts: plan its groups."""
+        self.gplan = groups.plan(insns, self.slow)
+        self.gdone = set()
+
+    def group_insn(self, k: int) -> None:
+        """Instruction k of the block starts (after start())."""
+        self.gacc = dict(self.gplan.get(k, ()))
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -565,6 +580,7 @@ class RegionGen(Gen):
         self.next_expr = None
         self.eas = {}
         self.onepage = {}
+        self.gacc = {}
         self.ends = False
         self.next_fs = None
         self.recipes.append((insn.addr, count, LOC if self.mat else self.fs, False))
@@ -586,6 +602,12 @@ class RegionGen(Gen):
         self.recipes[self.cur] = (eip, count, fl, True)
 
     def commit(self) -> None:
+        if self.gdone:
+            model = groups.writes(self.insn)
+            if model is not None:
+                wrote = {n if size != 1 or n < 4 else n - 4 for n, size, _ in self.pending_regs}
+                if not wrote <= model:
+                    raise AssertionError(f"{self.insn} writes {wrote}, groups.py says {model}")
         fs = self.next_fs if self.next_fs is not None else self.fs
         if not self.dead and len(fs) == 5:
             # The flags stay needed: copy the registers they refer to first.
@@ -612,24 +634,43 @@ class RegionGen(Gen):
             if size == 4 and v in REGN and v != REGN[n]:
                 self.alias[n] = v
                 self.pending_regs = []
-        pinned = self._pinned()
-        lines = self.lines
-        for n, size, v in self.pending_regs:
-            if size == 4 and v.startswith("_t") and (v not in pinned or self._repin(v, REGN[n])):
-                # `_tN = e` then `reg = _tN`: one assignment if _tN has no other use.
-                head = "    " * self.indent + f"{v} = "
-                mine = lines[self.first:]
-                if mine and mine[-1].startswith(head) and \
-                        sum(len(_WORD.findall(x)) - len([w for w in _WORD.findall(x) if w != v])
-                            for x in mine) == 1:
-                    lines[-1] = "    " * self.indent + f"{REGN[n]} = " + mine[-1][len(head):]
-                    self._bounded(REGN[n], v)
-                    self.pending_regs = [p for p in self.pending_regs if p[2] != v]
+        for n, size, v in list(self.pending_regs):
+            if size == 4 and v.startswith("_t"):
+                self._fold(n, v)
         super().commit()
         if self.next_fs is not None:
             self.fs = self.next_fs
             self.mat = self.fs is LOC
             self.next_fs = None
+
+    def _fold(self, n: int, v: str) -> None:
+        """`_tN = e` ... `reg = _tN` becomes `reg = e` where the temp was
+        defined, if _tN has no other use, and nothing after its definition
+        in this instruction reads reg or can raise (a restart there would
+        see reg written early): `pop %ebx` is `ebx = M32[...]`, then esp."""
+        reg = REGN[n]
+        lines = self.lines
+        head = "    " * self.indent + f"{v} = "
+        j = None
+        for i in range(len(lines) - 1, self.first - 1, -1):
+            if lines[i].startswith(head):
+                j = i
+                break
+        if j is None:
+            return
+        if sum(_WORD.findall(x).count(v) for x in lines[self.first:]) != 1:
+            return
+        for x in lines[j + 1:]:
+            if not _pure(x) or reg in _WORD.findall(x):
+                return
+        for m, size, w in self.pending_regs:
+            if w != v and (reg in _WORD.findall(w) or (m if size != 1 or m < 4 else m - 4) == n):
+                return
+        if v in self._pinned() and not self._repin(v, reg):
+            return
+        lines[j] = "    " * self.indent + f"{reg} = " + lines[j][len(head):]
+        self._bounded(reg, v)
+        self.pending_regs = [p for p in self.pending_regs if p[2] != v]
 
     def _repin(self, v: str, reg: str) -> bool:
         """The temp v, which this instruction commits to reg whole, is
@@ -691,6 +732,10 @@ class RegionGen(Gen):
         (a displacement below -1 MiB is wrapped here) has a key above ULIM,
         so either restarts in the interpreter, which wraps it.  lea wraps."""
         disp = (op.disp + extra) & M32
+        if self.gacc and not extra:
+            mine = [a for a in self.gacc.values() if a.where == "op"]
+            if mine and all(a.lead is None and a.name in self.gdone for a in mine):
+                return f"@{id(op)}"             # only load() and store() see it: M32[_gN + k]
         if self.insn.op != "lea":
             one = self._one_page(op, extra, disp)
             if one is not None:
@@ -806,7 +851,47 @@ class RegionGen(Gen):
     def _addr(self, addr: str) -> str:
         return addr if _is_simple(addr) or addr in REGN else self.tmp(addr)
 
+    def _grouped(self, addr: str, kind: str, size: int) -> str | None:
+        """The word index of this access if it is in a group: M32[_gN + k]
+        (the leader looks the group's page up first); else None."""
+        a = self.gacc.get(kind)
+        if a is None or size != 4:
+            if addr[0] == "@":
+                raise AssertionError(f"{self.insn}: a grouped operand's {kind} was not planned")
+            return None
+        where = a.where
+        if addr[0] == "@":
+            ok = where == "op"
+        elif where == "op":
+            ok = any(o.kind == MEM and self.eas.get(id(o)) == addr for o in self.insn.ops)
+        elif where == "top":
+            ok = addr == self.r32(ESP)
+        elif where == "ebp":
+            ok = addr == self.r32(EBP)
+        else:
+            ok = self.insn.op in ("push", "call", "calli")
+        if not ok:
+            return None
+        del self.gacc[kind]
+        if a.lead is not None:
+            reg, rel, span = a.lead
+            x = self.r32(reg)
+            if rel:
+                x += f" + {rel:#x}" if rel > 0 else f" - {-rel:#x}"
+            key = "(_a & 0xFFFFF003)"
+            if span:
+                key += f" | ((_a ^ (_a + {span:#x})) >> 10 & 4)"
+            tlb = "RD" if kind == "r" else "WR"
+            self.emit(f"{a.name} = ((_a := {x}) + {tlb}[{key}]) >> 2")
+            self.gdone.add(a.name)
+        elif a.name not in self.gdone:
+            return None
+        return f"{a.name} + {a.word}" if a.word else a.name
+
     def load(self, addr: str, size: int) -> str:
+        w = self._grouped(addr, "r", size)
+        if w is not None:
+            return self.tmp(f"M32[{w}]")
         v = self._load(addr, size)
         if size < 4:
             self.ub[v] = 1 << 8 * size          # a byte or a word: below 256 or 65,536
@@ -836,6 +921,10 @@ class RegionGen(Gen):
         return self.tmp(f"M16[({a} + RD[{a} & 0xFFFFF001]) >> 1]")
 
     def store(self, addr: str, size: int, expr: str) -> None:
+        w = self._grouped(addr, "w", size)
+        if w is not None:
+            self.emit(f"M32[{w}] = {expr}")
+            return
         a = self._addr(addr)
         if self.insn.addr in self.slow:
             fn = codegen.WR[size]
@@ -1182,9 +1271,11 @@ def _emit_region(plan: Plan, slow: frozenset):
         term = bb.term
         dead = plan.dead[bb.start]
         body = len(insns) - 1 if term is not None else len(insns)
+        g.group_block(insns)
         for k in range(body):
             insn = insns[k]
             g.start(insn, cnt, dead[k])
+            g.group_insn(k)
             codegen.SEMANTICS[insn.op](g, insn)
             if insn.op in STRING_OPS:
                 # A rep instruction may stop part-way: then leave at it.
@@ -1206,6 +1297,7 @@ def _emit_region(plan: Plan, slow: frozenset):
             edge(bb.next, cnt, t, depth, ctx, inl)
             return
         g.start(term, cnt, dead[-1])
+        g.group_insn(len(insns) - 1)
         op = term.op
         cnt += 1
         if op in BRANCHES:

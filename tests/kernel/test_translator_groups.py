@@ -1,0 +1,262 @@
+"""Word accesses that share one TLB lookup (groups.py).
+
+In a block, the translator puts the aligned word accesses at constant
+offsets from one register value (a prologue's pushes, an epilogue's pops,
+a frame's arguments) into a group whose first access looks the page up
+once, under a key that misses unless the whole group lies in one page,
+aligned; the others are then plain indexes.  A miss restarts that first
+access in the interpreter.
+
+These programs call a function with a frame many times, with the stack
+where the groups fit in a page, where they straddle two pages (the stack
+pointer sweeps across the boundary), misaligned, and with the lower page
+taken away or made read-only part-way: every run must give the
+interpreter's results, instruction count and console (a fault reported at
+the push that touches the bad page, not at the group's first access),
+however the slices cut it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from jmig.kernel.x86 import cpu as core
+from jmig.kernel.x86 import groups, translate
+from jmig.kernel.x86.decode import decode
+
+from .asm import Machine, assemble, flat
+
+# f(a, b, c) = ((a * 3) ^ b) + c, through a frame: four saved registers,
+# locals below them, the arguments read through %ebp.
+FUNC = r"""
+f:
+    push %ebp
+    mov %esp, %ebp
+    push %edi
+    push %esi
+    push %ebx
+    sub $0x10, %esp
+    mov 8(%ebp), %eax
+    mov 12(%ebp), %ebx
+    mov 16(%ebp), %ecx
+    mov %eax, -0x10(%ebp)
+    mov %ebx, -0x14(%ebp)
+    lea (%eax,%eax,2), %esi
+    xor -0x14(%ebp), %esi
+    add %ecx, %esi
+    mov %esi, -0x18(%ebp)
+    mov -0x18(%ebp), %eax
+    add $0x10, %esp
+    pop %ebx
+    pop %esi
+    pop %edi
+    pop %ebp
+    ret
+"""
+
+# The loop: esp = base - 4 * (i % sweep), then f(i, i * 7, sum); 3000 turns.
+LOOP = r"""
+    xor %edi, %edi              # i
+    xor %ebp, %ebp              # sum
+1:  mov %edi, %eax
+    xor %edx, %edx
+    mov $SWEEP, %ecx
+    div %ecx
+    shl $2, %edx
+    mov $BASE, %esp
+    sub %edx, %esp
+    lea (,%edi,8), %eax
+    sub %edi, %eax
+args:
+    push %ebp
+    push %eax
+third:
+    push %edi
+    call f
+    add $12, %esp
+    mov %eax, %ebp
+CHANGE
+    inc %edi
+    cmp $3000, %edi
+    jne 1b
+    mov %ebp, %eax
+    save 0
+    xor %eax, %eax              # out[1]: a checksum of the words on the two pages
+    mov $0x500000, %esi
+3:  add (%esi), %eax
+    rol $3, %eax
+    add $4, %esi
+    cmp $0x502000, %esi
+    jne 3b
+    save 1
+    halt
+"""
+
+# Two stack pages whose frames are not in order (a group that spans both
+# must not index the lower one through the upper one's frame).
+TWO_PAGES = r"""
+    sys SYS_page_alloc, $0, $0x501000, $PTE_P|PTE_U|PTE_W
+    sys SYS_page_alloc, $0, $0x600000, $PTE_P|PTE_U|PTE_W
+    sys SYS_page_alloc, $0, $0x500000, $PTE_P|PTE_U|PTE_W
+"""
+
+
+def program(base: str, sweep: int, setup: str = "", change: str = "") -> str:
+    loop = LOOP.replace("SWEEP", str(sweep)).replace("BASE", base).replace("CHANGE", change)
+    return "_start:\n" + setup + loop + FUNC
+
+
+# After 1000 turns the page below the boundary goes away (or becomes read-only);
+# in turn 1001 (1001 % 24 = 17) esp starts at 0x50104c - 68 = 0x501008: the
+# first two pushes of the arguments are on the good page, the third is not.
+UNMAP = r"""
+    cmp $1000, %edi
+    jne 2f
+    sys SYS_page_unmap, $0, $0x500000
+2:
+"""
+READ_ONLY = r"""
+    cmp $1000, %edi
+    jne 2f
+    push %edi
+    sys SYS_page_map, $0, $0x500000, $0, $0x500000, $PTE_P|PTE_U
+    pop %edi
+2:
+"""
+
+PROGRAMS = {
+    "frames in one page": program("0x501800", 16, TWO_PAGES),
+    # the frame (about 0x30 bytes) sweeps across 0x501000 in steps of 4
+    "frames across a page boundary": program("0x501030", 24, TWO_PAGES),
+    "a misaligned stack": program("0x501032", 24, TWO_PAGES),
+    "the lower page unmapped": program("0x50104c", 24, TWO_PAGES, UNMAP),
+    "the lower page made read-only": program("0x50104c", 24, TWO_PAGES, READ_ONLY),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_slow(monkeypatch):
+    """Each test starts with no instruction on slow memory: the programs
+    share their layout, and another's restarts must not hide a group."""
+    monkeypatch.setattr(core, "SLOW", set())
+
+
+def _run(monkeypatch, name: str, engine: str, slice: int):
+    monkeypatch.setenv("JMIG_ENGINE", engine)
+    m = Machine(slice=slice)
+    p = m.spawn(assemble(PROGRAMS[name]))
+    res = m.run(5_000_000)
+    return (p.outs(2) if p.alive else None), res.executed, m.console
+
+
+@pytest.mark.parametrize("slice", [1, 5, 97, 10_000])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_grouped_frames_give_the_interpreters_results_at_every_cut(monkeypatch, name, slice):
+    """The same result, instruction count and console as the interpreter."""
+    blocks = _run(monkeypatch, name, "blocks", slice)
+    assert blocks == _run(monkeypatch, name, "interp", slice)
+    if "lower page" in name:
+        assert blocks[0] is None and "user fault va 00500" in blocks[2], blocks[2]
+    else:
+        assert blocks[0] is not None and blocks[0][0] != 0
+
+
+@pytest.mark.parametrize("name", ["the lower page unmapped", "the lower page made read-only"])
+def test_the_fault_is_reported_at_the_push_into_the_bad_page(monkeypatch, name):
+    """The three pushes of the arguments are a group whose first access
+    is on the good page; the fault is the third push's."""
+    _, _, console = _run(monkeypatch, name, "blocks", 10_000)
+    prog = assemble(PROGRAMS[name])
+    faults = [ln for ln in console.splitlines() if "user fault" in ln]
+    assert len(faults) == 1 and f"va 00500ffc ip {prog.addr('third'):08x}" in faults[0], console
+
+
+def test_a_functions_frame_is_one_lookup_for_its_writes_and_one_for_its_reads(monkeypatch):
+    """White box: f's 17 word accesses (pushes, locals, arguments, pops,
+    ret) go through two TLB lookups, one WR and one RD."""
+    translate._COMPILED.clear()
+    translate._BY_HEAD.clear()
+    _run(monkeypatch, "frames in one page", "blocks", 10_000)
+    f = assemble(PROGRAMS["frames in one page"]).addr("f")
+    trees = []
+    for fn in translate._COMPILED.values():
+        src = fn.src
+        at = src.find(f"pc == {f:#x}:")
+        if at >= 0:
+            end = src.find("pc == 0x", at + 10)
+            trees.append(src[at:end if end >= 0 else len(src)])
+    assert trees, "f was not compiled as a head"
+    tree = trees[0]
+    assert tree.count("WR[") == 1 and tree.count("RD[") == 1, tree
+    assert tree.count("M32[_g") == 17, tree
+
+
+# -- the plan itself ---------------------------------------------------------------
+
+def _insns(source: str) -> list:
+    code = flat("_start:\n" + source, 0x800000)
+    out, at = [], 0
+    while at < len(code):
+        insn = decode(code[at:at + 15], 0x800000 + at)
+        out.append(insn)
+        at += insn.length
+    return out
+
+
+def _plan(source: str, slow=frozenset()):
+    """{instruction index: {kind: (group, word, leader?)}}"""
+    return {k: {kind: (a.name, a.word, a.lead is not None) for kind, a in accs.items()}
+            for k, accs in groups.plan(_insns(source), slow).items()}
+
+
+def test_a_prologue_and_its_frame_reads_form_groups():
+    plan = _plan(r"""
+        push %ebp
+        mov %esp, %ebp
+        push %edi
+        push %esi
+        push %ebx
+        mov 8(%ebp), %eax
+        mov 12(%ebp), %ecx
+        add 16(%ebp), %eax
+    """)
+    # pushes at -4 .. -16 from esp: one write group, words 3 2 1 0
+    assert [plan[k]["w"] for k in (0, 2, 3, 4)] == [
+        ("_g0", 3, True), ("_g0", 2, False), ("_g0", 1, False), ("_g0", 0, False)]
+    # arguments at esp + 4, 8, 12 (ebp = esp - 4): one read group
+    assert [plan[k]["r"] for k in (5, 6, 7)] == [
+        ("_g1", 0, True), ("_g1", 1, False), ("_g1", 2, False)]
+
+
+def test_an_unmodelled_instruction_ends_the_groups():
+    """xchg gives every register a new value: two pushes on each side of it
+    are not a group (fewer than MIN_GROUP each)."""
+    assert _plan(r"""
+        push %eax
+        push %ebx
+        xchg %eax, %ecx
+        push %ecx
+        push %edx
+    """) == {}
+
+
+def test_groups_keep_to_one_alignment_span_and_kind():
+    plan = _plan(r"""
+        mov 0(%esi), %eax
+        mov 2(%esi), %eax
+        mov 4(%esi), %eax
+        mov 6(%esi), %eax
+        mov %eax, 8(%esi)
+        mov 0x200(%esi), %eax
+        mov 8(%esi), %eax
+    """)
+    # 0, 4, 8 (read): a group; 2, 6: another alignment, too few; the write
+    # at 8 alone; 0x200 is past MAX_SPAN from 0
+    assert plan == {0: {"r": ("_g0", 0, True)}, 2: {"r": ("_g0", 1, False)},
+                    6: {"r": ("_g0", 2, False)}}
+
+
+def test_slow_instructions_are_left_out():
+    src = "push %eax\npush %ebx\npush %ecx\npush %edx\n"
+    first = _insns(src)[0].addr
+    plan = _plan(src, slow={first})
+    assert 0 not in plan and plan[1]["w"] == ("_g0", 2, True)
