@@ -494,21 +494,34 @@ class RegionGen(Gen):
         self.hoist: dict[tuple, int] | None = None
         self.path_keys: frozenset = frozenset()
         self.looping: set[tuple] = set()
-        # Word accesses sharing one TLB lookup (groups.py): the current
-        # block's plan, the current instruction's accesses still to emit,
-        # and the groups whose leader this block has emitted.
-        self.gplan: dict[int, dict] = {}
+        # Word accesses sharing one TLB lookup (groups.py): the tree's plan,
+        # (place, instruction index) -> accesses, and the State at the end
+        # of each place; the current instruction's accesses still to emit;
+        # the groups whose leader is on the current path.
+        self.gplan: dict[tuple, dict] = {}
+        self.gends: dict[tuple, groups.State] = {}
         self.gacc: dict[str, groups.Access] = {}
-        self.gdone: set[str] = set()
+        self.gdone: frozenset = frozenset()
 
-    def group_block(self, insns: list[Insn]) -> None:
-        """A block starts: plan its groups."""
-        self.gplan = groups.plan(insns, self.slow)
-        self.gdone = set()
+    def group_tree(self) -> None:
+        """A head's tree starts."""
+        self.gplan = {}
+        self.gends = {}
+        self.gdone = frozenset()
 
-    def group_insn(self, k: int) -> None:
-        """Instruction k of the block starts (after start())."""
-        self.gacc = dict(self.gplan.get(k, ()))
+    def group_block(self, bb: "Bb", place: tuple, bbs: dict, heads) -> None:
+        """The block at place starts: plan the groups of the tree of blocks
+        from it unless a plan made earlier on this path covers it (a
+        followed call or return continues from its caller's state)."""
+        if place in self.gends:
+            return
+        plan, ends = groups.plan(bb, bbs, heads, self.slow, place, self.gends.get(place[:-1]))
+        self.gplan.update(plan)
+        self.gends.update(ends)
+
+    def group_insn(self, place: tuple, k: int) -> None:
+        """Instruction k of the block at place starts (after start())."""
+        self.gacc = dict(self.gplan.get((place, k), ()))
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -874,16 +887,18 @@ class RegionGen(Gen):
             return None
         del self.gacc[kind]
         if a.lead is not None:
-            reg, rel, span = a.lead
+            reg, rel, span, tlb = a.lead
             x = self.r32(reg)
             if rel:
-                x += f" + {rel:#x}" if rel > 0 else f" - {-rel:#x}"
-            key = "(_a & 0xFFFFF003)"
+                x = f"(_a := {x} {'+' if rel > 0 else '-'} {abs(rel):#x})"
+                y = "_a"
+            else:
+                y = x
+            key = f"({y} & 0xFFFFF003)"
             if span:
-                key += f" | ((_a ^ (_a + {span:#x})) >> 10 & 4)"
-            tlb = "RD" if kind == "r" else "WR"
-            self.emit(f"{a.name} = ((_a := {x}) + {tlb}[{key}]) >> 2")
-            self.gdone.add(a.name)
+                key += f" | (({y} ^ ({y} + {span:#x})) >> 10 & 4)"
+            self.emit(f"{a.name} = ({x} + {tlb}[{key}]) >> 2")
+            self.gdone |= {a.name}
         elif a.name not in self.gdone:
             return None
         return f"{a.name} + {a.word}" if a.word else a.name
@@ -1213,14 +1228,14 @@ def _emit_region(plan: Plan, slow: frozenset):
         if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
                 or t["followed"] + len(bb.insns) > MAX_FOLLOW:
             return
-        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys)
+        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone)
         g.saved.append(g.fs)
         g.emit(f"if {expr} == {target:#x}:")
         g.indent += 1
         edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
         g.indent -= 1
         g.saved.pop()
-        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys = saved
+        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
         g.unalias()
@@ -1271,11 +1286,12 @@ def _emit_region(plan: Plan, slow: frozenset):
         term = bb.term
         dead = plan.dead[bb.start]
         body = len(insns) - 1 if term is not None else len(insns)
-        g.group_block(insns)
+        place = t["place"] = t["place"] + (bb.start,)
+        g.group_block(bb, place, bbs, heads)
         for k in range(body):
             insn = insns[k]
             g.start(insn, cnt, dead[k])
-            g.group_insn(k)
+            g.group_insn(place, k)
             codegen.SEMANTICS[insn.op](g, insn)
             if insn.op in STRING_OPS:
                 # A rep instruction may stop part-way: then leave at it.
@@ -1297,7 +1313,7 @@ def _emit_region(plan: Plan, slow: frozenset):
             edge(bb.next, cnt, t, depth, ctx, inl)
             return
         g.start(term, cnt, dead[-1])
-        g.group_insn(len(insns) - 1)
+        g.group_insn(place, len(insns) - 1)
         op = term.op
         cnt += 1
         if op in BRANCHES:
@@ -1313,14 +1329,14 @@ def _emit_region(plan: Plan, slow: frozenset):
                 g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
                 cond = "ecx" if zf is None else f"(ecx and {zf})"
-            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys)
+            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone)
             g.saved.append(g.fs)
             g.emit(f"if {cond}:")
             g.indent += 1
             edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             g.indent -= 1
             g.saved.pop()
-            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys = saved
+            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone = saved
             edge(term.next, cnt, t, depth, ctx, inl)
             return
         if op in ("int", "int3"):
@@ -1350,7 +1366,8 @@ def _emit_region(plan: Plan, slow: frozenset):
         g.ub = {}
         g.path_keys = frozenset()
         t = {"head": head, "loops": loops, "size": len(bbs[head].insns), "back": False,
-             "fid0": live, "followed": 0, "page": head >> 12}
+             "fid0": live, "followed": 0, "page": head >> 12, "place": ()}
+        g.group_tree()
         path(bbs[head], 0, t, 0, (), frozenset((head,)))
         return t
 
