@@ -123,7 +123,72 @@ READ_ONLY = r"""
 2:
 """
 
+# g's pushes after `sub $0x14, %esp` are group members whose esp updates
+# wait for the next other instruction: pushf there must see the flags of
+# the sub (parity and sign of esp - 0x14, esp moved by 4 * (i % 8) each
+# turn), and ebp (aliased to esp by the mov) the old esp; h's setb, after
+# three such pushes, the carry of `cmp %esp, %ecx` with the esp before them
+# (ecx = esp - 8: 1; with esp - 12 it would be 0).
+DEFERRED = r"""
+_start:
+    xor %edi, %edi
+    xor %ebp, %ebp
+1:  mov %esp, %esi
+    mov %edi, %eax
+    and $7, %eax
+    shl $2, %eax
+    sub %eax, %esp
+    call g
+    mov %esi, %esp
+    add %eax, %ebp
+    call h
+    add %eax, %ebp
+    rol $5, %ebp
+    inc %edi
+    cmp $2000, %edi
+    jne 1b
+    mov %ebp, %eax
+    save 0
+    halt
+g:
+    push %ebp
+    mov %esp, %ebp
+    sub $0x14, %esp
+    push %esi
+    push %edi
+    push %ebx
+    pushf
+    pop %eax
+    and $0x8d5, %eax
+    mov %ebp, %ecx
+    sub %esp, %ecx
+    shl $12, %ecx
+    add %ecx, %eax
+    add %edi, %eax
+    pop %ebx
+    pop %edi
+    pop %esi
+    mov %ebp, %esp
+    pop %ebp
+    ret
+h:
+    push %ebp
+    lea -8(%esp), %ecx
+    cmp %esp, %ecx
+    push %esi
+    push %edi
+    push %ebx
+    setb %al
+    movzbl %al, %eax
+    pop %ebx
+    pop %edi
+    pop %esi
+    pop %ebp
+    ret
+"""
+
 PROGRAMS = {
+    "flags and an alias across deferred pushes": DEFERRED,
     "frames in one page": program("0x501800", 16, TWO_PAGES),
     # the frame (about 0x30 bytes) sweeps across 0x501000 in steps of 4
     "frames across a page boundary": program("0x501030", 24, TWO_PAGES),

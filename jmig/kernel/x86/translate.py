@@ -71,7 +71,7 @@ from . import bytecode, codegen, groups, runtime
 from .codegen import Gen, _is_simple
 from .decode import MAX_LEN, Truncated, decode
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
-from .insn import EBP, ESP, MEM, REG, Insn
+from .insn import EBP, ESP, IMM, MEM, REG, Insn
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 M32 = 0xFFFFFFFF
@@ -388,6 +388,10 @@ _CALL = re.compile(r"[A-Za-z_]\w*\s*\(")
 _WORD = re.compile(r"\b[A-Za-z_]\w*")
 
 
+# A grouped word access (groups.py), which cannot raise.
+_MEMBER = re.compile(r"\s*(?:\w+ = )?M32\[_g\d+(?: \+ \d+)?\](?: = \w+)?$")
+
+
 def _pure(v: str) -> bool:
     """An expression without calls or subscripts (safe to evaluate later)."""
     return "[" not in v and _CALL.search(v) is None
@@ -502,12 +506,18 @@ class RegionGen(Gen):
         self.gends: dict[tuple, groups.State] = {}
         self.gacc: dict[str, groups.Access] = {}
         self.gdone: frozenset = frozenset()
+        # Pushes and pops whose word is in a group leave esp's local as it
+        # was and add to spoff (esp is esp + spoff), until an instruction
+        # of another kind or the end of the path (flush_esp): they cannot
+        # fault, so no restart sees the local behind.
+        self.spoff = 0
 
     def group_tree(self) -> None:
         """A head's tree starts."""
         self.gplan = {}
         self.gends = {}
         self.gdone = frozenset()
+        self.spoff = 0
 
     def group_block(self, bb: "Bb", place: tuple, bbs: dict, heads) -> None:
         """The block at place starts: plan the groups of the tree of blocks
@@ -520,8 +530,70 @@ class RegionGen(Gen):
         self.gends.update(ends)
 
     def group_insn(self, place: tuple, k: int) -> None:
-        """Instruction k of the block at place starts (after start())."""
+        """Instruction k of the block at place is next (before start())."""
         self.gacc = dict(self.gplan.get((place, k), ()))
+
+    def _deferred(self, insn: Insn) -> groups.Access | None:
+        """The grouped stack word of a push, pop, call or ret whose esp
+        update can wait (flush_esp), or None."""
+        op = insn.op
+        if insn.size != 4 or op not in ("push", "pop", "call", "ret") or len(self.gacc) != 1:
+            return None
+        if op in ("push", "pop"):
+            o = insn.ops[0]
+            if not (o.kind == REG and o.reg != ESP or op == "push" and o.kind == IMM):
+                return None
+        a = self.gacc.get("w" if op in ("push", "call") else "r")
+        if a is None or a.lead is not None or a.name not in self.gdone:
+            return None
+        return a
+
+    def stack_op(self, insn: Insn) -> bool:
+        """Emit a push, pop, call or ret whose stack word is a group
+        member with esp's update deferred; False if it is not one."""
+        a = self._deferred(insn)
+        if a is None:
+            return False
+        self.gacc = {}
+        w = f"{a.name} + {a.word}" if a.word else a.name
+        op = insn.op
+        if op == "push":
+            o = insn.ops[0]
+            self.emit(f"M32[{w}] = {hex(o.imm & M32) if o.kind != REG else self.r32(o.reg)}")
+            self.spoff -= 4
+        elif op == "call":
+            self.emit(f"M32[{w}] = {insn.next:#x}")
+            self.spoff -= 4
+            self.jump(hex(insn.ops[0].imm))
+        elif op == "pop":
+            self.setreg(insn.ops[0].reg, 4, f"M32[{w}]")
+            self.spoff += 4
+        else:
+            v = self.tmp(f"M32[{w}]")
+            self.spoff += 4 + (insn.ops[0].imm if insn.ops else 0)
+            self.jump(v)
+        return True
+
+    def flush_esp(self) -> None:
+        """Give esp's local its value (after deferred pushes and pops):
+        registers aliased to it and flags that refer to it keep the old."""
+        off = self.spoff
+        if not off:
+            return
+        self.spoff = 0
+        for n, src in list(self.alias.items()):
+            if src == "esp":
+                self.emit(f"{REGN[n]} = esp")
+                self._bounded(REGN[n], "esp")
+                self.written.add(n)
+                del self.alias[n]
+        fs = self.fs
+        if len(fs) == 5 and "esp" in _fs_words(fs):
+            c = self.tmp("esp")
+            self.fs = tuple(re.sub(r"\besp\b", c, x) if isinstance(x, str) else x for x in fs)
+        self.emit(f"esp = (esp {'+' if off > 0 else '-'} {abs(off):#x}) & 0xFFFFFFFF")
+        self.ub.pop("esp", None)
+        self.written.add(ESP)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -593,11 +665,12 @@ class RegionGen(Gen):
         self.next_expr = None
         self.eas = {}
         self.onepage = {}
-        self.gacc = {}
         self.ends = False
         self.next_fs = None
         self.recipes.append((insn.addr, count, LOC if self.mat else self.fs, False))
         self.cur = len(self.recipes) - 1
+        if self.spoff and self._deferred(insn) is None:
+            self.flush_esp()
         if self.alias and (insn.op not in ALIAS_SAFE or may_fault(insn)):
             self.unalias()
 
@@ -674,7 +747,7 @@ class RegionGen(Gen):
         if sum(_WORD.findall(x).count(v) for x in lines[self.first:]) != 1:
             return
         for x in lines[j + 1:]:
-            if not _pure(x) or reg in _WORD.findall(x):
+            if not (_pure(x) or _MEMBER.match(x)) or reg in _WORD.findall(x):
                 return
         for m, size, w in self.pending_regs:
             if w != v and (reg in _WORD.findall(w) or (m if size != 1 or m < 4 else m - 4) == n):
@@ -717,6 +790,8 @@ class RegionGen(Gen):
 
     # -- registers ----------------------------------------------------------------
     def r32(self, n: int) -> str:
+        if n == ESP and self.spoff:
+            raise AssertionError(f"{self.insn} reads esp with {self.spoff} deferred")
         src = self.alias.get(n)
         if src is not None:
             self.used.add(REGN.index(src))
@@ -1228,16 +1303,19 @@ def _emit_region(plan: Plan, slow: frozenset):
         if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
                 or t["followed"] + len(bb.insns) > MAX_FOLLOW:
             return
-        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone)
+        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone,
+                 g.spoff)
         g.saved.append(g.fs)
         g.emit(f"if {expr} == {target:#x}:")
         g.indent += 1
         edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
         g.indent -= 1
         g.saved.pop()
-        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone = saved
+        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone, \
+            g.spoff = saved
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
+        g.flush_esp()
         g.unalias()
         maxpath[0] = max(maxpath[0], cnt)
         jump = "break" if t["loops"] else "continue"
@@ -1272,6 +1350,7 @@ def _emit_region(plan: Plan, slow: frozenset):
 
     def leave(expr: str, cnt: int, t: dict) -> None:
         """Control moves to a computed address (or leaves with a reason)."""
+        g.flush_esp()
         g.unalias()
         maxpath[0] = max(maxpath[0], cnt)
         g.materialize()
@@ -1290,9 +1369,10 @@ def _emit_region(plan: Plan, slow: frozenset):
         g.group_block(bb, place, bbs, heads)
         for k in range(body):
             insn = insns[k]
-            g.start(insn, cnt, dead[k])
             g.group_insn(place, k)
-            codegen.SEMANTICS[insn.op](g, insn)
+            g.start(insn, cnt, dead[k])
+            if not g.stack_op(insn):
+                codegen.SEMANTICS[insn.op](g, insn)
             if insn.op in STRING_OPS:
                 # A rep instruction may stop part-way: then leave at it.
                 nxt = g.next_expr
@@ -1312,8 +1392,8 @@ def _emit_region(plan: Plan, slow: frozenset):
         if term is None:
             edge(bb.next, cnt, t, depth, ctx, inl)
             return
-        g.start(term, cnt, dead[-1])
         g.group_insn(place, len(insns) - 1)
+        g.start(term, cnt, dead[-1])
         op = term.op
         cnt += 1
         if op in BRANCHES:
@@ -1329,21 +1409,24 @@ def _emit_region(plan: Plan, slow: frozenset):
                 g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
                 cond = "ecx" if zf is None else f"(ecx and {zf})"
-            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone)
+            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone,
+                 g.spoff)
             g.saved.append(g.fs)
             g.emit(f"if {cond}:")
             g.indent += 1
             edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             g.indent -= 1
             g.saved.pop()
-            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone = saved
+            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone, \
+                g.spoff = saved
             edge(term.next, cnt, t, depth, ctx, inl)
             return
         if op in ("int", "int3"):
             code = EXIT_SYSCALL if op == "int" and term.ops[0].imm == 0x30 else EXIT_INT3
             leave(f"{term.next | code:#x}", cnt, t)
             return
-        codegen.SEMANTICS[op](g, term)
+        if not g.stack_op(term):
+            codegen.SEMANTICS[op](g, term)
         nxt = g.next_expr
         g.commit()
         if op == "jmp":
