@@ -41,7 +41,10 @@ an aligned word), which fill themselves on a miss; what they cannot answer
 (a misaligned word, a fault, a JOS window, a store into a frame holding
 code) raises KeyError, and the instruction is restarted by the
 interpreter.  An instruction that keeps restarting is compiled again with
-an inline fallback.
+an inline fallback.  Aligned words at constant offsets from one register
+value along a path (a frame's pushes, pops, arguments and locals) share
+one lookup (groups.py); pushes and pops among them leave esp's update to
+the next instruction of another kind.
 
 Faults are precise: every instruction reads, then writes memory, then
 commits registers and flags (codegen.py), so at a fault in instruction k
