@@ -187,8 +187,50 @@ h:
     ret
 """
 
+# Registers the model must follow exactly (each used as a group's base
+# after it changes): `leave` sets esp to ebp + 4 (then `ret` reads there);
+# `lea (%esp,%ecx,4)` is not esp plus a constant; `and $0xf0,%bh` changes
+# ebx (to lower in the same page).
+MODEL = r"""
+_start:
+    xor %edi, %edi
+    xor %ebp, %ebp
+1:  mov %edi, %ecx
+    and $3, %ecx
+    call k
+    add %eax, %ebp
+    rol $3, %ebp
+    inc %edi
+    cmp $2000, %edi
+    jne 1b
+    mov %ebp, %eax
+    save 0
+    halt
+k:
+    push %ebp
+    mov %esp, %ebp
+    sub $0x20, %esp
+    mov %edi, -4(%ebp)
+    movl $0x11, -8(%ebp)
+    movl $0x22, -12(%ebp)
+    movl $0x33, -16(%ebp)
+    lea (%esp,%ecx,4), %edx
+    mov 4(%edx), %eax
+    add 8(%edx), %eax
+    add 12(%edx), %eax
+    mov %esp, %ebx
+    and $0xf0, %bh
+    add 16(%ebx), %eax
+    add 20(%ebx), %eax
+    add 24(%ebx), %eax
+    add -4(%ebp), %eax
+    leave
+    ret
+"""
+
 PROGRAMS = {
     "flags and an alias across deferred pushes": DEFERRED,
+    "leave, lea with an index, a high byte": MODEL,
     "frames in one page": program("0x501800", 16, TWO_PAGES),
     # the frame (about 0x30 bytes) sweeps across 0x501000 in steps of 4
     "frames across a page boundary": program("0x501030", 24, TWO_PAGES),
@@ -411,3 +453,49 @@ def test_a_followed_call_reads_its_arguments_through_the_callers_group():
     assert [got[k]["w"] for k in (3, 4, 5)] == [("_g1", 2, True), ("_g1", 1, False),
                                                 ("_g1", 0, False)]
     assert got[6] == {"r": ("_g1", 0, False)}
+
+
+def test_the_path_after_a_followed_calls_ret_keeps_the_callers_groups():
+    """call, the callee's ret, then the caller reads its pushes again:
+    esp is the caller's value again, so the reads join its group."""
+    caller = _blocks(r"""
+        push %eax
+        push %ebx
+        push %ecx
+        call .+0x100
+    """)
+    (a,) = caller
+    _, ends = groups.plan(caller[a], caller, {a}, frozenset(), (a,))
+    callee = _blocks("ret\n")
+    (f,) = callee
+    _, ends2 = groups.plan(callee[f], callee, {f}, frozenset(), (a, f), ends[(a,)])
+    after = _blocks(r"""
+        mov 0(%esp), %eax
+        mov 4(%esp), %edx
+        mov 8(%esp), %ecx
+    """)
+    (r,) = after
+    accs, _ = groups.plan(after[r], after, {r}, frozenset(), (a, f, r), ends2[(a, f)])
+    got = {k: {kind: (x.name, x.word, x.lead is not None) for kind, x in acc.items()}
+           for (_, k), acc in accs.items()}
+    # the pushes were at esp0-4, -8, -12 (words 2, 1, 0 above the return address)
+    assert got == {0: {"r": ("_g0", 1, False)}, 1: {"r": ("_g0", 2, False)},
+                   2: {"r": ("_g0", 3, False)}}
+
+
+def test_lea_of_one_register_is_that_value_plus_its_displacement():
+    """`lea -8(%esp), %ecx` makes ecx esp - 8: reads through it join the
+    group of the pushes; with an index register it is a new value."""
+    plan = _plan(r"""
+        push %eax
+        push %ebx
+        lea -8(%esp), %ecx
+        mov %eax, 8(%ecx)
+        mov %ebx, 12(%ecx)
+        lea (%esp,%edx,4), %esi
+        mov 0(%esi), %eax
+        mov 4(%esi), %eax
+    """)
+    # pushes at esp0-4, -8; ecx = esp0-16: 8(%ecx) = esp0-8, 12(%ecx) = esp0-4
+    assert plan == {0: {"w": ("_g0", 1, True)}, 1: {"w": ("_g0", 0, False)},
+                    3: {"w": ("_g0", 0, False)}, 4: {"w": ("_g0", 1, False)}}
