@@ -455,6 +455,18 @@ def test_a_followed_call_reads_its_arguments_through_the_callers_group():
     assert got[6] == {"r": ("_g1", 0, False)}
 
 
+def test_a_callee_reads_the_lowest_word_of_the_callers_group():
+    """The return address, the lowest word of the caller's group (whose
+    span is fixed), is read through it."""
+    caller = _blocks("push %eax\npush %ebx\ncall .+0x100\n")
+    (a,) = caller
+    _, ends = groups.plan(caller[a], caller, {a}, frozenset(), (a,))
+    callee = _blocks("mov 0(%esp), %eax\n")
+    (f,) = callee
+    accs, _ = groups.plan(callee[f], callee, {f}, frozenset(), (a, f), ends[(a,)])
+    assert {k: (x["r"].name, x["r"].word) for (_, k), x in accs.items()} == {0: ("_g0", 0)}
+
+
 def test_the_path_after_a_followed_calls_ret_keeps_the_callers_groups():
     """call, the callee's ret, then the caller reads its pushes again:
     esp is the caller's value again, so the reads join its group."""
@@ -492,10 +504,99 @@ def test_lea_of_one_register_is_that_value_plus_its_displacement():
         lea -8(%esp), %ecx
         mov %eax, 8(%ecx)
         mov %ebx, 12(%ecx)
-        lea (%esp,%edx,4), %esi
-        mov 0(%esi), %eax
-        mov 4(%esi), %eax
+        lea (%esp,%eax,4), %esi
+        mov 0(%esi), %edx
+        mov 4(%esi), %edx
+        mov 8(%esi), %edx
+        lea 0x10, %edi
+        mov 0(%edi), %edx
+        mov 4(%edi), %edx
+        mov 8(%edi), %edx
     """)
-    # pushes at esp0-4, -8; ecx = esp0-16: 8(%ecx) = esp0-8, 12(%ecx) = esp0-4
+    # pushes at esp0-4, -8; ecx = esp0-16: 8(%ecx) = esp0-8, 12(%ecx) = esp0-4;
+    # esi (an index) and edi (a constant) are new values: a group each
     assert plan == {0: {"w": ("_g0", 1, True)}, 1: {"w": ("_g0", 0, False)},
-                    3: {"w": ("_g0", 0, False)}, 4: {"w": ("_g0", 1, False)}}
+                    3: {"w": ("_g0", 0, False)}, 4: {"w": ("_g0", 1, False)},
+                    6: {"r": ("_g1", 0, True)}, 7: {"r": ("_g1", 1, False)},
+                    8: {"r": ("_g1", 2, False)},
+                    10: {"r": ("_g2", 0, True)}, 11: {"r": ("_g2", 1, False)},
+                    12: {"r": ("_g2", 2, False)}}
+
+
+def test_add_and_sub_of_an_immediate_move_the_register():
+    """sub $8 then add $4 to esp, and eax as a base register."""
+    plan = _plan(r"""
+        push %ebx
+        push %ecx
+        sub $8, %esp
+        mov %edx, 12(%esp)
+        add $4, %esp
+        mov 4(%esp), %edx
+        mov 0(%eax), %edx
+        mov 4(%eax), %edx
+        mov 8(%eax), %edx
+    """)
+    # pushes at esp0-4, -8; after sub 12(%esp) = esp0-4; after add 4(%esp) = esp0-8
+    assert plan == {0: {"w": ("_g0", 1, True)}, 1: {"w": ("_g0", 0, False)},
+                    3: {"w": ("_g0", 1, False)}, 5: {"r": ("_g0", 0, False)},
+                    6: {"r": ("_g1", 0, True)}, 7: {"r": ("_g1", 1, False)},
+                    8: {"r": ("_g1", 2, False)}}
+
+
+def test_the_model_follows_each_kind_of_register_write():
+    """A register loaded anew is a new value; an unmodelled instruction
+    (xchg) makes every register one; ALU ops write their memory
+    destination, not their source; leave reads (%ebp) and ret then reads
+    above it; lea of eax is eax plus a constant; a span of exactly
+    MAX_SPAN bytes is one group."""
+    def kinds(source):
+        return {k: {kind: (n, w) for kind, (n, w, _) in acc.items()}
+                for k, acc in _plan(source).items()}
+
+    reload = kinds(r"""
+        mov 0(%eax), %ecx
+        mov 4(%eax), %ecx
+        mov 8(%eax), %ecx
+        mov 0(%ebx), %eax
+        mov 0(%eax), %edx
+        mov 4(%eax), %edx
+        mov 8(%eax), %edx
+    """)
+    assert [reload[k]["r"] for k in (4, 5, 6)] == [("_g1", 0), ("_g1", 1), ("_g1", 2)]
+    assert kinds(r"""
+        mov 0(%eax), %edx
+        mov 4(%eax), %edx
+        xchg %ebx, %ecx
+        mov 8(%eax), %edx
+        mov 12(%eax), %edx
+    """) == {}
+    alu = kinds(r"""
+        add %ecx, 0(%esi)
+        add %ecx, 4(%esi)
+        add %ecx, 8(%esi)
+        add 12(%edi), %ecx
+    """)
+    assert alu == {0: {"r": ("_g0", 0), "w": ("_g1", 0)}, 1: {"r": ("_g0", 1), "w": ("_g1", 1)},
+                   2: {"r": ("_g0", 2), "w": ("_g1", 2)}}
+    frame = kinds(r"""
+        push %ebp
+        mov %esp, %ebp
+        push %esi
+        leave
+        ret
+    """)
+    assert frame == {0: {"w": ("_g0", 1)}, 2: {"w": ("_g0", 0)}, 3: {"r": ("_g0", 1)},
+                     4: {"r": ("_g0", 2)}}
+    lea = kinds(r"""
+        mov 0(%eax), %edx
+        lea 4(%eax), %ecx
+        mov 0(%ecx), %edx
+        mov 4(%ecx), %edx
+    """)
+    assert lea == {0: {"r": ("_g0", 0)}, 2: {"r": ("_g0", 1)}, 3: {"r": ("_g0", 2)}}
+    wide = kinds(f"""
+        mov 0(%eax), %edx
+        mov 4(%eax), %edx
+        mov {groups.MAX_SPAN}(%eax), %edx
+    """)
+    assert wide[2]["r"] == ("_g0", groups.MAX_SPAN // 4)

@@ -97,7 +97,7 @@ def accesses(insn: Insn) -> list[tuple]:
     out = []
     for o in insn.ops:
         if o.kind == MEM and o.size == 4 and o.base >= 0 and o.index < 0 \
-                and o.seg < 0 and insn.seg < 0 and abs(_signed(o.disp)) < 0x10000:
+                and abs(_signed(o.disp)) < 0x10000:
             d = _signed(o.disp)
             if op == "mov":
                 out.append(("w" if o is insn.ops[0] else "r", "op", o.base, d))
