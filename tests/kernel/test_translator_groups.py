@@ -228,8 +228,32 @@ k:
     ret
 """
 
+# `add %edi, 4(%esi)` reads 4(%esi) into a group that stays too small (it
+# is dropped) and writes it in one that is kept (with 100 and 104): the
+# read goes through the TLB, the write through the group.
+HALF_GROUPED = r"""
+_start:
+    xor %edi, %edi
+1:  call f
+    inc %edi
+    cmp $2000, %edi
+    jne 1b
+    mov out + 20, %eax
+    save 0
+    halt
+f:
+    mov $out + 16, %esi
+    mov 0(%esi), %eax
+    mov %eax, 100(%esi)
+    add %edi, 4(%esi)
+    mov %eax, 104(%esi)
+    mov 4(%esi), %eax
+    ret
+"""
+
 PROGRAMS = {
     "flags and an alias across deferred pushes": DEFERRED,
+    "a read-modify-write with only its write grouped": HALF_GROUPED,
     "leave, lea with an index, a high byte": MODEL,
     "frames in one page": program("0x501800", 16, TWO_PAGES),
     # the frame (about 0x30 bytes) sweeps across 0x501000 in steps of 4

@@ -823,10 +823,16 @@ class RegionGen(Gen):
         (a displacement below -1 MiB is wrapped here) has a key above ULIM,
         so either restarts in the interpreter, which wraps it.  lea wraps."""
         disp = (op.disp + extra) & M32
-        if self.gacc and not extra:
-            mine = [a for a in self.gacc.values() if a.where == "op"]
-            if mine and all(a.lead is None and a.name in self.gdone for a in mine):
-                return f"@{id(op)}"             # only load() and store() see it: M32[_gN + k]
+        if self.gacc and not extra and id(op) not in self.eas:
+            # Every access through the operand (a read, a write, or both) a
+            # member of a group already looked up: no address is computed;
+            # only load() and store() see the name, and make it M32[_gN + k].
+            kinds = [k for k, where, _, _ in groups.accesses(self.insn) if where == "op"]
+            got = [self.gacc.get(k) for k in kinds]
+            if kinds and all(a is not None and a.where == "op" and a.lead is None
+                             and a.name in self.gdone for a in got):
+                name = self.eas[id(op)] = f"@{id(op)}"
+                return name
         if self.insn.op != "lea":
             one = self._one_page(op, extra, disp)
             if one is not None:
