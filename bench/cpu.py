@@ -23,9 +23,9 @@ The translator's time is the best of the runs in this process: the first
 run compiles (its time is printed too), the next reuse the compiled
 regions, as a node running a program again does (one more run; five more
 for a program whose first run takes under a second, such as pingpong's
-55,000 instructions, whose single runs vary by a factor of five here).  Instruction counts come
-from jmig (exact).  Every figure stands next to its reference from the
-same run, because this machine is noisy.
+55,000 instructions, whose single runs vary by a factor of five here).
+Instruction counts come from jmig (exact).  Every figure stands next to
+its reference from the same run, because this machine is noisy.
 """
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
-"""Word accesses of a basic block that share one TLB lookup.
+"""Word accesses along a region's tree that share one TLB lookup.
 
 A function's prologue pushes four registers, its epilogue pops them, its
 body reads its arguments at 8(%ebp), 12(%ebp) ...: each access looks the
 same page up in the TLB again.  Before the translator emits a block,
-plan() follows the registers through it symbolically -- each holds "value
-v plus a constant" (push and pop move esp by 4, `mov %esp,%ebp` copies,
-`lea d(%r)`, `add`/`sub $imm` add) -- and puts the aligned word accesses at
-constant offsets from one value, reads and writes apart, into a group.
-The group's first access (its *leader*) looks up the page of the group's
-lowest address under a key that misses unless the whole span lies in one
-page and is aligned:
+plan() follows the registers through it and the blocks compiled inline
+after it, symbolically -- each holds "value v plus a constant" (push and
+pop move esp by 4, `mov %esp,%ebp` copies, `lea d(%r)`, `add`/`sub $imm`
+add) -- and puts the aligned word accesses at constant offsets from one
+value into a group whose first access (its *leader*) is on the path to
+all the others; reads may join a group of writes, not the reverse.  The
+leader looks up the page of the group's lowest address under a key that
+misses unless the whole span lies in one page and is aligned:
 
     _g0 = ((_a := esp - 0x10) + RD[(_a & 0xFFFFF003) | ((_a ^ (_a + 0x10)) >> 10 & 4)]) >> 2
 
@@ -23,13 +24,13 @@ that the instruction writes no register this model says it keeps.
 """
 from __future__ import annotations
 
-from .insn import EBP, ESP, IMM, MEM, REG, Insn
+from .insn import EBP, ESP, IMM, MEM, REG, Insn, full_reg
 
 MIN_GROUP = 3            # accesses in a group (fewer: the leader's key costs more than it saves)
 MAX_SPAN = 256           # bytes from a group's lowest to its highest word
 
 # Operations whose register effects the model knows: the destination
-# register operand (ops[0]) gets a fresh value unless noted in _step.
+# register operand (ops[0]) gets a fresh value unless step() says more.
 _DEST = frozenset({"mov", "movzx", "movsx", "lea", "add", "sub", "and", "or", "xor", "adc",
                    "sbb", "inc", "dec", "neg", "not", "shl", "shr", "sar", "rol", "ror",
                    "imul2", "imul3", "setcc", "cmovcc"})
@@ -39,11 +40,6 @@ _NO_WRITE = frozenset({"cmp", "test", "nop", "jmp", "jcc", "bt"})
 _READS = frozenset({"add", "sub", "and", "or", "xor", "adc", "sbb", "inc", "dec", "neg", "not",
                     "cmp", "test", "imul2", "imul3"})
 _WRITES = frozenset({"add", "sub", "and", "or", "xor", "adc", "sbb", "inc", "dec", "neg", "not"})
-
-
-def _full(op) -> int:
-    """The 32-bit register an operand of kind REG writes (part of)."""
-    return op.reg - 4 if op.size == 1 and op.reg >= 4 else op.reg
 
 
 class Access:
@@ -71,7 +67,7 @@ def writes(insn: Insn) -> frozenset | None:
         return frozenset()
     if op in _DEST:
         d = insn.ops[0]
-        return frozenset({_full(d)}) if d.kind == REG else frozenset()
+        return frozenset({full_reg(d.reg, d.size)}) if d.kind == REG else frozenset()
     if insn.size != 4:
         return None
     if op in ("push", "call", "calli", "ret"):

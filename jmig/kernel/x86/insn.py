@@ -24,6 +24,12 @@ REG8 = ("al", "cl", "dl", "bl", "ah", "ch", "dh", "bh")
 SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
 ES, CS, SS, DS, FS, GS = range(6)
 
+def full_reg(n: int, size: int) -> int:
+    """The 32-bit register that register n of an operand of this size is
+    (part of): ah, ch, dh, bh (4-7 at size 1) are in eax, ecx, edx, ebx."""
+    return n - 4 if size == 1 and n >= 4 else n
+
+
 # The 16 condition codes of jcc/setcc/cmovcc, in encoding order.
 CONDS = ("o", "no", "b", "ae", "e", "ne", "be", "a",
          "s", "ns", "p", "np", "l", "ge", "le", "g")

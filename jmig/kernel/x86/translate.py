@@ -61,6 +61,7 @@ bits above 31 (EXIT_*) when the function stopped for one.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import keyword
 import re
@@ -74,7 +75,7 @@ from . import bytecode, codegen, groups, runtime
 from .codegen import Gen, _is_simple
 from .decode import MAX_LEN, Truncated, decode
 from .flags import ADC, ADD, DEC, INC, LOGIC, MUL, SBB, SIGN, SUB
-from .insn import EBP, ESP, IMM, MEM, REG, Insn
+from .insn import EBP, ESP, IMM, MEM, REG, Insn, full_reg
 
 REGN = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 M32 = 0xFFFFFFFF
@@ -578,18 +579,16 @@ class RegionGen(Gen):
         return True
 
     def flush_esp(self) -> None:
-        """Give esp's local its value (after deferred pushes and pops):
-        registers aliased to it and flags that refer to it keep the old."""
+        """Give esp's local its value (after deferred pushes and pops);
+        flags that refer to it keep the old.  No register is aliased then:
+        a deferred instruction ends the aliases (start()), and the `mov`
+        that makes one is not deferred, so it flushes first."""
         off = self.spoff
         if not off:
             return
         self.spoff = 0
-        for n, src in list(self.alias.items()):
-            if src == "esp":
-                self.emit(f"{REGN[n]} = esp")
-                self._bounded(REGN[n], "esp")
-                self.written.add(n)
-                del self.alias[n]
+        if self.alias:
+            raise AssertionError(f"{self.insn}: aliases {self.alias} with esp deferred")
         fs = self.fs
         if len(fs) == 5 and "esp" in _fs_words(fs):
             c = self.tmp("esp")
@@ -648,7 +647,7 @@ class RegionGen(Gen):
         if size == 4:
             self._bounded(REGN[n], v)
         else:
-            self.ub.pop(REGN[n if size != 1 or n < 4 else n - 4], None)
+            self.ub.pop(REGN[full_reg(n, size)], None)
         super()._commit_reg(n, size, v)
 
     def _pinned(self) -> set[str]:
@@ -694,13 +693,13 @@ class RegionGen(Gen):
         if self.gdone:
             model = groups.writes(self.insn)
             if model is not None:
-                wrote = {n if size != 1 or n < 4 else n - 4 for n, size, _ in self.pending_regs}
+                wrote = {full_reg(n, size) for n, size, _ in self.pending_regs}
                 if not wrote <= model:
                     raise AssertionError(f"{self.insn} writes {wrote}, groups.py says {model}")
         fs = self.next_fs if self.next_fs is not None else self.fs
         if not self.dead and len(fs) == 5:
             # The flags stay needed: copy the registers they refer to first.
-            changing = {REGN[n if size != 1 or n < 4 else n - 4]
+            changing = {REGN[full_reg(n, size)]
                         for n, size, _ in self.pending_regs}
             if changing:
                 parts = list(fs)
@@ -753,7 +752,7 @@ class RegionGen(Gen):
             if not (_pure(x) or _MEMBER.match(x)) or reg in _WORD.findall(x):
                 return
         for m, size, w in self.pending_regs:
-            if w != v and (reg in _WORD.findall(w) or (m if size != 1 or m < 4 else m - 4) == n):
+            if w != v and (reg in _WORD.findall(w) or full_reg(m, size) == n):
                 return
         if v in self._pinned() and not self._repin(v, reg):
             return
@@ -779,7 +778,7 @@ class RegionGen(Gen):
         register whose source changes, or that is written in part, gets
         its value first (at the instruction's start, where its reads saw
         the source's old value); one written whole just ends."""
-        changing = {n if size != 1 or n < 4 else n - 4 for n, size, _ in self.pending_regs}
+        changing = {full_reg(n, size) for n, size, _ in self.pending_regs}
         whole = {n for n, size, _ in self.pending_regs if size == 4}
         stale = [(n, src) for n, src in self.alias.items()
                  if (REGN.index(src) in changing or n in changing) and n not in whole]
@@ -803,7 +802,7 @@ class RegionGen(Gen):
         return REGN[n]
 
     def setreg(self, n: int, size: int, expr: str) -> None:
-        self.written.add(n if size != 1 or n < 4 else n - 4)
+        self.written.add(full_reg(n, size))
         if size == 4 and expr in REGN and self.insn.op == "mov":
             self.pending_regs.append((n, size, expr))     # commit makes it an alias
             return
@@ -1305,6 +1304,22 @@ def _emit_region(plan: Plan, slow: frozenset):
             g.emit(f"if NOTA: _touch(m, {target >> 12:#x})")
             t["page"] = target >> 12
 
+    @contextlib.contextmanager
+    def side(test: str, t: dict):
+        """`if test:` with what the with-block emits under it; after it the
+        path's state is as before (the code after the `if` is the other
+        side of the branch)."""
+        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone,
+                 g.spoff)
+        g.saved.append(g.fs)
+        g.emit(f"if {test}:")
+        g.indent += 1
+        yield
+        g.indent -= 1
+        g.saved.pop()
+        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone, \
+            g.spoff = saved
+
     def guarded(expr: str, target: int, cnt: int, t: dict, depth: int, ctx: tuple,
                 inl: frozenset) -> None:
         """if expr == target: follow it here (the fall-through is emitted next)."""
@@ -1312,16 +1327,8 @@ def _emit_region(plan: Plan, slow: frozenset):
         if bb is None or target in inl or not fits(bb, cnt, t, depth + 1) \
                 or t["followed"] + len(bb.insns) > MAX_FOLLOW:
             return
-        saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone,
-                 g.spoff)
-        g.saved.append(g.fs)
-        g.emit(f"if {expr} == {target:#x}:")
-        g.indent += 1
-        edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
-        g.indent -= 1
-        g.saved.pop()
-        g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone, \
-            g.spoff = saved
+        with side(f"{expr} == {target:#x}", t):
+            edge(target, cnt, t, depth + 1, ctx, inl, follow=True)
 
     def to_head(target: int, cnt: int, t: dict, self_loop: bool) -> None:
         g.flush_esp()
@@ -1387,14 +1394,8 @@ def _emit_region(plan: Plan, slow: frozenset):
                 nxt = g.next_expr
                 g.next_expr = None
                 if insn.rep:
-                    g.emit(f"if {nxt} != {insn.next:#x}:")
-                    g.indent += 1
-                    saved = (g.fs, g.mat, t["fid0"], dict(g.ub), g.path_keys)
-                    g.saved.append(g.fs)
-                    leave(nxt, cnt + 1, t)
-                    g.saved.pop()
-                    g.fs, g.mat, t["fid0"], g.ub, g.path_keys = saved
-                    g.indent -= 1
+                    with side(f"{nxt} != {insn.next:#x}", t):
+                        leave(nxt, cnt + 1, t)
             else:
                 g.commit()
             cnt += 1
@@ -1418,16 +1419,8 @@ def _emit_region(plan: Plan, slow: frozenset):
                 g.setreg(1, 4, f"({g.r32(1)} - 1) & 0xFFFFFFFF")
                 g.commit()
                 cond = "ecx" if zf is None else f"(ecx and {zf})"
-            saved = (g.fs, g.mat, t["fid0"], t["page"], dict(g.ub), g.path_keys, t["place"], g.gdone,
-                 g.spoff)
-            g.saved.append(g.fs)
-            g.emit(f"if {cond}:")
-            g.indent += 1
-            edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
-            g.indent -= 1
-            g.saved.pop()
-            g.fs, g.mat, t["fid0"], t["page"], g.ub, g.path_keys, t["place"], g.gdone, \
-                g.spoff = saved
+            with side(cond, t):
+                edge(term.ops[0].imm, cnt, t, depth + 1, ctx, inl)
             edge(term.next, cnt, t, depth, ctx, inl)
             return
         if op in ("int", "int3"):
