@@ -89,11 +89,13 @@ def target_of(module: str, cfg: dict) -> dict | None:
 
 
 def copy_tree(tree: Path) -> None:
-    """jmig/, tests/ and pyproject.toml into tree (afresh)."""
+    """jmig/, tests/, examples/ and pyproject.toml into tree (afresh):
+    examples/ for the tests that read the bundled programs' sources
+    (tests/kernel/test_bundled_programs.py)."""
     if tree.exists():
         shutil.rmtree(tree)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("jmig", "tests"):
+    for name in ("jmig", "tests", "examples"):
         shutil.copytree(ROOT / name, tree / name, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
 
