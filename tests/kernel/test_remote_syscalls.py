@@ -64,6 +64,27 @@ def test_a_send_to_an_env_not_here_holds_the_sender_until_the_node_answers():
     assert not m.k.network_result(s.envid, 0)                        # no longer waiting
 
 
+def test_a_value_only_send_to_an_env_not_here_offers_no_page_and_waits():
+    # srcva = UTOP is JOS's "no page" (lib/ipc.c passes it with perm 0): the
+    # send goes to the node with the value alone, not refused for its perm.
+    m = Machine()
+    m.k.remote_ipc = True
+    s = m.spawn(assemble(f"""
+    _start:
+        sys SYS_ipc_try_send, ${ABSENT:#x}, $78, $UTOP, $0
+        save 0
+        movl $1, out+4
+        halt
+    """))
+    assert m.run().idle
+    [sent] = events_of(m, ev.IpcSend)
+    assert (sent.src, sent.dst, sent.value, sent.page, sent.perm) == (s.envid, ABSENT, 78, None, 0)
+    assert s.env.frozen.startswith(WAITING_FOR) and s.out(1) == 0
+    assert m.k.network_result(s.envid, 0)
+    m.run()
+    assert s.outs(2) == [0, 1]
+
+
 def test_a_send_from_another_node_is_delivered_with_a_copy_of_its_page():
     m = Machine()
     m.k.remote_ipc = True
@@ -83,6 +104,31 @@ def test_a_send_from_another_node_is_delivered_with_a_copy_of_its_page():
     assert (r.env.ipc_from, r.env.ipc_value, r.env.ipc_perm) == (0x2001, 42, PTE_P | PTE_U | PTE_W)
     assert r.read(PAGE_VA, PGSIZE) == page
     assert m.k.ipc_deliver(0x2001, r.envid, 43, None, 0) == -E_IPC_NOT_RECV  # received already
+    m.k.check_invariants()
+
+
+def test_a_send_from_another_node_without_a_page_leaves_the_receiver_no_perm():
+    # The receiver learns whether a page came from env_ipc_perm (lib/ipc.c's
+    # perm_store): 0 for a value alone, and for a page it did not ask for.
+    m = Machine()
+    m.k.remote_ipc = True
+    r = m.spawn(assemble(RECEIVER))
+    m.run()
+    assert m.k.ipc_deliver(0x2001, r.envid, 42, None, 0) == 0
+    m.run()
+    assert r.outs(2) == [0, 1]
+    assert (r.env.ipc_from, r.env.ipc_value, r.env.ipc_perm) == (0x2001, 42, 0)
+    assert r.pte(PAGE_VA) is None
+    value_only = m.spawn(assemble("""
+    _start:
+        sys SYS_ipc_recv, $UTOP
+        save 0
+        halt
+    """))
+    m.run()
+    page = bytes(PGSIZE)
+    assert m.k.ipc_deliver(0x2001, value_only.envid, 43, page, PTE_P | PTE_U | PTE_W) == 0
+    assert (value_only.env.ipc_value, value_only.env.ipc_perm) == (43, 0)
     m.k.check_invariants()
 
 
