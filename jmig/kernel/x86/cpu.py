@@ -290,7 +290,7 @@ def _install(m, eip: int, static: bool, d: dict) -> bool | None:
         # Entered from outside where it has no head: compile it again with
         # heads at every block entered so since it was compiled.
         hot = _hot(m)
-        more = {b for b, c in old.counts.items() if hot(b) != c} | {eip}
+        more = {b for b in old.plan.bbs if hot(b) != old.counts.get(b, 0)} | {eip}
         if executor is not None:
             return _compile_for(m, executor, translate.plan_with_heads(old, more), (old,))
         fn = translate.with_heads(old, more, frozenset(SLOW))
@@ -382,30 +382,73 @@ def _merge(m, a, b) -> bool:
 def _place(m, fn, static: bool, frames=None) -> None:
     """Install the compiled region fn in m (and offer it to envs sharing
     its frames)."""
+    layout = _layout(fn.plan)
+    pte = m.pte
     if frames is None:
-        pages = {}
         phys = m.phys
-        for bb in fn.plan.bbs.values():
+        pages = []
+        for vpn, _, ranges in layout:
             # Its frame holds code from now on (never in a write TLB); no
             # fetch yet: A is set when the code first runs (translate._touch).
-            pfn = m.pte[bb.start >> 12] >> 12 & 0xFFFFF
+            pfn = pte[vpn] >> 12 & 0xFFFFF
             phys.code_dict(pfn)
-            phys.mark_code(pfn, bb.start & 0xFFF, len(bb.raw))
-            pages[bb.start >> 12] = pfn
-        frames = tuple(sorted(pages.items()))
+            bits = phys.codebits[pfn]
+            for off, end in ranges:
+                bits[off:end] = _ONES[:end - off]
+            pages.append((vpn, pfn))
+        frames = tuple(pages)
         if not static:
+            where = dict(frames)
+            pfns = [p for _, p in frames]
             for h in fn.heads:
                 hd = m.icache.get(h >> 12)
                 if hd is not None:
                     hd[(h & 0xFFF) | TPL_KEY] = (fn, frames)
-                    m.phys.note_template(dict(frames)[h >> 12], (h & 0xFFF) | TPL_KEY,
-                                         [p for _, p in frames])
-    pte = m.pte
+                    phys.note_template(where[h >> 12], (h & 0xFFF) | TPL_KEY, pfns)
     m.nota.update(vpn for vpn, _ in frames if not pte[vpn] & PTE_A)
     inst = translate.instance(fn)
-    hot = _hot(m)
-    inst.counts = {b: hot(b) for b in fn.plan.bbs}
+    # How often each block had run in the interpreter when the region was
+    # placed (blocks not listed: never); _install compares to find blocks
+    # entered from outside since.
+    counts = {}
+    icache = m.icache
+    for vpn, keys, _ in layout:
+        d = icache.get(vpn)
+        if d is not None:
+            for b, key in keys:
+                c = d.get(key)
+                if c:
+                    counts[b] = c
+    inst.counts = counts
     m.install_region(inst, [v for v, _ in frames], [p for _, p in frames])
+
+
+_ONES = b"\x01" * PGSIZE
+
+
+def _layout(plan):
+    """plan's blocks by page, computed once per plan: a tuple of (vpn,
+    ((block, its HOT_KEY), ...), ((off, end), ...) the bytes of code in
+    the page, adjacent blocks merged), pages in address order."""
+    layout = plan.__dict__.get("layout")
+    if layout is None:
+        pages: dict[int, list] = {}
+        for b in sorted(plan.bbs):
+            pages.setdefault(b >> 12, []).append(b)
+        out = []
+        for vpn, bs in pages.items():
+            ranges: list[list[int]] = []
+            for b in bs:
+                off = b & 0xFFF
+                end = min(off + len(plan.bbs[b].raw), PGSIZE)
+                if ranges and off <= ranges[-1][1]:
+                    ranges[-1][1] = max(ranges[-1][1], end)
+                else:
+                    ranges.append([off, end])
+            out.append((vpn, tuple((b, (b & 0xFFF) | HOT_KEY) for b in bs),
+                        tuple((o, e) for o, e in ranges)))
+        plan.layout = layout = tuple(out)
+    return layout
 
 
 def _tier0(cpu: Cpu, r, m, eip: int, budget: int, hot: int, count: bool) -> tuple[int, int]:
