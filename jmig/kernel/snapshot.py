@@ -276,17 +276,14 @@ class SnapshotMixin:
         e.frozen = "incoming"
         return e
 
-    def restore_page(self, e: Env, va: int, perm: int, data=None, replace: bool = False,
-                     chunks=None) -> None:
-        """Map one page into an incoming env: with data (4 KiB) or chunks
-        (four 1 KiB pieces), or remote when both are None.  With replace, a
-        page already there is replaced (pre-copy's later rounds); otherwise
-        that is an error.  Raises KernelError NO_MEMORY / BAD_SNAPSHOT."""
+    def restore_page(self, e: Env, va: int, perm: int, data=None, replace: bool = False) -> None:
+        """Map one page into an incoming env: with data (4 KiB), or remote
+        when data is None.  With replace, a page already there is replaced
+        (pre-copy's later rounds); otherwise that is an error.  Raises
+        KernelError NO_MEMORY / BAD_SNAPSHOT."""
         if va % PGSIZE or va >= UTOP or perm & ~PTE_SYSCALL or perm & (PTE_U | PTE_P) != PTE_U | PTE_P:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"bad page {va:#x} perm {perm:#x}")
-        if data is not None and len(data) != PGSIZE or chunks is not None and (
-                len(chunks) != 4 or len(chunks[0]) + len(chunks[1]) + len(chunks[2])
-                + len(chunks[3]) != PGSIZE):
+        if data is not None and len(data) != PGSIZE:
             raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x}: contents are not one page")
         a = e.aspace
         old = a.pte.get(va >> 12)
@@ -294,15 +291,14 @@ class SnapshotMixin:
             if not replace:
                 raise ev.KernelError(ev.BAD_SNAPSHOT, f"page {va:08x} appears twice")
             pfn = old >> 12 & 0xFFFFF
-            if (data is not None or chunks is not None) and not old & PTE_REMOTE \
-                    and self.phys.ref[pfn] == 1:
+            if data is not None and not old & PTE_REMOTE and self.phys.ref[pfn] == 1:
                 # Overwrite our private frame in place.
                 a.set_perm(va >> 12, (old & 0xFFFFF000) | perm | PTE_P)
-                self._fill_frame(pfn, data, chunks)
+                self._fill_frame(pfn, data)
                 self.phys.drop_code(pfn)
                 return
             a.page_remove(va)
-        if data is None and chunks is None:
+        if data is None:
             if not a.set_remote(va, perm):
                 raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
             return
@@ -312,7 +308,7 @@ class SnapshotMixin:
         if not a.page_insert(pfn, va, perm):
             self.phys.page_free(pfn)
             raise ev.KernelError(ev.NO_MEMORY, "out of memory for a page table")
-        self._fill_frame(pfn, data, chunks)
+        self._fill_frame(pfn, data)
 
     def restore_batch(self, e: Env, vas, perms) -> list[memoryview]:
         """Map a batch of pages into an incoming env, each at its va with its
@@ -351,16 +347,9 @@ class SnapshotMixin:
         out.append(mem[start << 12:(prev + 1) << 12])
         return out
 
-    def _fill_frame(self, pfn: int, data, chunks) -> None:
+    def _fill_frame(self, pfn: int, data) -> None:
         base = pfn << 12
-        mem = self.phys.mem
-        if chunks is not None:
-            mem[base:base + 1024] = chunks[0]
-            mem[base + 1024:base + 2048] = chunks[1]
-            mem[base + 2048:base + 3072] = chunks[2]
-            mem[base + 3072:base + 4096] = chunks[3]
-        else:
-            mem[base:base + PGSIZE] = data
+        self.phys.mem[base:base + PGSIZE] = data
 
     def commit_incoming(self, e: Env, resume: bool = False) -> Env:
         e.frozen = ""
