@@ -126,3 +126,28 @@ def test_a_fault_whose_exception_stack_is_on_another_node_waits_for_that_page():
     m.run()
     assert q.outs(2) == [0, 1]
     assert len(m.of_type(ev.EnvBlocked)) == 1
+
+
+def test_a_handled_page_fault_keeps_the_cpu_for_the_rest_of_the_slice():
+    # JOS's page_fault_handler returns to the env at its upcall (env_run of
+    # curenv), without the scheduler: another runnable env waits its turn.
+    m = Machine(slice=1000)
+    a = m.spawn(assemble("""
+    _start:
+        sys SYS_page_alloc, $0, $UXSTACKTOP-PGSIZE, $PTE_U|PTE_P|PTE_W
+        sys SYS_env_set_pgfault_upcall, $0, $handler
+        mov 0, %eax
+    handler:
+        movl $1, out+4
+    spin:
+        addl $1, out
+        jmp spin
+    """))
+    b = m.spawn(assemble("""
+    _start:
+        addl $1, out
+        jmp _start
+    """))
+    assert m.k.run(1000).executed == 1000
+    assert a.out(1) == 1 and a.out(0) > 400
+    assert (a.env.runs, b.env.runs, b.out(0)) == (1, 0, 0)
