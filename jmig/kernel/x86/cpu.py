@@ -42,6 +42,7 @@ from .translate import fetch_decode
 # Why run() stopped.
 BUDGET = "budget"          # executed `budget` instructions
 SYSCALL = "syscall"        # int $0x30 (eip is after it)
+SYSCALL_DONE = "syscall done"   # int $0x30 that run_blocks' syscall() ran, and which ended the run
 TRAP = "trap"              # a fault or trap: trapno, err, va (page faults)
 REMOTE = "remote"          # touched a remote page at va (eip at the insn)
 INTERNAL = "internal"      # a bug in jmig's core (never the guest's doing)
@@ -518,14 +519,22 @@ def _restarted(m, eip: int) -> None:
                 d.pop((entry & 0xFFF) | TPL_KEY, None)
 
 
-def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
+def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None,
+               syscall=None) -> Stop:
     """Like run(), with the block translator: the same contract and the
     same count (exactly `budget` at most), faster.  hot=0 compiles a
     region at the first run of a block, from all the code statically
     reachable (tests); else regions hold the blocks that have run.
     observe(n, eip), if given, is called at every block boundary: after
     each return of a region and each stretch the interpreter ran, with
-    the registers and flags in cpu (tests/kernel/lockstep.py)."""
+    the registers and flags in cpu (tests/kernel/lockstep.py).
+
+    syscall(), if given, runs a system call a region stops at (cpu.eip
+    after the int $0x30) without leaving: it returns True if the env
+    keeps the CPU, and the run goes on at cpu.eip as a new run would;
+    False ends the run with SYSCALL_DONE.  It must not raise.  A system
+    call elsewhere (the interpreter's, or one at the end of the budget)
+    still ends the run with SYSCALL."""
     r = cpu.r
     eip = cpu.eip
     n = 0
@@ -564,7 +573,17 @@ def run_blocks(cpu: Cpu, m, budget: int, hot: int = HOT, observe=None) -> Stop:
                 eip &= M32
                 cpu.eip = eip
                 if why == translate.EXIT_SYSCALL:
-                    return Stop(SYSCALL, n)
+                    if syscall is None:
+                        return Stop(SYSCALL, n)
+                    if not syscall():
+                        return Stop(SYSCALL_DONE, n)
+                    # As a new run_blocks call would go on.
+                    eip = cpu.eip
+                    prev = None
+                    resume = True
+                    if m.compiling is not None:
+                        _compiled(m)
+                    continue
                 if why == translate.EXIT_INT3:
                     return Stop(TRAP, n, 3)
                 if why == translate.EXIT_RESTART:
