@@ -282,7 +282,8 @@ def test_an_incoming_env_cannot_be_resumed_before_commit():
 
 
 @pytest.mark.parametrize("va,perm", [(0x500004, PTE_U | PTE_P), (0xEEC00000, PTE_U | PTE_P),
-                                     (0x500000, PTE_P), (0x500000, PTE_U | PTE_P | 0x40)])
+                                     (0x500000, PTE_P), (0x500000, PTE_U | PTE_P | 0x40)],
+                         ids=["unaligned", "at_utop", "without_u", "beyond_pte_syscall"])
 def test_restore_page_refuses_a_bad_page_with_bad_snapshot(va, perm):
     m, p = counting()
     e = m.k.create_from(m.k.header(p.envid), keep_id=False)
@@ -574,7 +575,8 @@ def test_upages_shows_each_frames_pp_ref():
 
 
 @pytest.mark.parametrize("va", [UENVS, UENVS + 0x7C + 84, UPAGES + 8, UVPT, UVPD,
-                                UVPT + (0x800000 >> 12) * 4])
+                                UVPT + (0x800000 >> 12) * 4],
+                         ids=["uenvs", "an_env_status", "upages", "uvpt", "uvpd", "uvpt_of_utext"])
 def test_writing_to_a_read_only_window_is_a_user_write_protection_fault(va):
     m = Machine()
     p = m.spawn(assemble(f"_start:\n movl $1, {va:#x}\n halt\n"))
