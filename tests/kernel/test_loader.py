@@ -52,10 +52,11 @@ def test_hello_has_the_layout_these_patches_assume():
 
 BAD_ELVES = {
     "truncated_header": (HELLO[:40], "truncated ELF header"),
+    "header_one_byte_short": (HELLO[:51], "truncated ELF header: 51 bytes, need 52"),
     "empty_file": (b"", "truncated ELF header"),
     "bad_magic": (patch(HELLO, 0, "4s", b"\x7fELG"), "bad magic"),
-    "class_64": (patch(HELLO, 4, "B", 2), "not a 32-bit ELF"),
-    "big_endian": (patch(HELLO, 5, "B", 2), "not little-endian"),
+    "class_64": (patch(HELLO, 4, "B", 2), r"not a 32-bit ELF \(class 2\)"),
+    "big_endian": (patch(HELLO, 5, "B", 2), r"not little-endian \(data encoding 2\)"),
     "machine_x86_64": (patch(HELLO, 18, "<H", 62), "wrong machine 62"),
     "shared_object": (patch(HELLO, 16, "<H", 3), "not an executable"),
     "relocatable": (patch(HELLO, 16, "<H", 1), "not an executable"),
@@ -101,6 +102,31 @@ def test_env_create_refuses_a_malformed_file_and_creates_nothing(data, message):
     k.check_invariants()
     # The free slot list is untouched: the next env is still the first.
     assert k.env_create(HELLO, None).env_id == 0x1000
+
+
+def test_segments_that_touch_or_share_a_page_are_accepted():
+    ends_at_next = set_phdr(HELLO, 0, memsz=0x802000 - 0x800020)       # ends where 1 starts
+    assert [s.vaddr + s.memsz for s in parse_elf(ends_at_next).segments][:1] == [0x802000]
+    shares = set_phdr(HELLO, 1, vaddr=0x801800)                          # in 0's last page
+    assert parse_elf(shares).segments[1].vaddr == 0x801800
+    k = Kernel(memory=1 << 20)
+    for elf in (ends_at_next, shares):
+        e = k.env_create(elf, None)
+        assert k.env_pages(e.env_id)[0].va == 0x800000
+    k.check_invariants()
+
+
+@pytest.mark.parametrize("elf,pages", [
+    (HELLO, [0x800, 0x801, 0x802, 0x803]),
+    (set_phdr(HELLO, 2, vaddr=0x803F00, memsz=0x200), [0x800, 0x801, 0x802, 0x803, 0x804]),
+    (set_phdr(HELLO, 1, vaddr=0x801800), [0x800, 0x801, 0x803]),        # shares 0's last page
+], ids=["hello", "straddles_a_page_boundary", "shares_a_page"])
+def test_pages_counts_every_page_a_segment_touches_once(elf, pages):
+    assert parse_elf(elf).pages() == len(pages)
+    k = Kernel(memory=1 << 20)
+    e = k.env_create(elf, None)
+    mapped = [p.va >> 12 for p in k.env_pages(e.env_id)]
+    assert mapped == pages + [(USTACKTOP >> 12) - 1]                    # and the stack page
 
 
 def test_file_over_the_size_limit_is_refused_unread():
