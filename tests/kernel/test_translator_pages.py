@@ -59,6 +59,23 @@ _start:
     save 0
     halt
 """,
+    # word k of two pages, k = i >> 21 (bound 2048): not one page, but an
+    # address below 4 GiB, computed without wrapping
+    "shifted words across two pages": r"""
+_start:
+    xor %ecx, %ecx
+    xor %esi, %esi
+1:  mov %ecx, %eax
+    shr $21, %eax
+    mov words(,%eax,4), %edx
+    add %edx, %esi
+    rol $1, %esi
+    add $0x00200000, %ecx
+    jnz 1b
+    mov %esi, %eax
+    save 0
+    halt
+""",
     # bytes and halfwords: movzbl words(%eax) with eax = i & 0xff; movzwl with i & 0x7fe
     "bytes and halfwords": r"""
 _start:
@@ -193,3 +210,15 @@ def test_a_loop_looks_its_one_page_entry_up_once_before_it(monkeypatch):
     src = srcs[0]
     assert src.index("RD.get(") < src.index("while True:")
     assert "+ _h0]" in src
+
+
+def test_a_bounded_index_under_a_large_displacement_is_not_wrapped(monkeypatch):
+    """words(,%eax,4) with eax < 2048 (shr $21) stays below 4 GiB: its
+    address is the plain sum, without `& 0xFFFFFFFF` (white box)."""
+    translate._COMPILED.clear()
+    translate._BY_HEAD.clear()
+    _run(monkeypatch, "shifted words across two pages", "blocks", 10_000)
+    words = assemble(PROGRAMS["shifted words across two pages"] + TABLES).addr("words")
+    srcs = [fn.src for fn in translate._COMPILED.values() if f"eax * 4 + {words:#x}" in fn.src]
+    assert srcs, "no region reads the table through the plain sum"
+    assert f"(eax * 4 + {words:#x}) & 0xFFFFFFFF" not in srcs[0]

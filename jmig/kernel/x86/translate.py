@@ -836,8 +836,11 @@ class RegionGen(Gen):
             one = self._one_page(op, extra, disp)
             if one is not None:
                 return one
-        if self.insn.op == "lea" or (0x100000 <= disp < 0xFFF00000):
+        if self.insn.op == "lea":
             return super().ea(op, extra)
+        if 0x100000 <= disp < 0xFFF00000:
+            below = self._below_4g(op, extra, disp)
+            return super().ea(op, extra) if below is None else below
         key = id(op) ^ extra
         name = self.eas.get(key)
         if name is not None:
@@ -857,6 +860,30 @@ class RegionGen(Gen):
             expr += f" + {disp:#x}"
         name = expr if expr in REGN else self.tmp(expr)
         self.eas[key] = name
+        return name
+
+    def _below_4g(self, op, extra: int, disp: int) -> str | None:
+        """The address of a memory operand with a large displacement (a
+        window such as UVPT's) whose registers' bounds keep it below 4 GiB,
+        unwrapped; None if they may not."""
+        key = id(op) ^ extra
+        name = self.eas.get(key)
+        if name is not None:
+            return name
+        hi = disp
+        parts = []
+        for n, scale in ((op.base, 1), (op.index, op.scale)):
+            if n < 0:
+                continue
+            v = self.r32(n)
+            b = self.bound(v)
+            if b is None:
+                return None
+            hi += (b - 1) * scale
+            parts.append(v if scale == 1 else f"{v} * {scale}")
+        if hi > M32 or not parts:
+            return None
+        name = self.eas[key] = self.tmp(f"{' + '.join(parts)} + {disp:#x}")
         return name
 
     def _one_page(self, op, extra: int, disp: int) -> str | None:
