@@ -1,0 +1,98 @@
+"""What the core keeps of decoded and compiled code, and when it lets go.
+
+- Each code frame has a dict of decoded instructions keyed by page
+  offset (cpu.lookup_slow); an instruction at the frame's last byte,
+  0xFFF, whose page is shared with other code, must be found there and not
+  confused with them.
+- A region installed in one env is offered to envs mapping the same frames
+  (a template kept in the dict of its entry's frame, cpu._place); a region
+  spans pages, so a change of code in any of its frames must forget the
+  template in the entry's frame too (PhysMem.note_template), or the next
+  install would run the old code.
+"""
+from __future__ import annotations
+
+import pytest
+
+from jmig.kernel.x86 import translate
+
+from .asm import Machine, assemble
+
+# f's one-byte `inc` is the last byte of a page whose first bytes are g.
+LAST_BYTE = assemble(r"""
+_start:
+    xor %eax, %eax
+    xor %edx, %edx
+    mov $100, %ecx
+1:  call f
+    call g
+    loop 1b
+    save 0
+    mov %edx, %eax
+    save 1
+    halt
+
+    .balign 4096
+g:  add $2, %edx                # 3 bytes
+    ret                         # 1 byte
+    .skip 4095 - 4
+f:  inc %eax                    # at page offset 0xfff
+    ret                         # at offset 0 of the next page
+""")
+
+# The loop (one page) calls h (the next page); at turn 1500 it rewrites
+# h's immediate, so that h adds 5 instead of 1.
+PATCHED_CALLEE = assemble(r"""
+_start:
+    xor %esi, %esi
+    xor %ecx, %ecx
+    jmp loop
+loop:
+    call h
+    inc %ecx
+    cmp $1500, %ecx
+    jne 2f
+    movb $5, h_imm
+2:  cmp $3000, %ecx
+    jne loop
+    mov %esi, %eax
+    save 0
+    halt
+
+    .balign 4096
+h:  .byte 0x83, 0xc6            # add $imm8, %esi
+h_imm:
+    .byte 1
+    ret
+""")
+
+
+def _run(monkeypatch, prog, engine: str, n: int):
+    monkeypatch.setenv("JMIG_ENGINE", engine)
+    m = Machine()
+    p = m.spawn(prog)
+    res = m.run(1_000_000)
+    return p.outs(n), res.executed
+
+
+@pytest.mark.parametrize("engine", ["interp", "blocks"])
+def test_an_instruction_at_a_pages_last_byte_is_itself(monkeypatch, engine):
+    assert LAST_BYTE.addr("f") & 0xFFF == 0xFFF
+    monkeypatch.setenv("JMIG_ENGINE", engine)
+    m = Machine()
+    p = m.spawn(LAST_BYTE)
+    m.run(1_000_000)
+    assert p.outs(2) == [100, 200]
+    # Decoded once and kept at its offset in its frame's dict (the
+    # interpreter ran it; the translator ran it until its block was hot).
+    f = LAST_BYTE.addr("f")
+    kept = p.env.aspace.icache[f >> 12].get(0xFFF)
+    assert kept is not None and kept.insn.addr == f
+
+
+def test_a_change_in_a_regions_second_page_forgets_its_template(monkeypatch):
+    translate._COMPILED.clear()
+    translate._BY_HEAD.clear()
+    want = _run(monkeypatch, PATCHED_CALLEE, "interp", 1)
+    assert want[0] == [1500 * 1 + 1500 * 5]
+    assert _run(monkeypatch, PATCHED_CALLEE, "blocks", 1) == want
