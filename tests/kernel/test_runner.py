@@ -92,10 +92,10 @@ def test_running_in_pieces_shares_the_cpu_as_one_run_would():
     # pieces end on slice boundaries, so the envs' turns are those of one
     # run of the whole limit.
     elf = assemble(TWO_SPINNERS).elf
-    out = run_program(elf, None, "two", max_instructions=2_500_000)
+    out = run_program(elf, None, "two", max_instructions=1_500_000)
     k = Kernel(memory=out.kernel.phys.nframes * PGSIZE, clock=VirtualClock())
     k.env_create(elf, None, name="two")
-    assert k.run(2_500_000).executed == 2_500_000
+    assert k.run(1_500_000).executed == 1_500_000
     assert len(counters(k)) == 2 and min(counters(k)) > 0
     assert counters(out.kernel) == counters(k)
     assert [e.runs for e in out.kernel.live_envs()] == [e.runs for e in k.live_envs()]
