@@ -862,14 +862,10 @@ class RegionGen(Gen):
         self.eas[key] = name
         return name
 
-    def _below_4g(self, op, extra: int, disp: int) -> str | None:
-        """The address of a memory operand with a large displacement (a
-        window such as UVPT's) whose registers' bounds keep it below 4 GiB,
-        unwrapped; None if they may not."""
-        key = id(op) ^ extra
-        name = self.eas.get(key)
-        if name is not None:
-            return name
+    def _highest(self, op, disp: int) -> tuple[int, list[str]] | None:
+        """The highest address a memory operand can have here (its
+        registers' known bounds), and the terms of its sum but the
+        displacement; None if a register's value is unbounded."""
         hi = disp
         parts = []
         for n, scale in ((op.base, 1), (op.index, op.scale)):
@@ -881,9 +877,20 @@ class RegionGen(Gen):
                 return None
             hi += (b - 1) * scale
             parts.append(v if scale == 1 else f"{v} * {scale}")
-        if hi > M32 or not parts:
+        return hi, parts
+
+    def _below_4g(self, op, extra: int, disp: int) -> str | None:
+        """The address of a memory operand with a large displacement (a
+        window such as UVPT's) whose registers' bounds keep it below 4 GiB,
+        unwrapped; None if they may not."""
+        key = id(op) ^ extra
+        name = self.eas.get(key)
+        if name is not None:
+            return name
+        got = self._highest(op, disp)
+        if got is None or got[0] > M32 or not got[1]:
             return None
-        name = self.eas[key] = self.tmp(f"{' + '.join(parts)} + {disp:#x}")
+        name = self.eas[key] = self.tmp(f"{' + '.join(got[1])} + {disp:#x}")
         return name
 
     def _one_page(self, op, extra: int, disp: int) -> str | None:
@@ -894,19 +901,10 @@ class RegionGen(Gen):
         name = self.eas.get(key)
         if name is not None:
             return name if name in self.onepage else None
-        hi = disp
-        parts = []
-        for n, scale in ((op.base, 1), (op.index, op.scale)):
-            if n < 0:
-                continue
-            v = self.r32(n)
-            b = self.bound(v)
-            if b is None:
-                return None
-            hi += (b - 1) * scale
-            parts.append(v if scale == 1 else f"{v} * {scale}")
-        if hi >> 12 != disp >> 12:
+        got = self._highest(op, disp)
+        if got is None or got[0] >> 12 != disp >> 12:
             return None
+        parts = got[1]
         expr = f"({' + '.join(parts)} + {disp:#x})" if parts else hex(disp)
         self.onepage[expr] = (disp & ~0xFFF, op, disp)
         self.eas[key] = expr
