@@ -8,12 +8,17 @@
   (a template kept in the dict of its entry's frame, cpu._place); a region
   spans pages, so a change of code in any of its frames must forget the
   template in the entry's frame too (PhysMem.note_template), or the next
-  install would run the old code.
+  install would run the old code.  A fork's children map their parent's
+  code frames, so they take its regions as they are, without planning
+  them again.
 """
 from __future__ import annotations
 
 import pytest
 
+from jmig import programs
+from jmig.kernel.runner import run_program
+from jmig.kernel.x86 import cpu as core
 from jmig.kernel.x86 import translate
 
 from .asm import Machine, assemble
@@ -96,3 +101,29 @@ def test_a_change_in_a_regions_second_page_forgets_its_template(monkeypatch):
     want = _run(monkeypatch, PATCHED_CALLEE, "interp", 1)
     assert want[0] == [1500 * 1 + 1500 * 5]
     assert _run(monkeypatch, PATCHED_CALLEE, "blocks", 1) == want
+
+
+def test_forked_children_install_their_parents_regions_without_planning(monkeypatch):
+    """forktree: 15 envs running the same code.  Its regions are planned a
+    few times (the first env's hot code); every other install in a child
+    is the template its ancestor's frames hold (a fork shares the frames)."""
+    translate._COMPILED.clear()
+    translate._BY_HEAD.clear()
+    planned, templates = [], []
+    build, place = translate.build, core._place
+
+    def counting_build(*args, **kw):
+        planned.append(args[1])
+        return build(*args, **kw)
+
+    def counting_place(m, fn, static, frames=None):
+        if frames is not None:
+            templates.append(fn.plan.entry)
+        return place(m, fn, static, frames)
+
+    monkeypatch.setattr(translate, "build", counting_build)
+    monkeypatch.setattr(core, "_place", counting_place)
+    out = run_program(programs.load("forktree"), ["forktree"], "forktree", engine="blocks")
+    assert "I am '111'" in out.console
+    assert len(planned) <= 8, planned
+    assert len(templates) >= 40, templates
