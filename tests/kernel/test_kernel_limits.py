@@ -51,3 +51,9 @@ def test_a_budget_used_up_by_the_first_cpu_gives_the_others_no_run():
     assert m.k.curenv[1] is None
     m.k.run(200)
     assert (a.env.runs, b.env.runs) == (2, 1)
+
+
+def test_a_kernel_needs_16_pages_of_memory():
+    assert Kernel(memory=16 * 4096).phys.nframes == 16
+    with pytest.raises(ValueError, match="memory"):
+        Kernel(memory=16 * 4096 - 1)

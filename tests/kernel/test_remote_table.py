@@ -122,3 +122,16 @@ def test_a_table_overlapping_pages_the_env_has_is_refused_and_changes_nothing():
     with pytest.raises(ev.KernelError, match="overlaps mapped pages"):
         k.restore_remote_table(e, k.remote_table(RUNS))
     assert e.aspace.pte == before
+
+
+def test_runs_may_start_at_address_zero_and_end_at_utop():
+    # The lowest and the highest pages a process may have: both ends of a
+    # run's allowed range.
+    runs = ((0, 2, PTE_U | PTE_P), ((UTOP >> 12) - 1, 1, PTE_U | PTE_P))
+    table = Kernel.remote_table(runs)
+    assert sorted(table.pte) == [0, 1, (UTOP >> 12) - 1]
+    k = Kernel(clock=VirtualClock())
+    e = incoming(k)
+    k.restore_remote_run(e, 0, 2, PTE_U | PTE_P)
+    assert k.remote_pages(e.env_id) == [0, 0x1000]
+    k.check_invariants()

@@ -46,3 +46,62 @@ def test_a_live_env_reads_with_its_ids_and_zero_padding_after_each_selector():
     assert tf[8:12] == (0x23, 0, 0x23, 0)
     assert tf[15:17] == (0x1B, 0) and tf[19:] == (0x23, 0)
     assert rest[:6] == (0, p.envid, 0, 0, 4, 1)      # link, id, parent, type, NOT_RUNNABLE, runs
+
+
+def test_an_env_stopped_in_a_system_call_shows_trap_48_in_its_trapframe():
+    # tf_trapno of an env that entered the kernel by int $0x30 (halt ends
+    # in sys_yield), as JOS's trap() records it: at UENVS, and in the
+    # header a snapshot carries to another node.
+    m = Machine()
+    p = m.spawn(assemble(HALT))
+    m.run()
+    tf, _ = env_struct(p, 0)
+    assert (tf[12], tf[13]) == (48, 0)                   # tf_trapno, tf_err
+    assert (m.k.header(p.envid).trapno, m.k.header(p.envid).err) == (48, 0)
+
+
+def test_upages_reads_that_end_in_the_next_entry_give_every_byte():
+    # sys_cputs of 4 bytes from UPAGES + 5 (pages[0]'s pp_ref high byte
+    # and padding, then pages[1]'s first byte): 4 bytes reach the console.
+    m = Machine()
+    p = m.spawn(assemble("""
+    _start:
+        sys SYS_cputs, $UPAGES+5, $4
+        sys SYS_cputs, $UPAGES+8*3+4, $9
+        halt
+    """))
+    m.run()
+    assert p.alive
+    ref = m.k.phys.ref
+    want = (bytes([ref[0] >> 8 & 0xFF, 0, 0, 0])
+            + ref[3].to_bytes(2, "little") + bytes(6) + bytes([ref[4] & 0xFF]))
+    assert m.user_output(p.envid).encode("latin-1") == want
+
+
+def test_iter_envs_gives_the_live_envs_only():
+    m = Machine()
+    a = m.spawn(assemble(HALT))
+    b = m.spawn(assemble(HALT))
+    m.run()
+    assert [e.env_id for e in m.k.iter_envs()] == [a.envid, b.envid]
+    m.k.kill(a.envid)
+    assert [e.env_id for e in m.k.iter_envs()] == [b.envid]
+
+
+
+def test_an_env_yielding_in_a_hot_loop_shows_trap_48_too():
+    # Once the loop is compiled, the block translator runs its int $0x30
+    # without leaving the region (the yield then ends the env's turn): the
+    # trapframe records the system call all the same.
+    m = Machine()
+    p = m.spawn(assemble("""
+    _start:
+        sys SYS_yield
+        jmp _start
+    """))
+    m.run(30_000)
+    assert p.alive and p.env.runs > 1000
+    h = m.k.header(p.envid)
+    assert (h.trapno, h.err) == (48, 0)
+    tf, _ = env_struct(p, 0)
+    assert (tf[12], tf[13]) == (48, 0)
