@@ -3,6 +3,7 @@
 hands back views of those frames to fill, one per run of consecutive
 frames; and the page lists pre-copy compares between rounds
 (page_snapshot, page_info)."""
+import attrs
 import pytest
 
 from jmig.kernel import events as ev
@@ -108,3 +109,15 @@ def test_page_snapshot_and_page_info_list_the_local_pages_with_frame_and_perm():
         assert m.k.page_info(e.env_id, vpn) == snap[vpn]
     assert m.k.page_info(e.env_id, 0x502) is None
     assert m.k.page_info(e.env_id, 0x503) is None
+
+
+def test_a_restored_env_has_exactly_the_registers_of_its_header():
+    m = Machine()
+    p = m.spawn(assemble("_start:\n    halt\n"))
+    m.run()
+    regs = (1, 0x80000003, 5, 0xFFFFFFFF, 0xEEBFDFF7, 0x1_0000_000B, 13, 0x7FFFFFFF)
+    h = attrs.evolve(m.k.header(p.envid), regs=regs, eip=0x800021)
+    e = m.k.create_from(h, keep_id=False)
+    assert e.cpu.r == [r & 0xFFFFFFFF for r in regs] and e.cpu.eip == 0x800021
+    m.k.commit_incoming(e)
+    assert m.k.header(e.env_id).regs == tuple(r & 0xFFFFFFFF for r in regs)
