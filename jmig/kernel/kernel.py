@@ -490,18 +490,20 @@ class Kernel(TrapMixin, SnapshotMixin):
         e.cpunum = cpu
         done = 0
         failed: list[Exception] = []
+
+        def syscall_here() -> bool:
+            """e's system call: True if e keeps the CPU.  A kernel bug is
+            kept in `failed` and reported below."""
+            e.trapno, e.err = 48, 0
+            try:
+                return self._syscall(self, e)
+            except Exception as exc:
+                failed.append(exc)
+                return False
+
         run = self._core_run
         if run is core.run_blocks:
-            def syscall_here() -> bool:
-                # The block translator runs e's system calls without
-                # returning here (core.run_blocks); a kernel bug is
-                # reported below, as for any other system call.
-                e.trapno, e.err = 48, 0
-                try:
-                    return self._syscall(self, e)
-                except Exception as exc:
-                    failed.append(exc)
-                    return False
+            # The block translator runs e's system calls without returning.
             run = functools.partial(run, syscall=syscall_here)
         while done < budget:
             stop = run(e.cpu, e.aspace, budget - done)
@@ -510,15 +512,12 @@ class Kernel(TrapMixin, SnapshotMixin):
             if reason == core.BUDGET:
                 break
             try:
-                if reason == core.SYSCALL_DONE:
+                if reason == core.SYSCALL or reason == core.SYSCALL_DONE:
+                    if reason == core.SYSCALL and syscall_here():
+                        continue
                     if failed:
                         raise failed[0]
                     break
-                if reason == core.SYSCALL:
-                    e.trapno, e.err = 48, 0
-                    if not self._syscall(self, e):
-                        break
-                    continue
                 if reason == core.REMOTE:
                     self._block(e, e, stop.va)
                     break

@@ -73,13 +73,9 @@ class RemotePage(CpuFault):
 
 @functools.cache
 def _frame_numbers(nframes: int) -> tuple[int, ...]:
+    """(1, ..., nframes - 1), made once per size: making 16,383 ints was
+    most of a new kernel's boot time; copying them is not."""
     return tuple(range(1, nframes))
-
-
-def _all_frames(nframes: int) -> list[int]:
-    """[1, ..., nframes - 1]: a copy of a list made once per size (making
-    16,383 ints is most of a new kernel's boot time; copying them is not)."""
-    return list(_frame_numbers(nframes))
 
 
 class PhysMem:
@@ -103,7 +99,7 @@ class PhysMem:
         self.ref = [0] * nframes
         self.ref[0] = 1                       # frame 0 is reserved
         # LIFO: pop() takes the highest frame first, page_free pushes back.
-        self.free = _all_frames(nframes)
+        self.free = list(_frame_numbers(nframes))
         # Decoded code: pfn -> {page offset: compiled instruction or block}
         self.code: dict[int, dict] = {}
         # pfn -> bytearray(PGSIZE) with 1 where a decoded instruction lies
