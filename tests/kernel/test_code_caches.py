@@ -11,6 +11,12 @@
   install would run the old code.  A fork's children map their parent's
   code frames, so they take its regions as they are, without planning
   them again.
+- A second run of a program in the same process (a node running it
+  again, a benchmark's second run) installs the regions an earlier run
+  compiled as soon as their first block runs, without interpreting or
+  decoding their code (cpu._reuse, translate.known_regions).  Installing
+  marks the bytes of the frames that hold compiled code, so that a store
+  over any of them drops the region, even over the last byte of a block.
 """
 from __future__ import annotations
 
@@ -71,11 +77,49 @@ h_imm:
     ret
 """)
 
+# The loop body ends in a jmp whose displacement (the block's last byte)
+# is rewritten at turn patch_at; a first run with patch_at 0 never does.
+PATCHED_LOOP = assemble(r"""
+_start:
+    xor %esi, %esi
+    xor %ecx, %ecx
+    mov patch_at, %edx          # its page in the TLB: no restart (and no interpreter) in the loop
+    jmp loop                    # loop's first run installs the region there
+loop:
+    inc %ecx
+    cmp $3000, %ecx
+    je done
+    cmp patch_at, %ecx          # 0: never
+    jne body
+    movb $0, jbyte              # from now on the jmp below falls through to alt
+body:
+    add $1, %esi
+    .byte 0xeb                  # jmp loop (rel8): the block's last byte is ...
+jbyte:
+    .byte loop - (jbyte + 1)    # ... this displacement
+alt:
+    add $100, %esi
+    jmp loop
+done:
+    mov %esi, %eax
+    save 0
+    halt
 
-def _run(monkeypatch, prog, engine: str, n: int):
+    .data
+    .balign 4096                # not in the code's page: both runs' code pages are the same
+patch_at:
+    .long 0
+""")
+
+
+def _run(monkeypatch, prog, engine: str, n: int, words: dict | None = None):
+    """out[0:n] and the instructions run; words: {symbol: value} stored
+    into the env's memory before it runs."""
     monkeypatch.setenv("JMIG_ENGINE", engine)
     m = Machine()
     p = m.spawn(prog)
+    for name, value in (words or {}).items():
+        p.env.aspace.write(prog.addr(name), value.to_bytes(4, "little"))
     res = m.run(1_000_000)
     return p.outs(n), res.executed
 
@@ -127,3 +171,13 @@ def test_forked_children_install_their_parents_regions_without_planning(monkeypa
     assert "I am '111'" in out.console
     assert len(planned) <= 8, planned
     assert len(templates) >= 40, templates
+
+
+def test_a_store_over_the_last_byte_of_a_reused_region_drops_it(monkeypatch):
+    want = _run(monkeypatch, PATCHED_LOOP, "interp", 1, {"patch_at": 1500})
+    assert want[0] == [1499 + 1500 * 101]            # the patch took effect at turn 1500
+    translate._COMPILED.clear()
+    translate._BY_HEAD.clear()
+    unpatched = _run(monkeypatch, PATCHED_LOOP, "blocks", 1, {"patch_at": 0})
+    assert unpatched[0] == [2999]                    # compiles the loop
+    assert _run(monkeypatch, PATCHED_LOOP, "blocks", 1, {"patch_at": 1500}) == want
