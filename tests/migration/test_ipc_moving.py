@@ -38,8 +38,14 @@ async def test_sends_to_an_env_held_by_its_migration_wait_and_then_reach_it_ther
     await until(lambda: a.membership.alive() and b.membership.alive())
     parent = (await call(cluster, a, "spawn", {"program": "pingpong", "args": ["400"]}))["envid"]
     await until(lambda: len(game(a)) >= 2)        # the parent got 1: the child waits in ipc_recv
+    # The parent naps 400 ms before it sends 2.  Pause it in that nap, in
+    # the same step as the check above (nothing else runs in between), so
+    # that the child is still waiting for 2 when its migration holds it,
+    # however long the steps below take on a loaded machine.
+    a.kernel.pause(parent)
     child = next(e["envid"] for e in (await call(cluster, a, "ps"))["envs"]
                  if e["parent"] == parent)
+    await until(lambda: a.kernel.envs[child & 0x3FF].ipc_recving)  # waiting for 2
     proxy = await _proxy_to(cluster.nursery, b)
     proxy.hold_after(c2s=_handshake_bytes("normal", "a") + 20)
     runs = {}
@@ -50,10 +56,13 @@ async def test_sends_to_an_env_held_by_its_migration_wait_and_then_reach_it_ther
     async with trio.open_nursery() as nursery:
         nursery.start_soon(migrate)
         await until(lambda: proxy.links and proxy.links[0].held.is_set())
-        # Held: the child is frozen on a (within the parent's 400 ms nap);
-        # the parent wakes and keeps trying (ipc_send's loop:
+        # Held: the child is frozen on a, still waiting for 2; the parent,
+        # resumed, ends its nap and keeps trying (ipc_send's loop:
         # -E_IPC_NOT_RECV, sys_yield, again).
         assert len(game(a, b)) == 2 and a.kernel.envs[child & 0x3FF].frozen == "migrating"
+        await call(cluster, a, "resume", {"envid": parent})     # the rest of its nap, then it tries
+        first = a.kernel.envs[parent & 0x3FF].runs
+        await until(lambda: a.kernel.envs[parent & 0x3FF].runs > first + 1)
         before = a.kernel.envs[parent & 0x3FF].runs
         await trio.sleep(1.0)
         tries = a.kernel.envs[parent & 0x3FF].runs - before
