@@ -170,16 +170,19 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self) -> int:
-        """SIGTERM and wait: an orderly shutdown.  Its exit code."""
+    def stop(self, grace: float = 15.0) -> int:
+        """SIGTERM and wait: an orderly shutdown.  Its exit code.  After
+        `grace` seconds a second SIGTERM cuts the shutdown short, and 5
+        seconds after that SIGKILL ends it."""
         if self.alive:
             self.sigcont()
-            self.proc.terminate()
-            try:
-                return self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait(5)
+            for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+                self.proc.send_signal(sig)
+                try:
+                    return self.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    grace = 5.0
+            return self.proc.wait()
         return self.proc.returncode if self.proc else 0
 
     def sigstop(self) -> None:

@@ -115,11 +115,20 @@ def test_command(target: dict) -> str:
 def coverage_command(target: dict, d: Path, tree: Path, module: str) -> list[str]:
     """The target's tests under coverage, started before pytest (so that it
     sees the imports of jmig's pytest plugin too), the module's directory
-    measured, and the timing plugin, which gives each test its context."""
+    measured, and the timing plugin, which gives each test its context.
+
+    The jmig-node daemons the tests start are measured too (_baseline_env
+    points COVERAGE_PROCESS_START at coveragerc-daemons, which coverage's
+    .pth file reads when a Python process starts): each writes a data file
+    of its own, coverage.sqlite.SUFFIX, under the context of the test that
+    started it ($JMIG_MUTATE_CONTEXT, which the timing plugin sets)."""
     rc = d / "coveragerc"
-    (d / "coverage.sqlite").unlink(missing_ok=True)
-    rc.write_text(f"[run]\ndata_file = {d / 'coverage.sqlite'}\n"
-                  f"source = {(tree / module).parent}\n")
+    for old in d.glob("coverage.sqlite*"):
+        old.unlink()
+    common = f"[run]\ndata_file = {d / 'coverage.sqlite'}\nsource = {(tree / module).parent}\n"
+    rc.write_text(common)
+    (d / "coveragerc-daemons").write_text(common + "parallel = true\n"
+                                          "context = ${JMIG_MUTATE_CONTEXT-}\n")
     return [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest",
             "-x", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.pytest_timing",
             *target["tests"]]
@@ -130,12 +139,15 @@ def write_selection(d: Path, tree: Path, module: str, took: float, cfg: dict) ->
     the module as it was, which runtests.py compares the mutant with."""
     from coverage import CoverageData
 
-    data = CoverageData(str(d / "coverage.sqlite"))
-    data.read()
     src = (tree / module).read_text()
     timing = json.loads((d / "timing.json").read_text())
     timing["seconds"] = took           # the process's wall time, start-up included
-    by_line = data.contexts_by_lineno(str(tree / module)) or {}
+    by_line: dict[int, set[str]] = {}
+    for f in sorted(d.glob("coverage.sqlite*")):        # pytest's, then each daemon's
+        data = CoverageData(str(f))
+        data.read()
+        for line, ctxs in (data.contexts_by_lineno(str(tree / module)) or {}).items():
+            by_line.setdefault(line, set()).update(ctxs)
     sel = selection.build_map(src, by_line, timing,
                               module.removesuffix(".py").replace("/", "."))
     sel.update(tree=str(tree), module=module, timeout_factor=cfg.get("timeout_factor", 3.0),
@@ -182,7 +194,8 @@ def _baseline_env(tree: Path, d: Path) -> dict:
     # rewritten tests) into the tree: every mutant's run reads it rather
     # than compiling them again -- all but the mutated module's, removed
     # after this run (_forget_bytecode); mutants' runs write none.
-    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"))
+    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"),
+               COVERAGE_PROCESS_START=str(d / "coveragerc-daemons"))
     del env["PYTHONDONTWRITEBYTECODE"]
     return env
 

@@ -4,7 +4,9 @@ Under `coverage run`, it switches coverage's context to "NODEID|setup",
 "|run" and "|teardown" around each test's phases (as pytest-cov's
 --cov-context=test does), and back to "" between tests: what runs outside
 every test -- imports above all, which coverage, started before pytest,
-sees too -- keeps the empty context.
+sees too -- keeps the empty context.  It also puts the context in
+$JMIG_MUTATE_CONTEXT, under which a jmig-node daemon started then
+measures itself (mutate.py's coveragerc-daemons).
 
 At the end it writes to $JMIG_MUTATE_TIMING a JSON object with every
 test's node id in the order they ran, its time (setup + call + teardown),
@@ -30,6 +32,9 @@ def pytest_sessionstart(session):
 
 
 def _context(name: str) -> None:
+    # A jmig-node daemon started from here on is measured under this
+    # context (mutate.py's coveragerc-daemons reads it when it starts).
+    os.environ["JMIG_MUTATE_CONTEXT"] = name
     try:
         import coverage
     except ImportError:
