@@ -106,6 +106,10 @@ async def test_precopy_that_cannot_converge_stops_after_max_rounds_and_completes
     last = last_pass(a, env)
     assert r["rounds"] == 2 and len(r["round_stats"]) == 2
     assert r["final_pages"] > 0 and r["postcopy_pages"] == 0
+    # The dirty rate it reports is its last round's: pages dirtied per second.
+    for s in r["round_stats"]:
+        assert s["dirty_rate_pps"] == pytest.approx(s["dirty"] / s["seconds"])
+    assert r["dirty_rate_pps"] == r["round_stats"][-1]["dirty_rate_pps"] > 0
     await _verifies_on(b, r["new_envid"], last, mark)
     no_mismatch(a, b)
 
