@@ -219,11 +219,11 @@ class PrecopySend(SourceCopy):
             self.node.kernel.stop_tracking(self.envid)
 
     def stats(self, out) -> dict:
+        """The figures of a migration that succeeded (so after a round at least)."""
         return {"then": self.then, "pages": self.pages, "bytes": self.sent * PAGE_RECORD,
                 "pages_sent": self.sent, "rounds": len(self.rounds), "round_stats": self.rounds,
                 "final_pages": len(self.final), "postcopy_pages": len(self.remote),
-                "dirty_rate_pps": self.rounds[-1]["dirty_rate_pps"] if self.rounds else 0.0,
-                "kept": self.keep}
+                "dirty_rate_pps": self.rounds[-1]["dirty_rate_pps"], "kept": self.keep}
 
 
 class PrecopyReceive:
