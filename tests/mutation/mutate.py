@@ -8,7 +8,10 @@ different modules can go side by side, one per core):
   1. the target's tests run once unmutated (they must pass; their time
      sets the per-mutant timeout), under coverage with one context per
      test unless the target says `select = false`: selection.json maps
-     each line of the module to the tests that run it (selection.py);
+     each line of the module to the tests that run it (selection.py).
+     That run, in .mutants/baseline/, serves every module of the target
+     in the same directory until a file copy_tree copies changes; the
+     module's tree is a copy of the tree it ran in;
   2. a cosmic-ray session .mutants/MODULE/session.sqlite lists the mutants
      (all of them, or N drawn at random with --sample N); those listed
      in equivalent.toml are recorded as equivalent, with their reason,
@@ -88,16 +91,34 @@ def target_of(module: str, cfg: dict) -> dict | None:
     return best
 
 
+COPIED = ("jmig", "tests", "examples")
+_IGNORED = ("__pycache__", ".hypothesis")
+
+
 def copy_tree(tree: Path) -> None:
     """jmig/, tests/, examples/ and pyproject.toml into tree (afresh):
     examples/ for the tests that read the bundled programs' sources
     (tests/kernel/test_bundled_programs.py)."""
     if tree.exists():
         shutil.rmtree(tree)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("jmig", "tests", "examples"):
+    ignore = shutil.ignore_patterns(*_IGNORED, "*.pyc")
+    for name in COPIED:
         shutil.copytree(ROOT / name, tree / name, ignore=ignore)
     shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+
+
+def tree_digest() -> str:
+    """A digest of what copy_tree copies, names and contents."""
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    for name in COPIED:
+        for f in sorted((ROOT / name).rglob("*")):
+            if f.is_file() and f.suffix != ".pyc" and not _IGNORED_PARTS & set(f.parts):
+                h.update(f.relative_to(ROOT).as_posix().encode() + b"\0")
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+_IGNORED_PARTS = set(_IGNORED)
 
 
 def _read(p: Path) -> str | None:
@@ -134,19 +155,22 @@ def coverage_command(target: dict, d: Path, tree: Path, module: str) -> list[str
             *target["tests"]]
 
 
-def write_selection(d: Path, tree: Path, module: str, took: float, cfg: dict) -> dict:
-    """selection.json (selection.py) from the coverage run, and pristine.py,
-    the module as it was, which runtests.py compares the mutant with."""
+def write_selection(d: Path, base: Path, tree: Path, module: str, took: float,
+                    cfg: dict) -> dict:
+    """selection.json (selection.py) in d from the coverage run in the
+    baseline dir `base` (of the tree base/tree), for the module in `tree`,
+    and pristine.py, the module as it was, which runtests.py compares the
+    mutant with."""
     from coverage import CoverageData
 
     src = (tree / module).read_text()
-    timing = json.loads((d / "timing.json").read_text())
+    timing = json.loads((base / "timing.json").read_text())
     timing["seconds"] = took           # the process's wall time, start-up included
     by_line: dict[int, set[str]] = {}
-    for f in sorted(d.glob("coverage.sqlite*")):        # pytest's, then each daemon's
+    for f in sorted(base.glob("coverage.sqlite*")):     # pytest's, then each daemon's
         data = CoverageData(str(f))
         data.read()
-        for line, ctxs in (data.contexts_by_lineno(str(tree / module)) or {}).items():
+        for line, ctxs in (data.contexts_by_lineno(str(base / "tree" / module)) or {}).items():
             by_line.setdefault(line, set()).update(ctxs)
     sel = selection.build_map(src, by_line, timing,
                               module.removesuffix(".py").replace("/", "."))
@@ -198,6 +222,59 @@ def _baseline_env(tree: Path, d: Path) -> dict:
                COVERAGE_PROCESS_START=str(d / "coveragerc-daemons"))
     del env["PYTHONDONTWRITEBYTECODE"]
     return env
+
+
+class Unmutated(Exception):
+    """The target's tests fail unmutated (their output)."""
+
+
+def _live_holder(lock: Path) -> int | None:
+    """The pid in a lock file, if that process is alive (not this one)."""
+    try:
+        pid = int(lock.read_text())
+        if pid != os.getpid():
+            os.kill(pid, 0)
+            return pid
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def baseline(target: dict, module: str) -> tuple[Path, float]:
+    """The unmutated run of the target's tests under coverage, shared by
+    every module of the target in the same directory as long as nothing
+    copy_tree copies has changed: WORK/baseline/NAME-KEY holds the tree it
+    ran in (with the bytecode it wrote), the coverage data (coverage_command)
+    and timing.json.  Returns (that dir, the run's wall time in seconds);
+    raises Unmutated if the tests fail.  A run another process is making
+    is waited for; older baselines of the same target and directory are
+    removed."""
+    source = Path(module).parent.as_posix()
+    name = f"{target['path'].rstrip('/')}@{source}".replace("/", ".")
+    key = hashlib.sha256((tree_digest() + json.dumps(target["tests"])).encode()).hexdigest()
+    root = WORK / "baseline"
+    base = root / f"{name}-{key[:16]}"
+    done, lock = base / "done.json", base / "lock"
+    base.mkdir(parents=True, exist_ok=True)
+    while not done.exists() and _live_holder(lock) is not None:
+        time.sleep(2)
+    if done.exists():
+        return base, json.loads(done.read_text())["seconds"]
+    lock.write_text(str(os.getpid()))
+    for old in root.glob(f"{name}-*"):
+        if old != base and _live_holder(old / "lock") is None:
+            shutil.rmtree(old, ignore_errors=True)
+    tree = base / "tree"
+    copy_tree(tree)
+    t0 = time.monotonic()
+    r = subprocess.run(coverage_command(target, base, tree, module), cwd=tree,
+                       env=_baseline_env(tree, base), capture_output=True, text=True)
+    took = time.monotonic() - t0
+    lock.unlink()
+    if r.returncode != 0:
+        raise Unmutated(r.stdout[-3000:] + "\n" + r.stderr[-3000:])
+    done.write_text(json.dumps({"seconds": took}))
+    return base, took
 
 
 def _forget_bytecode(tree: Path, module: str) -> None:
@@ -455,36 +532,46 @@ def main(argv: list[str]) -> int:
             continue
         d.mkdir(parents=True, exist_ok=True)
         lock = d / "lock"
-        try:
-            other = int(lock.read_text())
-            os.kill(other, 0)
-        except (OSError, ValueError):
-            pass
-        else:
+        other = _live_holder(lock)
+        if other is not None:
             print(f"dev.py mutate: another run (pid {other}) is mutating {module}",
                   file=sys.stderr)
             return 1
         lock.write_text(str(os.getpid()))
-        copy_tree(tree)
         target = target_of(module, cfg)
         select = target.get("select", True) and not args.whole
         command = test_command(target)
-        base_cmd = coverage_command(target, d, tree, module) if select else shlex.split(command)
-        t0 = time.monotonic()
-        base = subprocess.run(base_cmd, cwd=tree, env=_baseline_env(tree, d),
-                              capture_output=True, text=True)
-        took = time.monotonic() - t0
-        _forget_bytecode(tree, module)
-        if base.returncode != 0:
-            print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
+        try:
+            if select:
+                # The unmutated run under coverage, shared with the other
+                # modules of the target; this module's tree is a copy of
+                # the tree it ran in, bytecode included.
+                base, took = baseline(target, module)
+                if tree.exists():
+                    shutil.rmtree(tree)
+                shutil.copytree(base / "tree", tree,
+                                ignore=shutil.ignore_patterns(".hypothesis"))
+                shutil.copy2(base / "timing.json", d / "timing.json")
+            else:
+                copy_tree(tree)
+                t0 = time.monotonic()
+                r = subprocess.run(shlex.split(command), cwd=tree, env=_baseline_env(tree, d),
+                                   capture_output=True, text=True)
+                took = time.monotonic() - t0
+                if r.returncode != 0:
+                    raise Unmutated(r.stdout[-3000:] + "\n" + r.stderr[-3000:])
+        except Unmutated as e:
+            print(e)
             print(f"dev.py mutate: the tests of {module} fail unmutated: fix them first",
                   file=sys.stderr)
+            lock.unlink()
             return 1
+        _forget_bytecode(tree, module)
         # The whole run's timeout; with selection it is only a backstop:
         # runtests.py stops the selected tests after their own share.
         timeout = max(cfg.get("min_timeout", 30), cfg.get("timeout_factor", 3.0) * took)
         if select:
-            sel = write_selection(d, tree, module, took, cfg)
+            sel = write_selection(d, base, tree, module, took, cfg)
             command = shlex.join([sys.executable, str(HERE / "runtests.py"), str(d)])
             how = (f"selected by coverage: {len(sel['order'])} tests, "
                    f"{len(sel['lines'])} lines run by some")
