@@ -7,7 +7,7 @@ import pytest
 
 from jmig import programs
 from jmig.kernel import events as ev
-from jmig.kernel.elf import MAX_ELF_SIZE, ElfError, parse_elf
+from jmig.kernel.elf import MAX_ELF_SIZE, MAX_PHNUM, ElfError, parse_elf
 from jmig.kernel.kernel import Kernel
 from jmig.kernel.memlayout import PGSIZE, PTE_P, PTE_U, PTE_W, USTACKTOP, UTOP
 
@@ -190,6 +190,27 @@ def build_elf(entry: int, segments: list[tuple[int, bytes, int, int]]) -> bytes:
         struct.pack_into("<8I", out, 52 + 32 * i, 1, off, vaddr, vaddr, len(data), memsz, 7, 1)
         out[off:off + len(data)] = data
     return bytes(out)
+
+
+def with_phnum(phnum: int) -> bytes:
+    """A one-segment program (xor %eax,%eax; int $0x30 at 0x800000) with
+    phnum program headers: the PT_LOAD, then PT_NULL ones."""
+    code = b"\x31\xc0\xcd\x30"
+    off = 52 + 32 * phnum
+    out = bytearray(off + len(code))
+    struct.pack_into("<4s5B7x", out, 0, b"\x7fELF", 1, 1, 1, 0, 0)
+    struct.pack_into("<HHIIIIIHHHHHH", out, 16, 2, 3, 1, 0x800000, 52, 0, 0, 52, 32, phnum,
+                     40, 0, 0)
+    struct.pack_into("<8I", out, 52, 1, off, 0x800000, 0x800000, len(code), len(code), 5, 1)
+    out[off:] = code
+    return bytes(out)
+
+
+def test_program_headers_up_to_the_limit_are_read_and_one_more_is_refused():
+    assert MAX_PHNUM == 64
+    assert [s.vaddr for s in parse_elf(with_phnum(MAX_PHNUM)).segments] == [0x800000]
+    with pytest.raises(ElfError, match=r"too many program headers \(65 > 64\)"):
+        parse_elf(with_phnum(MAX_PHNUM + 1))
 
 
 DIRTY_PAGES = """
