@@ -108,11 +108,14 @@ def copy_tree(tree: Path) -> None:
 
 
 def tree_digest() -> str:
-    """A digest of what copy_tree copies, names and contents."""
+    """A digest of what copy_tree copies, names and contents, but this
+    tool's own files (tests/mutation), which no target's tests run."""
     h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    tool = Path(__file__).resolve().parent
     for name in COPIED:
         for f in sorted((ROOT / name).rglob("*")):
-            if f.is_file() and f.suffix != ".pyc" and not _IGNORED_PARTS & set(f.parts):
+            if f.is_file() and f.suffix != ".pyc" and not _IGNORED_PARTS & set(f.parts) \
+                    and tool not in f.parents:
                 h.update(f.relative_to(ROOT).as_posix().encode() + b"\0")
                 h.update(f.read_bytes())
     return h.hexdigest()

@@ -42,15 +42,21 @@ def sel(imported=True):
     return selection.build_map(SOURCE, ctx, timing, "jmig.m")
 
 
-def test_a_line_runs_the_tests_that_executed_its_statement_in_run_order():
+def test_a_line_runs_the_tests_that_executed_its_statement_fastest_first():
     assert selection.tests_for(sel(), {10}) == [A]
-    assert selection.tests_for(sel(), {6}) == [A, B]
+    assert selection.tests_for(sel(), {6}) == [B, A]          # 0.25 s before 0.5 s
+
+
+def test_tests_that_took_as_long_run_in_run_order():
+    equal = selection.build_map(SOURCE, CONTEXTS, dict(TIMING, durations={A: 1, B: 1, C: 1}),
+                                "jmig.m")
+    assert selection.tests_for(equal, {6}) == [A, B]
 
 
 def test_every_line_of_a_statement_counts_as_the_statement():
     # The `or` on line 7 belongs to the `if` of line 6; the `n + 1` on line 9
     # to the raise of line 8, whose coverage names only line 8.
-    assert selection.tests_for(sel(), {7}) == [A, B]
+    assert selection.tests_for(sel(), {7}) == [B, A]
     assert selection.tests_for(sel(), {9}) == [B]
 
 
@@ -61,9 +67,9 @@ def test_a_line_no_test_executes_selects_nothing():
 def test_a_line_run_at_import_runs_every_test_if_the_module_was_imported():
     # LIMIT, and the default of `strict` in the def line: set at import.
     # Those that ran some line of the module first (pytest -x stops at the
-    # first failure).
+    # first failure), each group fastest first.
     for line in (1, 4):
-        assert selection.tests_for(sel(), {line}) == [A, B, C]
+        assert selection.tests_for(sel(), {line}) == [B, A, C]
         assert selection.tests_for(sel(imported=False), {line}) == []
 
 
@@ -76,7 +82,7 @@ def test_a_line_run_outside_every_test_runs_every_test():
     # change what every test sees.
     ctx = {**CONTEXTS, 14: {""}}
     sel = selection.build_map(SOURCE, ctx, dict(TIMING, modules=[]), "jmig.m")
-    assert selection.tests_for(sel, {14}) == [A, B, C]
+    assert selection.tests_for(sel, {14}) == [B, A, C]
 
 
 def test_changed_lines_are_those_the_mutant_rewrites():
