@@ -27,7 +27,7 @@ from .elf import ElfError, parse_elf
 from .env import Blocked as _Blocked
 from .env import (
     ENV_FREE, ENV_NOT_RUNNABLE, ENV_RUNNABLE, ENV_RUNNING, ENVS_KVA, ENV_SIZE, ENVX,
-    ENVGENSHIFT, NENV, STATUS_NAMES, Env,
+    ENVGENSHIFT, NENV, STATUS_NAMES, Env, EnvSlots,
 )
 from .memlayout import (
     E_BAD_ENV, E_INVAL, E_IPC_NOT_RECV, E_NO_MEM, PTE_SYSCALL,
@@ -98,7 +98,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         self.slice = slice
         self.clock = clock or (lambda: time.monotonic() * 1000.0)
         self.boot_ms = self.clock()
-        self.envs = list(map(Env, range(NENV)))       # 3x a list comprehension
+        self.envs = EnvSlots()
         # The slots this kernel gives new envs (a node's share of a cluster's
         # envs[]: docs/kernel.md); an env arriving from another node takes
         # its own slot, whichever it is, if that is free here.
@@ -753,7 +753,7 @@ class Kernel(TrapMixin, SnapshotMixin):
                 "pages": npages, "remote_pages": remote, "eip": e.cpu.eip}
 
     def ps(self) -> list[dict]:
-        return [self.env_info(e) for e in self.envs if e.status != ENV_FREE]
+        return [self.env_info(e) for e in self.live_envs()]
 
     def vmmap(self, envid: int) -> list[dict]:
         """Mapped ranges: consecutive pages with equal perm and state merged."""
@@ -773,7 +773,7 @@ class Kernel(TrapMixin, SnapshotMixin):
         """Panic if frame refcounts disagree with the mappings (for tests)."""
         counts = [0] * self.phys.nframes
         counts[0] = 1
-        for e in self.envs:
+        for e in self.envs.values():
             if e.status == ENV_FREE:
                 continue
             a = e.aspace
@@ -794,4 +794,4 @@ class Kernel(TrapMixin, SnapshotMixin):
                 raise KernelPanic(f"frame {i}: ref {counts[i]} but free={i in free}")
 
     def iter_envs(self) -> Iterator[Env]:
-        return (e for e in self.envs if e.status != ENV_FREE)
+        return iter(self.live_envs())

@@ -553,7 +553,7 @@ class Lockstep:
     def env_of(self, aspace):
         if self.kernel is None:
             return None
-        for e in self.kernel.envs:
+        for e in self.kernel.envs.values():
             if e.aspace is aspace:
                 return e
         return None

@@ -284,7 +284,7 @@ def test_jos_window_reads_in_lockstep():
     out = run_program_lockstep(ls, prog.elf, None, "windows", max_instructions=100_000)
     assert ls.differences == [] and ls.uncompared == []
     assert ls.window_maps >= 5
-    e = next(e for e in out.kernel.envs if e.env_id == 0x1000)
+    e = next(e for e in out.kernel.envs.values() if e.env_id == 0x1000)
     a = e.aspace
     w = [int.from_bytes(a.read(prog.out_va + 4 * k, 4), "little") for k in range(12)]
     assert w[:6] == [0x22222222, 0x11111111, 0x11111111, prog.addr("read_eip"), 0xEEBFE000,

@@ -40,7 +40,7 @@ def test_a_system_call_that_raises_kills_only_its_env(monkeypatch, engine):
     # ends when no env can run, not with an exception; the kernel's books
     # balance.
     k = out.kernel
-    assert [e.status for e in k.envs if e.env_id == victim] == [ENV_FREE]
+    assert [e.status for e in k.envs.values() if e.env_id == victim] == [ENV_FREE]
     assert f"ipc_send: sending to {victim:08x}: bad environment" in out.console
     assert victim not in calls[100:]
     assert out.reason == "idle"
