@@ -581,8 +581,10 @@ def main(argv: list[str]) -> int:
         else:
             how = "all of them for every mutant"
         # A session goes on only for the same source and the same sample.
+        # The session names the module by its path in the tree: a session
+        # copied from another checkout would mutate that one's tree.
         stamp = (hashlib.sha256((tree / module).read_bytes()).hexdigest()
-                 + f" sample={args.sample} seed={args.seed}")
+                 + f" sample={args.sample} seed={args.seed} tree={tree}")
         if args.fresh or not db_path.exists() or _read(d / "stamp") != stamp:
             init_session(tree, db_path, module, cfg, args.sample, args.seed)
             (d / "stamp").write_text(stamp)
