@@ -141,7 +141,19 @@ def test_file_over_the_size_limit_is_refused_unread():
 
 
 def test_a_file_exactly_at_the_size_limit_is_accepted():
+    assert MAX_ELF_SIZE == 64 << 20                     # docs/security.md
     assert parse_elf(HELLO + bytes(MAX_ELF_SIZE - len(HELLO))).entry == 0x800020
+
+
+def test_an_empty_load_segment_is_skipped_and_the_ones_after_it_load():
+    # hello's first segment made empty (memsz 0) and moved out of the way:
+    # the other two still load, and its pages are not mapped.
+    elf = set_phdr(patch(HELLO, 24, "<I", 0x802000), 0, filesz=0, memsz=0, vaddr=0x700000)
+    assert [(s.vaddr, s.memsz) for s in parse_elf(elf).segments] == [(0x802000, 0x6E4),
+                                                                      (0x803000, 0x8)]
+    k = Kernel(memory=1 << 20)
+    e = k.env_create(elf, None)
+    assert [p.va >> 12 for p in k.env_pages(e.env_id)] == [0x802, 0x803, (USTACKTOP >> 12) - 1]
 
 
 def test_program_too_big_for_memory_is_refused_with_no_memory_and_nothing_created():
