@@ -78,6 +78,8 @@ BAD_ELVES = {
     "bss_overlaps_next": (set_phdr(HELLO, 0, memsz=0x2000), "segments overlap"),
     "entry_outside": (patch(HELLO, 24, "<I", 0x900000), "outside every loadable segment"),
     "entry_in_a_gap": (patch(HELLO, 24, "<I", 0x801800), "outside every loadable segment"),
+    "entry_just_past_a_segment": (patch(HELLO, 24, "<I", 0x803008),
+                                  "outside every loadable segment"),
     "no_load_segments": (set_phdr(set_phdr(set_phdr(HELLO, 0, type=4), 1, type=4), 2, type=4),
                          "no loadable segments"),
 }
