@@ -47,11 +47,13 @@ async def test_memtest_4096_pages_keeps_verifying_through_save_load_and_migratio
         before = memory(here, env)
         regs = registers(here, env)
         last = last_pass(here, env)
-        mark = there.rec.mark()
+        mark, gone = there.rec.mark(), here.rec.mark()
         r = await call(cluster, here, "migrate", {"envid": env, "to": cluster.addr(there),
                                                   "method": "normal"})
         assert r["pages"] == len(before)
         assert env not in env_ids(here), "the source still holds the migrated env"
+        # The source's kernel freed it, and says so as JOS does.
+        assert here.rec.text(0, gone) == f"[00000000] free env {env:08x}\n"
         new = r["new_envid"]
         same_memory(memory(there, new), before)
         assert registers(there, new) == regs
