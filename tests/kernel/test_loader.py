@@ -122,7 +122,9 @@ def test_segments_that_touch_or_share_a_page_are_accepted():
     (HELLO, [0x800, 0x801, 0x802, 0x803]),
     (set_phdr(HELLO, 2, vaddr=0x803F00, memsz=0x200), [0x800, 0x801, 0x802, 0x803, 0x804]),
     (set_phdr(HELLO, 1, vaddr=0x801800), [0x800, 0x801, 0x803]),        # shares 0's last page
-], ids=["hello", "straddles_a_page_boundary", "shares_a_page"])
+    # At an odd address, one byte into its second page.
+    (set_phdr(HELLO, 2, vaddr=0x803001, memsz=0x1000), [0x800, 0x801, 0x802, 0x803, 0x804]),
+], ids=["hello", "straddles_a_page_boundary", "shares_a_page", "odd_start_one_byte_over"])
 def test_pages_counts_every_page_a_segment_touches_once(elf, pages):
     assert parse_elf(elf).pages() == len(pages)
     k = Kernel(memory=1 << 20)
