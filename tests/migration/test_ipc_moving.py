@@ -77,3 +77,22 @@ async def test_sends_to_an_env_held_by_its_migration_wait_and_then_reach_it_ther
         assert (receiver, sender) == ((child, parent) if n % 2 == 0 else (parent, child)), got
     assert (2, child, parent) in game(b)            # the first value after the move, on b
     assert "panic" not in a.rec.text() + b.rec.text()
+
+
+async def test_a_move_leaves_a_pointer_that_the_sends_after_it_follow(cluster):
+    """The origin of a move keeps where the env went: its envs' sends go
+    there at once, without asking every node where the env is."""
+    a = await start(cluster, "a")
+    b = await start(cluster, "b", join=(cluster.addr(a),))
+    await until(lambda: a.membership.alive() and b.membership.alive())
+    parent = (await call(cluster, a, "spawn", {"program": "pingpong", "args": ["200"]}))["envid"]
+    await until(lambda: len(game(a)) >= 2)
+    child = next(e["envid"] for e in (await call(cluster, a, "ps"))["envs"]
+                 if e["parent"] == parent)
+    r = await call(cluster, a, "migrate", {"envid": child, "to": cluster.addr(b), "resume": True})
+    assert r["new_envid"] == child
+    await until(lambda: len(game(a, b)) == 11, timeout=30)
+    assert [n for n, _, _ in game(a, b)] == list(range(11))
+    assert a.remote.where[child] == cluster.addr(b)
+    assert a.remote.stats["locate_broadcasts"] == 0
+    assert "panic" not in a.rec.text() + b.rec.text()
