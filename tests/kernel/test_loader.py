@@ -53,6 +53,7 @@ def test_hello_has_the_layout_these_patches_assume():
 BAD_ELVES = {
     "truncated_header": (HELLO[:40], "truncated ELF header"),
     "header_one_byte_short": (HELLO[:51], "truncated ELF header: 51 bytes, need 52"),
+    "header_only": (HELLO[:52], "program headers at 0x34 run past the end of the file"),
     "empty_file": (b"", "truncated ELF header"),
     "bad_magic": (patch(HELLO, 0, "4s", b"\x7fELG"), "bad magic"),
     "class_64": (patch(HELLO, 4, "B", 2), r"not a 32-bit ELF \(class 2\)"),
