@@ -211,16 +211,31 @@ def build_elf(entry: int, segments: list[tuple[int, bytes, int, int]]) -> bytes:
 
 def with_phnum(phnum: int) -> bytes:
     """A one-segment program (xor %eax,%eax; int $0x30 at 0x800000) with
-    phnum program headers: the PT_LOAD, then PT_NULL ones."""
+    phnum program headers, at the end of the file: PT_NULL ones, then the
+    PT_LOAD."""
     code = b"\x31\xc0\xcd\x30"
-    off = 52 + 32 * phnum
-    out = bytearray(off + len(code))
+    phoff = 52 + len(code)
+    out = bytearray(phoff + 32 * phnum)
     struct.pack_into("<4s5B7x", out, 0, b"\x7fELF", 1, 1, 1, 0, 0)
-    struct.pack_into("<HHIIIIIHHHHHH", out, 16, 2, 3, 1, 0x800000, 52, 0, 0, 52, 32, phnum,
+    struct.pack_into("<HHIIIIIHHHHHH", out, 16, 2, 3, 1, 0x800000, phoff, 0, 0, 52, 32, phnum,
                      40, 0, 0)
-    struct.pack_into("<8I", out, 52, 1, off, 0x800000, 0x800000, len(code), len(code), 5, 1)
-    out[off:] = code
+    out[52:phoff] = code
+    struct.pack_into("<8I", out, phoff + 32 * (phnum - 1), 1, 52, 0x800000, 0x800000, len(code),
+                     len(code), 5, 1)
     return bytes(out)
+
+
+def test_headers_that_end_the_file_and_a_load_after_other_kinds_are_read():
+    # The program headers' last byte is the file's; the PT_LOAD comes after
+    # a PT_NULL, which is skipped.
+    elf = with_phnum(2)
+    assert len(elf) == 52 + 4 + 2 * 32
+    assert [(s.vaddr, s.filesz) for s in parse_elf(elf).segments] == [(0x800000, 4)]
+
+
+def test_a_segment_that_ends_at_utop_is_accepted():
+    top = set_phdr(HELLO, 2, vaddr=UTOP - 0x8)            # hello's 8-byte bss, up to UTOP
+    assert parse_elf(top).segments[-1].vaddr + parse_elf(top).segments[-1].memsz == UTOP
 
 
 def test_program_headers_up_to_the_limit_are_read_and_one_more_is_refused():
