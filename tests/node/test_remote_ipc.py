@@ -54,6 +54,24 @@ def forked(d, program: str, *args: str) -> tuple[int, int]:
     return parent, children(d, parent)[0]
 
 
+NAP = 2.0          # pingpong's nap (s) in child_waiting_for_two
+
+
+def child_waiting_for_two(d) -> tuple[int, int]:
+    """`pingpong 2000` on d, its parent paused in the nap after it got 1
+    (so its child waits in ipc_recv for 2), once that nap is over: resumed,
+    it sends 2 at once.  Paused, so that moving the child before that send
+    does not race the nap however slow the machine (with a 300 ms nap and
+    no pause, a loaded machine let the send in before the move)."""
+    parent, child = forked(d, "pingpong", str(int(NAP * 1000)))
+    wait_until(lambda: len(game(d)) >= 2, 3 * NAP + 10, "two turns of the game")
+    got = time.monotonic()
+    ok(d, "pause", str(parent))
+    assert len(game(d)) == 2, "the parent sent 2 before it was paused"
+    time.sleep(max(0.0, got + NAP - time.monotonic()))
+    return parent, child
+
+
 @pytest.mark.parametrize("there,back", [("normal", "precopy"), ("precopy", "pgfault"),
                                         ("pgfault", "normal")])
 def test_pingpong_counts_to_ten_with_the_child_moved_away_and_back(daemons, there, back):
@@ -92,16 +110,14 @@ def test_pingpong_counts_to_ten_with_the_child_moved_away_and_back(daemons, ther
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_a_send_to_a_node_that_is_gone_or_silent_fails_within_the_deadline(daemons, how):
     a, b = joined(daemons, 2)
-    parent, child = forked(a, "pingpong", "300")
-    # After the parent got 1 the child waits in ipc_recv and the parent
-    # sleeps 300 ms before sending it 2: move the child now, then kill b.
-    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    parent, child = child_waiting_for_two(a)
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     if how == "kill":
         b.kill()                                  # nothing listens: refused at once
     else:
         os.kill(b.proc.pid, signal.SIGSTOP)       # connects, never answers
     t0 = time.monotonic()
+    ok(a, "resume", str(parent))                  # its nap is over: it sends 2 at once
     try:
         # The parent's next ipc_send goes to b: -E_BAD_ENV, on which JOS's
         # ipc_send panics (any error but -E_IPC_NOT_RECV); the node serves on.
@@ -215,10 +231,10 @@ def test_an_env_moved_while_its_send_waits_for_a_silent_node_takes_the_answer_al
     ipc_send panics on c with it.  (An answer lost in the move would leave
     eax holding the syscall number, which ipc_send takes for success.)"""
     a, b, c = joined(daemons, 3, node_ids=True)
-    parent, child = forked(a, "pingpong", "300")
-    wait_until(lambda: len(game(a)) >= 2, 10, "two turns of the game on a")
+    parent, child = child_waiting_for_two(a)
     ok(a, "migrate", str(child), "--to", b.addr, "--resume")
     os.kill(b.proc.pid, signal.SIGSTOP)
+    ok(a, "resume", str(parent))
     try:
         def waiting() -> bool:
             rows = json.loads(ok(a, "ps", "--json"))
