@@ -105,3 +105,30 @@ def test_an_env_yielding_in_a_hot_loop_shows_trap_48_too():
     assert (h.trapno, h.err) == (48, 0)
     tf, _ = env_struct(p, 0)
     assert (tf[12], tf[13]) == (48, 0)
+
+
+def test_a_stopped_env_shows_each_of_its_registers_where_pushregs_has_it():
+    # JOS's PushRegs order: edi, esi, ebp, oesp (0), ebx, edx, ecx, eax;
+    # then esp in the trapframe's tail.  env_pgdir is the page directory's
+    # kernel virtual address (KERNBASE + its physical address).
+    m = Machine()
+    p = m.spawn(assemble("""
+_start:
+    sys SYS_env_set_status, $0, $ENV_NOT_RUNNABLE
+    mov $0x11111111, %ecx
+    mov $0x22222222, %edx
+    mov $0x33333333, %ebx
+    mov $0x55555555, %ebp
+    mov $0x66666666, %esi
+    mov $0x77777777, %edi
+    mov $0xEEBFD000, %esp
+    sys SYS_yield
+    jmp .
+"""))
+    m.run()
+    tf, rest = env_struct(p, 0)
+    assert tf[:7] == (0x77777777, 0x66666666, 0x55555555, 0, 0x33333333, 0x22222222,
+                      0x11111111)
+    assert tf[18] == 0xEEBFD000                       # tf_esp
+    pfn = m.k.get_env(p.envid).aspace.pgdir_pfn
+    assert rest[7] == 0xF0000000 + pfn * 4096 and pfn > 0
