@@ -347,7 +347,16 @@ async def cmd_info(ctx: Ctx):
             f"cpus      {res['cpus']} (slice {res['slice']} instructions)\n"
             f"uptime    {render.duration(res['uptime'])}\n"
             f"executed  {res['instructions']} instructions\n"
+            f"deadlines {_deadlines(res['deadlines'])}\n"
             f"data dir  {res['data_dir']}")
+
+
+def _deadlines(d: dict) -> str:
+    k = d["keepalive"]
+    return (f"progress {d['progress_s']:g} s, prepared {d['prepared_s']:g} s, "
+            f"commit {d['commit_s']:g} s, status {d['status_s']:g} s, "
+            f"hand-over {d['handover_s']:g} s, ipc {d['ipc_s']:g} s; keepalive "
+            f"{k['idle_s']} s idle, {k['probes']} probes {k['interval_s']} s apart")
 
 
 async def cmd_vmmap(ctx: Ctx):

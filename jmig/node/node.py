@@ -40,8 +40,9 @@ from .console import ConsoleHub
 from .control import ControlSession
 from .disk import NAME_RE, DataDir
 from .migration import Migrations
+from .migration.base import deadlines
 from .peers import Peers
-from .remote import RemoteEnvs
+from .remote import IPC_DEADLINE_SECONDS, RemoteEnvs
 from .trace import Tracer
 
 PORT_KINDS = ("normal", "pgfault", "pager", "control")   # offsets 0..3 from P
@@ -492,6 +493,7 @@ class Node:
                 "console_dropped": self.console.dropped_bytes,
                 "connections": self.admission.sessions, "handshakes": self.admission.preauth,
                 "refused": self.refused, "busy_refused": self.admission.refused,
+                "deadlines": {**deadlines(), "ipc_s": IPC_DEADLINE_SECONDS},
                 "data_dir": str(self.cfg.data_dir)}
 
 

@@ -14,6 +14,15 @@ HANDOVER_TIMEOUT = 5.0      # a source waits this long for "started" after Go (i
 KEEPALIVE = (5, 2, 3)       # TCP keepalive on migration links: idle s, interval s, probes
 
 
+def deadlines() -> dict:
+    """The deadlines above, as `jmigctl info` shows them (docs/protocol.md)."""
+    idle, interval, probes = KEEPALIVE
+    return {"progress_s": PROGRESS_TIMEOUT, "prepared_s": PREPARED_TIMEOUT,
+            "commit_s": COMMIT_TIMEOUT, "status_s": STATUS_TIMEOUT,
+            "handover_s": HANDOVER_TIMEOUT,
+            "keepalive": {"idle_s": idle, "interval_s": interval, "probes": probes}}
+
+
 class MigrationError(Error):
     """A migration, save or load failed.  Codes: unreachable, refused,
     timeout, link-lost, cancelled, failed, bad-request, bad-state, and the
