@@ -93,6 +93,7 @@ def target_of(module: str, cfg: dict) -> dict | None:
 
 COPIED = ("jmig", "tests", "examples")
 _IGNORED = ("__pycache__", ".hypothesis")
+_IGNORED_PARTS = set(_IGNORED)
 
 
 def copy_tree(tree: Path) -> None:
@@ -121,9 +122,6 @@ def tree_digest() -> str:
     return h.hexdigest()
 
 
-_IGNORED_PARTS = set(_IGNORED)
-
-
 def _read(p: Path) -> str | None:
     try:
         return p.read_text()
@@ -141,7 +139,7 @@ def coverage_command(target: dict, d: Path, tree: Path, module: str) -> list[str
     sees the imports of jmig's pytest plugin too), the module's directory
     measured, and the timing plugin, which gives each test its context.
 
-    The jmig-node daemons the tests start are measured too (_baseline_env
+    The jmig-node daemons the tests start are measured too (baseline()
     points COVERAGE_PROCESS_START at coveragerc-daemons, which coverage's
     .pth file reads when a Python process starts): each writes a data file
     of its own, coverage.sqlite.SUFFIX, under the context of the test that
@@ -190,12 +188,13 @@ def _env(tree: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
 
 
-def start_forkserver(d: Path, tree: Path) -> subprocess.Popen:
+def start_forkserver(d: Path, tree: Path, timing_file: Path) -> subprocess.Popen:
     """forkserver.py in the tree, preloading what the unmutated run imported
-    from outside it; runtests.py uses it while its socket exists."""
+    from outside it (timing_file, pytest_timing.py's); runtests.py uses it
+    while its socket exists."""
     sock = d / "forkserver.sock"
     sock.unlink(missing_ok=True)
-    timing = json.loads((d / "timing.json").read_text())
+    timing = json.loads(timing_file.read_text())
     (d / "preload.json").write_text(json.dumps(timing.get("outside", [])))
     # One BLAS thread: the children are forked from a process that imported numpy.
     env = dict(_env(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
@@ -221,8 +220,7 @@ def _baseline_env(tree: Path, d: Path) -> dict:
     # rewritten tests) into the tree: every mutant's run reads it rather
     # than compiling them again -- all but the mutated module's, removed
     # after this run (_forget_bytecode); mutants' runs write none.
-    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"),
-               COVERAGE_PROCESS_START=str(d / "coveragerc-daemons"))
+    env = dict(_env(tree), JMIG_MUTATE_TIMING=str(d / "timing.json"))
     del env["PYTHONDONTWRITEBYTECODE"]
     return env
 
@@ -270,8 +268,10 @@ def baseline(target: dict, module: str) -> tuple[Path, float]:
     tree = base / "tree"
     copy_tree(tree)
     t0 = time.monotonic()
-    r = subprocess.run(coverage_command(target, base, tree, module), cwd=tree,
-                       env=_baseline_env(tree, base), capture_output=True, text=True)
+    # The daemons the tests start measure themselves (coverage_command).
+    env = dict(_baseline_env(tree, base), COVERAGE_PROCESS_START=str(base / "coveragerc-daemons"))
+    r = subprocess.run(coverage_command(target, base, tree, module), cwd=tree, env=env,
+                       capture_output=True, text=True)
     took = time.monotonic() - t0
     lock.unlink()
     if r.returncode != 0:
@@ -554,7 +554,6 @@ def main(argv: list[str]) -> int:
                     shutil.rmtree(tree)
                 shutil.copytree(base / "tree", tree,
                                 ignore=shutil.ignore_patterns(".hypothesis"))
-                shutil.copy2(base / "timing.json", d / "timing.json")
             else:
                 copy_tree(tree)
                 t0 = time.monotonic()
@@ -590,7 +589,7 @@ def main(argv: list[str]) -> int:
             (d / "stamp").write_text(stamp)
         elif args.survivors:
             retry_survivors(tree, db_path)
-        server = start_forkserver(d, tree) if select else None
+        server = start_forkserver(d, tree, base / "timing.json") if select else None
         config = d / "cosmic-ray.toml"
         write_config(config, tree, module, command, timeout)
         print(f"== {module}: tests {' '.join(target['tests'])} ({took:.0f} s unmutated, "
