@@ -21,7 +21,7 @@ async def test_a_link_over_tcp_turns_keepalive_on_with_the_documented_timing():
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         accepted = trio.Event()
-        nursery.start_soon(lambda: _accept_one(listeners[0], accepted))
+        nursery.start_soon(_accept_one, listeners[0], accepted)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         link = Link(FramedStream(stream, DATA))
         sock = stream.socket
