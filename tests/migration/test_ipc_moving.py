@@ -91,8 +91,10 @@ async def test_a_move_leaves_a_pointer_that_the_sends_after_it_follow(cluster):
                  if e["parent"] == parent)
     r = await call(cluster, a, "migrate", {"envid": child, "to": cluster.addr(b), "resume": True})
     assert r["new_envid"] == child
+    assert a.remote.where[child] == cluster.addr(b)
     await until(lambda: len(game(a, b)) == 11, timeout=30)
     assert [n for n, _, _ in game(a, b)] == list(range(11))
-    assert a.remote.where[child] == cluster.addr(b)
     assert a.remote.stats["locate_broadcasts"] == 0
+    # The child's exit on b tells every member (env_gone): the pointer goes.
+    await until(lambda: child not in a.remote.where, timeout=10)
     assert "panic" not in a.rec.text() + b.rec.text()
