@@ -15,7 +15,6 @@ from .memlayout import USER_CS, USER_DS
 from .x86.cpu import Cpu
 
 NENV = 1024
-LOG2NENV = 10
 ENVGENSHIFT = 12
 
 ENV_FREE = 0
@@ -29,7 +28,6 @@ STATUS_NAMES = {ENV_FREE: "Free", ENV_DYING: "Dying", ENV_RUNNABLE: "Runnable",
                 ENV_RUNNING: "Running", ENV_NOT_RUNNABLE: "Sleeping"}
 
 ENV_SIZE = 0x7C
-TRAPFRAME_SIZE = 68
 ENVS_KVA = 0xF0300000          # where a JOS kernel would keep envs[] (printed addresses)
 
 
@@ -80,7 +78,6 @@ class Env:
     wake_at: int | None = None  # sys_sleep_msec deadline (kernel ms clock)
     blocked_on: tuple[int, int] | None = None   # (owner envid, va) remote page
     frozen = ""                 # node-held reason not to run ("serving pages", ...)
-    created_ms = 0
     executed = 0                # instructions run here (for load balancing)
     away = False                # free here because it lives on another node now
 
@@ -93,8 +90,9 @@ class Env:
         now shows as RUNNABLE in its old slot (docs/kernel.md)."""
         return ENV_RUNNABLE if self.away and self.status == ENV_FREE else self.status
 
-    def pack(self, link: int = 0) -> bytes:
-        """The 124 bytes of struct Env as user code sees them at UENVS."""
+    def pack(self, link: int) -> bytes:
+        """The 124 bytes of struct Env as user code sees them at UENVS
+        (link: env_link, the next free slot's address, or 0)."""
         c = self.cpu
         r = c.r
         tf = struct.pack(

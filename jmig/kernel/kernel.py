@@ -205,7 +205,6 @@ class Kernel(TrapMixin, SnapshotMixin):
         e.wake_at = None
         e.blocked_on = None
         e.frozen = ""
-        e.created_ms = self.now()
         self.cprintf(f"[{parent_id:08x}] new env {envid:08x}\n")
         return e
 
