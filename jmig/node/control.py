@@ -32,7 +32,7 @@ from ..proto.pstream import StreamError
 from ..proto.wire import ConnectionClosed, FramedStream
 from .args import BadRequest, arg_bool, arg_envid, arg_int, arg_str
 from .console import dropped_notice
-from .disk import DiskError, check_name, fsync_dir
+from .disk import DiskError, check_name, fsync_dir, hidden_file
 from .drain import drain
 from .migration import Job, JobState
 from .migration.jobs import PROGRESS_INTERVAL
@@ -391,8 +391,8 @@ class ControlSession:
         if len(self.uploads) >= MAX_UPLOADS:
             raise BadRequest(f"at most {MAX_UPLOADS} imports at once on one connection")
         uid = os.urandom(4).hex()
-        tmp = path.with_name(f".{path.name}.upload-{uid}")
-        self.uploads[uid] = Upload(name, path, tmp, open(tmp, "wb"), force, size)
+        fd, tmp = hidden_file(path, "upload")
+        self.uploads[uid] = Upload(name, path, tmp, open(fd, "wb"), force, size)
         return {"upload": uid}
 
     def _upload(self, args) -> tuple[str, Upload]:

@@ -5,12 +5,16 @@
 
 Names are 1-64 characters of letters, digits, '.', '_' and '-', not
 starting with '.'.  Writes are atomic: a temporary file in the same
-directory, fsync, rename, fsync of the directory.
+directory, fsync, rename, fsync of the directory.  Every file is written
+mode 0600 (owner only): an image holds a process's memory, which may hold
+its secrets.  Temporary names are hidden (a leading '.', never listed)
+and unique, so that two writes of the same name at once never share one.
 """
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..errors import Error
@@ -89,12 +93,19 @@ def _listing(d: Path, suffix: str) -> list[dict]:
     return out
 
 
+def hidden_file(path: Path, tag: str) -> tuple[int, Path]:
+    """(fd open for writing, its path): a new file of mode 0600 beside
+    path, hidden (".NAME.XXXXXXXX.tag") and of a name no other write has."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{tag}", dir=path.parent)
+    return fd, Path(tmp)
+
+
 def atomic_write(path: Path, chunks) -> int:
     """Write chunks to path atomically (all or nothing); returns bytes written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp = hidden_file(path, "tmp")
     n = 0
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
             for c in chunks:
                 f.write(c)
                 n += len(c)

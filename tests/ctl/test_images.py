@@ -2,6 +2,7 @@
 file, imported and copied to another node, loaded there; the loaded env
 goes on verifying every page of its memory."""
 import json
+import stat
 import subprocess
 
 import pytest
@@ -43,6 +44,10 @@ def test_export_import_and_copy_a_running_memtest_between_two_nodes(daemons, tmp
     assert f"Image mt copied to {b.addr} as mt" in out
     names = {i["name"]: i["size"] for i in js(b, "ls")["images"]}
     assert names["mt"] == names["from_file"] == f.stat().st_size
+    # A node's images hold process memory: readable by its owner only,
+    # whether saved there or imported.
+    for d, name in ((a, "mt"), (b, "from_file"), (b, "mt")):
+        assert stat.S_IMODE((d.data_dir / "images" / f"{name}.img").stat().st_mode) == 0o600
     # Without --force nothing is replaced; with it, it is.
     r = run(a, "image", "copy", "mt", "--to", b.addr, check=False)
     assert r.returncode == 1 and "already exists" in r.stderr and "--force" in r.stderr

@@ -2,6 +2,7 @@
 envs[]) and how a run's instruction budget is shared among the CPUs."""
 import pytest
 
+from jmig.kernel.env import NENV
 from jmig.kernel.kernel import Kernel
 
 from .asm import Machine, assemble, needs_binutils
@@ -22,6 +23,16 @@ def test_a_kernel_refuses_a_cpu_count_outside_1_to_64(ncpus):
 def test_a_kernel_takes_1_and_64_cpus():
     assert Kernel(memory=1 << 20, ncpus=1).ncpus == 1
     assert Kernel(memory=1 << 20, ncpus=64).ncpus == 64
+
+
+@pytest.mark.parametrize("i", [-1, NENV])
+def test_envs_has_no_slot_outside_0_to_1023(i):
+    """envs[] makes a slot the first time it is asked for, but only one of
+    its 1,024: an index outside them is a bug, never a new slot."""
+    k = Kernel(memory=1 << 20)
+    with pytest.raises(IndexError, match=f"env slot {i} is not in 0..1023"):
+        k.envs[i]
+    assert k.envs[0].index == 0 and k.envs[NENV - 1].index == NENV - 1
 
 
 @pytest.mark.parametrize("slots", [range(5, 5), range(6, 5), range(-1, 4), range(1000, 1025)],

@@ -27,14 +27,12 @@ from ...proto import migration as m
 from ...proto.image import READ_CHUNK, max_image_bytes
 from ...proto.pstream import StreamError
 from ...proto.wire import IOV_MAX, advance, byte_views
-from ..disk import fsync_dir
+from ..disk import fsync_dir, hidden_file
 
 
 class _NoStream:
-    """What session code may ask of a link's stream when it is a file."""
-    peer = ""
-    bytes_sent = 0
-    bytes_received = 0
+    """A file link's stream: no socket (Node.advertised_host, asked for a
+    save's Begin, falls back to loopback)."""
 
 
 class SaveLink:
@@ -42,13 +40,12 @@ class SaveLink:
 
     def __init__(self, path: Path, envid: int):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self._fd, self.tmp = hidden_file(path, "tmp")     # mode 0600, a name of its own
         self.envid = envid
         self.fs = _NoStream()
         self.peer = f"image {path.stem}"
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.bytes_sent = 0                     # written to the file so far
+        self.bytes_received = 0                 # a file answers nothing
         self._replies: list = []
         self.committed = False
         self._writing: trio.Event | None = None   # set when the write in flight is done
@@ -132,8 +129,7 @@ class LoadLink:
         self.path = path
         self.fs = _NoStream()
         self.peer = f"image {path.stem}"
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.bytes_received = 0                 # read from the file so far
         self.limit = max_image_bytes(max_pages)
         self.failure = None                 # (code, message) the session refused with
         self._fd = os.open(path, os.O_RDONLY)
