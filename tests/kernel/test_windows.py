@@ -61,14 +61,17 @@ def test_uvpt_reads_see_accessed_and_dirty_bits_and_remote_pages():
     a.check_mirror()
 
 
-def test_a_stale_page_table_frame_is_caught():
+@pytest.mark.parametrize("k_", [0, 5, 1023])
+def test_a_stale_page_table_frame_is_caught_at_any_entry(k_):
+    """check_mirror, the oracle of these tests, looks at every word of
+    every page-table frame: the first, one inside, the last."""
     k = Kernel(clock=VirtualClock())
     e = k.env_create(programs.load("hello"), ["hello"], name="hello")
     a = e.aspace
     a.check_mirror()
     pdx, pfn = next(iter(a.ptpages.items()))
-    k.phys.m32[(pfn << 10) | 5] ^= PTE_W
-    with pytest.raises(KernelPanic, match=r"uvpt\[0x"):
+    k.phys.m32[(pfn << 10) | k_] ^= PTE_W
+    with pytest.raises(KernelPanic, match=rf"uvpt\[{(pdx << 10) | k_:#x}\] differs"):
         a.check_mirror()
 
 
