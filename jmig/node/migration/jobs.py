@@ -30,6 +30,7 @@ from .base import MigrationError
 from .session import Decision
 
 FINISHED_KEPT = 100
+MAX_JOB_FILE = 4096                 # bytes: a job's file is about 150; a longer one is junk
 PROGRESS_INTERVAL = 0.1             # watchers hear of progress at most this often
 TRACE_KEPT = 10_000                 # trace lines a job keeps for its watchers
 
@@ -114,7 +115,11 @@ class JobTable:
             return
         for f in files:
             try:
-                d = json.loads(f.read_text()[:4096])
+                with open(f, "rb") as fh:
+                    raw = fh.read(MAX_JOB_FILE + 1)
+                if len(raw) > MAX_JOB_FILE:
+                    raise ValueError("too long")
+                d = json.loads(raw)
                 job = Job(id=str(d["id"]), kind=str(d["kind"]), envid=d.get("envid"),
                           target=str(d.get("target", "")), method=d.get("method"),
                           state=JobState.INTERRUPTED, started=float(d.get("started", 0)),

@@ -8,7 +8,7 @@ import structlog
 import trio
 
 from jmig.node.migration import MigrationError
-from jmig.node.migration.jobs import FINISHED_KEPT, JobState, JobTable
+from jmig.node.migration.jobs import JobState, JobTable
 from jmig.node.migration.session import Decision
 
 
@@ -88,11 +88,25 @@ async def test_the_finished_list_keeps_the_newest(table):
     async def runner(job):
         order.append(job.id)
         return {}
-    jobs = [table.start("save", i, "x", runner) for i in range(FINISHED_KEPT + 5)]
+    jobs = [table.start("save", i, "x", runner) for i in range(105)]
     for j in jobs:
         await j.done.wait()
     listed = table.list()
-    assert [j["id"] for j in listed] == order[::-1][:FINISHED_KEPT]      # newest first
+    assert len(listed) == 100                                  # as `jmigctl jobs` documents
+    assert [j["id"] for j in listed] == order[::-1][:100]      # newest first
+    assert all(table.get(jid) for jid in order[5:])
+    with pytest.raises(MigrationError, match="no job"):
+        table.get(order[4])
+
+
+async def test_a_job_keeps_its_first_10000_trace_lines_for_its_watchers(table):
+    async def runner(job):
+        for i in range(10_005):
+            job.trace_line(f"line {i}")
+        return {}
+    job = table.start("migrate", 1, "x", runner)
+    await job.done.wait()
+    assert len(job.lines) == 10_000 and job.lines[-1] == "line 9999"
 
 
 async def test_shutdown_cancels_undecided_jobs_and_refuses_new_ones(table):
@@ -122,4 +136,22 @@ async def test_jobs_left_by_a_stopped_node_are_reported_as_interrupted(tmp_path)
         nursery.cancel_scope.cancel()
     assert [(j["id"], j["state"]) for j in listed] == [("abc123", "interrupted")]
     assert "stopped while this migrate of env 4100" in listed[0]["error"]["message"]
+    assert not list(d.glob("*.json"))
+
+
+@pytest.mark.parametrize("size,kept", [(4096, True), (4097, False), (1 << 20, False)])
+async def test_a_job_file_is_read_up_to_4_kib_and_a_longer_one_is_junk(tmp_path, size, kept):
+    """Every file read has a limit: a job's file is read up to 4 KiB (it
+    holds about 150 bytes); one longer is removed unread, like any junk."""
+    d = tmp_path / "jobs"
+    d.mkdir()
+    body = json.dumps({"id": "abc123", "kind": "save", "envid": 4100, "target": "t",
+                       "started": 1.0})
+    (d / "abc123.json").write_text(body + " " * (size - len(body)))
+    t = JobTable(FakeNode(), d)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.run)
+        listed = t.list()
+        nursery.cancel_scope.cancel()
+    assert [j["id"] for j in listed] == (["abc123"] if kept else [])
     assert not list(d.glob("*.json"))
