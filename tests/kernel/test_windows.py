@@ -111,3 +111,20 @@ _start:
     m.run(10_000)
     assert "user fault" not in m.console
     assert p.outs(2) == [int.from_bytes(p.read(0xEEC00000, 4), "little"), 1]
+
+
+def test_a_frame_above_2_gib_is_an_ordinary_local_page():
+    """A node may have up to 4 GiB: a frame at a physical address with bit
+    31 set holds a page like any other (jmig's remote flag lives above the
+    32 bits of a PTE, never among them)."""
+    k = Kernel(memory=3 << 30, clock=VirtualClock())
+    e = k.env_create(programs.load("hello"), ["hello"], name="hello", paused=True)
+    a = e.aspace
+    high = 0x80005                                   # physical address 0x80005000
+    k.phys.free.remove(high)
+    assert a.page_insert(high, 0x500000, PTE_U | PTE_W)
+    a.wr32(0x500004, 0x12345678)
+    assert a.rd32(0x500004) == 0x12345678 == k.phys.m32[(high << 10) | 1]
+    assert a.rd32(UVPT + (0x500000 >> 12) * 4) == (high << 12) | PTE_D | PTE_A | PTE_U | PTE_W | PTE_P
+    assert k.remote_count(e.env_id) == 0
+    a.check_mirror()
