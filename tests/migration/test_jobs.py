@@ -31,6 +31,26 @@ async def table(tmp_path):
         nursery.cancel_scope.cancel()
 
 
+async def test_job_ids_are_six_hex_digits_never_one_in_use(table, monkeypatch):
+    """An id names one job among those listed: a random one that is in use
+    (running or finished) is drawn again."""
+    async def wait(job):
+        await trio.sleep_forever()
+
+    async def done(job):
+        return {}
+    running = table.start("migrate", 1, "x", wait)
+    finished = table.start("save", 2, "y", done)
+    await finished.done.wait()
+    for job in (running, finished):
+        assert len(job.id) == 6 and int(job.id, 16) >= 0
+    draws = iter([bytes.fromhex(running.id), bytes.fromhex(finished.id), b"\xab\xcd\xef"])
+    monkeypatch.setattr("jmig.node.migration.jobs.os.urandom",
+                        lambda n: next(draws) if n == 3 else b"")
+    assert table.start("load", None, "z", done).id == "abcdef"
+    running.scope.cancel()
+
+
 async def test_a_job_runs_to_success_and_its_file_goes(table):
     async def runner(job):
         assert (table.dir / f"{job.id}.json").exists()
@@ -129,6 +149,7 @@ async def test_jobs_left_by_a_stopped_node_are_reported_as_interrupted(tmp_path)
                                                "target": "h:1", "method": "pgfault",
                                                "started": 1.0}))
     (d / "junk.json").write_text("not json")
+    (d / "0junk.json").write_text('{"id": "x"}')          # read first: no kind
     t = JobTable(FakeNode(), d)
     async with trio.open_nursery() as nursery:
         await nursery.start(t.run)
